@@ -1,0 +1,62 @@
+//! Deliberate protocol bugs, compiled only with the `bug-injection` feature.
+//!
+//! The simulator turns one on to prove that its checkers catch it. Normal builds
+//! contain none of this code. The switch is thread-local so that parallel test
+//! threads cannot see each other's bug.
+
+use std::cell::Cell;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Commit an entry of an earlier term by counting its replicas (§5.4.2 forbids it).
+    CommitOldTermByCount,
+    /// Grant a vote without the election restriction's log check (§5.4.1).
+    VoteWithoutLogCheck,
+    /// Send a vote before the vote is durable.
+    VoteBeforePersist,
+    /// Answer ReadIndex at once, without the heartbeat round that confirms leadership.
+    ReadIndexWithoutHeartbeat,
+    /// Count learners in the commit quorum.
+    CountLearnerInQuorum,
+    /// Let a configuration take effect when committed instead of when appended.
+    ConfigOnCommit,
+}
+
+impl InjectedBug {
+    pub const ALL: [InjectedBug; 6] = [
+        InjectedBug::CommitOldTermByCount,
+        InjectedBug::VoteWithoutLogCheck,
+        InjectedBug::VoteBeforePersist,
+        InjectedBug::ReadIndexWithoutHeartbeat,
+        InjectedBug::CountLearnerInQuorum,
+        InjectedBug::ConfigOnCommit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedBug::CommitOldTermByCount => "commit-old-term",
+            InjectedBug::VoteWithoutLogCheck => "vote-without-log-check",
+            InjectedBug::VoteBeforePersist => "vote-before-persist",
+            InjectedBug::ReadIndexWithoutHeartbeat => "read-index-without-heartbeat",
+            InjectedBug::CountLearnerInQuorum => "count-learner-in-quorum",
+            InjectedBug::ConfigOnCommit => "config-on-commit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<InjectedBug> {
+        InjectedBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<InjectedBug>> = const { Cell::new(None) };
+}
+
+/// Turns on `bug` (or none) for every core driven from this thread.
+pub fn set_active(bug: Option<InjectedBug>) {
+    ACTIVE.with(|active| active.set(bug));
+}
+
+pub fn enabled(bug: InjectedBug) -> bool {
+    ACTIVE.with(|active| active.get() == Some(bug))
+}

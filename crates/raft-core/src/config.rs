@@ -1,0 +1,79 @@
+//! Protocol settings of one core, validated before use.
+
+use std::fmt;
+
+use crate::types::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub id: NodeId,
+    /// How often a leader sends heartbeats (DESIGN.md default 100 ms).
+    pub heartbeat_interval_ms: u64,
+    /// Election timeouts are drawn uniformly from `[min, max)` (paper §5.2).
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// PreVote (thesis §9.6): a node first asks whether it could win, without
+    /// bumping its term, so a partitioned node cannot disrupt the cluster on return.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout steps
+    /// down (thesis §6.2). Lease reads require it.
+    pub check_quorum: bool,
+    /// Appends in flight to one peer before the leader waits for answers.
+    pub max_inflight_appends: usize,
+    pub max_entries_per_append: usize,
+    pub max_bytes_per_append: usize,
+    /// Bound on how much faster a follower's clock may run than the leader's over
+    /// one election timeout; the lease ends this much earlier.
+    pub lease_clock_drift_ms: u64,
+}
+
+impl CoreConfig {
+    /// DESIGN.md defaults for node `id`.
+    pub fn new(id: NodeId) -> CoreConfig {
+        CoreConfig {
+            id,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_appends: 64,
+            max_entries_per_append: 512,
+            max_bytes_per_append: 1 << 20,
+            lease_clock_drift_ms: 100,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |reason: &'static str| Err(ConfigError { reason });
+        if self.heartbeat_interval_ms == 0 {
+            return fail("heartbeat_interval_ms must be positive");
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return fail("election_timeout_min_ms must exceed heartbeat_interval_ms");
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return fail("election_timeout_max_ms must exceed election_timeout_min_ms");
+        }
+        if self.max_inflight_appends == 0 || self.max_entries_per_append == 0 || self.max_bytes_per_append == 0 {
+            return fail("append limits must be positive");
+        }
+        if self.lease_clock_drift_ms >= self.election_timeout_min_ms {
+            return fail("lease_clock_drift_ms must be below election_timeout_min_ms");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid raft configuration: {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}

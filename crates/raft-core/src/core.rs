@@ -1,0 +1,648 @@
+//! `Core`: one Raft node as a deterministic state machine.
+//!
+//! Owns the protocol state (paper figure 2) and nothing else: no clock, no RNG of
+//! the process, no channels, no I/O. Inputs are `handle_*` calls and `propose*` /
+//! `read_index` / membership requests; outputs are `Action`s drained by the
+//! runtime. The behaviour is split by concern into `election.rs`,
+//! `replication.rs`, `read.rs` and `membership.rs`; this file holds the state,
+//! the persistence contract and the action queue.
+//!
+//! Persistence contract: every `Action::Persist` has a sequence number; the
+//! runtime applies them in order and reports completion with `handle_persisted`.
+//! A message that depends on persisted state (a vote, an append or snapshot
+//! acknowledgement, a vote request) is held inside the core until the persist
+//! it depends on completes. A leader's appends to followers do not wait for its
+//! own write (thesis §10.2.1); the leader counts itself in the commit quorum only
+//! through `durable_index`, which advances with `handle_persisted`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::config::{ConfigError, CoreConfig};
+use crate::error::InputError;
+use crate::log::RaftLog;
+use crate::message::{Message, ReadId};
+use crate::progress::Progress;
+use crate::rng::Rng;
+use crate::types::{
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, Millis, NodeId, SnapshotMeta, Term,
+};
+
+/// What a node restarts from: exactly what its runtime made durable.
+#[derive(Clone, Debug, Default)]
+pub struct DurableState {
+    pub hard_state: HardState,
+    /// The newest snapshot the node holds; the log starts after it.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Contiguous entries after the snapshot (or from index 1).
+    pub entries: Vec<Entry>,
+}
+
+impl DurableState {
+    /// State of a founding member of a new cluster: the configuration as entry 1 in
+    /// term 1, identical on every founder (hashicorp's `BootstrapCluster`).
+    pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> DurableState {
+        DurableState {
+            hard_state: HardState { current_term: Term(1), voted_for: None },
+            snapshot: None,
+            entries: vec![Entry {
+                term: Term(1),
+                index: LogIndex(1),
+                payload: EntryPayload::Config(Configuration::new(voters)),
+            }],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// A follower that is a non-voting member of the configuration.
+    Learner,
+}
+
+/// Truncate the log from `truncate_from`, then append `entries` (which start there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogWrite {
+    pub truncate_from: LogIndex,
+    pub entries: Vec<Entry>,
+}
+
+/// One durable write. Apply in `seq` order: the snapshot (drop log entries up to
+/// its index), then the log write, then the hard state; report with
+/// `handle_persisted(seq)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistRequest {
+    pub seq: u64,
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader (its data came in `WriteSnapshotChunk`)
+    /// becomes this node's snapshot.
+    pub snapshot: Option<SnapshotMeta>,
+    pub log: Option<LogWrite>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: confirm leadership with a heartbeat round.
+    Linearizable,
+    /// Leader lease: answered at once while the lease holds, else as `Linearizable`.
+    Lease,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Persist(PersistRequest),
+    Send {
+        to: NodeId,
+        message: Message,
+    },
+    /// Read `max chunk` bytes at `offset` of the snapshot `meta` and send them to
+    /// `to` as `Message::InstallSnapshot` in `term` (with `done` at the end).
+    SendSnapshotChunk {
+        to: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        offset: u64,
+    },
+    /// Store a received chunk of snapshot `meta` at `offset`.
+    WriteSnapshotChunk {
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    },
+    /// Apply these committed entries, in order, after everything applied before.
+    Apply {
+        entries: Vec<Entry>,
+    },
+    /// Replace the state machine with the received snapshot `meta`.
+    RestoreSnapshot {
+        meta: SnapshotMeta,
+    },
+    /// The read may be answered once the state machine has applied `index`.
+    ReadReady {
+        read_id: ReadId,
+        index: LogIndex,
+    },
+    ReadFailed {
+        read_id: ReadId,
+        error: crate::error::ReadError,
+    },
+    LeaderChanged {
+        leader: Option<NodeId>,
+        term: Term,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadOrigin {
+    Local,
+    Remote(NodeId),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingRead {
+    pub read_id: ReadId,
+    pub origin: ReadOrigin,
+    pub index: LogIndex,
+    /// The heartbeat round whose quorum acknowledgement confirms this read.
+    pub round: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transfer {
+    pub target: NodeId,
+    pub deadline: Millis,
+}
+
+/// Durable work requested since the last `drain_actions`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PendingPersist {
+    pub hard_state: bool,
+    pub snapshot: Option<SnapshotMeta>,
+    pub log_from: Option<LogIndex>,
+}
+
+impl PendingPersist {
+    fn is_empty(&self) -> bool {
+        !self.hard_state && self.snapshot.is_none() && self.log_from.is_none()
+    }
+}
+
+/// State only a leader has; dropped when it steps down.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LeaderState {
+    pub progress: BTreeMap<NodeId, Progress>,
+    pub heartbeat_due: Millis,
+    pub check_quorum_due: Millis,
+    /// Current heartbeat round and when each unconfirmed round began.
+    pub round: u64,
+    pub round_started: VecDeque<(u64, Millis)>,
+    pub confirmed_round: u64,
+    /// When the newest quorum-confirmed round began: the lease counts from here.
+    pub lease_start: Option<Millis>,
+    /// Set once a TimeoutNow may be in flight: no lease reads for the rest of the term.
+    pub lease_disabled: bool,
+    pub transfer: Option<Transfer>,
+    pub reads_waiting_commit: Vec<PendingRead>,
+    pub reads_pending: VecDeque<PendingRead>,
+    pub read_round_wanted: bool,
+    pub broadcast_wanted: bool,
+}
+
+pub struct Core {
+    pub(crate) config: CoreConfig,
+    pub(crate) id: NodeId,
+    pub(crate) rng: Rng,
+    pub(crate) now: Millis,
+
+    /// `current_term` and `voted_for` (figure 2).
+    pub(crate) hard_state: HardState,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) announced_leader: Option<(Option<NodeId>, Term)>,
+    pub(crate) log: RaftLog,
+    /// Highest index known committed. Invariant: `apply_sent <= commit_index <= last index`.
+    /// Advanced by a leader only by counting current-term entries (§5.4.2).
+    pub(crate) commit_index: LogIndex,
+    /// Highest index handed to the runtime in `Action::Apply` (or restored).
+    pub(crate) apply_sent: LogIndex,
+    /// Highest index known durable on this node's disk.
+    pub(crate) durable_index: LogIndex,
+
+    /// The effective configuration: the latest in the log (it takes effect when
+    /// appended, thesis §4.1), and the index of the entry that carried it.
+    pub(crate) membership: Configuration,
+    pub(crate) membership_index: LogIndex,
+    /// Configuration in force at the log's compaction point.
+    pub(crate) base_membership: Configuration,
+    /// Newest snapshot this node can send.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// A snapshot being received: its id and the next offset expected.
+    pub(crate) incoming_snapshot: Option<(LogId, u64)>,
+
+    pub(crate) election_deadline: Millis,
+    /// When a leader was last heard from; votes are refused within the minimum
+    /// election timeout of it. At start this is the start time: a node that just
+    /// restarted may have acknowledged a lease it has forgotten.
+    pub(crate) leader_heard_at: Millis,
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    pub(crate) leader_state: Option<LeaderState>,
+    /// Reads forwarded to the leader and not yet answered.
+    pub(crate) forwarded_reads: BTreeSet<ReadId>,
+
+    pub(crate) pending_persist: PendingPersist,
+    pub(crate) persist_seq_emitted: u64,
+    pub(crate) persist_seq_done: u64,
+    /// Last log id written by each persist not yet acknowledged.
+    pub(crate) persist_log_ids: VecDeque<(u64, LogId)>,
+    /// Messages held until the persist with the given sequence completes.
+    pub(crate) gated: VecDeque<(u64, NodeId, Message)>,
+    pub(crate) actions: Vec<Action>,
+}
+
+impl Core {
+    /// Restores a node from `durable` state at time `now`. The seed drives the
+    /// randomized election timeout and nothing else.
+    pub fn new(config: CoreConfig, durable: DurableState, now: Millis, rng_seed: u64) -> Result<Core, ConfigError> {
+        config.validate()?;
+        let start = durable.snapshot.as_ref().map(|s| s.last_log_id).unwrap_or(LogId::ZERO);
+        let log = RaftLog::new(start, durable.entries)
+            .map_err(|_| ConfigError { reason: "durable log entries are not contiguous after the snapshot" })?;
+        let base_membership = durable.snapshot.as_ref().map(|s| s.config.clone()).unwrap_or_default();
+        let mut core = Core {
+            id: config.id,
+            config,
+            rng: Rng::new(rng_seed),
+            now,
+            hard_state: durable.hard_state,
+            role: Role::Follower,
+            leader: None,
+            announced_leader: None,
+            commit_index: start.index,
+            apply_sent: start.index,
+            durable_index: log.last_index(),
+            log,
+            membership: base_membership.clone(),
+            membership_index: start.index,
+            base_membership,
+            snapshot: durable.snapshot,
+            incoming_snapshot: None,
+            election_deadline: now,
+            leader_heard_at: now,
+            votes: BTreeMap::new(),
+            leader_state: None,
+            forwarded_reads: BTreeSet::new(),
+            pending_persist: PendingPersist::default(),
+            persist_seq_emitted: 0,
+            persist_seq_done: 0,
+            persist_log_ids: VecDeque::new(),
+            gated: VecDeque::new(),
+            actions: Vec::new(),
+        };
+        core.recompute_membership();
+        core.reset_election_timer();
+        Ok(core)
+    }
+
+    // ---- Observers -------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        if self.role == Role::Follower && !self.membership.is_voter(self.id) && self.membership.is_learner(self.id) {
+            return Role::Learner;
+        }
+        self.role
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    pub fn current_term(&self) -> Term {
+        self.hard_state.current_term
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+
+    pub fn applied_sent(&self) -> LogIndex {
+        self.apply_sent
+    }
+
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last_log_id()
+    }
+
+    pub fn first_log_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    pub fn log_start(&self) -> LogId {
+        self.log.start()
+    }
+
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
+    pub fn membership(&self) -> &Configuration {
+        &self.membership
+    }
+
+    pub fn membership_index(&self) -> LogIndex {
+        self.membership_index
+    }
+
+    pub fn snapshot(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+
+    /// The leadership transfer in progress, if this node is a leader moving away.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.leader_state.as_ref().and_then(|l| l.transfer.map(|t| t.target))
+    }
+
+    /// Replication progress of `peer` (match index, next index), for stats.
+    pub fn peer_progress(&self, peer: NodeId) -> Option<(LogIndex, LogIndex)> {
+        let progress = self.leader_state.as_ref()?.progress.get(&peer)?;
+        Some((progress.match_index, progress.next_index))
+    }
+
+    /// Takes the actions queued so far, flushing batched work (appends to peers,
+    /// a heartbeat round for reads, one persist, one apply) first.
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        self.flush();
+        self.actions.drain(..)
+    }
+
+    // ---- Inputs ----------------------------------------------------------------
+
+    /// Advances timers: elections, heartbeats, CheckQuorum, transfer deadlines.
+    pub fn handle_tick(&mut self, now: Millis) {
+        self.advance_clock(now);
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.now >= self.election_deadline {
+            self.handle_election_timeout();
+        }
+    }
+
+    /// The persist with sequence `seq` (and every one before it) is durable.
+    pub fn handle_persisted(&mut self, seq: u64) -> Result<(), InputError> {
+        if seq > self.persist_seq_emitted {
+            return Err(InputError {
+                input: "handle_persisted",
+                reason: format!("sequence {seq} was never requested (last {})", self.persist_seq_emitted),
+            });
+        }
+        if seq <= self.persist_seq_done {
+            return Ok(());
+        }
+        self.persist_seq_done = seq;
+        let mut written = None;
+        while self.persist_log_ids.front().is_some_and(|(s, _)| *s <= seq) {
+            written = self.persist_log_ids.pop_front().map(|(_, id)| id);
+        }
+        if let Some(id) = written {
+            // The disk now holds exactly the log as it was when `seq` was flushed.
+            // If our log still holds that id, the two agree up to it (Log Matching).
+            if id.index <= self.log.start().index || self.log.matches(id) {
+                self.durable_index = id.index;
+            }
+        }
+        while self.gated.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, to, message)) = self.gated.pop_front() {
+                self.actions.push(Action::Send { to, message });
+            }
+        }
+        if self.role == Role::Leader {
+            self.maybe_advance_commit();
+        }
+        Ok(())
+    }
+
+    pub fn handle_message(&mut self, now: Millis, from: NodeId, message: Message) {
+        self.advance_clock(now);
+        if from == self.id {
+            return;
+        }
+        match message {
+            Message::ReadIndexRequest { read_id, .. } => return self.handle_read_index_request(from, read_id),
+            Message::ReadIndexResponse { read_id, index, .. } => {
+                return self.handle_read_index_response(read_id, index)
+            }
+            _ => {}
+        }
+        if !self.handle_message_term(from, &message) {
+            return;
+        }
+        match message {
+            Message::RequestVote(request) => self.handle_request_vote(from, request),
+            Message::RequestVoteResponse(response) => self.handle_vote_response(from, response),
+            Message::AppendEntries(request) => self.handle_append_entries(from, request),
+            Message::AppendEntriesResponse(response) => self.handle_append_response(from, response),
+            Message::InstallSnapshot(request) => self.handle_install_snapshot(from, request),
+            Message::InstallSnapshotResponse(response) => self.handle_install_snapshot_response(from, response),
+            Message::TimeoutNow { .. } => self.handle_timeout_now(from),
+            Message::ReadIndexRequest { .. } | Message::ReadIndexResponse { .. } => {}
+        }
+    }
+
+    // ---- Shared machinery ----------------------------------------------------------
+
+    pub(crate) fn advance_clock(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        let timeout = self.rng.range(self.config.election_timeout_min_ms, self.config.election_timeout_max_ms);
+        self.election_deadline = self.now + timeout;
+    }
+
+    /// Whether a leader was heard from within the minimum election timeout: such a
+    /// node refuses (pre-)votes unless the candidate is taking over by transfer.
+    pub(crate) fn leader_recently_heard(&self) -> bool {
+        match self.role {
+            Role::Leader => true,
+            Role::PreCandidate | Role::Candidate => false,
+            Role::Follower | Role::Learner => self.now < self.leader_heard_at + self.config.election_timeout_min_ms,
+        }
+    }
+
+    pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
+        self.leader = leader;
+        let current = (leader, self.hard_state.current_term);
+        if self.announced_leader != Some(current)
+            && (leader.is_some() || self.announced_leader.is_some_and(|(l, _)| l.is_some()))
+        {
+            self.announced_leader = Some(current);
+            self.actions.push(Action::LeaderChanged { leader, term: current.1 });
+        }
+    }
+
+    pub(crate) fn mark_hard_state_dirty(&mut self) {
+        self.pending_persist.hard_state = true;
+    }
+
+    pub(crate) fn mark_log_dirty(&mut self, from: LogIndex) {
+        let from = self.pending_persist.log_from.map_or(from, |f| f.min(from));
+        self.pending_persist.log_from = Some(from);
+        if from <= self.durable_index {
+            self.durable_index = from.prev();
+        }
+    }
+
+    /// Sends now if nothing pending needs to be durable first, else holds the
+    /// message until the persist it depends on completes.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, message: Message) {
+        let seq = if self.pending_persist.is_empty() { self.persist_seq_emitted } else { self.persist_seq_emitted + 1 };
+        if seq <= self.persist_seq_done {
+            self.actions.push(Action::Send { to, message });
+        } else {
+            self.gated.push_back((seq, to, message));
+        }
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        self.actions.push(Action::Send { to, message });
+    }
+
+    /// Appends an entry to our own log (leader) and schedules its persistence.
+    pub(crate) fn append_entry(&mut self, entry: Entry) {
+        let index = entry.index;
+        let is_config = matches!(entry.payload, EntryPayload::Config(_));
+        self.log.push(entry);
+        self.mark_log_dirty(index);
+        if is_config {
+            self.recompute_membership();
+        }
+    }
+
+    /// Emits everything batched during this round of inputs.
+    fn flush(&mut self) {
+        if self.role == Role::Leader {
+            self.flush_leader();
+        }
+        if !self.pending_persist.is_empty() {
+            let pending = std::mem::take(&mut self.pending_persist);
+            self.persist_seq_emitted += 1;
+            let seq = self.persist_seq_emitted;
+            let log = pending.log_from.map(|from| {
+                let from = from.max(self.log.first_index());
+                LogWrite { truncate_from: from, entries: self.log.slice(from, self.log.last_index()).to_vec() }
+            });
+            self.persist_log_ids.push_back((seq, self.log.last_log_id()));
+            self.actions.push(Action::Persist(PersistRequest {
+                seq,
+                hard_state: pending.hard_state.then_some(self.hard_state),
+                snapshot: pending.snapshot,
+                log,
+            }));
+        }
+        self.emit_apply();
+    }
+
+    /// Hands newly committed entries to the state machine.
+    pub(crate) fn emit_apply(&mut self) {
+        if self.commit_index > self.apply_sent {
+            let entries = self.log.slice(self.apply_sent.next(), self.commit_index).to_vec();
+            self.apply_sent = self.commit_index;
+            if !entries.is_empty() {
+                self.actions.push(Action::Apply { entries });
+            }
+        }
+    }
+
+    pub(crate) fn set_commit_index(&mut self, index: LogIndex) {
+        if index <= self.commit_index {
+            return;
+        }
+        self.commit_index = index;
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::ConfigOnCommit) {
+            self.recompute_membership();
+        }
+    }
+
+    /// Snapshot metadata for a snapshot of the state machine after applying `index`:
+    /// the configuration in force there, from the log. `None` if `index` was not
+    /// yet handed out for applying or is no longer in the log.
+    pub fn snapshot_meta_for(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        if index > self.apply_sent {
+            return None;
+        }
+        let term = self.log.term_at(index)?;
+        Some(SnapshotMeta { last_log_id: LogId::new(term, index), config: self.config_at(index) })
+    }
+
+    /// The runtime finished writing a snapshot covering `meta`; leaders stream it to
+    /// followers that are behind the log's start.
+    pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) -> Result<(), InputError> {
+        let id = meta.last_log_id;
+        if id.index > self.apply_sent || !(id.index <= self.log.start().index || self.log.matches(id)) {
+            return Err(InputError {
+                input: "handle_snapshot_taken",
+                reason: format!("snapshot {id} is not an applied prefix of the log (applied {})", self.apply_sent),
+            });
+        }
+        if self.snapshot.as_ref().is_none_or(|s| s.last_log_id.index < id.index) {
+            self.snapshot = Some(meta);
+        }
+        Ok(())
+    }
+
+    /// Forgets log entries up to `upto`, which a snapshot must cover. The runtime
+    /// purges its log store to match.
+    pub fn compact_log(&mut self, upto: LogIndex) -> Result<(), InputError> {
+        let covered = self.snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
+        if upto > covered || upto > self.apply_sent {
+            return Err(InputError {
+                input: "compact_log",
+                reason: format!("index {upto} is beyond the snapshot ({covered}) or applied ({})", self.apply_sent),
+            });
+        }
+        if upto <= self.log.start().index {
+            return Ok(());
+        }
+        self.base_membership = self.config_at(upto);
+        self.log.compact_to(upto);
+        Ok(())
+    }
+
+    /// The configuration in force at `index` (the newest config entry at or
+    /// before it, or the compaction point's).
+    pub(crate) fn config_at(&self, index: LogIndex) -> Configuration {
+        for entry in self.log.slice(self.log.first_index(), index).iter().rev() {
+            if let EntryPayload::Config(config) = &entry.payload {
+                return config.clone();
+            }
+        }
+        self.base_membership.clone()
+    }
+
+    /// Recomputes the effective configuration after the log changed under it.
+    pub(crate) fn recompute_membership(&mut self) {
+        #[allow(unused_mut)]
+        let mut upto = self.log.last_index();
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::ConfigOnCommit) {
+            upto = self.commit_index;
+        }
+        let mut found = None;
+        for entry in self.log.slice(self.log.first_index(), upto).iter().rev() {
+            if let EntryPayload::Config(config) = &entry.payload {
+                found = Some((config.clone(), entry.index));
+                break;
+            }
+        }
+        let (config, index) = found.unwrap_or_else(|| (self.base_membership.clone(), self.log.start().index));
+        if config != self.membership || index != self.membership_index {
+            self.membership = config;
+            self.membership_index = index;
+            if self.role == Role::Leader {
+                self.sync_progress_with_membership();
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Proposals, membership changes (single-server and joint consensus, thesis
+//! ch. 4, seed 003) and leadership transfer (thesis §3.10).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::core::{Core, Role, Transfer};
+use crate::error::ProposeError;
+use crate::message::Message;
+use crate::types::{Configuration, Entry, EntryPayload, LogIndex, NodeId};
+
+/// A requested change of membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a voter, or promote a learner.
+    AddVoter(NodeId),
+    AddLearner(NodeId),
+    RemoveServer(NodeId),
+    DemoteVoter(NodeId),
+    /// Replace the voters (and learners) at once through C(old,new).
+    Joint {
+        voters: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+    },
+}
+
+impl Core {
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        if let Some(target) = self.transfer_target() {
+            return Err(ProposeError::TransferInProgress { target });
+        }
+        Ok(())
+    }
+
+    /// Appends one command; returns its index. The outcome is known when the
+    /// entry at that index is applied: ours if its term is the one we proposed in.
+    pub fn propose(&mut self, command: Bytes) -> Result<LogIndex, ProposeError> {
+        self.check_can_propose()?;
+        let index = self.log.last_index().next();
+        self.append_entry(Entry { term: self.hard_state.current_term, index, payload: EntryPayload::Command(command) });
+        self.request_broadcast();
+        Ok(index)
+    }
+
+    /// Appends several commands at once (one persist, one broadcast); returns the
+    /// index of the first. Their indexes are consecutive.
+    pub fn propose_batch(&mut self, commands: impl IntoIterator<Item = Bytes>) -> Result<LogIndex, ProposeError> {
+        self.check_can_propose()?;
+        let first = self.log.last_index().next();
+        let term = self.hard_state.current_term;
+        for command in commands {
+            let index = self.log.last_index().next();
+            self.log.push(Entry { term, index, payload: EntryPayload::Command(command) });
+        }
+        if self.log.last_index() >= first {
+            self.mark_log_dirty(first);
+            self.request_broadcast();
+        }
+        Ok(first)
+    }
+
+    /// Proposes a membership change. One change at a time, and only after the
+    /// leader committed an entry of its term (survey bug 11: otherwise two
+    /// configurations could each commit with disjoint majorities).
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ProposeError> {
+        self.check_can_propose()?;
+        if !self.committed_in_current_term() {
+            return Err(ProposeError::NoCommitInTerm { term: self.hard_state.current_term });
+        }
+        if self.membership_index > self.commit_index || self.membership.is_joint() {
+            return Err(ProposeError::ConfigChangePending { index: self.membership_index });
+        }
+        let next = next_configuration(&self.membership, change)?;
+        let index = self.log.last_index().next();
+        self.append_entry(Entry { term: self.hard_state.current_term, index, payload: EntryPayload::Config(next) });
+        self.request_broadcast();
+        Ok(index)
+    }
+
+    /// Hands leadership to `target`: catch it up, then send TimeoutNow. Proposals
+    /// are refused until it takes over or an election timeout passes.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        if target == self.id || !self.membership.voters.contains(&target) {
+            return Err(ProposeError::InvalidMembershipChange {
+                reason: "transfer target must be another voter",
+                node: Some(target),
+            });
+        }
+        let deadline = self.now + self.config.election_timeout_min_ms;
+        let Some(state) = self.leader_state.as_mut() else { return Ok(()) };
+        if let Some(current) = state.transfer {
+            if current.target == target {
+                return Ok(());
+            }
+            return Err(ProposeError::TransferInProgress { target: current.target });
+        }
+        state.transfer = Some(Transfer { target, deadline });
+        // Once TimeoutNow may be in flight another leader can appear without the
+        // voters' stickiness: no lease reads for the rest of this term.
+        state.lease_disabled = true;
+        self.maybe_send_timeout_now(target);
+        self.send_to_peer(target);
+        Ok(())
+    }
+
+    pub(crate) fn maybe_send_timeout_now(&mut self, peer: NodeId) {
+        let last = self.log.last_index();
+        let Some(state) = self.leader_state.as_ref() else { return };
+        let Some(transfer) = state.transfer else { return };
+        if transfer.target != peer || state.progress.get(&peer).is_none_or(|p| p.match_index < last) {
+            return;
+        }
+        let term = self.hard_state.current_term;
+        self.send(peer, Message::TimeoutNow { term });
+    }
+}
+
+/// The configuration after `change`, or why the change is invalid.
+fn next_configuration(current: &Configuration, change: MembershipChange) -> Result<Configuration, ProposeError> {
+    let invalid = |reason, node| Err(ProposeError::InvalidMembershipChange { reason, node });
+    let mut next = current.clone();
+    match change {
+        MembershipChange::AddVoter(id) => {
+            if current.voters.contains(&id) {
+                return invalid("already a voter", Some(id));
+            }
+            next.learners.remove(&id);
+            next.voters.insert(id);
+        }
+        MembershipChange::AddLearner(id) => {
+            if current.is_member(id) {
+                return invalid("already a member", Some(id));
+            }
+            next.learners.insert(id);
+        }
+        MembershipChange::RemoveServer(id) => {
+            if !current.is_member(id) {
+                return invalid("not a member", Some(id));
+            }
+            next.voters.remove(&id);
+            next.learners.remove(&id);
+        }
+        MembershipChange::DemoteVoter(id) => {
+            if !current.voters.contains(&id) {
+                return invalid("not a voter", Some(id));
+            }
+            next.voters.remove(&id);
+            next.learners.insert(id);
+        }
+        MembershipChange::Joint { voters, learners } => {
+            if voters.is_empty() {
+                return invalid("the new configuration has no voters", None);
+            }
+            if let Some(both) = voters.intersection(&learners).next() {
+                return invalid("a node cannot be both voter and learner", Some(*both));
+            }
+            if let Some(demoted) = learners.intersection(&current.voters).next() {
+                // Demoting inside a joint change would leave the node voting in the
+                // old half while a learner in the new one; demote on its own instead.
+                return invalid("demote a voter with a single change, not a joint one", Some(*demoted));
+            }
+            next.voters = voters;
+            next.learners = learners;
+            if next.voters != current.voters {
+                next.voters_outgoing = current.voters.clone();
+            }
+        }
+    }
+    if next.voters.is_empty() {
+        return invalid("the change would leave no voters", None);
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[u64]) -> BTreeSet<NodeId> {
+        list.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn joint_change_keeps_old_voters_as_outgoing() {
+        let current = Configuration::new(ids(&[1, 2, 3]));
+        let next =
+            next_configuration(&current, MembershipChange::Joint { voters: ids(&[3, 4, 5]), learners: ids(&[6]) })
+                .unwrap();
+        assert_eq!(next.voters, ids(&[3, 4, 5]));
+        assert_eq!(next.voters_outgoing, ids(&[1, 2, 3]));
+        assert_eq!(next.learners, ids(&[6]));
+    }
+
+    #[test]
+    fn removing_the_last_voter_is_refused() {
+        let current = Configuration::new(ids(&[1]));
+        assert!(matches!(
+            next_configuration(&current, MembershipChange::RemoveServer(NodeId(1))),
+            Err(ProposeError::InvalidMembershipChange { .. })
+        ));
+    }
+
+    #[test]
+    fn promoting_a_learner_moves_it_to_voters() {
+        let mut current = Configuration::new(ids(&[1, 2, 3]));
+        current.learners.insert(NodeId(4));
+        let next = next_configuration(&current, MembershipChange::AddVoter(NodeId(4))).unwrap();
+        assert!(next.voters.contains(&NodeId(4)) && next.learners.is_empty());
+        assert!(!next.is_joint());
+    }
+}

@@ -1,0 +1,177 @@
+//! Linearizable reads without writing to the log (thesis §6.4): ReadIndex,
+//! leader leases, and ReadIndex on behalf of followers.
+//!
+//! A read is answered at an index; the runtime answers it once its state
+//! machine has applied that index.
+
+use crate::core::{Action, Core, PendingRead, ReadMode, ReadOrigin, Role};
+use crate::error::ReadError;
+use crate::message::{Message, ReadId};
+use crate::quorum::majority_value;
+use crate::types::{LogIndex, Millis, NodeId};
+
+impl Core {
+    /// Starts a read at time `now`. The outcome arrives as `Action::ReadReady` or
+    /// `Action::ReadFailed` with the same `read_id`; a follower asks the leader.
+    ///
+    /// NB: `now` must be read when the request is handled, not taken from the last
+    /// tick: after a pause (GC, SIGSTOP) the last tick can be far in the past and a
+    /// lease that expired during the pause would still look valid.
+    pub fn read_index(&mut self, now: Millis, read_id: ReadId, mode: ReadMode) -> Result<(), ReadError> {
+        self.advance_clock(now);
+        if self.role != Role::Leader {
+            let Some(leader) = self.leader else { return Err(ReadError::NoLeader) };
+            self.forwarded_reads.insert(read_id);
+            let term = self.hard_state.current_term;
+            self.send(leader, Message::ReadIndexRequest { term, read_id });
+            return Ok(());
+        }
+        if mode == ReadMode::Lease && self.lease_valid() {
+            let index = self.commit_index;
+            self.actions.push(Action::ReadReady { read_id, index });
+            return Ok(());
+        }
+        self.register_read(read_id, ReadOrigin::Local);
+        Ok(())
+    }
+
+    /// The lease (thesis §6.4.1): followers that acknowledged a round refuse votes
+    /// for one minimum election timeout after *receiving* it, which is after the
+    /// round began, so no other leader can exist before `round start + timeout`.
+    /// The drift bound covers followers' clocks running fast.
+    pub fn lease_valid(&self) -> bool {
+        let Some(state) = self.leader_state.as_ref() else { return false };
+        if !self.config.check_quorum || state.lease_disabled || !self.committed_in_current_term() {
+            return false;
+        }
+        let Some(start) = state.lease_start else { return false };
+        let length = self.config.election_timeout_min_ms - self.config.lease_clock_drift_ms;
+        self.now < start + length
+    }
+
+    pub(crate) fn committed_in_current_term(&self) -> bool {
+        self.log.term_at(self.commit_index) == Some(self.hard_state.current_term)
+    }
+
+    fn register_read(&mut self, read_id: ReadId, origin: ReadOrigin) {
+        let committed = self.committed_in_current_term();
+        let commit_index = self.commit_index;
+        let Some(state) = self.leader_state.as_mut() else { return };
+        let read = PendingRead { read_id, origin, index: commit_index, round: state.round + 1 };
+        if !committed {
+            // A new leader does not know the commit index until its no-op commits
+            // (survey bug 8): the read waits.
+            state.reads_waiting_commit.push(read);
+            return;
+        }
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::ReadIndexWithoutHeartbeat) {
+            return self.resolve_read(read);
+        }
+        state.reads_pending.push_back(read);
+        state.read_round_wanted = true;
+    }
+
+    pub(crate) fn release_reads_waiting_commit(&mut self) {
+        if !self.committed_in_current_term() {
+            return;
+        }
+        let Some(state) = self.leader_state.as_mut() else { return };
+        let waiting = std::mem::take(&mut state.reads_waiting_commit);
+        for read in waiting {
+            self.register_read(read.read_id, read.origin);
+        }
+    }
+
+    /// Confirms every round acknowledged by a quorum: resolves reads that waited
+    /// for it and extends the lease from the time the round began.
+    pub(crate) fn maybe_confirm_rounds(&mut self) {
+        let id = self.id;
+        let Some(state) = self.leader_state.as_mut() else { return };
+        let round = state.round;
+        let confirmed = majority_value(&self.membership.voters, |peer| {
+            if peer == id {
+                round
+            } else {
+                state.progress.get(&peer).map_or(0, |p| p.acked_round)
+            }
+        })
+        .min(majority_value(&self.membership.voters_outgoing, |peer| {
+            if peer == id {
+                round
+            } else {
+                state.progress.get(&peer).map_or(0, |p| p.acked_round)
+            }
+        }))
+        .min(round);
+        if confirmed <= state.confirmed_round {
+            return;
+        }
+        state.confirmed_round = confirmed;
+        while let Some((r, started)) = state.round_started.front().copied() {
+            if r > confirmed {
+                break;
+            }
+            state.lease_start = Some(started);
+            state.round_started.pop_front();
+        }
+        let mut ready = Vec::new();
+        while state.reads_pending.front().is_some_and(|read| read.round <= confirmed) {
+            if let Some(read) = state.reads_pending.pop_front() {
+                ready.push(read);
+            }
+        }
+        for read in ready {
+            self.resolve_read(read);
+        }
+    }
+
+    fn resolve_read(&mut self, read: PendingRead) {
+        match read.origin {
+            ReadOrigin::Local => self.actions.push(Action::ReadReady { read_id: read.read_id, index: read.index }),
+            ReadOrigin::Remote(peer) => {
+                let term = self.hard_state.current_term;
+                let message = Message::ReadIndexResponse { term, read_id: read.read_id, index: Some(read.index) };
+                self.send(peer, message);
+            }
+        }
+    }
+
+    pub(crate) fn fail_read(&mut self, read: PendingRead) {
+        match read.origin {
+            ReadOrigin::Local => {
+                self.actions.push(Action::ReadFailed { read_id: read.read_id, error: ReadError::LeadershipLost })
+            }
+            ReadOrigin::Remote(peer) => {
+                let term = self.hard_state.current_term;
+                self.send(peer, Message::ReadIndexResponse { term, read_id: read.read_id, index: None });
+            }
+        }
+    }
+
+    pub(crate) fn fail_forwarded_reads(&mut self) {
+        for read_id in std::mem::take(&mut self.forwarded_reads) {
+            self.actions.push(Action::ReadFailed { read_id, error: ReadError::LeadershipLost });
+        }
+    }
+
+    pub(crate) fn handle_read_index_request(&mut self, from: NodeId, read_id: ReadId) {
+        if self.role == Role::Leader {
+            self.register_read(read_id, ReadOrigin::Remote(from));
+        } else {
+            let term = self.hard_state.current_term;
+            self.send(from, Message::ReadIndexResponse { term, read_id, index: None });
+        }
+    }
+
+    pub(crate) fn handle_read_index_response(&mut self, read_id: ReadId, index: Option<LogIndex>) {
+        if !self.forwarded_reads.remove(&read_id) {
+            return;
+        }
+        let action = match index {
+            Some(index) => Action::ReadReady { read_id, index },
+            None => Action::ReadFailed { read_id, error: ReadError::LeadershipLost },
+        };
+        self.actions.push(action);
+    }
+}

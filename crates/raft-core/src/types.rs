@@ -1,0 +1,201 @@
+//! Vocabulary of the protocol: terms, indexes, node ids, log entries, hard state.
+//!
+//! Every number that could be confused with another has its own newtype.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use bytes::Bytes;
+
+/// Milliseconds on the caller's monotonic clock. The core never reads a clock;
+/// every input that depends on time carries `now`.
+pub type Millis = u64;
+
+macro_rules! number_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+number_newtype!(
+    /// A Raft term (paper §5.1). Terms only grow.
+    Term
+);
+number_newtype!(
+    /// Position of an entry in the log; the first entry has index 1, 0 means "none".
+    LogIndex
+);
+number_newtype!(
+    /// Identity of a server; stable across restarts and address changes.
+    NodeId
+);
+
+impl LogIndex {
+    pub const ZERO: LogIndex = LogIndex(0);
+
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The previous index; `LogIndex::ZERO` stays zero.
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+}
+
+/// An entry's identity: by the Log Matching property (§5.3) two logs that hold an
+/// entry with the same index and term are identical up to that index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LogId {
+    pub term: Term,
+    pub index: LogIndex,
+}
+
+impl LogId {
+    pub const ZERO: LogId = LogId { term: Term(0), index: LogIndex(0) };
+
+    pub fn new(term: Term, index: LogIndex) -> LogId {
+        LogId { term, index }
+    }
+}
+
+impl PartialOrd for LogId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Order used by the election restriction (§5.4.1): the later last term wins; with
+/// equal terms the longer log wins.
+impl Ord for LogId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.term, self.index).cmp(&(other.term, other.index))
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.term, self.index)
+    }
+}
+
+/// State that must be durable before any message that depends on it leaves
+/// (paper figure 2, "persistent state on all servers"; the log is persisted
+/// separately through `LogWrite`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub current_term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// Cluster membership as stored in the log.
+///
+/// A joint configuration C(old,new) has a non-empty `voters_outgoing`; decisions
+/// then need a majority of `voters` *and* a majority of `voters_outgoing`
+/// (seed 003, thesis §4.3). Learners replicate but never vote or count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Configuration {
+    pub voters: BTreeSet<NodeId>,
+    pub voters_outgoing: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Configuration {
+    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Configuration {
+        Configuration { voters: voters.into_iter().collect(), ..Configuration::default() }
+    }
+
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` votes in either half of the configuration.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.contains(&id) && !self.is_voter(id)
+    }
+
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
+    /// Every member (voters of both halves and learners), ascending, once each.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let mut all = self.voters.clone();
+        all.extend(self.voters_outgoing.iter().copied());
+        all.extend(self.learners.iter().copied());
+        all
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty() && self.voters_outgoing.is_empty() && self.learners.is_empty()
+    }
+}
+
+impl fmt::Display for Configuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |set: &BTreeSet<NodeId>| set.iter().map(|id| id.0.to_string()).collect::<Vec<_>>().join(",");
+        write!(f, "voters=[{}]", ids(&self.voters))?;
+        if self.is_joint() {
+            write!(f, " outgoing=[{}]", ids(&self.voters_outgoing))?;
+        }
+        if !self.learners.is_empty() {
+            write!(f, " learners=[{}]", ids(&self.learners))?;
+        }
+        Ok(())
+    }
+}
+
+/// What an entry carries (seed 001: CONFIGURATION / DATA / NOOP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it can commit in its own term (§5.4.2).
+    Noop,
+    /// An opaque command for the state machine.
+    Command(Bytes),
+    /// A membership configuration; it takes effect when appended, not when committed.
+    Config(Configuration),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    pub fn log_id(&self) -> LogId {
+        LogId::new(self.term, self.index)
+    }
+
+    /// Approximate size on the wire, used to bound appends by bytes.
+    pub fn size_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 24;
+        HEADER_BYTES
+            + match &self.payload {
+                EntryPayload::Noop => 0,
+                EntryPayload::Command(data) => data.len(),
+                EntryPayload::Config(config) => 8 * config.members().len(),
+            }
+    }
+}
+
+/// What a snapshot covers: everything up to and including `last_log_id`, and the
+/// configuration in force at that index (seed 003).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub last_log_id: LogId,
+    pub config: Configuration,
+}
