@@ -60,3 +60,11 @@ pub fn set_active(bug: Option<InjectedBug>) {
 pub fn enabled(bug: InjectedBug) -> bool {
     ACTIVE.with(|active| active.get() == Some(bug))
 }
+
+/// How many times an injected bug changed a decision (to tell "not triggered"
+/// from "triggered but not caught").
+pub static TRIGGERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn note_triggered() {
+    TRIGGERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

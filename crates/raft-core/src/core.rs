@@ -227,9 +227,10 @@ pub struct Core {
 
     pub(crate) election_deadline: Millis,
     /// When a leader was last heard from; votes are refused within the minimum
-    /// election timeout of it. At start this is the start time: a node that just
-    /// restarted may have acknowledged a lease it has forgotten.
-    pub(crate) leader_heard_at: Millis,
+    /// election timeout of it. With CheckQuorum (and so leases) this starts at the
+    /// start time: a node that just restarted may have acknowledged a lease it has
+    /// forgotten, and must not help elect another leader before that lease ends.
+    pub(crate) leader_heard_at: Option<Millis>,
     pub(crate) votes: BTreeMap<NodeId, bool>,
     pub(crate) leader_state: Option<LeaderState>,
     /// Reads forwarded to the leader and not yet answered.
@@ -254,6 +255,7 @@ impl Core {
         let log = RaftLog::new(start, durable.entries)
             .map_err(|_| ConfigError { reason: "durable log entries are not contiguous after the snapshot" })?;
         let base_membership = durable.snapshot.as_ref().map(|s| s.config.clone()).unwrap_or_default();
+        let leader_heard_at = config.check_quorum.then_some(now);
         let mut core = Core {
             id: config.id,
             config,
@@ -273,7 +275,7 @@ impl Core {
             snapshot: durable.snapshot,
             incoming_snapshot: None,
             election_deadline: now,
-            leader_heard_at: now,
+            leader_heard_at,
             votes: BTreeMap::new(),
             leader_state: None,
             forwarded_reads: BTreeSet::new(),
@@ -466,7 +468,9 @@ impl Core {
         match self.role {
             Role::Leader => true,
             Role::PreCandidate | Role::Candidate => false,
-            Role::Follower | Role::Learner => self.now < self.leader_heard_at + self.config.election_timeout_min_ms,
+            Role::Follower | Role::Learner => {
+                self.leader_heard_at.is_some_and(|heard| self.now < heard + self.config.election_timeout_min_ms)
+            }
         }
     }
 
@@ -627,7 +631,9 @@ impl Core {
         let mut upto = self.log.last_index();
         #[cfg(feature = "bug-injection")]
         if crate::bugs::enabled(crate::bugs::InjectedBug::ConfigOnCommit) {
-            upto = self.commit_index;
+            // The bootstrap configuration (index 1) is the same everywhere and counts
+            // as committed; later ones wait for their commit.
+            upto = self.commit_index.max(LogIndex(1)).min(upto);
         }
         let mut found = None;
         for entry in self.log.slice(self.log.first_index(), upto).iter().rev() {

@@ -208,7 +208,7 @@ impl Core {
         self.votes.clear();
         self.set_leader(leader);
         if leader.is_some() {
-            self.leader_heard_at = self.now;
+            self.leader_heard_at = Some(self.now);
         }
         self.reset_election_timer();
     }

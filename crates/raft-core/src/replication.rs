@@ -214,7 +214,7 @@ impl Core {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.hard_state.current_term, Some(from));
         }
-        self.leader_heard_at = self.now;
+        self.leader_heard_at = Some(self.now);
         self.reset_election_timer();
 
         // Reject malformed input instead of trusting it.
@@ -335,7 +335,8 @@ impl Core {
         #[allow(unused_mut)]
         let mut own_term = self.log.term_at(quorum_index) == Some(self.hard_state.current_term);
         #[cfg(feature = "bug-injection")]
-        if crate::bugs::enabled(crate::bugs::InjectedBug::CommitOldTermByCount) {
+        if crate::bugs::enabled(crate::bugs::InjectedBug::CommitOldTermByCount) && !own_term {
+            crate::bugs::note_triggered();
             own_term = true;
         }
         if !own_term {
@@ -423,7 +424,7 @@ impl Core {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.hard_state.current_term, Some(from));
         }
-        self.leader_heard_at = self.now;
+        self.leader_heard_at = Some(self.now);
         self.reset_election_timer();
 
         let id = request.meta.last_log_id;

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use raft_core::{Core, Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use raft_core::{
+    vote_result, Configuration, Core, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Term, VoteResult,
+};
 
 /// Stable hash of an entry's payload (FNV-1a), so that equal entries compare
 /// equal across nodes without keeping copies.
@@ -57,6 +59,9 @@ pub struct Checker {
     applied: BTreeMap<u64, (u64, u64)>,
     /// Index → (entry term, term of the leader that first committed it).
     committed: BTreeMap<u64, (u64, u64)>,
+    /// Entries committed during the current step, with the committing leader's
+    /// configuration, waiting for `check_commits_protected`.
+    newly_committed: Vec<(LogId, Configuration)>,
     nodes: BTreeMap<NodeId, NodeView>,
     pub violations: Vec<String>,
 }
@@ -126,6 +131,10 @@ impl Checker {
         view.leader_in_term = None;
     }
 
+    pub fn has_new_commits(&self) -> bool {
+        !self.newly_committed.is_empty()
+    }
+
     pub fn max_applied_index(&self) -> LogIndex {
         LogIndex(self.applied.keys().next_back().copied().unwrap_or(0))
     }
@@ -158,7 +167,10 @@ impl Checker {
         let term = hard_state.current_term;
         for index in old_commit.0 + 1..=core.commit_index().0 {
             if let Some(entry_term) = core.term_at(LogIndex(index)) {
-                self.committed.entry(index).or_insert((entry_term.0, term.0));
+                if !self.committed.contains_key(&index) {
+                    self.committed.insert(index, (entry_term.0, term.0));
+                    self.newly_committed.push((LogId::new(entry_term, LogIndex(index)), core.membership().clone()));
+                }
             }
         }
         match self.leaders.get(&term) {
@@ -173,6 +185,38 @@ impl Checker {
         }
         if newly_leader {
             self.check_leader_completeness(now, core);
+        }
+    }
+
+    /// A committed entry must be safe from being overwritten: no node that lacks it
+    /// may be able to win an election, i.e. the voters whose logs are no more up
+    /// to date than that node's must not form a quorum of the committing leader's
+    /// configuration. Raft guarantees this because a quorum durably holds an entry
+    /// of the commit term at or after it (§5.4.3); committing an older term's entry
+    /// by counting replicas breaks it (the paper's figure 8) at the moment of the
+    /// commit, long before an unlucky election turns it into lost data.
+    pub fn check_commits_protected(&mut self, now: u64, logs: &[NodeLog]) {
+        for (entry, config) in std::mem::take(&mut self.newly_committed) {
+            for candidate in logs {
+                let holds = candidate.start.index >= entry.index || candidate.term_at(entry.index) == Some(entry.term);
+                if holds || !config.is_voter(candidate.id) {
+                    continue;
+                }
+                let electable =
+                    vote_result(&config, |voter| logs.iter().find(|l| l.id == voter).map(|l| l.last <= candidate.last))
+                        == VoteResult::Won;
+                if electable {
+                    self.violation(
+                        now,
+                        format!(
+                            "committed entry {entry} is not protected: node {} (last log {}) lacks it and could win \
+                             an election in {config}",
+                            candidate.id, candidate.last
+                        ),
+                    );
+                    return;
+                }
+            }
         }
     }
 
@@ -214,4 +258,24 @@ fn hard_state_regression(old: HardState, new: HardState) -> Option<String> {
         }
     }
     None
+}
+
+/// What the protection check needs of one node's log (in memory if it runs, on
+/// disk if it is down).
+pub struct NodeLog {
+    pub id: NodeId,
+    pub start: LogId,
+    pub last: LogId,
+    /// Terms of the entries after `start`, in order.
+    pub terms: Vec<Term>,
+}
+
+impl NodeLog {
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.start.index {
+            return Some(self.start.term);
+        }
+        let offset = index.0.checked_sub(self.start.index.0 + 1)?;
+        self.terms.get(offset as usize).copied()
+    }
 }

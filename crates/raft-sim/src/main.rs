@@ -130,6 +130,10 @@ fn main() -> ExitCode {
     if let Some(first) = failures.first() {
         println!("replay the first failure: {}", replay(first.seed));
     }
+    #[cfg(feature = "bug-injection")]
+    if args.bug.is_some() {
+        eprintln!("bug triggered {} times", raft_core::bugs::TRIGGERED.load(std::sync::atomic::Ordering::Relaxed));
+    }
     if args.json {
         match serde_json::to_string(&summary) {
             Ok(line) => println!("{line}"),

@@ -15,7 +15,7 @@ use raft_core::{
     LogIndex, MembershipChange, Message, NodeId, PersistRequest, ReadMode, Role, SnapshotMeta, Term,
 };
 
-use crate::checker::Checker;
+use crate::checker::{Checker, NodeLog};
 use crate::kv::{Command, KvStore};
 use crate::linearizability::{check_history, CheckResult, OpInput, OpOutput, Operation};
 
@@ -150,6 +150,13 @@ struct Profile {
     max_network_delay_ms: u64,
     chaos_interval_ms: (u64, u64),
     initial_learners: usize,
+    pre_vote: bool,
+    check_quorum: bool,
+    /// Chance (per mille) that a node crashes within moments of writing a vote.
+    crash_after_vote_per_mille: u64,
+    /// Chance (per mille) that a new leader crashes before it can replicate much
+    /// (the setup of the paper's figure 8).
+    crash_new_leader_per_mille: u64,
 }
 
 impl Profile {
@@ -158,10 +165,14 @@ impl Profile {
             max_entries_per_append: [1, 2, 8, 64][rng.range(0, 4) as usize],
             max_inflight_appends: [1, 2, 8][rng.range(0, 3) as usize],
             slow_disk_per_mille: if faults.crashes { [0, 20, 200][rng.range(0, 3) as usize] } else { 0 },
-            crash_after_write_per_mille: if faults.crashes { [0, 2, 10][rng.range(0, 3) as usize] } else { 0 },
+            crash_after_write_per_mille: if faults.crashes { [0, 5, 30][rng.range(0, 3) as usize] } else { 0 },
             max_network_delay_ms: if faults.network { [5, 30, 120][rng.range(0, 3) as usize] } else { 3 },
             chaos_interval_ms: [(50, 300), (100, 600), (300, 1200)][rng.range(0, 3) as usize],
             initial_learners: if faults.membership && nodes >= 4 && rng.chance(1, 3) { nodes - 3 } else { 0 },
+            pre_vote: !rng.chance(1, 4),
+            check_quorum: !rng.chance(1, 4),
+            crash_after_vote_per_mille: if faults.crashes { [0, 100, 400][rng.range(0, 3) as usize] } else { 0 },
+            crash_new_leader_per_mille: if faults.crashes { [0, 200, 500][rng.range(0, 3) as usize] } else { 0 },
         }
     }
 }
@@ -483,6 +494,8 @@ impl Simulation {
         config.max_bytes_per_append = 4096;
         // Leader slow by 1% and follower fast by 1% over 150 ms: 3 ms; keep a margin.
         config.lease_clock_drift_ms = 10;
+        config.pre_vote = self.profile.pre_vote;
+        config.check_quorum = self.profile.check_quorum;
         config
     }
 
@@ -604,7 +617,13 @@ impl Simulation {
                 if self.rng.chance(self.profile.slow_disk_per_mille, 1000) {
                     latency += self.rng.range(10, 80);
                 }
-                if self.faults_on && self.rng.chance(self.profile.crash_after_write_per_mille, 1000) {
+                let votes = request.hard_state.is_some_and(|hs| hs.voted_for.is_some());
+                let crash_chance = if votes {
+                    self.profile.crash_after_vote_per_mille
+                } else {
+                    self.profile.crash_after_write_per_mille
+                };
+                if self.faults_on && self.rng.chance(crash_chance, 1000) {
                     let at = self.rng.range(0, latency + 1);
                     self.schedule(at, Event::Crash(node));
                 }
@@ -697,6 +716,10 @@ impl Simulation {
             Action::LeaderChanged { leader, term } => {
                 if leader == Some(id) {
                     self.outcome.elections += 1;
+                    if self.faults_on && self.rng.chance(self.profile.crash_new_leader_per_mille, 1000) {
+                        let at = self.rng.range(0, 5 * HEARTBEAT_MS);
+                        self.schedule(at, Event::Crash(node));
+                    }
                 }
                 self.trace(|| format!("n{id} sees leader {leader:?} in term {term}"));
             }
@@ -903,7 +926,7 @@ impl Simulation {
             Event::Crash(node) => {
                 if self.faults_on && self.nodes[node].core.is_some() {
                     self.crash_node(node);
-                    let down = self.rng.range(20, 1_000);
+                    let down = if self.rng.chance(1, 2) { self.rng.range(1, 30) } else { self.rng.range(30, 1_000) };
                     self.schedule(down, Event::Restart(node));
                 }
             }
@@ -920,6 +943,10 @@ impl Simulation {
             if let Some(core) = &node.core {
                 self.checker.check_node(self.now, core);
             }
+        }
+        if self.checker.has_new_commits() {
+            let logs: Vec<NodeLog> = self.nodes.iter().map(node_log).collect();
+            self.checker.check_commits_protected(self.now, &logs);
         }
     }
 
@@ -1201,6 +1228,25 @@ impl Simulation {
             }
         }
         Ok(())
+    }
+}
+
+/// A node's log as an election would see it: in memory when it runs, on disk when
+/// it is down (what it would restart with).
+fn node_log(node: &SimNode) -> NodeLog {
+    match &node.core {
+        Some(core) => {
+            let start = core.log_start();
+            let last = core.last_log_id();
+            let terms = (start.index.0 + 1..=last.index.0).filter_map(|i| core.term_at(LogIndex(i))).collect();
+            NodeLog { id: node.id, start, last, terms }
+        }
+        None => {
+            let start = node.disk.snapshot.as_ref().map_or(LogId::ZERO, |(meta, _)| meta.last_log_id);
+            let entries: Vec<&Entry> = node.disk.log.iter().filter(|e| e.index > start.index).collect();
+            let last = entries.last().map_or(start, |e| e.log_id());
+            NodeLog { id: node.id, start, last, terms: entries.iter().map(|e| e.term).collect() }
+        }
     }
 }
 
