@@ -18,17 +18,18 @@
 //!
 //! This is the Wing & Gong search with Lowe's memoization, as implemented by
 //! Porcupine. The operations of one key are turned into call and return
-//! events sorted by time and threaded onto a doubly linked list. A DFS scans
-//! the list: at a call event it tries to linearize that operation at the
+//! events sorted by time and threaded onto doubly linked lists. A DFS scans
+//! the events: at a call event it tries to linearize that operation at the
 //! current point (apply it to the register and check its recorded output);
 //! on success the call and its return are *lifted* out of the list, the
 //! previous state is pushed onto an undo stack, and the scan restarts at the
 //! head. Reaching a return event means the operation returning there should
 //! already have been linearized, so the search backtracks: it pops the undo
-//! stack, *unlifts* that operation (dancing-links style, O(1)) and continues
-//! with the next event after it. A cache of `(bitset of linearized operations,
-//! register state)` pairs prunes configurations that were already explored,
-//! because the future of the search depends only on that pair.
+//! stack, *unlifts* that operation (dancing links, O(1)) and continues with
+//! the next event after it. A memo of visited configurations - the bitset of
+//! linearized operations (`Vec<u64>`) plus the register state - prunes
+//! configurations that were already explored, because the rest of the search
+//! depends only on them.
 //!
 //! # Real-time order and equal timestamps
 //!
@@ -45,13 +46,29 @@
 //! out, or its node crashed): it may have taken effect at any instant after
 //! its invocation, or never, and any output is acceptable. Indeterminate
 //! `Get`s have no effect and are dropped before the search. Other
-//! indeterminate operations get a return event at +infinity and are
-//! *optional*: the search succeeds as soon as every completed operation is
-//! linearized, so an optional write may be linearized anywhere after its
-//! invocation or not at all. (`complete` is ignored for indeterminate
-//! operations.) An operation with a recorded output but no completion time is
-//! accepted too: it must take effect, but its response time is unknown, so
-//! its return is also placed at +infinity.
+//! indeterminate operations are *optional*: their return is at +infinity, so
+//! they never constrain other operations, and the search succeeds as soon as
+//! every completed operation is linearized, so an optional write may take
+//! effect anywhere after its invocation or not at all. (`complete` is ignored
+//! for indeterminate operations.) An operation with a recorded output but no
+//! completion time is accepted too: it must take effect, but its response
+//! time is unknown, so its return is also placed at +infinity.
+//!
+//! Plain Porcupine search degrades badly with optional operations, because
+//! each one stays concurrent with everything invoked after it. Refuting a
+//! history (the important case for a bug hunt) then means trying every
+//! pending write at every point. The search therefore adds reductions that
+//! keep it exact (each is argued where it is implemented):
+//!
+//! * completed operations are tried before optional ones at each point, and
+//!   the memo also prunes a configuration when a visited one with the same
+//!   completed operations and state used a *subset* of its optional ones;
+//! * an optional operation is only linearized if it changes the state and
+//!   the very next operation depends on that change (e.g. a read that
+//!   returns the written value), since otherwise it could be dropped or moved
+//!   later;
+//! * pending optional operations with identical inputs are used in
+//!   invocation order.
 //!
 //! Malformed inputs are handled without panicking: an output whose kind does
 //! not match the input kind (e.g. a `Put` answered with `Get`) can never be
@@ -62,12 +79,17 @@
 //! # Limits
 //!
 //! The problem is NP-complete in general. The search is bounded by a step
-//! budget per key (one step is one visit of an event by the scan); when it is
-//! exceeded the result is [`CheckResult::Unknown`]. The cache stores at most
-//! one entry per step, so memory is bounded by the budget as well (roughly
-//! `budget * (ops_per_key / 8 + 40)` bytes in the worst case). Many
-//! indeterminate writes on one key are the usual cause of blow-ups, because
-//! each stays concurrent with everything invoked after it.
+//! budget per key; when it is exceeded the result is
+//! [`CheckResult::Unknown`]. A step is one memo lookup or one backtrack;
+//! cheaper work (skipping an event that fails a filter, comparing memo
+//! entries) is charged at 1/16 step per item, so the budget bounds running
+//! time (in release builds the default budget is roughly a second). The memo
+//! stores at most one entry per step, so memory is bounded by the budget too
+//! (about `budget * (ops_per_key / 8 + 100)` bytes in the worst case). The
+//! search is fast when few operations are concurrent; it grows exponentially
+//! with the number of clients with overlapping operations, and refutations
+//! get expensive when a key has many indeterminate writes of values drawn
+//! from a small domain. Writing unique values keeps them cheap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -84,8 +106,8 @@ pub enum OpInput {
     Delete,
     /// Read the key.
     Get,
-    /// Compare-and-set: if the current value equals `expected` (`None` = the
-    /// key must be absent), store `new`; otherwise change nothing.
+    /// Compare-and-set: if the current value equals `expected`, store `new`;
+    /// otherwise change nothing. expected None = key must be absent.
     Cas { expected: Option<Value>, new: Value },
 }
 
@@ -246,12 +268,9 @@ struct Node {
 /// DFS needs.
 ///
 /// The main list holds the call and return events of completed ops. The
-/// optional list holds only the call events of indeterminate ops: their
-/// returns are at +infinity, so they never block anything. Keeping them
-/// apart lets the search try completed ops before optional ones at every
-/// configuration, which makes memo subsumption (see [`Memo`]) effective:
-/// configurations with fewer optional ops get visited first and then prune
-/// the ones with more.
+/// optional list holds only the call events of indeterminate ops, whose
+/// returns are at +infinity. Keeping them apart lets the search try
+/// completed ops before optional ones at every point.
 struct EventLists {
     nodes: Vec<Node>,
 }
@@ -312,22 +331,9 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
     bits[i / 64] & (1 << (i % 64)) != 0
 }
 
-fn assign_bit(bits: &mut [u64], i: usize, value: bool) {
-    if value {
-        set_bit(bits, i);
-    } else {
-        clear_bit(bits, i);
-    }
-}
-
 /// Whether bitset `a` is a subset of bitset `b` (same length).
 fn is_subset(a: &[u64], b: &[u64]) -> bool {
     a.iter().zip(b).all(|(x, y)| x & !y == 0)
-}
-
-/// Whether the op overwrites the register without looking at it.
-fn is_blind_write(input: &OpInput) -> bool {
-    matches!(input, OpInput::Put { .. } | OpInput::Delete)
 }
 
 /// A small, fast, non-cryptographic hasher (FxHash-style multiply-rotate
@@ -377,69 +383,106 @@ impl Hasher for FastHasher {
     }
 }
 
-/// How many antichain comparisons in [`Memo::visit`] cost one search step.
-/// A comparison is a few word operations, much cheaper than a step (which
-/// hashes a key), but it must be charged for the budget to bound time.
-const COMPARISONS_PER_STEP: u64 = 16;
+/// Work is counted in units of 1/16 step: a memo lookup or a backtrack (a
+/// hash of a bitset, or undoing a lift) costs a full step, while skipping an
+/// event that fails a cheap filter or comparing one memo entry costs a unit.
+const UNITS_PER_STEP: u64 = 16;
+
+/// The pending-write marker of a configuration: `Some(before)` while the
+/// most recently linearized op is optional, `before` being the register
+/// state it replaced. See [`Search::depends_on_pending`].
+type Pending = Option<Option<Value>>;
 
 /// Memo of explored search configurations, with subsumption.
 ///
-/// A configuration is (set `R` of linearized completed ops, set `O` of
-/// linearized optional ops plus the "last op was an optional blind write"
-/// flag, register state). Porcupine caches exact `(R ∪ O, state)` pairs.
-/// We additionally use that `(R, O', s)` with `O' ⊆ O` can do everything
-/// `(R, O, s)` can: which events are enabled depends only on `R` (optional
-/// ops return at infinity, so they never block anything), `O'` leaves more
-/// optional ops available, a clear flag allows more moves than a set one,
-/// and success depends only on `R`. So a configuration is pruned when some
-/// visited configuration has the same `R` and state and a subset of its
-/// `O`. Without this, every pending indeterminate write would double the
-/// space a refutation has to exhaust.
+/// A configuration is the set `R` of linearized completed ops, the set `O`
+/// of linearized optional ops, the register state, and the pending marker
+/// `W`. Porcupine caches exact `(R ∪ O, state)` pairs. We also use that a
+/// configuration with a subset of `O` (and the same `R`, state and `W`, or
+/// no `W` at all) can do everything the other can: which events are enabled
+/// depends only on `R` (optional ops return at infinity, so they never block
+/// anything), having used fewer optional ops leaves more available (with
+/// identical inputs used in order, an earlier twin can stand in for a later
+/// one), no `W` means fewer restrictions, and success depends only on `R`.
+/// So a configuration is pruned when a visited one dominates it; any
+/// linearization from the pruned one maps step by step to one from the
+/// dominating one, which the search explores. Without this, every pending
+/// indeterminate write would double the space a refutation must exhaust.
 ///
-/// For each `(R, state)` the memo keeps the antichain of minimal `O`s seen,
-/// stored flat with `opt_words` words per set.
+/// For each `(R, state, W)` the memo keeps the antichain of minimal `O`s
+/// seen, stored flat with `opt_words` words per set.
 struct Memo {
     opt_words: usize,
     map: HashMap<Box<[u64]>, Vec<u64>, BuildHasherDefault<FastHasher>>,
     key_buf: Vec<u64>,
 }
 
-/// Result of [`Memo::visit`].
-struct Visit {
-    /// False if the configuration is subsumed by one already visited.
-    is_new: bool,
-    /// How many stored optional sets were compared, for step accounting.
-    comparisons: u64,
+/// Appends a two-word encoding of an optional value.
+fn push_value(out: &mut Vec<u64>, value: Option<Value>) {
+    match value {
+        Some(v) => out.extend_from_slice(&[1, v]),
+        None => out.extend_from_slice(&[0, 0]),
+    }
 }
 
 impl Memo {
+    /// `opt_words` must be non-zero because sets are split with
+    /// `chunks_exact`.
     fn new(req_words: usize, opt_words: usize) -> Self {
-        Memo { opt_words, map: HashMap::default(), key_buf: Vec::with_capacity(req_words + 2) }
+        Memo { opt_words, map: HashMap::default(), key_buf: Vec::with_capacity(req_words + 5) }
     }
 
-    /// Records the configuration unless it is subsumed by a visited one.
-    fn visit(&mut self, required: &[u64], optional: &[u64], state: Option<Value>) -> Visit {
-        // The key is the required bitset followed by two words encoding the
-        // optional state, flat so that lookups can borrow it.
+    /// Fills `key_buf` with the flat key for `(R, state, W)`; flat so that
+    /// lookups can borrow it without allocating.
+    fn fill_key(&mut self, required: &[u64], state: Option<Value>, pending: Pending) {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(required);
-        match state {
-            Some(v) => self.key_buf.extend_from_slice(&[1, v]),
-            None => self.key_buf.extend_from_slice(&[0, 0]),
+        push_value(&mut self.key_buf, state);
+        match pending {
+            Some(before) => {
+                self.key_buf.push(1);
+                push_value(&mut self.key_buf, before);
+            }
+            None => self.key_buf.extend_from_slice(&[0, 0, 0]),
         }
+    }
 
-        let Some(sets) = self.map.get_mut(self.key_buf.as_slice()) else {
-            self.map.insert(self.key_buf.as_slice().into(), optional.to_vec());
-            return Visit { is_new: true, comparisons: 0 };
+    /// Whether a set stored under the current `key_buf` is a subset of
+    /// `optional`; adds the number of comparisons to `units`.
+    fn dominated(&self, optional: &[u64], units: &mut u64) -> bool {
+        let Some(sets) = self.map.get(self.key_buf.as_slice()) else {
+            return false;
         };
-        let w = self.opt_words;
-        let mut comparisons = 0;
-        for set in sets.chunks_exact(w) {
-            comparisons += 1;
-            if is_subset(set, optional) {
-                return Visit { is_new: false, comparisons };
+        sets.chunks_exact(self.opt_words).any(|set| {
+            *units += 1;
+            is_subset(set, optional)
+        })
+    }
+
+    /// Records the configuration and returns true, unless it is dominated
+    /// by a visited one. Adds the comparisons made to `units`.
+    fn visit(
+        &mut self,
+        required: &[u64],
+        optional: &[u64],
+        state: Option<Value>,
+        pending: Pending,
+        units: &mut u64,
+    ) -> bool {
+        if pending.is_some() {
+            // The same configuration without the pending-write restriction
+            // dominates this one.
+            self.fill_key(required, state, None);
+            if self.dominated(optional, units) {
+                return false;
             }
         }
+        self.fill_key(required, state, pending);
+        if self.dominated(optional, units) {
+            return false;
+        }
+        let w = self.opt_words;
+        let sets = self.map.entry(self.key_buf.as_slice().into()).or_default();
         // Stored supersets of the new set are now redundant (anything they
         // would prune, the new set prunes too); dropping them keeps the
         // antichain, and therefore later scans, short.
@@ -452,28 +495,29 @@ impl Memo {
         }
         sets.truncate(kept * w);
         sets.extend_from_slice(optional);
-        Visit { is_new: true, comparisons }
+        true
     }
 }
 
-/// Where the DFS scan currently is.
+/// Where the DFS scan currently is: the next unvisited node of each list.
+///
+/// The scan walks the main list over calls of completed ops; every node it
+/// passes is a call, because it stops at the first return. Once there (the
+/// "barrier": the earliest deadline among pending completed ops), it walks
+/// the optional list over calls ranked before the barrier.
 #[derive(Debug, Clone, Copy)]
-enum Cursor {
-    /// Scanning the main list for completed ops to linearize next.
-    Main(usize),
-    /// Scanning the optional list; only calls ranked before `barrier` (the
-    /// first pending return of a completed op) may be linearized now.
-    Optional { node: usize, barrier: usize },
+struct Cursor {
+    main: usize,
+    opt: usize,
 }
 
 /// One undo record: the lifted call node and what to restore.
 struct Frame {
     call: usize,
     prev_state: Option<Value>,
-    prev_flag: bool,
-    /// The barrier the optional scan was using, to resume it after undoing
-    /// an optional op; `None` for completed ops (resume the main scan).
-    barrier: Option<usize>,
+    prev_pending: Pending,
+    /// The scan position when the op was lifted, to resume right after it.
+    cursor: Cursor,
 }
 
 /// Outcome of trying to linearize one op at the current point.
@@ -492,85 +536,127 @@ struct Search<'a> {
     /// For an optional op, the latest earlier-invoked optional op with an
     /// identical input.
     prev_twin: Vec<Option<usize>>,
+    /// Rank of each op's call event.
+    call_pos: Vec<usize>,
+    /// Ops that depend on an optional write exactly when it produces a given
+    /// value: completed gets returning it, and completed successful CASes
+    /// and optional CASes expecting it. Sorted by call rank.
+    wanted: HashMap<Option<Value>, Vec<usize>>,
+    /// Completed failed CASes by expected value: they depend on an optional
+    /// write that moves the register away from that value. Sorted by call
+    /// rank.
+    failed_cas: HashMap<Option<Value>, Vec<usize>>,
     lists: EventLists,
+    /// Linearized completed ops (`R`), indexed by `slot`.
     required_bits: Vec<u64>,
-    /// Linearized optional ops, plus the flag bit at index `flag`.
+    /// Linearized optional ops (`O`), indexed by `slot`.
     optional_bits: Vec<u64>,
-    flag: usize,
     memo: Memo,
     state: Option<Value>,
+    pending: Pending,
     stack: Vec<Frame>,
     required_left: usize,
-    steps: u64,
+    /// Work done so far, in units of 1/`UNITS_PER_STEP` step.
+    units: u64,
 }
 
 impl Search<'_> {
+    fn is_required(&self, i: usize) -> bool {
+        self.ops[i].output.is_some()
+    }
+
+    fn is_lifted(&self, i: usize) -> bool {
+        let bits = if self.is_required(i) { &self.required_bits } else { &self.optional_bits };
+        get_bit(bits, self.slot[i])
+    }
+
+    /// Whether op `i`, run on the current state, depends on the optional op
+    /// linearized just before it, which changed the state from `before`.
+    ///
+    /// Partial-order reduction: if the next op does not depend on it, the
+    /// optional op can be dropped (the next op is a blind write, or a CAS
+    /// that would have succeeded anyway) or swapped after it (a read that
+    /// would have returned the same result on `before`), leaving every
+    /// completed op's view unchanged and using no more optional ops; an
+    /// optional op that changes nothing can always be dropped. Repeating
+    /// this turns any linearization into one where each optional op changes
+    /// the state and is directly followed by an op that depends on it, so
+    /// only those are searched.
+    fn depends_on_pending(&self, i: usize, before: Option<Value>) -> bool {
+        let op = self.ops[i];
+        match (&op.input, &op.output) {
+            (OpInput::Put { .. } | OpInput::Delete, _) => false,
+            // A completed read or CAS depends on the change if its recorded
+            // output was impossible on the previous state.
+            (_, Some(output)) => apply(before, &op.input, Some(output)).is_none(),
+            // An optional CAS depends on it only if it now succeeds where
+            // it would have failed (failing on both means no effect).
+            (OpInput::Cas { expected, .. }, None) => self.state == *expected && before != *expected,
+            // Optional gets are removed before the search.
+            (OpInput::Get, None) => false,
+        }
+    }
+
+    /// Cheap necessary condition for linearizing optional op `x` now, moving
+    /// the register from the current state to `produced`: some other
+    /// unlinearized op that is enabled (called before `barrier`) must be
+    /// able to run next and depend on that change. Without it, lifting `x`
+    /// would lead straight to a dead end.
+    fn is_useful(&mut self, x: usize, produced: Option<Value>, barrier: usize) -> bool {
+        let candidate_lists = [self.wanted.get(&produced), self.failed_cas.get(&self.state)];
+        for candidates in candidate_lists.into_iter().flatten() {
+            for &r in candidates {
+                self.units += 1;
+                if self.call_pos[r] >= barrier {
+                    break;
+                }
+                if r != x && !self.is_lifted(r) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Tries to linearize the op whose call event is `node` right now.
-    fn attempt(&mut self, node: usize, barrier: Option<usize>) -> Attempt {
+    /// `barrier` is the rank of the first pending return of a completed op;
+    /// it is only needed (and only exact) for optional ops.
+    fn attempt(&mut self, node: usize, cursor: Cursor, barrier: usize) -> Attempt {
         let i = self.lists.nodes[node].op;
         let op = self.ops[i];
         let required = op.output.is_some();
-        let blind = is_blind_write(&op.input);
-        let prev_flag = get_bit(&self.optional_bits, self.flag);
-        // Partial-order reduction: the value left by an optional blind write
-        // (Put/Delete) only matters to an op that reads the register. If the
-        // next op is itself a blind write, dropping the optional one leaves
-        // every read unchanged and uses a subset of the optional ops, so
-        // some canonical linearization never has an optional blind write
-        // directly followed by a blind write, and only those are searched.
         // Symmetry reduction: pending optional ops with identical inputs are
-        // interchangeable once invoked, so they are used in invocation
-        // order (any linearization can be relabelled that way, as the k-th
-        // use of an input is after at least k of their invocations).
-        if let Some(twin) = self.prev_twin[i] {
-            if !get_bit(&self.optional_bits, self.slot[twin]) {
-                CNT.with(|c| {
-                    let mut v = c.get();
-                    v[0] += 1;
-                    c.set(v)
-                }); // INSTR
-                return Attempt::Rejected;
-            }
+        // interchangeable once invoked, so they are used in invocation order
+        // (any linearization can be relabelled that way, since the k-th use
+        // of an input comes after at least k of their invocations).
+        let earlier_twin_unused = self.prev_twin[i].is_some_and(|twin| !get_bit(&self.optional_bits, self.slot[twin]));
+        if earlier_twin_unused {
+            return Attempt::Rejected;
         }
-        if blind && prev_flag {
-            CNT.with(|c| {
-                let mut v = c.get();
-                v[0] += 1;
-                c.set(v)
-            }); // INSTR
+        if self.pending.is_some_and(|before| !self.depends_on_pending(i, before)) {
             return Attempt::Rejected;
         }
         let Some(new_state) = apply(self.state, &op.input, op.output.as_ref()) else {
-            CNT.with(|c| {
-                let mut v = c.get();
-                v[if required { 1 } else { 2 }] += 1;
-                c.set(v)
-            }); // INSTR
             return Attempt::Rejected;
         };
+        if !required && (new_state == self.state || !self.is_useful(i, new_state, barrier)) {
+            return Attempt::Rejected;
+        }
+        let new_pending = if required { None } else { Some(self.state) };
 
-        assign_bit(&mut self.optional_bits, self.flag, !required && blind);
         let bits = if required { &mut self.required_bits } else { &mut self.optional_bits };
         set_bit(bits, self.slot[i]);
-        let visit = self.memo.visit(&self.required_bits, &self.optional_bits, new_state);
-        self.steps = self.steps.saturating_add(visit.comparisons / COMPARISONS_PER_STEP);
-        CNT.with(|c| {
-            let mut v = c.get();
-            v[if visit.is_new { 3 } else { 4 }] += 1;
-            if !required {
-                v[5] += 1
-            };
-            c.set(v)
-        }); // INSTR
-        if !visit.is_new {
+        self.units = self.units.saturating_add(UNITS_PER_STEP);
+        let is_new = self.memo.visit(&self.required_bits, &self.optional_bits, new_state, new_pending, &mut self.units);
+        if !is_new {
             let bits = if required { &mut self.required_bits } else { &mut self.optional_bits };
             clear_bit(bits, self.slot[i]);
-            assign_bit(&mut self.optional_bits, self.flag, prev_flag);
             return Attempt::Rejected;
         }
 
-        self.stack.push(Frame { call: node, prev_state: self.state, prev_flag, barrier });
+        self.stack.push(Frame { call: node, prev_state: self.state, prev_pending: self.pending, cursor });
         self.state = new_state;
+        self.pending = new_pending;
         self.lists.lift(node);
         if required {
             self.required_left -= 1;
@@ -585,69 +671,76 @@ impl Search<'_> {
     /// scan, or returns `None` if nothing is left to undo.
     fn backtrack(&mut self) -> Option<Cursor> {
         let frame = self.stack.pop()?;
+        self.units = self.units.saturating_add(UNITS_PER_STEP);
         self.lists.unlift(frame.call);
         let i = self.lists.nodes[frame.call].op;
-        if self.ops[i].output.is_some() {
+        if self.is_required(i) {
             clear_bit(&mut self.required_bits, self.slot[i]);
             self.required_left += 1;
         } else {
             clear_bit(&mut self.optional_bits, self.slot[i]);
         }
-        assign_bit(&mut self.optional_bits, self.flag, frame.prev_flag);
         self.state = frame.prev_state;
-        let node = self.lists.next(frame.call);
-        Some(match frame.barrier {
-            None => Cursor::Main(node),
-            Some(barrier) => Cursor::Optional { node, barrier },
-        })
+        self.pending = frame.prev_pending;
+        // The lists are exactly as they were when the op was lifted, so the
+        // saved cursor is valid; step past the op that was just undone.
+        let next = self.lists.next(frame.call);
+        let mut cursor = frame.cursor;
+        if self.is_required(i) {
+            cursor.main = next;
+        } else {
+            cursor.opt = next;
+        }
+        Some(cursor)
+    }
+
+    fn start(&self) -> Cursor {
+        Cursor { main: self.lists.next(MAIN_HEAD), opt: self.lists.next(OPT_HEAD) }
     }
 
     /// Runs the DFS to completion or until the budget is spent.
     fn run(&mut self, max_steps: u64) -> KeyOutcome {
-        let mut cursor = Cursor::Main(self.lists.next(MAIN_HEAD));
+        let max_units = max_steps.saturating_mul(UNITS_PER_STEP);
+        let mut cursor = self.start();
         loop {
-            self.steps += 1;
-            if self.steps > max_steps {
+            self.units += 1;
+            if self.units > max_units {
                 return KeyOutcome::BudgetExceeded;
             }
-            match cursor {
-                Cursor::Main(n) if n != NIL && self.lists.nodes[n].is_call => {
-                    cursor = match self.attempt(n, None) {
-                        Attempt::AllLinearized => return KeyOutcome::Linearizable,
-                        Attempt::Lifted => Cursor::Main(self.lists.next(MAIN_HEAD)),
-                        Attempt::Rejected => Cursor::Main(self.lists.next(n)),
-                    };
-                }
-                Cursor::Main(n) => {
-                    // The first pending return: every completed op that may
-                    // go next has been tried, so try the optional ops invoked
-                    // before it. Falling off the end cannot happen while a
-                    // completed op is pending, but is handled as "no bound".
-                    let barrier = if n == NIL { usize::MAX } else { self.lists.nodes[n].pos };
-                    cursor = Cursor::Optional { node: self.lists.next(OPT_HEAD), barrier };
-                }
-                Cursor::Optional { node, barrier } if node != NIL && self.lists.nodes[node].pos < barrier => {
-                    cursor = match self.attempt(node, Some(barrier)) {
-                        // An optional op is never the last completed one.
-                        Attempt::AllLinearized => return KeyOutcome::Linearizable,
-                        Attempt::Lifted => Cursor::Main(self.lists.next(MAIN_HEAD)),
-                        Attempt::Rejected => Cursor::Optional { node: self.lists.next(node), barrier },
-                    };
-                }
-                Cursor::Optional { .. } => {
-                    // Nothing can be linearized here, yet a completed op must
-                    // be before its return: undo the latest choice.
-                    match self.backtrack() {
-                        Some(next) => cursor = next,
-                        None => return KeyOutcome::NotLinearizable,
+            let main = cursor.main;
+            let main_is_call = main != NIL && self.lists.nodes[main].is_call;
+            // Falling off the end of the main list cannot happen while a
+            // completed op is pending, but is handled as "no bound".
+            let main_pos = if main == NIL { usize::MAX } else { self.lists.nodes[main].pos };
+            // Completed ops are tried first: configurations using fewer
+            // optional ops then tend to be visited first and prune, via the
+            // memo, those that use more.
+            let (node, optional) = if main_is_call {
+                (main, false)
+            } else if cursor.opt != NIL && self.lists.nodes[cursor.opt].pos < main_pos {
+                (cursor.opt, true)
+            } else {
+                // The first pending return, with nothing left to try: that
+                // op should have been linearized already, so undo the
+                // latest choice.
+                match self.backtrack() {
+                    Some(next) => {
+                        cursor = next;
+                        continue;
                     }
+                    None => return KeyOutcome::NotLinearizable,
                 }
+            };
+            match self.attempt(node, cursor, main_pos) {
+                Attempt::AllLinearized => return KeyOutcome::Linearizable,
+                Attempt::Lifted => cursor = self.start(),
+                Attempt::Rejected if optional => cursor.opt = self.lists.next(node),
+                Attempt::Rejected => cursor.main = self.lists.next(node),
             }
         }
     }
 }
 
-thread_local! { static CNT: std::cell::Cell<[u64;6]> = const { std::cell::Cell::new([0;6]) }; } // INSTR
 /// Searches for a linearization of one key's operations.
 fn check_key(key_ops: &[&Operation], max_steps: u64) -> KeyOutcome {
     // Indeterminate reads have no effect on the register and accept any
@@ -656,7 +749,8 @@ fn check_key(key_ops: &[&Operation], max_steps: u64) -> KeyOutcome {
         key_ops.iter().copied().filter(|op| !(op.output.is_none() && op.input == OpInput::Get)).collect();
 
     // Completed ("required") and indeterminate ("optional") ops get separate
-    // dense indices into separate bitsets; see `Memo` for why.
+    // dense indices into separate bitsets, so the memo can compare the
+    // optional parts by inclusion.
     let mut slot = Vec::with_capacity(ops.len());
     let (mut required_total, mut optional_total) = (0usize, 0usize);
     for op in &ops {
@@ -677,6 +771,7 @@ fn check_key(key_ops: &[&Operation], max_steps: u64) -> KeyOutcome {
     // Build the events. At equal times calls sort before returns so that
     // operations touching at a single instant count as concurrent; the
     // operation index breaks remaining ties to keep the search deterministic.
+    // Optional ops get no return event: it would be at +infinity.
     let mut events: Vec<(Time, bool, usize)> = Vec::with_capacity(ops.len() * 2);
     for (i, op) in ops.iter().enumerate() {
         // `false` sorts before `true`, so the flag means "is a return".
@@ -714,64 +809,66 @@ fn check_key(key_ops: &[&Operation], max_steps: u64) -> KeyOutcome {
             nodes[ret_node[op]].partner = call_node[op];
         }
     }
+    // Every op has exactly one call event, so every entry was filled in.
+    let call_pos: Vec<usize> = call_node.iter().map(|&n| nodes[n].pos).collect();
 
-    // Link each optional op to the previous one with an identical input,
-    // in event order (the order the optional list uses).
+    // Index the ops by what they need from an optional write (see
+    // `Search::is_useful`) and chain identical optional inputs (see
+    // `Search::attempt`), both in call order.
+    let mut wanted: HashMap<Option<Value>, Vec<usize>> = HashMap::new();
+    let mut failed_cas: HashMap<Option<Value>, Vec<usize>> = HashMap::new();
     let mut prev_twin = vec![None; ops.len()];
     let mut last_with_input: HashMap<(u8, Option<Value>, Value), usize> = HashMap::new();
-    for &(_, is_return, op) in &events {
-        if !is_return && ops[op].output.is_none() {
-            let input_key = match ops[op].input {
+    for &(_, is_return, i) in &events {
+        if is_return {
+            continue;
+        }
+        let op = ops[i];
+        match (&op.input, &op.output) {
+            (OpInput::Get, Some(OpOutput::Get { value })) => {
+                wanted.entry(*value).or_default().push(i);
+            }
+            (OpInput::Cas { expected, .. }, Some(OpOutput::Cas { ok: true }) | None) => {
+                wanted.entry(*expected).or_default().push(i);
+            }
+            (OpInput::Cas { expected, .. }, Some(OpOutput::Cas { ok: false })) => {
+                failed_cas.entry(*expected).or_default().push(i);
+            }
+            _ => {}
+        }
+        if op.output.is_none() {
+            let input_key = match op.input {
                 OpInput::Put { value } => (0, None, value),
                 OpInput::Delete => (1, None, 0),
                 OpInput::Get => (2, None, 0),
                 OpInput::Cas { expected, new } => (3, expected, new),
             };
-            prev_twin[op] = last_with_input.insert(input_key, op);
+            prev_twin[i] = last_with_input.insert(input_key, i);
         }
     }
 
-    // The optional bitset has one extra bit, the flag, set while the most
-    // recently linearized op is an optional blind write. Keeping it in the
-    // optional set lets subsumption treat "flag clear" as the dominating,
-    // less constrained configuration.
     let required_bits = vec![0u64; required_total.div_ceil(64)];
-    let optional_bits = vec![0u64; (optional_total + 1).div_ceil(64)];
+    // At least one word, even without optional ops: see `Memo::new`.
+    let optional_bits = vec![0u64; optional_total.div_ceil(64).max(1)];
     let memo = Memo::new(required_bits.len(), optional_bits.len());
     let mut search = Search {
         stack: Vec::with_capacity(ops.len()),
         ops,
         slot,
         prev_twin,
+        call_pos,
+        wanted,
+        failed_cas,
         lists: EventLists { nodes },
         required_bits,
         optional_bits,
-        flag: optional_total,
         memo,
         state: None,
+        pending: None,
         required_left: required_total,
-        steps: 0,
+        units: 0,
     };
-    let outcome = search.run(max_steps);
-    eprintln!(
-        "CNT blindskip={} reqfail={} optfail={} new={} memohit={} optattempt={}",
-        CNT.with(|c| c.get()[0]),
-        CNT.with(|c| c.get()[1]),
-        CNT.with(|c| c.get()[2]),
-        CNT.with(|c| c.get()[3]),
-        CNT.with(|c| c.get()[4]),
-        CNT.with(|c| c.replace([0; 6])[5])
-    ); // INSTR
-    eprintln!(
-        "OUTCOME {:?}: ops={} opt={} steps={} keys={} sets={}",
-        outcome,
-        search.ops.len(),
-        optional_total,
-        search.steps,
-        search.memo.map.len(),
-        search.memo.map.values().map(|v| v.len() / search.memo.opt_words).sum::<usize>()
-    ); // INSTR
-    outcome
+    search.run(max_steps)
 }
 
 #[cfg(test)]
@@ -948,6 +1045,66 @@ mod tests {
             get(3, 0, Some(9), 30, 40),
         ];
         assert_eq!(check_history(&ok), CheckResult::Linearizable);
+    }
+
+    #[test]
+    fn identical_indeterminate_puts_each_take_effect_at_most_once() {
+        // Seeing 5 twice around a put of 1 needs two separate writes of 5.
+        let reads = [get(3, 0, Some(5), 10, 20), put(4, 0, 1, 30, 40), get(5, 0, Some(5), 50, 60)];
+        let mut two = vec![pending_put(1, 0, 5, 0), pending_put(2, 0, 5, 0)];
+        two.extend(reads.iter().cloned());
+        assert_eq!(check_history(&two), CheckResult::Linearizable);
+        let mut one = vec![pending_put(1, 0, 5, 0)];
+        one.extend(reads.iter().cloned());
+        assert_not_lin(check_history(&one), 0);
+    }
+
+    #[test]
+    fn indeterminate_write_can_explain_a_failed_cas() {
+        // The CAS expecting 1 failed although 1 was written, so the pending
+        // put of 2 must have landed first; later reads must then see 2.
+        let base = [put(1, 0, 1, 0, 10), pending_put(2, 0, 2, 15), cas(3, 0, Some(1), 3, false, 20, 30)];
+        let mut ok = base.to_vec();
+        ok.push(get(4, 0, Some(2), 40, 50));
+        assert_eq!(check_history(&ok), CheckResult::Linearizable);
+        let mut stale = base.to_vec();
+        stale.push(get(4, 0, Some(1), 40, 50));
+        assert_not_lin(check_history(&stale), 0);
+        let without_pending = [put(1, 0, 1, 0, 10), cas(3, 0, Some(1), 3, false, 20, 30)];
+        assert_not_lin(check_history(&without_pending), 0);
+    }
+
+    #[test]
+    fn chained_indeterminate_ops() {
+        // 9 can only appear if the pending put of 4 lands and then the
+        // pending CAS from 4 to 9 does.
+        let h = [
+            pending_put(1, 0, 4, 0),
+            pending(2, 0, OpInput::Cas { expected: Some(4), new: 9 }, 0),
+            get(3, 0, Some(9), 10, 20),
+        ];
+        assert_eq!(check_history(&h), CheckResult::Linearizable);
+        let wrong_order = [
+            pending_put(1, 0, 4, 0),
+            pending(2, 0, OpInput::Cas { expected: Some(4), new: 9 }, 0),
+            get(3, 0, Some(9), 10, 20),
+            get(4, 0, Some(4), 30, 40),
+        ];
+        assert_not_lin(check_history(&wrong_order), 0);
+    }
+
+    #[test]
+    fn indeterminate_delete_observed() {
+        let h =
+            [put(1, 0, 1, 0, 10), pending(2, 0, OpInput::Delete, 20), get(3, 0, None, 30, 40), get(4, 0, None, 50, 60)];
+        assert_eq!(check_history(&h), CheckResult::Linearizable);
+        let flip_flop = [
+            put(1, 0, 1, 0, 10),
+            pending(2, 0, OpInput::Delete, 20),
+            get(3, 0, None, 30, 40),
+            get(4, 0, Some(1), 50, 60),
+        ];
+        assert_not_lin(check_history(&flip_flop), 0);
     }
 
     #[test]
@@ -1179,14 +1336,21 @@ mod tests {
 
     #[test]
     fn randomized_linearizable_history_and_corruption() {
-        let cfg = GenConfig { clients: 5, ops_per_client: 80, keys: 2, values: 5, indeterminate_percent: 3 };
-        for seed in 0..4 {
-            let mut h = generate_linearizable(seed, &cfg);
-            assert_eq!(h.len(), 400);
-            assert!(h.iter().any(|op| op.output.is_none()), "seed {seed}: no indeterminate ops");
-            assert_eq!(check_history(&h), CheckResult::Linearizable, "seed {seed}");
-            let key = corrupt_one_get(&mut h, seed);
-            assert_not_lin(check_history(&h), key);
+        let configs = [
+            // Small value domain: reads are ambiguous.
+            GenConfig { clients: 5, ops_per_client: 80, keys: 2, values: 5, indeterminate_percent: 3 },
+            // Unique-ish values and many timeouts.
+            GenConfig { clients: 5, ops_per_client: 80, keys: 2, values: 1_000_000, indeterminate_percent: 10 },
+        ];
+        for cfg in &configs {
+            for seed in 0..3 {
+                let mut h = generate_linearizable(seed, cfg);
+                assert_eq!(h.len(), 400);
+                assert!(h.iter().any(|op| op.output.is_none()), "seed {seed}: no indeterminate ops");
+                assert_eq!(check_history(&h), CheckResult::Linearizable, "seed {seed}");
+                let key = corrupt_one_get(&mut h, seed);
+                assert_not_lin(check_history(&h), key);
+            }
         }
     }
 
@@ -1259,12 +1423,12 @@ mod tests {
 
     /// Small random single-key histories with random (often wrong) outputs.
     fn random_small_history(rng: &mut SplitMix64) -> Vec<Operation> {
-        let n = 1 + rng.below(8);
+        let n = 1 + rng.below(7);
         (0..n)
             .map(|id| {
                 let input = random_input(rng, 2);
                 let invoke = rng.below(20);
-                let output = if rng.below(3) == 0 {
+                let output = if rng.below(4) == 0 {
                     None
                 } else {
                     Some(match input {
@@ -1289,7 +1453,7 @@ mod tests {
     fn agrees_with_brute_force_on_small_histories() {
         let mut rng = SplitMix64(0xC0FFEE);
         let (mut yes, mut no) = (0, 0);
-        for round in 0..200_000 {
+        for round in 0..5_000 {
             let h = random_small_history(&mut rng);
             let expected = brute_force_linearizable(&h);
             let got = check_history(&h);
@@ -1300,46 +1464,6 @@ mod tests {
             }
         }
         // Make sure both outcomes were actually exercised.
-        assert!(yes > 300 && no > 300, "yes={yes} no={no}");
-    }
-
-    #[test]
-    #[ignore]
-    fn perf_probe() {
-        for &(clients, per, keys, values, pct) in &[
-            (5u64, 60u64, 1u64, 3u64, 2u64),
-            (5, 60, 1, 3, 5),
-            (5, 60, 1, 5, 10),
-            (5, 300, 1, 3, 3),
-            (10, 60, 1, 3, 3),
-            (5, 200, 3, 20, 5),
-            (5, 60, 1, 3, 20),
-        ] {
-            let cfg = GenConfig { clients, ops_per_client: per, keys, values, indeterminate_percent: pct };
-            let mut worst_ok = 0f64;
-            let mut worst_bad = 0f64;
-            let mut unknown = 0;
-            for seed in 0..20 {
-                let mut h = generate_linearizable(seed, &cfg);
-                let t = std::time::Instant::now();
-                let r = check_history(&h);
-                worst_ok = worst_ok.max(t.elapsed().as_secs_f64());
-                if matches!(r, CheckResult::Unknown { .. }) {
-                    unknown += 1;
-                } else {
-                    assert_eq!(r, CheckResult::Linearizable);
-                }
-                let key = corrupt_one_get(&mut h, seed);
-                let t = std::time::Instant::now();
-                let r = check_history(&h);
-                worst_bad = worst_bad.max(t.elapsed().as_secs_f64());
-                if matches!(r, CheckResult::Unknown { .. }) {
-                    unknown += 1;
-                } else {
-                    assert_not_lin(r, key);
-                }
-            }
-            println!("clients={clients} per={per} keys={keys} values={values} pct={pct}: worst ok {worst_ok:.4}s worst bad {worst_bad:.4}s unknown {unknown}");
-        }
+        assert!(yes > 500 && no > 500, "yes={yes} no={no}");
     }
 }

@@ -1,0 +1,43 @@
+//! Thousands of seeded fault simulations inside `cargo test`: every fault on, on
+//! clusters of 3, 5 and 7 nodes. A failure names the seed and the command that
+//! replays it with a trace.
+
+use raft_sim::runner::{run_plan, RunPlan};
+use raft_sim::Faults;
+
+fn run(first_seed: u64, seeds: u64, nodes: usize) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = RunPlan { first_seed, seeds, nodes, faults: Faults::ALL, faults_text: "all".into(), threads, bug: None };
+    let (summary, failures) = run_plan(&plan, false);
+    let mut report = String::new();
+    for outcome in &failures {
+        report.push_str(&format!(
+            "\nseed {}: {:?} {:?}\n  replay: cargo run --release -p raft-sim -- --seed {} --nodes {nodes} --faults all --trace",
+            outcome.seed,
+            outcome.violations.first(),
+            outcome.liveness_failure,
+            outcome.seed
+        ));
+    }
+    assert!(failures.is_empty(), "{} of {} seeds failed:{report}", failures.len(), summary.seeds);
+    assert_eq!(summary.seeds, seeds);
+    // The runs must exercise what they claim to: elections, snapshots, churn.
+    assert!(summary.elections >= seeds, "too few elections: {}", summary.elections);
+    assert!(summary.snapshots_installed > 0, "no snapshot was ever installed");
+    assert!(summary.completed_ops > seeds * 20, "too few completed client operations: {}", summary.completed_ops);
+}
+
+#[test]
+fn three_node_clusters_survive_all_faults() {
+    run(1_000_000, 800, 3);
+}
+
+#[test]
+fn five_node_clusters_survive_all_faults() {
+    run(2_000_000, 1_200, 5);
+}
+
+#[test]
+fn seven_node_clusters_survive_all_faults() {
+    run(3_000_000, 400, 7);
+}
