@@ -3,6 +3,7 @@
 //! linearizability checked at the end of every run.
 
 pub mod checker;
+pub mod harness;
 pub mod kv;
 pub mod linearizability;
 pub mod runner;

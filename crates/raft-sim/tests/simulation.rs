@@ -29,15 +29,15 @@ fn run(first_seed: u64, seeds: u64, nodes: usize) {
 
 #[test]
 fn three_node_clusters_survive_all_faults() {
-    run(1_000_000, 800, 3);
+    run(1_000_000, 2_000, 3);
 }
 
 #[test]
 fn five_node_clusters_survive_all_faults() {
-    run(2_000_000, 1_200, 5);
+    run(2_000_000, 3_000, 5);
 }
 
 #[test]
 fn seven_node_clusters_survive_all_faults() {
-    run(3_000_000, 400, 7);
+    run(3_000_000, 1_000, 7);
 }
