@@ -167,8 +167,8 @@ impl Checker {
         let term = hard_state.current_term;
         for index in old_commit.0 + 1..=core.commit_index().0 {
             if let Some(entry_term) = core.term_at(LogIndex(index)) {
-                if !self.committed.contains_key(&index) {
-                    self.committed.insert(index, (entry_term.0, term.0));
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.committed.entry(index) {
+                    slot.insert((entry_term.0, term.0));
                     self.newly_committed.push((LogId::new(entry_term, LogIndex(index)), core.membership().clone()));
                 }
             }

@@ -316,7 +316,7 @@ pub struct Simulation {
 
 impl Simulation {
     pub fn new(cfg: SimConfig) -> Simulation {
-        let mut rng = Rng::new(cfg.seed ^ 0x5EED_0F_5A11);
+        let mut rng = Rng::new(cfg.seed ^ 0x005E_ED0F_5A11);
         let profile = Profile::draw(&mut rng, cfg.faults, cfg.nodes);
         let ids: Vec<NodeId> = (1..=cfg.nodes as u64).map(NodeId).collect();
         let voter_count = cfg.nodes - profile.initial_learners;

@@ -23,7 +23,7 @@ fn followers_of_isolated_leader_elect_a_new_one_with_prevote_and_checkquorum() {
     assert_ne!(cluster.core(1).role(), Role::Leader);
     cluster.heal();
     cluster.run_for(10 * ELECTION_MAX_MS);
-    assert_eq!(cluster.core(1).leader(), Some(NodeId(leader as u64)));
+    assert_eq!(cluster.core(1).leader(), Some(NodeId(leader)));
 }
 
 /// Bug 3 (canonical/raft #279): a node restarted with a stale term must not
