@@ -474,12 +474,17 @@ impl Core {
         }
     }
 
+    /// Records the known leader and tells the runtime when it changed (a term
+    /// change without any leader on either side is not news).
     pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
         self.leader = leader;
         let current = (leader, self.hard_state.current_term);
-        if self.announced_leader != Some(current)
-            && (leader.is_some() || self.announced_leader.is_some_and(|(l, _)| l.is_some()))
-        {
+        let news = match self.announced_leader {
+            None => leader.is_some(),
+            Some((None, _)) if leader.is_none() => false,
+            Some(previous) => previous != current,
+        };
+        if news {
             self.announced_leader = Some(current);
             self.actions.push(Action::LeaderChanged { leader, term: current.1 });
         }

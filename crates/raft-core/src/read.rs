@@ -89,21 +89,17 @@ impl Core {
         let id = self.id;
         let Some(state) = self.leader_state.as_mut() else { return };
         let round = state.round;
-        let confirmed = majority_value(&self.membership.voters, |peer| {
+        let acked = |peer: NodeId| {
             if peer == id {
                 round
             } else {
                 state.progress.get(&peer).map_or(0, |p| p.acked_round)
             }
-        })
-        .min(majority_value(&self.membership.voters_outgoing, |peer| {
-            if peer == id {
-                round
-            } else {
-                state.progress.get(&peer).map_or(0, |p| p.acked_round)
-            }
-        }))
-        .min(round);
+        };
+        // A full majority of each half of the configuration; learners never count.
+        let confirmed = majority_value(&self.membership.voters, acked)
+            .min(majority_value(&self.membership.voters_outgoing, acked))
+            .min(round);
         if confirmed <= state.confirmed_round {
             return;
         }

@@ -292,9 +292,8 @@ impl Core {
                 let match_index = match_index.min(last);
                 let advanced = progress.maybe_update(match_index, now);
                 if let ProgressState::Probe { .. } = progress.state {
+                    // The follower's log matches ours through `match_index`: stream.
                     progress.become_replicate();
-                } else if !advanced && matches!(progress.state, ProgressState::Snapshot { .. }) {
-                    // A heartbeat answer during a snapshot install: nothing to do.
                 }
                 if advanced {
                     self.maybe_advance_commit();
