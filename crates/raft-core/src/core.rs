@@ -15,7 +15,7 @@
 //! own write (thesis §10.2.1); the leader counts itself in the commit quorum only
 //! through `durable_index`, which advances with `handle_persisted`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -141,7 +141,11 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadOrigin {
     Local,
-    Remote(NodeId),
+    /// Forwarded by `peer` in `term`; the answer echoes the term.
+    Remote {
+        peer: NodeId,
+        term: Term,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +161,17 @@ pub(crate) struct PendingRead {
 pub(crate) struct Transfer {
     pub target: NodeId,
     pub deadline: Millis,
+}
+
+/// A snapshot being received: from which leader, in which term, and the next byte
+/// expected. A chunk from anyone else starts over at offset 0, so that chunks of
+/// two streams (say, from a deposed leader and its successor) never mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IncomingSnapshot {
+    pub from: NodeId,
+    pub term: Term,
+    pub id: LogId,
+    pub next_offset: u64,
 }
 
 /// Durable work requested since the last `drain_actions`.
@@ -222,8 +237,8 @@ pub struct Core {
     pub(crate) base_membership: Configuration,
     /// Newest snapshot this node can send.
     pub(crate) snapshot: Option<SnapshotMeta>,
-    /// A snapshot being received: its id and the next offset expected.
-    pub(crate) incoming_snapshot: Option<(LogId, u64)>,
+    /// A snapshot being received, chunk by chunk.
+    pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
 
     pub(crate) election_deadline: Millis,
     /// When a leader was last heard from; votes are refused within the minimum
@@ -233,12 +248,19 @@ pub struct Core {
     pub(crate) leader_heard_at: Option<Millis>,
     pub(crate) votes: BTreeMap<NodeId, bool>,
     pub(crate) leader_state: Option<LeaderState>,
-    /// Reads forwarded to the leader and not yet answered.
-    pub(crate) forwarded_reads: BTreeSet<ReadId>,
+    /// Reads forwarded to a leader and not yet answered: to whom, in which term.
+    /// Only that leader's answer in that term is accepted.
+    pub(crate) forwarded_reads: BTreeMap<ReadId, (NodeId, Term)>,
 
     pub(crate) pending_persist: PendingPersist,
     pub(crate) persist_seq_emitted: u64,
     pub(crate) persist_seq_done: u64,
+    /// The persist that carries the newest hard state.
+    pub(crate) hard_state_seq: u64,
+    /// Won an election (alone: a single voter) whose term and vote are not durable
+    /// yet; leadership starts once they are, so that no append of this term can
+    /// leave before the term itself would survive a crash.
+    pub(crate) won_awaiting_persist: bool,
     /// Last log id written by each persist not yet acknowledged.
     pub(crate) persist_log_ids: VecDeque<(u64, LogId)>,
     /// Messages held until the persist with the given sequence completes.
@@ -278,10 +300,12 @@ impl Core {
             leader_heard_at,
             votes: BTreeMap::new(),
             leader_state: None,
-            forwarded_reads: BTreeSet::new(),
+            forwarded_reads: BTreeMap::new(),
             pending_persist: PendingPersist::default(),
             persist_seq_emitted: 0,
             persist_seq_done: 0,
+            hard_state_seq: 0,
+            won_awaiting_persist: false,
             persist_log_ids: VecDeque::new(),
             gated: VecDeque::new(),
             actions: Vec::new(),
@@ -418,6 +442,10 @@ impl Core {
                 self.actions.push(Action::Send { to, message });
             }
         }
+        if self.role == Role::Candidate && self.won_awaiting_persist && self.hard_state_durable() {
+            self.won_awaiting_persist = false;
+            self.become_leader();
+        }
         if self.role == Role::Leader {
             self.maybe_advance_commit();
         }
@@ -426,13 +454,13 @@ impl Core {
 
     pub fn handle_message(&mut self, now: Millis, from: NodeId, message: Message) {
         self.advance_clock(now);
-        if from == self.id {
+        if from == self.id || !message.is_well_formed() {
             return;
         }
         match message {
-            Message::ReadIndexRequest { read_id, .. } => return self.handle_read_index_request(from, read_id),
-            Message::ReadIndexResponse { read_id, index, .. } => {
-                return self.handle_read_index_response(read_id, index)
+            Message::ReadIndexRequest { term, read_id } => return self.handle_read_index_request(from, term, read_id),
+            Message::ReadIndexResponse { term, read_id, index } => {
+                return self.handle_read_index_response(from, term, read_id, index)
             }
             _ => {}
         }
@@ -494,6 +522,11 @@ impl Core {
         self.pending_persist.hard_state = true;
     }
 
+    /// Whether the current term and vote are on disk.
+    pub(crate) fn hard_state_durable(&self) -> bool {
+        !self.pending_persist.hard_state && self.hard_state_seq <= self.persist_seq_done
+    }
+
     pub(crate) fn mark_log_dirty(&mut self, from: LogIndex) {
         let from = self.pending_persist.log_from.map_or(from, |f| f.min(from));
         self.pending_persist.log_from = Some(from);
@@ -542,6 +575,9 @@ impl Core {
                 LogWrite { truncate_from: from, entries: self.log.slice(from, self.log.last_index()).to_vec() }
             });
             self.persist_log_ids.push_back((seq, self.log.last_log_id()));
+            if pending.hard_state {
+                self.hard_state_seq = seq;
+            }
             self.actions.push(Action::Persist(PersistRequest {
                 seq,
                 hard_state: pending.hard_state.then_some(self.hard_state),

@@ -74,7 +74,13 @@ impl Core {
 
     pub(crate) fn handle_election_timeout(&mut self) {
         if !self.membership.is_voter(self.id) {
-            // Learners and removed nodes never campaign; wait for a leader.
+            // Learners and removed nodes never campaign. A leader silent for a whole
+            // election timeout is forgotten, so that reads forwarded to it fail and
+            // the runtime stops routing to it, until a leader speaks again.
+            if self.leader.is_some() {
+                self.fail_forwarded_reads();
+                self.set_leader(None);
+            }
             self.reset_election_timer();
             return;
         }
@@ -102,6 +108,7 @@ impl Core {
         };
         self.set_leader(None);
         self.reset_election_timer();
+        self.won_awaiting_persist = false;
         self.votes.clear();
         self.votes.insert(self.id, true);
         if self.election_result() == VoteResult::Won {
@@ -132,7 +139,10 @@ impl Core {
     fn election_won(&mut self, kind: Campaign) {
         match kind {
             Campaign::PreVote => self.campaign(Campaign::Election),
-            Campaign::Election | Campaign::Transfer => self.become_leader(),
+            // Votes from others arrive only after our term and vote were durable
+            // (the requests wait for it); a single voter wins before that.
+            Campaign::Election | Campaign::Transfer if self.hard_state_durable() => self.become_leader(),
+            Campaign::Election | Campaign::Transfer => self.won_awaiting_persist = true,
         }
     }
 
@@ -205,6 +215,7 @@ impl Core {
             self.fail_forwarded_reads();
         }
         self.role = Role::Follower;
+        self.won_awaiting_persist = false;
         self.votes.clear();
         self.set_leader(leader);
         if leader.is_some() {
@@ -213,7 +224,7 @@ impl Core {
         self.reset_election_timer();
     }
 
-    fn become_leader(&mut self) {
+    pub(crate) fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.votes.clear();
         let now = self.now;

@@ -97,6 +97,8 @@ impl Core {
         let Some(state) = self.leader_state.as_mut() else { return Ok(()) };
         if let Some(current) = state.transfer {
             if current.target == target {
+                // A retry: the TimeoutNow may have been lost.
+                self.maybe_send_timeout_now(target);
                 return Ok(());
             }
             return Err(ProposeError::TransferInProgress { target: current.target });

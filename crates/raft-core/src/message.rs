@@ -33,7 +33,36 @@ pub enum Message {
     },
 }
 
+/// Terms, indexes and offsets at or above this bound are refused as corrupt or
+/// hostile input. No real cluster comes near 2^62, and the bound keeps every
+/// `+ 1` and `+ len` the core does on message fields far from overflow.
+pub const MAX_WIRE_NUMBER: u64 = 1 << 62;
+
 impl Message {
+    /// Whether every term, index and offset in the message is below
+    /// [`MAX_WIRE_NUMBER`]; the core drops messages that are not.
+    pub fn is_well_formed(&self) -> bool {
+        let ok = |n: u64| n < MAX_WIRE_NUMBER;
+        let id_ok = |id: &LogId| ok(id.term.0) && ok(id.index.0);
+        ok(self.term().0)
+            && match self {
+                Message::RequestVote(m) => id_ok(&m.last_log_id),
+                Message::RequestVoteResponse(_) | Message::TimeoutNow { .. } => true,
+                Message::AppendEntries(m) => {
+                    id_ok(&m.prev_log_id) && ok(m.leader_commit.0) && ok(m.entries.len() as u64)
+                }
+                Message::AppendEntriesResponse(m) => match m.result {
+                    AppendResult::Success { match_index } => ok(match_index.0),
+                    AppendResult::Conflict { rejected, hint } => ok(rejected.0) && id_ok(&hint),
+                    AppendResult::StaleTerm => true,
+                },
+                Message::InstallSnapshot(m) => id_ok(&m.meta.last_log_id) && ok(m.offset) && ok(m.data.len() as u64),
+                Message::InstallSnapshotResponse(m) => id_ok(&m.snapshot) && ok(m.next_offset),
+                Message::ReadIndexRequest { .. } => true,
+                Message::ReadIndexResponse { index, .. } => index.is_none_or(|i| ok(i.0)),
+            }
+    }
+
     pub fn term(&self) -> Term {
         match self {
             Message::RequestVote(m) => m.term,

@@ -8,7 +8,7 @@ use crate::core::{Action, Core, PendingRead, ReadMode, ReadOrigin, Role};
 use crate::error::ReadError;
 use crate::message::{Message, ReadId};
 use crate::quorum::majority_value;
-use crate::types::{LogIndex, Millis, NodeId};
+use crate::types::{LogIndex, Millis, NodeId, Term};
 
 impl Core {
     /// Starts a read at time `now`. The outcome arrives as `Action::ReadReady` or
@@ -21,8 +21,8 @@ impl Core {
         self.advance_clock(now);
         if self.role != Role::Leader {
             let Some(leader) = self.leader else { return Err(ReadError::NoLeader) };
-            self.forwarded_reads.insert(read_id);
             let term = self.hard_state.current_term;
+            self.forwarded_reads.insert(read_id, (leader, term));
             self.send(leader, Message::ReadIndexRequest { term, read_id });
             return Ok(());
         }
@@ -125,8 +125,7 @@ impl Core {
     fn resolve_read(&mut self, read: PendingRead) {
         match read.origin {
             ReadOrigin::Local => self.actions.push(Action::ReadReady { read_id: read.read_id, index: read.index }),
-            ReadOrigin::Remote(peer) => {
-                let term = self.hard_state.current_term;
+            ReadOrigin::Remote { peer, term } => {
                 let message = Message::ReadIndexResponse { term, read_id: read.read_id, index: Some(read.index) };
                 self.send(peer, message);
             }
@@ -138,32 +137,42 @@ impl Core {
             ReadOrigin::Local => {
                 self.actions.push(Action::ReadFailed { read_id: read.read_id, error: ReadError::LeadershipLost })
             }
-            ReadOrigin::Remote(peer) => {
-                let term = self.hard_state.current_term;
+            ReadOrigin::Remote { peer, term } => {
                 self.send(peer, Message::ReadIndexResponse { term, read_id: read.read_id, index: None });
             }
         }
     }
 
     pub(crate) fn fail_forwarded_reads(&mut self) {
-        for read_id in std::mem::take(&mut self.forwarded_reads) {
+        for read_id in std::mem::take(&mut self.forwarded_reads).into_keys() {
             self.actions.push(Action::ReadFailed { read_id, error: ReadError::LeadershipLost });
         }
     }
 
-    pub(crate) fn handle_read_index_request(&mut self, from: NodeId, read_id: ReadId) {
-        if self.role == Role::Leader {
-            self.register_read(read_id, ReadOrigin::Remote(from));
+    /// A follower's read, forwarded in `term`. Served only by the leader of that
+    /// term; any other node refuses it at once so that the follower can retry.
+    pub(crate) fn handle_read_index_request(&mut self, from: NodeId, term: Term, read_id: ReadId) {
+        if self.role == Role::Leader && term == self.hard_state.current_term {
+            self.register_read(read_id, ReadOrigin::Remote { peer: from, term });
         } else {
-            let term = self.hard_state.current_term;
             self.send(from, Message::ReadIndexResponse { term, read_id, index: None });
         }
     }
 
-    pub(crate) fn handle_read_index_response(&mut self, read_id: ReadId, index: Option<LogIndex>) {
-        if !self.forwarded_reads.remove(&read_id) {
+    /// A leader's answer to a forwarded read. Answers from any other node or term
+    /// (a stale leader, a duplicate, a forgery) are dropped: only the leader the
+    /// read was sent to, in the term it was sent in, can vouch for the index.
+    pub(crate) fn handle_read_index_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        read_id: ReadId,
+        index: Option<LogIndex>,
+    ) {
+        if self.forwarded_reads.get(&read_id) != Some(&(from, term)) {
             return;
         }
+        self.forwarded_reads.remove(&read_id);
         let action = match index {
             Some(index) => Action::ReadReady { read_id, index },
             None => Action::ReadFailed { read_id, error: ReadError::LeadershipLost },

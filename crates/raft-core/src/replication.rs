@@ -1,7 +1,7 @@
 //! Log replication: AppendEntries on both sides, per-peer flow control, commit,
 //! InstallSnapshot in chunks, heartbeats and CheckQuorum (paper §5.3, §7).
 
-use crate::core::{Action, Core, Role};
+use crate::core::{Action, Core, IncomingSnapshot, Role};
 use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse, Message,
 };
@@ -190,6 +190,10 @@ impl Core {
                 .cloned()
                 .collect();
             let sent_last = LogIndex(prev_index.0 + entries.len() as u64);
+            if progress.inflight.is_empty() && !entries.is_empty() {
+                // Stall detection measures from the first append after an idle spell.
+                progress.last_progress_at = self.now;
+            }
             progress.sent_append(sent_last, entries.len());
             let message = AppendEntries {
                 term: self.hard_state.current_term,
@@ -227,7 +231,17 @@ impl Core {
         let last_new = LogIndex(request.prev_log_id.index.0 + request.entries.len() as u64);
         let reply = |core: &mut Core, result: AppendResult| {
             let response = AppendEntriesResponse { term: core.hard_state.current_term, round: request.round, result };
-            core.send_after_persist(from, Message::AppendEntriesResponse(response));
+            let acknowledged = match result {
+                AppendResult::Success { match_index } => match_index,
+                AppendResult::Conflict { .. } | AppendResult::StaleTerm => LogIndex::ZERO,
+            };
+            if core.hard_state_durable() && acknowledged <= core.durable_index {
+                // Promises nothing that is not on disk already (a heartbeat, as a
+                // rule): no need to wait behind unrelated writes.
+                core.send(from, Message::AppendEntriesResponse(response));
+            } else {
+                core.send_after_persist(from, Message::AppendEntriesResponse(response));
+            }
         };
 
         // Entries at or below our commit index are committed, hence identical to the
@@ -291,9 +305,19 @@ impl Core {
             AppendResult::Success { match_index } => {
                 let match_index = match_index.min(last);
                 let advanced = progress.maybe_update(match_index, now);
-                if let ProgressState::Probe { .. } = progress.state {
-                    // The follower's log matches ours through `match_index`: stream.
-                    progress.become_replicate();
+                match &progress.state {
+                    // The probe was answered: the follower's log matches ours through
+                    // `match_index`, so stream from there. A heartbeat's success (at
+                    // the old match index) does not answer it; switching on it would
+                    // resend everything after the match index.
+                    ProgressState::Probe { .. } if match_index.next() >= progress.next_index => {
+                        progress.become_replicate();
+                    }
+                    // The follower got the snapshot's entries some other way.
+                    ProgressState::Snapshot { meta, .. } if progress.match_index >= meta.last_log_id.index => {
+                        progress.become_probe();
+                    }
+                    _ => {}
                 }
                 if advanced {
                     self.maybe_advance_commit();
@@ -401,6 +425,11 @@ impl Core {
         if meta.last_log_id != response.snapshot {
             return;
         }
+        if !response.done && (!*chunk_in_flight || response.next_offset == *offset) {
+            // A duplicate or late answer: the chunk in flight at `offset` will be
+            // answered on its own; acting twice would send every chunk twice.
+            return;
+        }
         progress.last_progress_at = now;
         if response.done {
             let index = meta.last_log_id.index;
@@ -438,12 +467,15 @@ impl Core {
             return reply(self, 0, true);
         }
         let expected = match self.incoming_snapshot {
-            Some((incoming, next)) if incoming == id => next,
+            Some(incoming) if incoming.from == from && incoming.term == term && incoming.id == id => {
+                incoming.next_offset
+            }
             _ => 0,
         };
         if request.offset != expected {
             return reply(self, expected, false);
         }
+        // Both below MAX_WIRE_NUMBER (checked on arrival): no overflow.
         let next = request.offset + request.data.len() as u64;
         self.actions.push(Action::WriteSnapshotChunk {
             meta: request.meta.clone(),
@@ -452,7 +484,7 @@ impl Core {
             done: request.done,
         });
         if !request.done {
-            self.incoming_snapshot = Some((id, next));
+            self.incoming_snapshot = Some(IncomingSnapshot { from, term, id, next_offset: next });
             return reply(self, next, false);
         }
         self.incoming_snapshot = None;
