@@ -1,0 +1,125 @@
+//! The file-system seam of the durable stores. `StdFs` is the real one;
+//! `fault::FaultyFs` wraps it to inject EIO and ENOSPC in tests.
+//!
+//! Files are written and read at explicit offsets, so that one open file can be
+//! shared by a writer and readers without a cursor to fight over.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub trait Vfs: Send + Sync + 'static {
+    /// Opens `path` for reading and writing, creating it (empty) if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VfsFile>>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Entries of a directory, as full paths.
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+pub trait VfsFile: Send + Sync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// fdatasync: the data written so far, and the size, are durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Cuts or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// The operating system's file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+impl Vfs for StdFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VfsFile>> {
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
+        Ok(Arc::new(file))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut paths = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            paths.push(entry?.path());
+        }
+        paths.sort();
+        Ok(paths)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl VfsFile for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+/// Reads a whole file through the seam.
+pub(crate) fn read_all(file: &dyn VfsFile) -> io::Result<Vec<u8>> {
+    let len = file.len()?;
+    let len = usize::try_from(len).map_err(|_| io::Error::other(format!("file of {len} bytes does not fit memory")))?;
+    let mut data = vec![0; len];
+    file.read_exact_at(&mut data, 0)?;
+    Ok(data)
+}
+
+/// Replaces `path` with `data` atomically: write a temporary file, fsync it,
+/// rename it over `path`, fsync the directory. A crash leaves the old file or the
+/// new one, never a mix.
+pub(crate) fn write_atomically(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let file = vfs.open(&tmp, true)?;
+    file.set_len(0)?;
+    file.write_all_at(data, 0)?;
+    file.sync_data()?;
+    drop(file);
+    vfs.rename(&tmp, path)?;
+    vfs.sync_dir(dir)
+}

@@ -1,0 +1,683 @@
+//! `Wal`: the durable `LogStore`, a segmented append-only write-ahead log.
+//!
+//! ## On disk
+//! A directory of segments named by their first index (`00000000000000000001.wal`)
+//! and a small manifest `wal.meta` holding the logical first index (replaced
+//! atomically). A segment is a 24-byte header (magic `RKVWAL01`, first index,
+//! CRC-32C of both) followed by records: a u32 length, the CRC-32C of the
+//! payload, and the payload (one entry, `codec`). All integers little-endian.
+//!
+//! ## Writing
+//! `write` frames a batch and writes it at the end of the active segment (into
+//! the page cache) under a short lock and returns a ticket; `sync_to(ticket)`
+//! returns once an fdatasync covered it. Syncs are shared (group commit): while
+//! one caller runs fdatasync, others whose writes land meanwhile wait for it and
+//! then share the next one. `append` is `write` + `sync_to`. A segment is synced
+//! before the next one is created, so only the last segment can hold unsynced
+//! bytes.
+//!
+//! ## Truncation and purge, crash-safe at every step
+//! `truncate_suffix(i)` deletes whole segments after `i` from the newest down,
+//! fsyncs the directory, then cuts the segment holding `i` and fsyncs it: at any
+//! crash point the log is a prefix of the old one that still holds everything
+//! before `i`. `purge_prefix(i)` first records the new first index in the
+//! manifest, then deletes segments wholly below it, oldest first.
+//!
+//! ## Opening
+//! Every record is checked. A torn record at the end of the last segment (a
+//! crash during a write that was never acknowledged) is cut off with a warning.
+//! Anything else that fails a check, in any segment, is a `Corrupt` error naming
+//! the file and offset: never skipped, never a panic.
+//!
+//! ## After a failure
+//! A failed fsync poisons the log: the page cache may hold bytes the disk lost,
+//! so every later write is refused. ENOSPC on a write cuts the partial bytes
+//! off again and returns the error; the log stays usable once space is freed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::{BufMut, Bytes};
+use raft_core::{Entry, LogIndex, Term};
+
+use super::codec::{decode_entry, encode_entry, encoded_entry_len};
+use super::vfs::{read_all, write_atomically, StdFs, Vfs, VfsFile};
+use super::{check_contiguous, LogStore, Result, StorageError};
+
+const SEGMENT_MAGIC: &[u8; 8] = b"RKVWAL01";
+const MANIFEST_MAGIC: &[u8; 8] = b"RKVWALM1";
+const MANIFEST_FILE: &str = "wal.meta";
+const SEGMENT_SUFFIX: &str = ".wal";
+const HEADER_LEN: u64 = 24;
+const RECORD_HEADER_LEN: u64 = 8;
+/// Larger records are refused on write and treated as damage on read.
+pub const MAX_RECORD_BYTES: u64 = 256 << 20;
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// A segment is closed and a new one started once it would grow past this.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_bytes: 64 << 20 }
+    }
+}
+
+struct Segment {
+    first: LogIndex,
+    path: PathBuf,
+    file: Arc<dyn VfsFile>,
+    /// Byte offset of the record of entry `first + i`.
+    offsets: Vec<u64>,
+    /// Bytes in use (header and whole records).
+    end: u64,
+}
+
+impl Segment {
+    fn last(&self) -> LogIndex {
+        LogIndex(self.first.0 + self.offsets.len() as u64 - 1)
+    }
+
+    fn record_span(&self, index: LogIndex) -> (u64, u64) {
+        let i = (index.0 - self.first.0) as usize;
+        let start = self.offsets[i];
+        let end = self.offsets.get(i + 1).copied().unwrap_or(self.end);
+        (start, end)
+    }
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    /// Logical first index; entries below it may still sit in the oldest segment.
+    first_index: LogIndex,
+    last_index: LogIndex,
+    last_term: Term,
+    /// Bumped by every write; `sync_to` waits for a sync that covers a ticket.
+    written_seq: u64,
+    poisoned: Option<String>,
+}
+
+struct SyncState {
+    synced_seq: u64,
+    syncing: bool,
+    poisoned: Option<String>,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    options: WalOptions,
+    inner: Mutex<Inner>,
+    sync: Mutex<SyncState>,
+    sync_done: Condvar,
+}
+
+/// Locks a mutex. A panic while holding one of the WAL's locks can only come from
+/// a bug; the data under it is then still the last consistent state, as every
+/// update completes before the guard drops.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn segment_name(first: LogIndex) -> String {
+    format!("{:020}{SEGMENT_SUFFIX}", first.0)
+}
+
+fn segment_header(first: LogIndex) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(SEGMENT_MAGIC);
+    header[8..16].copy_from_slice(&first.0.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..16]);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+fn frame(entry: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u32_le(0);
+    encode_entry(entry, out);
+    let payload = &out[start + RECORD_HEADER_LEN as usize..];
+    let len = payload.len() as u32;
+    let crc = crc32c::crc32c(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What reading a record at some offset found.
+enum Record {
+    Entry(Entry, u64),
+    /// The record runs past the end of the data: a torn write.
+    Truncated,
+    Damaged(String),
+}
+
+fn read_record(data: &[u8], offset: u64) -> Record {
+    let rest = &data[offset as usize..];
+    if (rest.len() as u64) < RECORD_HEADER_LEN {
+        return Record::Truncated;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len > MAX_RECORD_BYTES {
+        return Record::Damaged(format!("record length {len} exceeds the maximum {MAX_RECORD_BYTES}"));
+    }
+    if RECORD_HEADER_LEN + len > rest.len() as u64 {
+        return Record::Truncated;
+    }
+    let payload = &rest[RECORD_HEADER_LEN as usize..(RECORD_HEADER_LEN + len) as usize];
+    let actual = crc32c::crc32c(payload);
+    if actual != crc {
+        return Record::Damaged(format!("record checksum {actual:08x} does not match the stored {crc:08x}"));
+    }
+    match decode_entry(Bytes::copy_from_slice(payload)) {
+        Ok(entry) => Record::Entry(entry, offset + RECORD_HEADER_LEN + len),
+        Err(reason) => Record::Damaged(reason),
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering from any crash.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        Wal::open_with(Arc::new(StdFs), dir, options)
+    }
+
+    pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        let dir = dir.as_ref().to_path_buf();
+        vfs.create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        let manifest_first = read_manifest(vfs.as_ref(), &dir)?;
+
+        let mut named = Vec::new();
+        for path in vfs.list(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
+                match stem.parse::<u64>() {
+                    Ok(first) if first > 0 => named.push((LogIndex(first), path)),
+                    _ => {
+                        return Err(StorageError::Corrupt {
+                            path,
+                            offset: 0,
+                            reason: "segment file name is not a first index".to_string(),
+                        })
+                    }
+                }
+            } else if name.ends_with(".tmp") {
+                vfs.remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+            } else if name != MANIFEST_FILE {
+                tracing::warn!(path = %path.display(), "ignoring an unknown file in the log directory");
+            }
+        }
+        named.sort_by_key(|(first, _)| *first);
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut last_term = Term(0);
+        let count = named.len();
+        for (i, (first, path)) in named.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let file = vfs.open(&path, false).map_err(|e| StorageError::io("open", &path, e))?;
+            let data = read_all(file.as_ref()).map_err(|e| StorageError::io("read", &path, e))?;
+            let corrupt = |offset: u64, reason: String| StorageError::Corrupt { path: path.clone(), offset, reason };
+            if (data.len() as u64) < HEADER_LEN && is_last {
+                // Crashed while creating the segment: it never held an entry.
+                tracing::warn!(path = %path.display(), "removing a segment whose header was never completed");
+                vfs.remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+                continue;
+            }
+            if (data.len() as u64) < HEADER_LEN || data[..HEADER_LEN as usize] != segment_header(first) {
+                return Err(corrupt(0, format!("bad segment header (expected first index {first})")));
+            }
+            if let Some(previous) = segments.last() {
+                if previous.last().next() != first {
+                    return Err(corrupt(
+                        0,
+                        format!("segment starts at {first} but the previous one ends at {}", previous.last()),
+                    ));
+                }
+            }
+            let mut offsets = Vec::new();
+            let mut offset = HEADER_LEN;
+            let mut expected = first;
+            while offset < data.len() as u64 {
+                match read_record(&data, offset) {
+                    Record::Entry(entry, next) => {
+                        if entry.index != expected {
+                            return Err(corrupt(offset, format!("entry {} where {expected} belongs", entry.index)));
+                        }
+                        if entry.term < last_term {
+                            return Err(corrupt(
+                                offset,
+                                format!("entry {} has term {} after term {last_term}", entry.index, entry.term),
+                            ));
+                        }
+                        last_term = entry.term;
+                        offsets.push(offset);
+                        offset = next;
+                        expected = expected.next();
+                    }
+                    damage => {
+                        let torn =
+                            matches!(damage, Record::Truncated) || (is_last && !valid_record_follows(&data, offset));
+                        if is_last && torn {
+                            tracing::warn!(
+                                path = %path.display(),
+                                offset,
+                                bytes = data.len() as u64 - offset,
+                                "cutting off a torn write at the end of the log (never acknowledged)"
+                            );
+                            file.set_len(offset).map_err(|e| StorageError::io("truncate", &path, e))?;
+                            file.sync_data().map_err(|e| StorageError::io("sync", &path, e))?;
+                            break;
+                        }
+                        let reason = match damage {
+                            Record::Damaged(reason) => reason,
+                            _ => "record runs past the end of a closed segment".to_string(),
+                        };
+                        return Err(corrupt(offset, reason));
+                    }
+                }
+            }
+            if offsets.is_empty() && !is_last {
+                return Err(corrupt(HEADER_LEN, "closed segment holds no entries".to_string()));
+            }
+            segments.push(Segment { first, path, file, offsets, end: offset });
+        }
+        // An empty last segment is a fresh one: keep it as the active segment.
+        let last_index = match segments.last() {
+            Some(segment) => segment.last(),
+            None => manifest_first.map_or(LogIndex::ZERO, |f| f.prev()),
+        };
+        let first_index = match (manifest_first, segments.first()) {
+            (Some(manifest), Some(segment)) => manifest.max(segment.first),
+            (Some(manifest), None) => manifest,
+            (None, Some(segment)) => segment.first,
+            (None, None) => LogIndex(1),
+        };
+        let wal = Wal {
+            dir,
+            vfs,
+            options,
+            inner: Mutex::new(Inner {
+                segments,
+                first_index,
+                last_index: last_index.max(first_index.prev()),
+                last_term,
+                written_seq: 0,
+                poisoned: None,
+            }),
+            sync: Mutex::new(SyncState { synced_seq: 0, syncing: false, poisoned: None }),
+            sync_done: Condvar::new(),
+        };
+        {
+            // A purge that crashed after writing the manifest left whole segments
+            // below the first index; finish it.
+            let mut inner = lock(&wal.inner);
+            if inner.last_index < inner.first_index {
+                let first = inner.first_index;
+                wal.drop_segments_below(&mut inner, first)?;
+                inner.last_term = Term(0);
+            }
+        }
+        Ok(wal)
+    }
+
+    /// Writes `entries` after the last entry (into the page cache) and returns a
+    /// ticket for `sync_to`. Entries must continue the log.
+    pub fn write(&self, entries: &[Entry]) -> Result<u64> {
+        let mut inner = lock(&self.inner);
+        if let Some(reason) = &inner.poisoned {
+            return Err(StorageError::Poisoned { reason: reason.clone() });
+        }
+        check_contiguous("append", inner.last_index, inner.last_term, entries)?;
+        let Some(last) = entries.last() else { return Ok(inner.written_seq) };
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| encoded_entry_len(e) + 8).sum());
+        let mut lengths = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let before = buf.len();
+            frame(entry, &mut buf);
+            let len = (buf.len() - before) as u64;
+            if len - RECORD_HEADER_LEN > MAX_RECORD_BYTES {
+                return Err(StorageError::invalid("append", format!("entry {} exceeds the record limit", entry.index)));
+            }
+            lengths.push(len);
+        }
+        self.ensure_room(&mut inner, buf.len() as u64)?;
+        let Some(segment) = inner.segments.last_mut() else {
+            return Err(StorageError::invalid("append", "no active segment"));
+        };
+        let start = segment.end;
+        if let Err(e) = segment.file.write_all_at(&buf, start) {
+            let error = StorageError::io("write", &segment.path, e);
+            // Cut off whatever part of the batch landed; the log stays as it was.
+            let restored = segment.file.set_len(start).is_ok();
+            if !(restored && error.is_out_of_space()) {
+                self.poison(&mut inner, &error);
+            }
+            return Err(error);
+        }
+        let mut offset = start;
+        for len in lengths {
+            segment.offsets.push(offset);
+            offset += len;
+        }
+        segment.end = offset;
+        inner.last_index = last.index;
+        inner.last_term = last.term;
+        inner.written_seq += 1;
+        Ok(inner.written_seq)
+    }
+
+    /// Returns once every write up to `ticket` is durable. Concurrent callers
+    /// share fsyncs.
+    pub fn sync_to(&self, ticket: u64) -> Result<()> {
+        let mut state = lock(&self.sync);
+        loop {
+            if state.synced_seq >= ticket {
+                return Ok(());
+            }
+            if let Some(reason) = &state.poisoned {
+                return Err(StorageError::Poisoned { reason: reason.clone() });
+            }
+            if state.syncing {
+                state = self.sync_done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.syncing = true;
+            drop(state);
+            let (target, active) = {
+                let inner = lock(&self.inner);
+                (inner.written_seq, inner.segments.last().map(|s| (s.file.clone(), s.path.clone())))
+            };
+            let result = match active {
+                Some((file, path)) => file.sync_data().map_err(|e| StorageError::io("sync", path, e)),
+                None => Ok(()),
+            };
+            state = lock(&self.sync);
+            state.syncing = false;
+            match &result {
+                Ok(()) => state.synced_seq = state.synced_seq.max(target),
+                Err(error) => state.poisoned = Some(error.to_string()),
+            }
+            self.sync_done.notify_all();
+            if let Err(error) = result {
+                // Lock order is inner, then sync: let go of sync first.
+                drop(state);
+                let mut inner = lock(&self.inner);
+                self.poison(&mut inner, &error);
+                return Err(error);
+            }
+        }
+    }
+
+    /// Makes sure the active segment can take `bytes` more, starting a new one
+    /// (after syncing the current) when it cannot, or when there is none.
+    fn ensure_room(&self, inner: &mut Inner, bytes: u64) -> Result<()> {
+        let next = inner.last_index.next();
+        if let Some(active) = inner.segments.last() {
+            let full = active.end + bytes > self.options.segment_bytes && !active.offsets.is_empty();
+            if !full {
+                return Ok(());
+            }
+            if let Err(e) = active.file.sync_data() {
+                let error = StorageError::io("sync", &active.path, e);
+                self.poison(inner, &error);
+                return Err(error);
+            }
+        }
+        let path = self.dir.join(segment_name(next));
+        let created = self.create_segment(&path, next);
+        match created {
+            Ok(file) => {
+                inner.segments.push(Segment { first: next, path, file, offsets: Vec::new(), end: HEADER_LEN });
+                Ok(())
+            }
+            Err(error) => {
+                if self.vfs.remove_file(&path).is_err() {
+                    self.poison(inner, &error);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn create_segment(&self, path: &Path, first: LogIndex) -> Result<Arc<dyn VfsFile>> {
+        let file = self.vfs.open(path, true).map_err(|e| StorageError::io("create", path, e))?;
+        file.set_len(0).map_err(|e| StorageError::io("truncate", path, e))?;
+        file.write_all_at(&segment_header(first), 0).map_err(|e| StorageError::io("write", path, e))?;
+        file.sync_data().map_err(|e| StorageError::io("sync", path, e))?;
+        self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
+        Ok(file)
+    }
+
+    fn poison(&self, inner: &mut Inner, error: &StorageError) {
+        tracing::error!(%error, dir = %self.dir.display(), "write-ahead log refuses further writes");
+        inner.poisoned = Some(error.to_string());
+        lock(&self.sync).poisoned = Some(error.to_string());
+    }
+
+    fn check_poisoned(inner: &Inner) -> Result<()> {
+        match &inner.poisoned {
+            Some(reason) => Err(StorageError::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes segments whose entries all lie below `first`, oldest first.
+    fn drop_segments_below(&self, inner: &mut Inner, first: LogIndex) -> Result<()> {
+        let mut removed = false;
+        while let Some(oldest) = inner.segments.first() {
+            if !oldest.offsets.is_empty() && oldest.last() >= first {
+                break;
+            }
+            let path = oldest.path.clone();
+            self.vfs.remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+            inner.segments.remove(0);
+            removed = true;
+        }
+        if removed {
+            self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn read_entries(inner: &Inner, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        if from > to {
+            return Ok(entries);
+        }
+        let start = inner.segments.partition_point(|s| s.offsets.is_empty() || s.last() < from);
+        for segment in &inner.segments[start..] {
+            if segment.first > to {
+                break;
+            }
+            let a = from.max(segment.first);
+            let b = to.min(segment.last());
+            let (begin, _) = segment.record_span(a);
+            let (_, end) = segment.record_span(b);
+            let mut data = vec![0; (end - begin) as usize];
+            segment.file.read_exact_at(&mut data, begin).map_err(|e| StorageError::io("read", &segment.path, e))?;
+            let mut offset = 0;
+            let mut expected = a;
+            while offset < data.len() as u64 {
+                match read_record(&data, offset) {
+                    Record::Entry(entry, next) if entry.index == expected => {
+                        entries.push(entry);
+                        offset = next;
+                        expected = expected.next();
+                    }
+                    Record::Entry(entry, _) => {
+                        return Err(StorageError::Corrupt {
+                            path: segment.path.clone(),
+                            offset: begin + offset,
+                            reason: format!("entry {} where {expected} belongs", entry.index),
+                        })
+                    }
+                    Record::Damaged(reason) => {
+                        return Err(StorageError::Corrupt {
+                            path: segment.path.clone(),
+                            offset: begin + offset,
+                            reason,
+                        })
+                    }
+                    Record::Truncated => {
+                        return Err(StorageError::Corrupt {
+                            path: segment.path.clone(),
+                            offset: begin + offset,
+                            reason: "record cut short".to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Whether a whole, valid record starts right after the damaged one at `offset`:
+/// then the damage is not a torn tail but corruption inside the log.
+fn valid_record_follows(data: &[u8], offset: u64) -> bool {
+    let rest = &data[offset as usize..];
+    if (rest.len() as u64) < RECORD_HEADER_LEN {
+        return false;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+    let next = offset + RECORD_HEADER_LEN + len;
+    next < data.len() as u64 && matches!(read_record(data, next), Record::Entry(..))
+}
+
+fn read_manifest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<LogIndex>> {
+    let path = dir.join(MANIFEST_FILE);
+    let file = match vfs.open(&path, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io("open", &path, e)),
+    };
+    let data = read_all(file.as_ref()).map_err(|e| StorageError::io("read", &path, e))?;
+    if data.len() != 20 || &data[..8] != MANIFEST_MAGIC {
+        return Err(StorageError::Corrupt { path, offset: 0, reason: "bad log manifest header".to_string() });
+    }
+    let crc = u32::from_le_bytes([data[16], data[17], data[18], data[19]]);
+    if crc32c::crc32c(&data[..16]) != crc {
+        return Err(StorageError::Corrupt { path, offset: 16, reason: "log manifest fails its checksum".to_string() });
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&data[8..16]);
+    Ok(Some(LogIndex(u64::from_le_bytes(first))))
+}
+
+fn write_manifest(vfs: &dyn Vfs, dir: &Path, first: LogIndex) -> Result<()> {
+    let mut data = Vec::with_capacity(20);
+    data.put_slice(MANIFEST_MAGIC);
+    data.put_u64_le(first.0);
+    let crc = crc32c::crc32c(&data);
+    data.put_u32_le(crc);
+    let path = dir.join(MANIFEST_FILE);
+    write_atomically(vfs, &path, &data).map_err(|e| StorageError::io("write", &path, e))
+}
+
+impl LogStore for Wal {
+    fn first_index(&self) -> Result<LogIndex> {
+        Ok(lock(&self.inner).first_index)
+    }
+
+    fn last_index(&self) -> Result<LogIndex> {
+        Ok(lock(&self.inner).last_index)
+    }
+
+    fn get(&self, index: LogIndex) -> Result<Option<Entry>> {
+        let inner = lock(&self.inner);
+        if index < inner.first_index || index > inner.last_index {
+            return Ok(None);
+        }
+        Ok(Wal::read_entries(&inner, index, index)?.pop())
+    }
+
+    fn get_range(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>> {
+        let inner = lock(&self.inner);
+        Wal::read_entries(&inner, from.max(inner.first_index), to.min(inner.last_index))
+    }
+
+    fn append(&self, entries: &[Entry]) -> Result<()> {
+        let ticket = self.write(entries)?;
+        self.sync_to(ticket)
+    }
+
+    fn truncate_suffix(&self, from: LogIndex) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        Wal::check_poisoned(&inner)?;
+        if from < inner.first_index {
+            return Err(StorageError::invalid(
+                "truncate_suffix",
+                format!("index {from} is below the first index {}", inner.first_index),
+            ));
+        }
+        if from > inner.last_index {
+            return Ok(());
+        }
+        let result = self.truncate_locked(&mut inner, from);
+        if let Err(error) = &result {
+            self.poison(&mut inner, error);
+        }
+        result
+    }
+
+    fn purge_prefix(&self, upto: LogIndex) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        Wal::check_poisoned(&inner)?;
+        if upto < inner.first_index {
+            return Ok(());
+        }
+        let first = upto.next();
+        if let Err(error) = write_manifest(self.vfs.as_ref(), &self.dir, first) {
+            self.poison(&mut inner, &error);
+            return Err(error);
+        }
+        inner.first_index = first;
+        if upto >= inner.last_index {
+            inner.last_index = upto;
+            inner.last_term = Term(0);
+        }
+        let result = self.drop_segments_below(&mut inner, first);
+        if let Err(error) = &result {
+            self.poison(&mut inner, error);
+        }
+        result
+    }
+}
+
+impl Wal {
+    fn truncate_locked(&self, inner: &mut Inner, from: LogIndex) -> Result<()> {
+        // Newest first, so that a crash leaves a prefix of the old log.
+        let mut removed = false;
+        while inner.segments.last().is_some_and(|s| s.first >= from) {
+            if let Some(segment) = inner.segments.pop() {
+                self.vfs.remove_file(&segment.path).map_err(|e| StorageError::io("remove", &segment.path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
+        }
+        if let Some(segment) = inner.segments.last_mut() {
+            if segment.last() >= from {
+                let (cut, _) = segment.record_span(from);
+                segment.file.set_len(cut).map_err(|e| StorageError::io("truncate", &segment.path, e))?;
+                segment.file.sync_data().map_err(|e| StorageError::io("sync", &segment.path, e))?;
+                segment.offsets.truncate((from.0 - segment.first.0) as usize);
+                segment.end = cut;
+            }
+        }
+        inner.last_index = from.prev().max(inner.first_index.prev());
+        inner.last_term = if inner.last_index >= inner.first_index {
+            Wal::read_entries(inner, inner.last_index, inner.last_index)?.pop().map_or(Term(0), |e| e.term)
+        } else {
+            Term(0)
+        };
+        // Everything left was synced above or by segment rotation.
+        inner.written_seq += 1;
+        let mut sync = lock(&self.sync);
+        sync.synced_seq = sync.synced_seq.max(inner.written_seq);
+        Ok(())
+    }
+}
