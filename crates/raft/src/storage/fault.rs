@@ -20,6 +20,8 @@ struct Switches {
     syncs_left: AtomicU64,
     /// Bytes that writes may still add before they fail with ENOSPC.
     bytes_left: AtomicU64,
+    /// fsyncs (file or directory) that succeeded so far.
+    syncs_done: AtomicU64,
 }
 
 /// A `Vfs` with injectable failures; clones share the switches.
@@ -37,7 +39,11 @@ impl Default for FaultyFs {
 
 impl FaultyFs {
     pub fn new(inner: Arc<dyn Vfs>) -> FaultyFs {
-        let switches = Switches { syncs_left: AtomicU64::new(NEVER), bytes_left: AtomicU64::new(NEVER) };
+        let switches = Switches {
+            syncs_left: AtomicU64::new(NEVER),
+            bytes_left: AtomicU64::new(NEVER),
+            syncs_done: AtomicU64::new(0),
+        };
         FaultyFs { inner, switches: Arc::new(switches) }
     }
 
@@ -57,10 +63,19 @@ impl FaultyFs {
         self.switches.bytes_left.store(NEVER, Ordering::SeqCst);
     }
 
+    /// fsyncs that succeeded so far, files and directories together.
+    pub fn syncs(&self) -> u64 {
+        self.switches.syncs_done.load(Ordering::SeqCst)
+    }
+
     fn sync_allowed(&self) -> io::Result<()> {
-        let allowed =
-            self.switches.syncs_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let allowed = self
+            .switches
+            .syncs_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| if n == NEVER { Some(n) } else { n.checked_sub(1) })
+            .is_ok();
         if allowed {
+            self.switches.syncs_done.fetch_add(1, Ordering::SeqCst);
             Ok(())
         } else {
             Err(io::Error::from_raw_os_error(EIO))

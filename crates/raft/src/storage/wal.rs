@@ -257,8 +257,9 @@ impl Wal {
                         expected = expected.next();
                     }
                     damage => {
-                        let torn =
-                            matches!(damage, Record::Truncated) || (is_last && !valid_record_follows(&data, offset));
+                        // A crash tears only the end of the last segment: the damage
+                        // is a torn tail only if no later entry survives behind it.
+                        let torn = is_last && !valid_record_follows(&data, offset, expected);
                         if is_last && torn {
                             tracing::warn!(
                                 path = %path.display(),
@@ -534,16 +535,22 @@ impl Wal {
     }
 }
 
-/// Whether a whole, valid record starts right after the damaged one at `offset`:
-/// then the damage is not a torn tail but corruption inside the log.
-fn valid_record_follows(data: &[u8], offset: u64) -> bool {
-    let rest = &data[offset as usize..];
-    if (rest.len() as u64) < RECORD_HEADER_LEN {
+/// Whether a whole, valid record of entry `expected + 1` lies anywhere after the
+/// damaged record of entry `expected` at `offset`. If so, the damage is not a
+/// torn tail but corruption inside the log. The damaged record's length field
+/// cannot be trusted, so the search looks for the next entry's index, which sits
+/// 16 bytes into its record, at every position.
+fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex) -> bool {
+    let wanted = expected.next();
+    let needle = wanted.0.to_le_bytes();
+    let from = offset as usize + 1 + 16;
+    if from >= data.len() {
         return false;
     }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
-    let next = offset + RECORD_HEADER_LEN + len;
-    next < data.len() as u64 && matches!(read_record(data, next), Record::Entry(..))
+    data[from..].windows(8).enumerate().filter(|(_, window)| *window == needle).any(|(i, _)| {
+        let start = (from + i - 16) as u64;
+        matches!(read_record(data, start), Record::Entry(entry, _) if entry.index == wanted)
+    })
 }
 
 fn read_manifest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<LogIndex>> {
