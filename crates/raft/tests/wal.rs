@@ -407,3 +407,24 @@ fn concurrent_appenders_all_land_in_order() {
     assert_eq!(all(&wal), entries(1, 1, appends));
     assert!(syncs <= appends, "{syncs} fsyncs for {appends} appends");
 }
+
+#[test]
+fn an_empty_last_segment_does_not_hide_the_entries_before_it() {
+    // A full disk right after a new segment's header: the segment stays, empty.
+    // (A crash between creating a segment and writing to it leaves the same.)
+    let dir = TempDir::new().unwrap();
+    let fs = FaultyFs::default();
+    let wal = Wal::open_with(Arc::new(fs.clone()), dir.path(), small_segments()).unwrap();
+    wal.append(&entries(1, 1, 30)).unwrap();
+    let before = segments(dir.path()).len();
+    fs.fill_disk_after(24);
+    assert!(wal.append(&entries(1, 31, 31)).unwrap_err().is_out_of_space());
+    assert_eq!(segments(dir.path()).len(), before + 1, "the new segment was not kept");
+    assert_eq!(wal.get_range(LogIndex(3), LogIndex(30)).unwrap(), entries(1, 3, 30));
+    drop(wal);
+    fs.heal();
+    let wal = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(all(&wal), entries(1, 1, 30));
+    wal.append(&entries(1, 31, 31)).unwrap();
+    assert_eq!(wal.get_range(LogIndex(29), LogIndex(31)).unwrap(), entries(1, 29, 31));
+}

@@ -487,7 +487,9 @@ impl Wal {
         if from > to {
             return Ok(entries);
         }
-        let start = inner.segments.partition_point(|s| s.offsets.is_empty() || s.last() < from);
+        // Segments are contiguous, so "ends before `from`" holds for a prefix of them
+        // (an empty segment ends where it starts).
+        let start = inner.segments.partition_point(|s| s.first.0 + s.offsets.len() as u64 <= from.0);
         for segment in &inner.segments[start..] {
             if segment.first > to {
                 break;
