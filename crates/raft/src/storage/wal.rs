@@ -35,7 +35,7 @@
 //! off again and returns the error; the log stays usable once space is freed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes};
 use raft_core::{Entry, LogIndex, Term};
@@ -103,6 +103,28 @@ struct SyncState {
     synced_seq: u64,
     syncing: bool,
     poisoned: Option<String>,
+    /// Threads parked in `sync_to`, with the ticket each waits for.
+    waiters: Vec<(u64, std::thread::Thread)>,
+}
+
+impl SyncState {
+    /// Wakes every waiter whose ticket is now synced (all of them once poisoned)
+    /// and, if no sync is running, one more to run the next.
+    fn wake_waiters(&mut self) {
+        let synced = self.synced_seq;
+        let poisoned = self.poisoned.is_some();
+        let mut next_syncer_woken = self.syncing;
+        self.waiters.retain(|(ticket, thread)| {
+            let wake = *ticket <= synced || poisoned || !next_syncer_woken;
+            if *ticket > synced {
+                next_syncer_woken = true;
+            }
+            if wake {
+                thread.unpark();
+            }
+            !wake
+        });
+    }
 }
 
 pub struct Wal {
@@ -111,7 +133,6 @@ pub struct Wal {
     options: WalOptions,
     inner: Mutex<Inner>,
     sync: Mutex<SyncState>,
-    sync_done: Condvar,
 }
 
 /// Locks a mutex. A panic while holding one of the WAL's locks can only come from
@@ -307,8 +328,7 @@ impl Wal {
                 written_seq: 0,
                 poisoned: None,
             }),
-            sync: Mutex::new(SyncState { synced_seq: 0, syncing: false, poisoned: None }),
-            sync_done: Condvar::new(),
+            sync: Mutex::new(SyncState { synced_seq: 0, syncing: false, poisoned: None, waiters: Vec::new() }),
         };
         {
             // A purge that crashed after writing the manifest left whole segments
@@ -381,7 +401,17 @@ impl Wal {
                 return Err(StorageError::Poisoned { reason: reason.clone() });
             }
             if state.syncing {
-                state = self.sync_done.wait(state).unwrap_or_else(|p| p.into_inner());
+                // Wait for this sync (or be picked to run the next). Parking rather
+                // than a condvar: only the waiters a sync covered, plus one to run
+                // the next sync, are woken; a herd of wake-ups costs more CPU on a
+                // small machine than the fsync they wait for.
+                let me = std::thread::current();
+                if !state.waiters.iter().any(|(_, thread)| thread.id() == me.id()) {
+                    state.waiters.push((ticket, me));
+                }
+                drop(state);
+                std::thread::park();
+                state = lock(&self.sync);
                 continue;
             }
             state.syncing = true;
@@ -400,7 +430,7 @@ impl Wal {
                 Ok(()) => state.synced_seq = state.synced_seq.max(target),
                 Err(error) => state.poisoned = Some(error.to_string()),
             }
-            self.sync_done.notify_all();
+            state.wake_waiters();
             if let Err(error) = result {
                 // Lock order is inner, then sync: let go of sync first.
                 drop(state);
@@ -454,7 +484,9 @@ impl Wal {
     fn poison(&self, inner: &mut Inner, error: &StorageError) {
         tracing::error!(%error, dir = %self.dir.display(), "write-ahead log refuses further writes");
         inner.poisoned = Some(error.to_string());
-        lock(&self.sync).poisoned = Some(error.to_string());
+        let mut sync = lock(&self.sync);
+        sync.poisoned = Some(error.to_string());
+        sync.wake_waiters();
     }
 
     fn check_poisoned(inner: &Inner) -> Result<()> {
@@ -687,6 +719,7 @@ impl Wal {
         inner.written_seq += 1;
         let mut sync = lock(&self.sync);
         sync.synced_seq = sync.synced_seq.max(inner.written_seq);
+        sync.wake_waiters();
         Ok(())
     }
 }
