@@ -1,1 +1,280 @@
+//! Raft with the batteries included: the `Raft` handle runs a node of a
+//! replicated state machine on tokio, around the pure protocol core
+//! (`raft-core`), with durable storage (`storage`) and a pluggable transport
+//! (`transport`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), raft::RaftError> {
+//! use std::sync::Arc;
+//! use raft::storage::{MemLogStore, MemStableStore};
+//! use raft::transport::MemNetwork;
+//! use raft::{Config, NodeId, Raft, StateMachine};
+//!
+//! struct Counter(u64);
+//! impl StateMachine for Counter {
+//!     fn apply(&mut self, entries: &[raft::Entry]) -> Vec<bytes::Bytes> {
+//!         entries.iter().map(|_| { self.0 += 1; bytes::Bytes::from(self.0.to_string()) }).collect()
+//!     }
+//! }
+//!
+//! let network = MemNetwork::new();
+//! let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
+//! Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)])?;
+//! let raft = Raft::new(Config::new(NodeId(1)), Counter(0), log, stable, Arc::new(network.transport(NodeId(1))))?;
+//! network.register(NodeId(1), raft.inbox());
+//! let (index, response) = raft.apply(bytes::Bytes::from("tick"), std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+
 pub mod storage;
+pub mod transport;
+
+mod config;
+mod error;
+mod node;
+mod state_machine;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use config::Config;
+pub use error::RaftError;
+pub use node::{LeaderInfo, Status};
+pub use raft_core::{
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, NodeId, ReadMode, Role,
+    SnapshotMeta, Term,
+};
+pub use state_machine::StateMachine;
+
+use node::{Request, Stores};
+use raft_core::{Core, DurableState};
+use storage::{LogStore, StableStore};
+use transport::{Inbox, Transport};
+
+/// Queue bound between the handle and the raft loop; callers wait when full.
+const REQUEST_QUEUE: usize = 1 << 16;
+
+/// A handle to a running Raft node. Cheap to clone; every clone drives the same
+/// node. Methods that need the leader return `RaftError::NotLeader` elsewhere.
+#[derive(Clone)]
+pub struct Raft {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    requests: mpsc::Sender<Request>,
+    inbox: Inbox,
+    leader: watch::Receiver<LeaderInfo>,
+    applied: watch::Receiver<LogIndex>,
+    shutdown: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Raft {
+    /// Whether the stores hold any state (a node that ran before restarts from
+    /// it; a new one must be bootstrapped or join a cluster).
+    pub fn has_existing_state(log: &dyn LogStore, stable: &dyn StableStore) -> Result<bool, RaftError> {
+        Ok(log.last_index()? > LogIndex::ZERO || stable.hard_state()?.current_term > Term(0))
+    }
+
+    /// Writes the founding configuration of a new cluster (identical on every
+    /// founder, hashicorp's `BootstrapCluster`). Refuses stores that hold state.
+    pub fn bootstrap_cluster(
+        log: &dyn LogStore,
+        stable: &dyn StableStore,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), RaftError> {
+        if Raft::has_existing_state(log, stable)? {
+            return Err(RaftError::Config("cannot bootstrap: this node already has raft state".to_string()));
+        }
+        let durable = DurableState::bootstrap(voters);
+        log.append(&durable.entries)?;
+        stable.set_hard_state(durable.hard_state)?;
+        Ok(())
+    }
+
+    /// Starts a node from its stores. Must be called inside a tokio runtime.
+    pub fn new(
+        config: Config,
+        state_machine: impl StateMachine,
+        log: Arc<dyn LogStore>,
+        stable: Arc<dyn StableStore>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Raft, RaftError> {
+        let hard_state = stable.hard_state()?;
+        let entries = log.get_range(log.first_index()?, log.last_index()?)?;
+        let durable = DurableState { hard_state, snapshot: None, entries };
+        let start = Instant::now();
+        let seed = config.id.0
+            ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64);
+        let core = Core::new(config.core_config(), durable, 0, seed).map_err(|e| RaftError::Config(e.to_string()))?;
+
+        let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+        let (inbox, inbox_rx) = Inbox::channel();
+        let (leader_tx, leader) = watch::channel(LeaderInfo::default());
+        let (applied_tx, applied) = watch::channel(LogIndex::ZERO);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let channels =
+            node::Channels { requests, inbox: inbox_rx, shutdown: shutdown_rx, leader: leader_tx, applied: applied_tx };
+        let stores = Stores { log, stable };
+        let id = config.id;
+        let task = tokio::spawn(async move {
+            node::run(core, &config, stores, Box::new(state_machine), transport, channels, start).await;
+        });
+        Ok(Raft {
+            inner: Arc::new(Inner {
+                id,
+                requests: requests_tx,
+                inbox,
+                leader,
+                applied,
+                shutdown,
+                task: std::sync::Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Where the transport delivers messages for this node.
+    pub fn inbox(&self) -> Inbox {
+        self.inner.inbox.clone()
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(node::Reply<T>) -> Request) -> Result<T, RaftError> {
+        let (reply, response) = oneshot::channel();
+        self.inner.requests.send(make(reply)).await.map_err(|_| RaftError::Shutdown)?;
+        response.await.map_err(|_| RaftError::Shutdown)?
+    }
+
+    async fn with_timeout<T>(
+        timeout: Duration,
+        future: impl std::future::Future<Output = Result<T, RaftError>>,
+    ) -> Result<T, RaftError> {
+        tokio::time::timeout(timeout, future).await.map_err(|_| RaftError::Timeout(timeout))?
+    }
+
+    /// Replicates `command` and applies it; resolves with its index and the
+    /// state machine's response. After `LeadershipLost` or `Timeout` the command
+    /// may or may not have been applied.
+    pub async fn apply(&self, command: Bytes, timeout: Duration) -> Result<(LogIndex, Bytes), RaftError> {
+        Raft::with_timeout(timeout, self.request(|reply| Request::Propose { command, reply })).await
+    }
+
+    /// Applies several commands; they share log writes and messages with each
+    /// other and with concurrent callers.
+    pub async fn apply_batch(
+        &self,
+        commands: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<(LogIndex, Bytes)>, RaftError> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, response) = oneshot::channel();
+            self.inner.requests.send(Request::Propose { command, reply }).await.map_err(|_| RaftError::Shutdown)?;
+            pending.push(response);
+        }
+        Raft::with_timeout(timeout, async move {
+            let mut results = Vec::with_capacity(pending.len());
+            for response in pending {
+                results.push(response.await.map_err(|_| RaftError::Shutdown)??);
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    /// Resolves once everything committed before the call is applied here
+    /// (hashicorp's `Barrier`): an empty entry goes through the log.
+    pub async fn barrier(&self, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.apply(Bytes::new(), timeout).await.map(|(index, _)| index)
+    }
+
+    /// Returns an index at which a linearizable read may be served, once this
+    /// node's state machine has applied it. `ReadMode::Lease` answers at once
+    /// while the leader's lease holds. On a follower the leader is asked.
+    pub async fn read_index(&self, mode: ReadMode, timeout: Duration) -> Result<LogIndex, RaftError> {
+        Raft::with_timeout(timeout, self.request(|reply| Request::Read { mode, reply })).await
+    }
+
+    /// `read_index` with a heartbeat round (ReadIndex); then read the state machine.
+    pub async fn linearizable_read(&self, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.read_index(ReadMode::Linearizable, timeout).await
+    }
+
+    /// Confirms that this node is still the leader (a heartbeat round).
+    pub async fn verify_leader(&self, timeout: Duration) -> Result<(), RaftError> {
+        if self.leader().leader != Some(self.id()) {
+            return Err(RaftError::NotLeader { leader: self.leader().leader });
+        }
+        self.linearizable_read(timeout).await.map(|_| ())
+    }
+
+    /// The leader as last known, and its term.
+    pub fn leader(&self) -> LeaderInfo {
+        *self.inner.leader.borrow()
+    }
+
+    /// A watch of the leader; it always holds the latest value.
+    pub fn leader_watch(&self) -> watch::Receiver<LeaderInfo> {
+        self.inner.leader.clone()
+    }
+
+    /// Highest index the state machine has applied.
+    pub fn applied_index(&self) -> LogIndex {
+        *self.inner.applied.borrow()
+    }
+
+    /// A watch of the applied index.
+    pub fn applied_watch(&self) -> watch::Receiver<LogIndex> {
+        self.inner.applied.clone()
+    }
+
+    pub async fn status(&self) -> Result<Status, RaftError> {
+        let (reply, response) = oneshot::channel();
+        self.inner.requests.send(Request::Status { reply }).await.map_err(|_| RaftError::Shutdown)?;
+        response.await.map_err(|_| RaftError::Shutdown)
+    }
+
+    /// Proposes a membership change; resolves once it is committed and applied here.
+    pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<LogIndex, RaftError> {
+        let result = self.request(|reply| Request::Membership { change, reply });
+        Raft::with_timeout(timeout, result).await.map(|(index, _)| index)
+    }
+
+    pub async fn add_voter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::AddVoter(id), timeout).await
+    }
+
+    pub async fn add_nonvoter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::AddLearner(id), timeout).await
+    }
+
+    pub async fn remove_server(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::RemoveServer(id), timeout).await
+    }
+
+    /// Hands leadership to `target`; resolves once the transfer started (watch
+    /// `leader_watch` to see it complete).
+    pub async fn leadership_transfer(&self, target: NodeId) -> Result<(), RaftError> {
+        self.request(|reply| Request::Transfer { target, reply }).await
+    }
+
+    /// Stops the node: in-flight requests fail with `Shutdown`, the log writer
+    /// finishes what it was given, the tasks end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(node::SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!(node = %self.inner.id, "raft tasks did not stop within the grace period");
+            }
+        }
+    }
+}

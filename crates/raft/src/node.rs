@@ -1,0 +1,518 @@
+//! The runtime around one `Core`: who owns what.
+//!
+//! - The **raft loop** (one tokio task) owns the `Core`. Timers, inbound
+//!   messages, client requests and storage acknowledgements come in through
+//!   channels; after each wake-up it drains the core's actions and hands them out.
+//!   Proposals that arrive together become one `propose_batch` (one log write,
+//!   one broadcast).
+//! - The **log writer** (one OS thread: storage calls block) applies persist
+//!   requests in order, merging what queued up while it was busy into one append
+//!   and one fsync, and reports the highest sequence done.
+//! - One **peer sender** task per peer sends that peer's messages in order; what
+//!   queues while a send is in flight goes out in the next one.
+//! - The **apply task** owns the state machine: it applies committed batches,
+//!   answers the proposals they carry, and answers reads once the state machine
+//!   has applied their index.
+//!
+//! The leader's appends leave for followers while its own write is in progress
+//! (thesis §10.2.1); the core counts the leader's own copy only once durable.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft_core::{
+    Action, Configuration, Core, Entry, LogIndex, MembershipChange, Message, NodeId, PersistRequest, ReadId, ReadMode,
+    Role, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::RaftError;
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStore, StableStore, StorageError};
+use crate::transport::Transport;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+/// What the `Raft` handle asks of the raft loop.
+pub(crate) enum Request {
+    Propose { command: Bytes, reply: Reply<(LogIndex, Bytes)> },
+    Read { mode: ReadMode, reply: Reply<LogIndex> },
+    Membership { change: MembershipChange, reply: Reply<(LogIndex, Bytes)> },
+    Transfer { target: NodeId, reply: Reply<()> },
+    Status { reply: oneshot::Sender<Status> },
+}
+
+/// A snapshot of the node's protocol state, for `stats` and tests.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
+    pub first_log_index: LogIndex,
+    pub membership: Configuration,
+    pub membership_index: LogIndex,
+    pub voted_for: Option<NodeId>,
+}
+
+/// Who leads, as last known by this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub leader: Option<NodeId>,
+    pub term: Term,
+}
+
+/// Work for the apply task.
+enum ApplyWork {
+    Batch {
+        entries: Vec<Entry>,
+        replies: Vec<(LogIndex, Reply<(LogIndex, Bytes)>)>,
+    },
+    /// Answer once `index` is applied.
+    Read {
+        index: LogIndex,
+        reply: Reply<LogIndex>,
+    },
+}
+
+enum WriterEvent {
+    Persisted(u64),
+    Failed(StorageError),
+}
+
+pub(crate) struct Channels {
+    pub requests: mpsc::Receiver<Request>,
+    pub inbox: mpsc::Receiver<(NodeId, Message)>,
+    pub shutdown: watch::Receiver<bool>,
+    pub leader: watch::Sender<LeaderInfo>,
+    pub applied: watch::Sender<LogIndex>,
+}
+
+pub(crate) struct Stores {
+    pub log: Arc<dyn LogStore>,
+    pub stable: Arc<dyn StableStore>,
+}
+
+struct PendingProposal {
+    term: Term,
+    reply: Reply<(LogIndex, Bytes)>,
+}
+
+struct RaftLoop {
+    core: Core,
+    id: NodeId,
+    start: Instant,
+    transport: Arc<dyn Transport>,
+    peers: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
+    writer: std::sync::mpsc::Sender<PersistRequest>,
+    apply: mpsc::UnboundedSender<ApplyWork>,
+    proposals: BTreeMap<LogIndex, PendingProposal>,
+    reads: BTreeMap<ReadId, Reply<LogIndex>>,
+    next_read_id: ReadId,
+    leader: watch::Sender<LeaderInfo>,
+    max_batch: usize,
+}
+
+/// Starts the tasks of one node; returns when the raft loop has stopped.
+pub(crate) async fn run(
+    core: Core,
+    config: &crate::Config,
+    stores: Stores,
+    state_machine: Box<dyn StateMachine>,
+    transport: Arc<dyn Transport>,
+    channels: Channels,
+    start: Instant,
+) {
+    let Channels { mut requests, mut inbox, mut shutdown, leader, applied } = channels;
+    let (writer_events_tx, mut writer_events) = mpsc::unbounded_channel();
+    let (writer, writer_rx) = std::sync::mpsc::channel();
+    let writer_thread = std::thread::Builder::new()
+        .name(format!("raft-log-writer-{}", config.id))
+        .spawn(move || log_writer(stores, writer_rx, writer_events_tx));
+    let writer_thread = match writer_thread {
+        Ok(handle) => handle,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the log writer thread; the node stops");
+            return;
+        }
+    };
+    let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+    let apply_task = tokio::spawn(apply_loop(state_machine, apply_rx, applied));
+
+    let mut raft = RaftLoop {
+        id: config.id,
+        core,
+        start,
+        transport,
+        peers: BTreeMap::new(),
+        writer,
+        apply: apply_tx,
+        proposals: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        next_read_id: 1,
+        leader,
+        max_batch: config.max_batch.max(1),
+    };
+    let mut ticker = tokio::time::interval(config.tick_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            event = writer_events.recv() => match event {
+                Some(WriterEvent::Persisted(seq)) => {
+                    let mut seq = seq;
+                    while let Ok(WriterEvent::Persisted(next)) = writer_events.try_recv() {
+                        seq = seq.max(next);
+                    }
+                    if let Err(error) = raft.core.handle_persisted(seq) {
+                        tracing::error!(%error, "log writer acknowledged an unknown persist");
+                    }
+                }
+                Some(WriterEvent::Failed(error)) => {
+                    // A node that cannot persist must stop: continuing could
+                    // acknowledge what the disk lost.
+                    tracing::error!(%error, "storage failed; the node stops");
+                    failure = Some(error);
+                    break;
+                }
+                None => break,
+            },
+            message = inbox.recv() => {
+                let Some((from, message)) = message else { break };
+                let now = raft.now();
+                raft.core.handle_message(now, from, message);
+                for _ in 0..1024 {
+                    let Ok((from, message)) = inbox.try_recv() else { break };
+                    raft.core.handle_message(now, from, message);
+                }
+            }
+            request = requests.recv() => {
+                let Some(request) = request else { break };
+                raft.handle_requests(request, &mut requests);
+            }
+            _ = ticker.tick() => {
+                let now = raft.now();
+                raft.core.handle_tick(now);
+            }
+        }
+        raft.process_actions();
+    }
+    raft.shut_down(failure);
+    drop(raft);
+    // The writer ends when its channel closes; the apply task when its does.
+    let _ = apply_task.await;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+}
+
+impl RaftLoop {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis().min(u64::MAX as u128) as u64
+    }
+
+    fn handle_requests(&mut self, first: Request, requests: &mut mpsc::Receiver<Request>) {
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Propose { command, reply } => {
+                    commands.push(command);
+                    replies.push(reply);
+                }
+                other => {
+                    // Keep order: proposals gathered so far go first.
+                    self.propose(std::mem::take(&mut commands), std::mem::take(&mut replies));
+                    self.handle_other(other);
+                }
+            }
+            if commands.len() < self.max_batch {
+                next = requests.try_recv().ok();
+            }
+        }
+        self.propose(commands, replies);
+    }
+
+    fn propose(&mut self, commands: Vec<Bytes>, replies: Vec<Reply<(LogIndex, Bytes)>>) {
+        if commands.is_empty() {
+            return;
+        }
+        let term = self.core.current_term();
+        match self.core.propose_batch(commands) {
+            Ok(first) => {
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let index = LogIndex(first.0 + i as u64);
+                    self.proposals.insert(index, PendingProposal { term, reply });
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone().into()));
+                }
+            }
+        }
+    }
+
+    fn handle_other(&mut self, request: Request) {
+        match request {
+            Request::Propose { .. } => {}
+            Request::Read { mode, reply } => {
+                let read_id = self.next_read_id;
+                self.next_read_id += 1;
+                let now = self.now();
+                match self.core.read_index(now, read_id, mode) {
+                    Ok(()) => {
+                        self.reads.insert(read_id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Request::Membership { change, reply } => {
+                let term = self.core.current_term();
+                match self.core.propose_membership(change) {
+                    Ok(index) => {
+                        self.proposals.insert(index, PendingProposal { term, reply });
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Request::Transfer { target, reply } => {
+                let _ = reply.send(self.core.transfer_leadership(target).map_err(RaftError::from));
+            }
+            Request::Status { reply } => {
+                let core = &self.core;
+                let last = core.last_log_id();
+                let _ = reply.send(Status {
+                    id: self.id,
+                    role: core.role(),
+                    term: core.current_term(),
+                    leader: core.leader(),
+                    commit_index: core.commit_index(),
+                    last_log_index: last.index,
+                    last_log_term: last.term,
+                    first_log_index: core.first_log_index(),
+                    membership: core.membership().clone(),
+                    membership_index: core.membership_index(),
+                    voted_for: core.hard_state().voted_for,
+                });
+            }
+        }
+    }
+
+    fn process_actions(&mut self) {
+        let actions: Vec<Action> = self.core.drain_actions().collect();
+        for action in actions {
+            match action {
+                Action::Persist(request) => {
+                    if self.writer.send(request).is_err() {
+                        tracing::error!("the log writer is gone; persists are lost");
+                    }
+                }
+                Action::Send { to, message } => self.send(to, message),
+                Action::Apply { entries } => self.apply(entries),
+                Action::ReadReady { read_id, index } => {
+                    if let Some(reply) = self.reads.remove(&read_id) {
+                        let _ = self.apply.send(ApplyWork::Read { index, reply });
+                    }
+                }
+                Action::ReadFailed { read_id, error } => {
+                    if let Some(reply) = self.reads.remove(&read_id) {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+                Action::LeaderChanged { leader, term } => {
+                    tracing::info!(node = %self.id, leader = ?leader.map(|l| l.0), %term, "leader changed");
+                    if leader != Some(self.id) {
+                        // Proposals not yet committed may or may not commit later.
+                        for (_, proposal) in std::mem::take(&mut self.proposals) {
+                            let _ = proposal.reply.send(Err(RaftError::LeadershipLost));
+                        }
+                    }
+                    self.leader.send_replace(LeaderInfo { leader, term });
+                }
+                Action::SendSnapshotChunk { to, .. } => {
+                    tracing::warn!(peer = %to, "snapshot transfer is not available in this runtime yet");
+                }
+                Action::WriteSnapshotChunk { .. } | Action::RestoreSnapshot { .. } => {
+                    tracing::warn!("received a snapshot, which this runtime cannot install yet");
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        let sender = self.peers.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(peer_sender(to, self.transport.clone(), rx));
+            tx
+        });
+        if sender.send(message).is_err() {
+            self.peers.remove(&to);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let mut replies = Vec::new();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let ours: Vec<LogIndex> = self.proposals.range(first.index..=last.index).map(|(i, _)| *i).collect();
+            for index in ours {
+                let Some(proposal) = self.proposals.remove(&index) else { continue };
+                let offset = (index.0 - first.index.0) as usize;
+                if entries.get(offset).is_some_and(|e| e.term == proposal.term) {
+                    replies.push((index, proposal.reply));
+                } else {
+                    let _ = proposal.reply.send(Err(RaftError::Overwritten { index }));
+                }
+            }
+        }
+        let _ = self.apply.send(ApplyWork::Batch { entries, replies });
+    }
+
+    fn shut_down(&mut self, failure: Option<StorageError>) {
+        let error = || match &failure {
+            Some(error) => RaftError::Storage(StorageError::Poisoned { reason: error.to_string() }),
+            None => RaftError::Shutdown,
+        };
+        for (_, proposal) in std::mem::take(&mut self.proposals) {
+            let _ = proposal.reply.send(Err(error()));
+        }
+        for (_, reply) in std::mem::take(&mut self.reads) {
+            let _ = reply.send(Err(error()));
+        }
+        self.leader.send_replace(LeaderInfo { leader: None, term: self.core.current_term() });
+    }
+}
+
+async fn peer_sender(to: NodeId, transport: Arc<dyn Transport>, mut queue: mpsc::UnboundedReceiver<Message>) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = transport.send(to, batch).await {
+            tracing::debug!(peer = %to, %error, "send failed; raft will retry");
+        }
+    }
+}
+
+async fn apply_loop(
+    mut state_machine: Box<dyn StateMachine>,
+    mut work: mpsc::UnboundedReceiver<ApplyWork>,
+    applied_tx: watch::Sender<LogIndex>,
+) {
+    let mut applied = LogIndex::ZERO;
+    let mut waiting: VecDeque<(LogIndex, Reply<LogIndex>)> = VecDeque::new();
+    while let Some(item) = work.recv().await {
+        match item {
+            ApplyWork::Batch { entries, replies } => {
+                let Some(last) = entries.last().map(|e| e.index) else { continue };
+                let first = entries[0].index;
+                let responses = state_machine.apply(&entries);
+                for (index, reply) in replies {
+                    let response = responses.get((index.0 - first.0) as usize).cloned().unwrap_or_default();
+                    let _ = reply.send(Ok((index, response)));
+                }
+                applied = last;
+                applied_tx.send_replace(applied);
+                // Reads are answered in index order as the state machine catches up.
+                let mut still_waiting = VecDeque::new();
+                for (index, reply) in waiting.drain(..) {
+                    if index <= applied {
+                        let _ = reply.send(Ok(index));
+                    } else {
+                        still_waiting.push_back((index, reply));
+                    }
+                }
+                waiting = still_waiting;
+            }
+            ApplyWork::Read { index, reply } => {
+                if index <= applied {
+                    let _ = reply.send(Ok(index));
+                } else {
+                    waiting.push_back((index, reply));
+                }
+            }
+        }
+    }
+}
+
+/// The log writer thread: applies persist requests in order, merging runs of
+/// plain appends into one write and one fsync.
+fn log_writer(
+    stores: Stores,
+    requests: std::sync::mpsc::Receiver<PersistRequest>,
+    events: mpsc::UnboundedSender<WriterEvent>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while let Ok(next) = requests.try_recv() {
+            batch.push(next);
+        }
+        let last_seq = batch.last().map_or(0, |r| r.seq);
+        let event = match write_batch(&stores, batch) {
+            Ok(()) => WriterEvent::Persisted(last_seq),
+            Err(error) => WriterEvent::Failed(error),
+        };
+        let failed = matches!(event, WriterEvent::Failed(_));
+        if events.send(event).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn write_batch(stores: &Stores, batch: Vec<PersistRequest>) -> Result<(), StorageError> {
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut hard_state = None;
+    for request in batch {
+        if let Some(snapshot) = &request.snapshot {
+            flush_entries(stores, &mut pending)?;
+            stores.log.purge_prefix(snapshot.last_log_id.index)?;
+        }
+        if let Some(write) = request.log {
+            let continues = match pending.last() {
+                Some(last) => write.truncate_from == last.index.next(),
+                None => write.truncate_from > stores.log.last_index()?,
+            };
+            if !continues {
+                flush_entries(stores, &mut pending)?;
+                if write.truncate_from <= stores.log.last_index()? {
+                    stores.log.truncate_suffix(write.truncate_from)?;
+                }
+            }
+            pending.extend(write.entries);
+        }
+        if let Some(state) = request.hard_state {
+            hard_state = Some(state);
+        }
+    }
+    flush_entries(stores, &mut pending)?;
+    if let Some(state) = hard_state {
+        stores.stable.set_hard_state(state)?;
+    }
+    Ok(())
+}
+
+fn flush_entries(stores: &Stores, pending: &mut Vec<Entry>) -> Result<(), StorageError> {
+    if !pending.is_empty() {
+        stores.log.append(pending)?;
+        pending.clear();
+    }
+    Ok(())
+}
+
+/// How long `Raft::shutdown` waits for the tasks to finish.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

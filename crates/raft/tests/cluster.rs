@@ -1,0 +1,328 @@
+//! Clusters of `Raft` nodes in one process over the in-memory transport:
+//! replication, forwarding errors, failover, reads, membership changes and
+//! restarts from durable stores. Waits are bounded; nothing asserts on timing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft::storage::{FileStableStore, LogStore, MemLogStore, MemStableStore, StableStore, Wal, WalOptions};
+use raft::transport::MemNetwork;
+use raft::{Config, Entry, EntryPayload, LogIndex, NodeId, Raft, RaftError, ReadMode, StateMachine};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Records applied commands; answers each with "<index>".
+#[derive(Clone, Default)]
+struct Recorder {
+    applied: Arc<Mutex<Vec<(LogIndex, Bytes)>>>,
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, entries: &[Entry]) -> Vec<Bytes> {
+        let mut applied = self.applied.lock().unwrap();
+        entries
+            .iter()
+            .map(|entry| {
+                if let EntryPayload::Command(command) = &entry.payload {
+                    if !command.is_empty() {
+                        applied.push((entry.index, command.clone()));
+                    }
+                }
+                Bytes::from(entry.index.0.to_string())
+            })
+            .collect()
+    }
+}
+
+impl Recorder {
+    fn commands(&self) -> Vec<Bytes> {
+        self.applied.lock().unwrap().iter().map(|(_, c)| c.clone()).collect()
+    }
+}
+
+struct Node {
+    raft: Raft,
+    recorder: Recorder,
+    log: Arc<dyn LogStore>,
+    stable: Arc<dyn StableStore>,
+}
+
+struct Cluster {
+    network: MemNetwork,
+    nodes: BTreeMap<u64, Node>,
+    dirs: Vec<tempfile::TempDir>,
+    durable: bool,
+}
+
+impl Cluster {
+    fn new(durable: bool) -> Cluster {
+        Cluster { network: MemNetwork::new(), nodes: BTreeMap::new(), dirs: Vec::new(), durable }
+    }
+
+    fn stores(&mut self) -> (Arc<dyn LogStore>, Arc<dyn StableStore>) {
+        if self.durable {
+            let dir = tempfile::TempDir::new().unwrap();
+            let path: PathBuf = dir.path().to_path_buf();
+            self.dirs.push(dir);
+            let log = Wal::open(path.join("log"), WalOptions::default()).unwrap();
+            let stable = FileStableStore::open(path.join("stable")).unwrap();
+            (Arc::new(log), Arc::new(stable))
+        } else {
+            (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()))
+        }
+    }
+
+    fn start(&mut self, id: u64, log: Arc<dyn LogStore>, stable: Arc<dyn StableStore>) {
+        let recorder = Recorder::default();
+        let transport = Arc::new(self.network.transport(NodeId(id)));
+        let raft = Raft::new(Config::fast(NodeId(id)), recorder.clone(), log.clone(), stable.clone(), transport)
+            .expect("start node");
+        self.network.register(NodeId(id), raft.inbox());
+        self.nodes.insert(id, Node { raft, recorder, log, stable });
+    }
+
+    /// A cluster of `size` founders.
+    async fn bootstrap(size: u64, durable: bool) -> Cluster {
+        let mut cluster = Cluster::new(durable);
+        for id in 1..=size {
+            let (log, stable) = cluster.stores();
+            Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), (1..=size).map(NodeId)).unwrap();
+            cluster.start(id, log, stable);
+        }
+        cluster
+    }
+
+    fn raft(&self, id: u64) -> &Raft {
+        &self.nodes[&id].raft
+    }
+
+    /// Waits until the running nodes agree on one leader among `candidates`.
+    async fn leader_among(&self, candidates: &[u64]) -> u64 {
+        for _ in 0..1000 {
+            let views: Vec<Option<NodeId>> = candidates.iter().map(|id| self.raft(*id).leader().leader).collect();
+            if let Some(Some(leader)) = views.first() {
+                if views.iter().all(|v| *v == Some(*leader)) && candidates.contains(&leader.0) {
+                    return leader.0;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no agreed leader among {candidates:?}");
+    }
+
+    async fn stop(&mut self, id: u64) -> Node {
+        let node = self.nodes.remove(&id).expect("node is running");
+        node.raft.shutdown().await;
+        node
+    }
+
+    /// Waits until node `id` has applied `count` commands.
+    async fn wait_applied(&self, id: u64, count: usize) -> Vec<Bytes> {
+        for _ in 0..1000 {
+            let commands = self.nodes[&id].recorder.commands();
+            if commands.len() >= count {
+                return commands;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("node {id} applied only {} of {count} commands", self.nodes[&id].recorder.commands().len());
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.values() {
+            node.raft.shutdown().await;
+        }
+    }
+}
+
+fn command(i: usize) -> Bytes {
+    Bytes::from(format!("command {i}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_followers_name_the_leader() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..100 {
+        let (index, response) = cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        assert_eq!(response, Bytes::from(index.0.to_string()), "the state machine's response comes back");
+    }
+    let expected: Vec<Bytes> = (0..100).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 100).await, expected, "node {id}");
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    match cluster.raft(follower).apply(command(0), TIMEOUT).await {
+        Err(RaftError::NotLeader { leader: Some(named) }) => assert_eq!(named, NodeId(leader)),
+        other => panic!("apply on a follower: {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_all_apply_once_in_one_order() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let raft = cluster.raft(leader).clone();
+    let tasks: Vec<_> = (0..64)
+        .map(|client| {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    raft.apply(command(client * 1000 + i), TIMEOUT).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let on_leader = cluster.wait_applied(leader, 64 * 20).await;
+    assert_eq!(on_leader.len(), 64 * 20);
+    let mut distinct = on_leader.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64 * 20, "a command applied twice");
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 64 * 20).await, on_leader, "node {id} applied another order");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_is_replaced_and_catches_up_after_healing() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let old = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(old).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.network.isolate(NodeId(old));
+    // A write to the isolated leader cannot commit.
+    let stranded = cluster.raft(old).apply(command(99), Duration::from_millis(500)).await;
+    assert!(stranded.is_err(), "isolated leader committed a write: {stranded:?}");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = cluster.leader_among(&others).await;
+    cluster.raft(new).apply(command(2), TIMEOUT).await.unwrap();
+    cluster.network.heal();
+    let expected = vec![command(1), command(2)];
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 2).await, expected, "node {id}");
+    }
+    assert_eq!(cluster.leader_among(&[1, 2, 3]).await, new);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_every_node_see_acknowledged_writes() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let (index, _) = cluster.raft(leader).apply(command(7), TIMEOUT).await.unwrap();
+    for id in 1..=3 {
+        for mode in [ReadMode::Linearizable, ReadMode::Lease] {
+            let read = cluster.raft(id).read_index(mode, TIMEOUT).await.unwrap();
+            assert!(read >= index, "node {id} {mode:?} read at {read}, before the write at {index}");
+            assert!(cluster.raft(id).applied_index() >= read, "node {id} answered before applying {read}");
+        }
+    }
+    cluster.raft(leader).verify_leader(TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_two_failures_but_not_three() {
+    let mut cluster = Cluster::bootstrap(5, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3, 4, 5]).await;
+    let followers: Vec<u64> = (1..=5).filter(|id| *id != leader).collect();
+    cluster.stop(followers[0]).await;
+    cluster.stop(followers[1]).await;
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.stop(followers[2]).await;
+    let result = cluster.raft(leader).apply(command(2), Duration::from_millis(1500)).await;
+    assert!(result.is_err(), "committed without a quorum: {result:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_grows_to_three_by_adding_voters() {
+    let mut cluster = Cluster::new(false);
+    let (log, stable) = cluster.stores();
+    Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)]).unwrap();
+    cluster.start(1, log, stable);
+    cluster.leader_among(&[1]).await;
+    cluster.raft(1).apply(command(1), TIMEOUT).await.unwrap();
+    for id in [2, 3] {
+        let (log, stable) = cluster.stores();
+        assert!(!Raft::has_existing_state(log.as_ref(), stable.as_ref()).unwrap());
+        cluster.start(id, log, stable);
+        cluster.raft(1).add_voter(NodeId(id), TIMEOUT).await.unwrap();
+    }
+    let status = cluster.raft(1).status().await.unwrap();
+    assert_eq!(status.membership.voters.len(), 3);
+    cluster.raft(1).apply(command(2), TIMEOUT).await.unwrap();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 2).await, vec![command(1), command(2)], "node {id}");
+    }
+    // Removing the leader: it steps down once the change commits; the others go on.
+    cluster.raft(1).remove_server(NodeId(1), TIMEOUT).await.ok();
+    let leader = cluster.leader_among(&[2, 3]).await;
+    cluster.raft(leader).apply(command(3), TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_cluster_restarts_with_every_acknowledged_write() {
+    let mut cluster = Cluster::bootstrap(3, true).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..50 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    // Stop everyone, then start again from the same stores.
+    let mut stopped = Vec::new();
+    for id in 1..=3 {
+        stopped.push((id, cluster.stop(id).await));
+    }
+    for (id, node) in stopped {
+        assert!(Raft::has_existing_state(node.log.as_ref(), node.stable.as_ref()).unwrap());
+        let Node { log, stable, .. } = node;
+        // Reopen the files, as a restarted process would.
+        drop((log, stable));
+        let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
+        let log: Arc<dyn LogStore> = Arc::new(Wal::open(dir.join("log"), WalOptions::default()).unwrap());
+        let stable: Arc<dyn StableStore> = Arc::new(FileStableStore::open(dir.join("stable")).unwrap());
+        cluster.start(id, log, stable);
+    }
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(50), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=50).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 51).await, expected, "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfer_moves_the_leader() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.raft(leader).leadership_transfer(NodeId(target)).await.unwrap();
+    let mut watch = cluster.raft(target).leader_watch();
+    tokio::time::timeout(TIMEOUT, watch.wait_for(|info| info.leader == Some(NodeId(target))))
+        .await
+        .expect("the transfer completes")
+        .unwrap();
+    cluster.raft(target).apply(command(2), TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_requests_instead_of_hanging() {
+    let cluster = Cluster::bootstrap(1, false).await;
+    cluster.leader_among(&[1]).await;
+    let raft = cluster.raft(1).clone();
+    raft.shutdown().await;
+    assert!(matches!(raft.apply(command(1), TIMEOUT).await, Err(RaftError::Shutdown)));
+    assert!(matches!(raft.linearizable_read(TIMEOUT).await, Err(RaftError::Shutdown)));
+}
