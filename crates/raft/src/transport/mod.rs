@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use raft_core::{Message, NodeId};
 use tokio::sync::mpsc;
 
+pub mod grpc;
+
 /// Bound on messages queued for a node's raft loop; beyond it messages are
 /// dropped, which Raft tolerates (they are retried or superseded).
 pub const INBOX_CAPACITY: usize = 1 << 16;
