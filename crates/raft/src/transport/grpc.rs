@@ -31,11 +31,13 @@ use proto::raft_message::Kind;
 /// Bumped when the messages change incompatibly; peers must match.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+type ChangeCallback = Box<dyn Fn(&BTreeMap<NodeId, String>) + Send + Sync>;
+
 /// Node id -> raft address ("host:port"). Clones share the book.
 #[derive(Clone, Default)]
 pub struct AddressBook {
     addresses: Arc<RwLock<BTreeMap<NodeId, String>>>,
-    on_change: Arc<Mutex<Option<Box<dyn Fn(&BTreeMap<NodeId, String>) + Send + Sync>>>>,
+    on_change: Arc<Mutex<Option<ChangeCallback>>>,
 }
 
 impl AddressBook {
