@@ -58,6 +58,9 @@ pub struct Status {
     pub membership: Configuration,
     pub membership_index: LogIndex,
     pub voted_for: Option<NodeId>,
+    /// Time since a message from the leader last arrived (zero on the leader,
+    /// `None` if none ever did).
+    pub last_contact: Option<Duration>,
 }
 
 /// Who leads, as last known by this node.
@@ -116,6 +119,7 @@ struct RaftLoop {
     next_read_id: ReadId,
     leader: watch::Sender<LeaderInfo>,
     max_batch: usize,
+    last_leader_contact: Option<Instant>,
 }
 
 /// Starts the tasks of one node; returns when the raft loop has stopped.
@@ -157,6 +161,7 @@ pub(crate) async fn run(
         next_read_id: 1,
         leader,
         max_batch: config.max_batch.max(1),
+        last_leader_contact: None,
     };
     let mut ticker = tokio::time::interval(config.tick_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -187,10 +192,10 @@ pub(crate) async fn run(
             message = inbox.recv() => {
                 let Some((from, message)) = message else { break };
                 let now = raft.now();
-                raft.core.handle_message(now, from, message);
+                raft.receive(now, from, message);
                 for _ in 0..1024 {
                     let Ok((from, message)) = inbox.try_recv() else { break };
-                    raft.core.handle_message(now, from, message);
+                    raft.receive(now, from, message);
                 }
             }
             request = requests.recv() => {
@@ -214,6 +219,13 @@ pub(crate) async fn run(
 impl RaftLoop {
     fn now(&self) -> u64 {
         self.start.elapsed().as_millis().min(u64::MAX as u128) as u64
+    }
+
+    fn receive(&mut self, now: u64, from: NodeId, message: Message) {
+        self.core.handle_message(now, from, message);
+        if self.core.leader() == Some(from) {
+            self.last_leader_contact = Some(Instant::now());
+        }
     }
 
     fn handle_requests(&mut self, first: Request, requests: &mut mpsc::Receiver<Request>) {
@@ -304,6 +316,11 @@ impl RaftLoop {
                     membership: core.membership().clone(),
                     membership_index: core.membership_index(),
                     voted_for: core.hard_state().voted_for,
+                    last_contact: if core.is_leader() {
+                        Some(Duration::ZERO)
+                    } else {
+                        self.last_leader_contact.map(|at| at.elapsed())
+                    },
                 });
             }
         }

@@ -1,0 +1,527 @@
+//! One raftkv server process (`raftkv agent`): opens the data directory,
+//! bootstraps, joins or resumes, and serves the raft transport and internal
+//! RPCs on the raft address and the HTTP API on the HTTP address.
+//!
+//! What owns what: `Agent` holds the `Raft` handle, the replicated `Kv` state,
+//! the address book (persisted in the stable store under `peers`) and the
+//! clients to other nodes' internal service. HTTP handlers (`http.rs`) and the
+//! internal service (below) both go through it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::storage::{FileStableStore, LogStore, StableStore, Wal, WalOptions};
+use raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
+use raft::{Config, NodeId, Raft, RaftError};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::{Command, Kv, Outcome, Peer};
+
+pub mod proto {
+    tonic::include_proto!("raftkv.internal.v1");
+}
+
+use proto::internal_client::InternalClient;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
+const PEERS_KEY: &str = "raftkv.peers";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub id: u64,
+    pub http_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: bool,
+    pub join: Vec<String>,
+    pub raft: Config,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_key_bytes: 4 << 10, max_value_bytes: 1 << 20 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("storage in {dir}: {source}")]
+    Storage { dir: PathBuf, source: raft::storage::StorageError },
+    #[error("raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("join failed: {0}")]
+    Join(String),
+}
+
+/// A running agent.
+pub struct Agent {
+    pub id: NodeId,
+    pub config: AgentConfig,
+    pub cluster_id: String,
+    pub raft: Raft,
+    pub kv: Kv,
+    pub book: AddressBook,
+    clients: Mutex<BTreeMap<String, InternalClient<Channel>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn storage(dir: &std::path::Path) -> impl Fn(raft::storage::StorageError) -> AgentError + '_ {
+    move |source| AgentError::Storage { dir: dir.to_path_buf(), source }
+}
+
+fn new_cluster_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:016x}{:08x}", nanos as u64, std::process::id())
+}
+
+impl Agent {
+    /// Starts the agent; returns once it serves (a joining node: once it joined).
+    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        if config.raft_addr.ip().is_unspecified() {
+            return Err(AgentError::Config(format!(
+                "--raft-addr {}: local bind address is not advertisable (give an address other nodes can reach)",
+                config.raft_addr
+            )));
+        }
+        if config.id == 0 {
+            return Err(AgentError::Config("--id must be a positive integer".to_string()));
+        }
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let log: Arc<dyn LogStore> =
+            Arc::new(Wal::open(dir.join("log"), WalOptions::default()).map_err(storage(&dir))?);
+        let stable: Arc<dyn StableStore> = Arc::new(FileStableStore::open(dir.join("stable")).map_err(storage(&dir))?);
+        let existing = Raft::has_existing_state(log.as_ref(), stable.as_ref())?;
+        let id = NodeId(config.id);
+        let raft_addr = config.raft_addr.to_string();
+
+        let cluster_id = match stable.get(CLUSTER_ID_KEY).map_err(storage(&dir))? {
+            Some(bytes) if existing => String::from_utf8_lossy(&bytes).into_owned(),
+            _ if existing => {
+                return Err(AgentError::Config(format!("{} has raft state but no cluster id", dir.display())))
+            }
+            _ if config.bootstrap => {
+                let cluster_id = new_cluster_id();
+                Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [id])?;
+                stable.set(CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage(&dir))?;
+                tracing::info!(%cluster_id, "bootstrapped a new cluster");
+                cluster_id
+            }
+            _ if !config.join.is_empty() => {
+                let cluster_id = ask_cluster_id(&config.join).await?;
+                stable.set(CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage(&dir))?;
+                cluster_id
+            }
+            _ => {
+                return Err(AgentError::Config(format!(
+                    "{} holds no raft state: pass --bootstrap to start a new cluster or --join ADDR to join one",
+                    dir.display()
+                )))
+            }
+        };
+
+        let book = AddressBook::new();
+        if let Some(bytes) = stable.get(PEERS_KEY).map_err(storage(&dir))? {
+            let peers: BTreeMap<u64, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+            for (peer, address) in peers {
+                book.insert(NodeId(peer), &address);
+            }
+        }
+        book.insert(id, &raft_addr);
+        {
+            let stable = stable.clone();
+            book.on_change(move |all| {
+                let peers: BTreeMap<u64, &String> = all.iter().map(|(id, a)| (id.0, a)).collect();
+                let encoded = serde_json::to_vec(&peers).unwrap_or_default();
+                if let Err(error) = stable.set(PEERS_KEY, &encoded) {
+                    tracing::warn!(%error, "cannot persist the address book");
+                }
+            });
+        }
+        book.insert(id, &raft_addr);
+
+        let identity = Identity { cluster_id: cluster_id.clone(), id, advertise_addr: raft_addr.clone() };
+        let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
+        let kv = Kv::default();
+        let machine = {
+            let book = book.clone();
+            kv.state_machine(move |peer, record: &Peer| {
+                book.insert(NodeId(peer), &record.raft_addr);
+            })
+        };
+        let raft = Raft::new(config.raft.clone(), machine, log, stable, transport)?;
+
+        let raft_listener = TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr: config.http_addr, source })?;
+
+        let agent = Arc::new(Agent {
+            id,
+            config: config.clone(),
+            cluster_id,
+            raft: raft.clone(),
+            kv,
+            book: book.clone(),
+            clients: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();
+        let internal = proto::internal_server::InternalServer::new(InternalService { agent: agent.clone() });
+        let grpc = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(raft_service)
+                .add_service(internal)
+                .serve_with_incoming(TcpListenerStream::new(raft_listener))
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "raft server stopped");
+            }
+        });
+        let router = crate::http::router(agent.clone());
+        let http = tokio::spawn(async move {
+            if let Err(error) = axum::serve(http_listener, router).await {
+                tracing::error!(%error, "HTTP server stopped");
+            }
+        });
+        let register = tokio::spawn(register_self(agent.clone()));
+        agent.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([grpc, http, register]);
+
+        if !existing && !config.bootstrap {
+            agent.join(&config.join).await?;
+        }
+        tracing::info!(id = %agent.id, http = %config.http_addr, raft = %config.raft_addr, "agent serving");
+        Ok(agent)
+    }
+
+    /// Stops serving and shuts the raft node down.
+    pub async fn shutdown(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+        self.raft.shutdown().await;
+    }
+
+    fn header(&self) -> proto::Header {
+        proto::Header { protocol_version: PROTOCOL_VERSION, cluster_id: self.cluster_id.clone(), from: self.id.0 }
+    }
+
+    fn client(&self, address: &str) -> Result<InternalClient<Channel>, tonic::Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let client = InternalClient::new(endpoint.connect_lazy());
+        clients.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The leader's raft address, if a leader is known.
+    pub fn leader_addr(&self) -> Option<(NodeId, String)> {
+        let leader = self.raft.leader().leader?;
+        Some((leader, self.book.get(leader)?))
+    }
+
+    /// Runs a write: here if this node leads, else on the leader (one hop).
+    pub async fn write(&self, command: Command) -> Result<(raft::LogIndex, Outcome), WriteError> {
+        let timeout = self.config.request_timeout;
+        let (index, response) = match self.raft.leader().leader {
+            Some(leader) if leader == self.id => self.raft.apply(command.encode(), timeout).await?,
+            Some(leader) => {
+                let address = self.book.get(leader).ok_or(WriteError::NoLeader)?;
+                let mut client = self.client(&address).map_err(WriteError::Forward)?;
+                let request = proto::ApplyRequest { header: Some(self.header()), command: command.encode() };
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(timeout);
+                let response = client.apply(request).await.map_err(WriteError::Forward)?.into_inner();
+                (raft::LogIndex(response.index), response.response)
+            }
+            None => return Err(WriteError::NoLeader),
+        };
+        let outcome = Outcome::decode(&response).map_err(WriteError::Internal)?;
+        Ok((index, outcome))
+    }
+
+    async fn join(&self, targets: &[String]) -> Result<(), AgentError> {
+        let request = proto::JoinRequest {
+            header: Some(self.header()),
+            id: self.id.0,
+            raft_addr: self.config.raft_addr.to_string(),
+            http_addr: self.config.http_addr.to_string(),
+        };
+        let mut last_error = String::from("no --join address given");
+        for attempt in 0..30 {
+            for target in targets {
+                let client = self.client(target).map_err(|s| AgentError::Join(s.message().to_string()));
+                let mut client = client?;
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(Duration::from_secs(10));
+                match client.join(call).await {
+                    Ok(response) => {
+                        tracing::info!(via = %target, index = response.into_inner().index, "joined the cluster");
+                        return Ok(());
+                    }
+                    Err(status) => {
+                        last_error = format!("{target}: {}", status.message());
+                        tracing::warn!(attempt, error = %last_error, "join attempt failed");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(AgentError::Join(last_error))
+    }
+}
+
+/// Why a write failed, to map onto an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Raft(#[from] RaftError),
+    #[error("no leader is known")]
+    NoLeader,
+    #[error("forwarding to the leader failed: {}", .0.message())]
+    Forward(tonic::Status),
+    #[error("{0}")]
+    Internal(String),
+}
+
+async fn ask_cluster_id(targets: &[String]) -> Result<String, AgentError> {
+    let mut last_error = String::new();
+    for attempt in 0..30 {
+        for target in targets {
+            match InternalClient::connect(format!("http://{target}")).await {
+                Ok(mut client) => match client.cluster_info(proto::ClusterInfoRequest {}).await {
+                    Ok(info) => return Ok(info.into_inner().cluster_id),
+                    Err(status) => last_error = format!("{target}: {}", status.message()),
+                },
+                Err(error) => last_error = format!("{target}: {error}"),
+            }
+            tracing::warn!(attempt, error = %last_error, "cannot reach a member to join");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(AgentError::Join(format!("no member answered: {last_error}")))
+}
+
+/// Once this node leads, records its own addresses in the replicated peer list
+/// (a bootstrapped node has no one to register it).
+async fn register_self(agent: Arc<Agent>) {
+    let mut leader = agent.raft.leader_watch();
+    loop {
+        let leads = leader.borrow().leader == Some(agent.id);
+        let registered = agent.kv.read().peers.contains_key(&agent.id.0);
+        if registered {
+            return;
+        }
+        if leads {
+            let command = Command::RegisterPeer {
+                id: agent.id.0,
+                raft_addr: agent.config.raft_addr.to_string(),
+                http_addr: agent.config.http_addr.to_string(),
+            };
+            if agent.raft.apply(command.encode(), agent.config.request_timeout).await.is_ok() {
+                return;
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(1), leader.changed()).await.is_ok_and(|r| r.is_err()) {
+            return;
+        }
+    }
+}
+
+struct InternalService {
+    agent: Arc<Agent>,
+}
+
+impl InternalService {
+    fn check(&self, header: Option<&proto::Header>) -> Result<(), tonic::Status> {
+        let Some(header) = header else {
+            return Err(tonic::Status::failed_precondition("internal RPC without a header"));
+        };
+        if header.protocol_version != PROTOCOL_VERSION {
+            return Err(tonic::Status::failed_precondition(format!(
+                "protocol version mismatch: peer speaks {}, node {} speaks {PROTOCOL_VERSION}",
+                header.protocol_version, self.agent.id
+            )));
+        }
+        if !header.cluster_id.is_empty() && header.cluster_id != self.agent.cluster_id {
+            return Err(tonic::Status::failed_precondition(format!(
+                "cluster id mismatch: peer {} belongs to cluster {:?}, node {} to cluster {:?}",
+                header.from, header.cluster_id, self.agent.id, self.agent.cluster_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn not_leader(&self) -> tonic::Status {
+        match self.agent.leader_addr() {
+            Some((leader, address)) => {
+                tonic::Status::unavailable(format!("not the leader; node {leader} at {address} leads"))
+            }
+            None => tonic::Status::unavailable("no leader is known"),
+        }
+    }
+}
+
+pub(crate) fn status_of(error: RaftError) -> tonic::Status {
+    match error {
+        RaftError::NotLeader { leader } => tonic::Status::unavailable(format!(
+            "not the leader (leader: {})",
+            leader.map_or("unknown".to_string(), |l| l.to_string())
+        )),
+        RaftError::Timeout(d) => tonic::Status::deadline_exceeded(format!("timed out after {d:?}")),
+        RaftError::LeadershipLost => tonic::Status::unavailable(RaftError::LeadershipLost.to_string()),
+        RaftError::Refused(e) => tonic::Status::failed_precondition(e.to_string()),
+        other => tonic::Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::internal_server::Internal for InternalService {
+    async fn apply(
+        &self,
+        request: tonic::Request<proto::ApplyRequest>,
+    ) -> Result<tonic::Response<proto::ApplyResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        Command::decode(&request.command).map_err(tonic::Status::invalid_argument)?;
+        if self.agent.raft.leader().leader != Some(self.agent.id) {
+            return Err(self.not_leader());
+        }
+        let (index, response) =
+            self.agent.raft.apply(request.command, self.agent.config.request_timeout).await.map_err(status_of)?;
+        Ok(tonic::Response::new(proto::ApplyResponse { index: index.0, response }))
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: tonic::Request<proto::ClusterInfoRequest>,
+    ) -> Result<tonic::Response<proto::ClusterInfoResponse>, tonic::Status> {
+        let (leader_id, leader_raft_addr) = self.agent.leader_addr().map_or((0, String::new()), |(l, a)| (l.0, a));
+        Ok(tonic::Response::new(proto::ClusterInfoResponse {
+            cluster_id: self.agent.cluster_id.clone(),
+            leader_id,
+            leader_raft_addr,
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: tonic::Request<proto::JoinRequest>,
+    ) -> Result<tonic::Response<proto::JoinResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let index = add_member(&self.agent, request).await?;
+        Ok(tonic::Response::new(proto::JoinResponse { index: index.0 }))
+    }
+
+    async fn admin(
+        &self,
+        request: tonic::Request<proto::AdminRequest>,
+    ) -> Result<tonic::Response<proto::AdminResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let agent = &self.agent;
+        if agent.raft.leader().leader != Some(agent.id) {
+            return Err(self.not_leader());
+        }
+        let timeout = agent.config.request_timeout;
+        let index = match request.op {
+            Some(proto::admin_request::Op::Remove(id)) => {
+                agent.raft.remove_server(NodeId(id), timeout).await.map_err(status_of)?
+            }
+            Some(proto::admin_request::Op::TransferTo(target)) => {
+                transfer(agent, (target != 0).then_some(NodeId(target))).await?;
+                raft::LogIndex::ZERO
+            }
+            None => return Err(tonic::Status::invalid_argument("admin request without an operation")),
+        };
+        Ok(tonic::Response::new(proto::AdminResponse { index: index.0 }))
+    }
+}
+
+/// Adds a node as a voter: on the leader, record its addresses then add it;
+/// elsewhere, ask the leader.
+pub(crate) async fn add_member(agent: &Agent, request: proto::JoinRequest) -> Result<raft::LogIndex, tonic::Status> {
+    if request.id == 0 || request.raft_addr.is_empty() {
+        return Err(tonic::Status::invalid_argument("join needs a positive id and a raft address"));
+    }
+    let timeout = agent.config.request_timeout;
+    match agent.raft.leader().leader {
+        Some(leader) if leader == agent.id => {
+            let register = Command::RegisterPeer {
+                id: request.id,
+                raft_addr: request.raft_addr.clone(),
+                http_addr: request.http_addr.clone(),
+            };
+            agent.raft.apply(register.encode(), timeout).await.map_err(status_of)?;
+            let status = agent.raft.status().await.map_err(status_of)?;
+            if status.membership.voters.contains(&NodeId(request.id)) {
+                return Ok(status.membership_index);
+            }
+            agent.raft.add_voter(NodeId(request.id), timeout).await.map_err(status_of)
+        }
+        Some(_) => {
+            let (_, address) = agent.leader_addr().ok_or_else(|| tonic::Status::unavailable("no leader is known"))?;
+            let mut client = agent.client(&address)?;
+            let forwarded = proto::JoinRequest { header: Some(agent.header()), ..request };
+            let mut call = tonic::Request::new(forwarded);
+            call.set_timeout(timeout);
+            Ok(raft::LogIndex(client.join(call).await?.into_inner().index))
+        }
+        None => Err(tonic::Status::unavailable("no leader is known")),
+    }
+}
+
+/// Hands leadership to `target`, or to the most up-to-date other voter.
+pub(crate) async fn transfer(agent: &Agent, target: Option<NodeId>) -> Result<NodeId, tonic::Status> {
+    let status = agent.raft.status().await.map_err(status_of)?;
+    let target = match target {
+        Some(target) => target,
+        None => status
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .find(|v| *v != agent.id)
+            .ok_or_else(|| tonic::Status::failed_precondition("no other voter to hand leadership to"))?,
+    };
+    agent.raft.leadership_transfer(target).await.map_err(status_of)?;
+    Ok(target)
+}
+
+/// Asks the leader to run an admin operation (from a follower).
+pub(crate) async fn forward_admin(agent: &Agent, op: proto::admin_request::Op) -> Result<u64, tonic::Status> {
+    let (_, address) = agent.leader_addr().ok_or_else(|| tonic::Status::unavailable("no leader is known"))?;
+    let mut client = agent.client(&address)?;
+    let mut call = tonic::Request::new(proto::AdminRequest { header: Some(agent.header()), op: Some(op) });
+    call.set_timeout(agent.config.request_timeout);
+    Ok(client.admin(call).await?.into_inner().index)
+}

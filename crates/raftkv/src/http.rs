@@ -1,0 +1,395 @@
+//! The HTTP API (axum, JSON). Writes go through `Agent::write` (forwarded to the
+//! leader when this node follows); linearizable and lease reads confirm an
+//! index with the leader (ReadIndex, from any node) and read the local state
+//! once it is applied; stale reads read the local state at once.
+//!
+//! Errors are `{"error": {"code", "message"}}`: 400 bad input, 404 no such
+//! key, 409 compare-and-swap mismatch, 503 no leader (with `Retry-After`), 504
+//! timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use raft::{NodeId, RaftError, ReadMode, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::agent::{self, Agent, WriteError};
+use crate::store::{Command, Outcome};
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/api/v1/set", post(set))
+        .route("/api/v1/get", get(get_key))
+        .route("/api/v1/delete", axum::routing::delete(delete).post(delete))
+        .route("/api/v1/cas", post(cas))
+        .route("/api/v1/list", get(list))
+        .route("/api/v1/members", get(members))
+        .route("/api/v1/join", post(join))
+        .route("/api/v1/remove", post(remove))
+        .route("/api/v1/transfer-leader", post(transfer_leader))
+        .route("/api/maintain/stats", get(stats))
+        .with_state(agent)
+}
+
+/// An API error: status, machine-readable code, human message.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn raft_error(error: RaftError) -> ApiError {
+    let message = error.to_string();
+    let (status, code) = match error {
+        RaftError::NotLeader { .. } | RaftError::LeadershipLost => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        RaftError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        RaftError::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        RaftError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    ApiError { status, code, message }
+}
+
+fn status_error(status: tonic::Status) -> ApiError {
+    let message = status.message().to_string();
+    let (status, code) = match status.code() {
+        tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
+        tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "refused"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "forward_failed"),
+    };
+    ApiError { status, code, message }
+}
+
+fn write_error(error: WriteError) -> ApiError {
+    match error {
+        WriteError::Raft(error) => raft_error(error),
+        WriteError::NoLeader => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "no_leader",
+            message: "no leader is known".into(),
+        },
+        WriteError::Forward(status) => status_error(status),
+        WriteError::Internal(message) => {
+            ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message }
+        }
+    }
+}
+
+/// The JSON body, or a 400 that says what is wrong with it.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+fn check_key(agent: &Agent, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    let limit = agent.config.limits.max_key_bytes;
+    if key.len() > limit {
+        return Err(ApiError::bad_request(format!("key of {} bytes exceeds the limit of {limit}", key.len())));
+    }
+    Ok(())
+}
+
+fn check_value(agent: &Agent, value: &str) -> Result<(), ApiError> {
+    let limit = agent.config.limits.max_value_bytes;
+    if value.len() > limit {
+        return Err(ApiError::bad_request(format!("value of {} bytes exceeds the limit of {limit}", value.len())));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    key: String,
+    value: String,
+}
+
+async fn set(
+    State(agent): State<Arc<Agent>>,
+    payload: Result<Json<SetBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let SetBody { key, value } = body(payload)?;
+    check_key(&agent, &key)?;
+    check_value(&agent, &value)?;
+    let (index, _) = agent.write(Command::Set { key, value }).await.map_err(write_error)?;
+    Ok(Json(json!({"index": index.0})))
+}
+
+#[derive(Deserialize, Default)]
+struct KeyQuery {
+    key: Option<String>,
+    consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyBody {
+    key: String,
+}
+
+fn consistency(raw: Option<&str>) -> Result<Option<ReadMode>, ApiError> {
+    match raw.unwrap_or("linearizable") {
+        "linearizable" => Ok(Some(ReadMode::Linearizable)),
+        "lease" => Ok(Some(ReadMode::Lease)),
+        "stale" => Ok(None),
+        other => Err(ApiError::bad_request(format!("consistency must be linearizable, lease or stale, not {other:?}"))),
+    }
+}
+
+/// Waits until a read may be served here at the chosen consistency.
+async fn read_barrier(agent: &Agent, mode: Option<ReadMode>) -> Result<(), ApiError> {
+    if let Some(mode) = mode {
+        agent.raft.read_index(mode, agent.config.request_timeout).await.map_err(raft_error)?;
+    }
+    Ok(())
+}
+
+async fn get_key(
+    State(agent): State<Arc<Agent>>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+    raw_body: Bytes,
+) -> Result<Response, ApiError> {
+    // The key comes in the query, or in a JSON body as seed 000's client sends it.
+    let key = match query.key {
+        Some(key) => key,
+        None if !raw_body.is_empty() => {
+            let parsed: KeyBody = serde_json::from_slice(&raw_body)
+                .map_err(|e| ApiError::bad_request(format!("body must be {{\"key\": ...}}: {e}")))?;
+            parsed.key
+        }
+        None => return Err(ApiError::bad_request("missing key (?key=K or a JSON body {\"key\": K})")),
+    };
+    check_key(&agent, &key)?;
+    let mode = consistency(query.consistency.as_deref())?;
+    read_barrier(&agent, mode).await?;
+    let found = agent.kv.read().data.get(&key).cloned();
+    let Some(found) = found else {
+        return Err(ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no key {key:?}") });
+    };
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"));
+    if wants_json {
+        Ok(Json(json!({"key": key, "value": found.value, "index": found.index.0})).into_response())
+    } else {
+        Ok(found.value.into_response())
+    }
+}
+
+async fn delete(State(agent): State<Arc<Agent>>, Query(query): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
+    let key = query.key.ok_or_else(|| ApiError::bad_request("missing ?key="))?;
+    check_key(&agent, &key)?;
+    let (index, outcome) = agent.write(Command::Delete { key }).await.map_err(write_error)?;
+    let existed = matches!(outcome, Outcome::Deleted { existed: true });
+    Ok(Json(json!({"index": index.0, "deleted": existed})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    key: String,
+    expected: Option<String>,
+    value: String,
+}
+
+async fn cas(
+    State(agent): State<Arc<Agent>>,
+    payload: Result<Json<CasBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let CasBody { key, expected, value } = body(payload)?;
+    check_key(&agent, &key)?;
+    check_value(&agent, &value)?;
+    let (index, outcome) = agent.write(Command::Cas { key, expected, value }).await.map_err(write_error)?;
+    match outcome {
+        Outcome::Done => Ok(Json(json!({"index": index.0, "succeeded": true})).into_response()),
+        Outcome::CasFailed { current } => {
+            let body = json!({
+                "error": {"code": "cas_mismatch", "message": "the current value differs from the expected one"},
+                "current": current,
+                "index": index.0,
+            });
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+        other => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("unexpected outcome {other:?}"),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
+}
+
+async fn list(State(agent): State<Arc<Agent>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let prefix = query.prefix.unwrap_or_default();
+    let limit = query.limit.unwrap_or(1000).min(100_000);
+    let mode = consistency(query.consistency.as_deref())?;
+    read_barrier(&agent, mode).await?;
+    let state = agent.kv.read();
+    let items: Vec<Value> = state
+        .data
+        .range(prefix.clone()..)
+        .take_while(|(key, _)| key.starts_with(&prefix))
+        .take(limit)
+        .map(|(key, value)| json!({"key": key, "value": value.value, "index": value.index.0}))
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    let status = agent.raft.status().await.map_err(raft_error)?;
+    let peers = agent.kv.read().peers.clone();
+    let book = agent.book.all();
+    let describe = |id: &NodeId, suffrage: &str| {
+        let peer = peers.get(&id.0);
+        json!({
+            "id": id.0,
+            "suffrage": suffrage,
+            "raft_addr": book.get(id).cloned().or_else(|| peer.map(|p| p.raft_addr.clone())),
+            "http_addr": peer.map(|p| p.http_addr.clone()),
+            "leader": status.leader == Some(*id),
+        })
+    };
+    let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(id, "voter")).collect();
+    members.extend(status.membership.learners.iter().map(|id| describe(id, "nonvoter")));
+    Ok(Json(json!({"members": members, "leader": status.leader.map(|l| l.0), "term": status.term.0})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    id: u64,
+    raft_addr: String,
+    http_addr: Option<String>,
+}
+
+async fn join(
+    State(agent): State<Arc<Agent>>,
+    payload: Result<Json<JoinBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let JoinBody { id, raft_addr, http_addr } = body(payload)?;
+    let request = agent::proto::JoinRequest { header: None, id, raft_addr, http_addr: http_addr.unwrap_or_default() };
+    let index = agent::add_member(&agent, request).await.map_err(status_error)?;
+    Ok(Json(json!({"index": index.0})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    id: u64,
+}
+
+async fn remove(
+    State(agent): State<Arc<Agent>>,
+    payload: Result<Json<RemoveBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let RemoveBody { id } = body(payload)?;
+    let index = if agent.raft.leader().leader == Some(agent.id) {
+        agent.raft.remove_server(NodeId(id), agent.config.request_timeout).await.map_err(raft_error)?.0
+    } else {
+        agent::forward_admin(&agent, agent::proto::admin_request::Op::Remove(id)).await.map_err(status_error)?
+    };
+    Ok(Json(json!({"index": index})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    id: Option<u64>,
+}
+
+async fn transfer_leader(State(agent): State<Arc<Agent>>, raw_body: Bytes) -> Result<Json<Value>, ApiError> {
+    let TransferBody { id } = if raw_body.is_empty() {
+        TransferBody::default()
+    } else {
+        serde_json::from_slice(&raw_body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+    };
+    if agent.raft.leader().leader == Some(agent.id) {
+        let target = agent::transfer(&agent, id.map(NodeId)).await.map_err(status_error)?;
+        Ok(Json(json!({"target": target.0})))
+    } else {
+        let op = agent::proto::admin_request::Op::TransferTo(id.unwrap_or(0));
+        agent::forward_admin(&agent, op).await.map_err(status_error)?;
+        Ok(Json(json!({"target": id})))
+    }
+}
+
+/// Every field of hashicorp/raft's `Stats()` (seed 000), values as strings.
+async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
+    let status = agent.raft.status().await.map_err(raft_error)?;
+    let applied = agent.raft.applied_index();
+    let book = agent.book.all();
+    let server = |id: &NodeId, suffrage: &str| {
+        let address = book.get(id).cloned().unwrap_or_default();
+        format!("{{Suffrage:{suffrage} ID:{} Address:{address}}}", id.0)
+    };
+    let mut servers: Vec<String> = status.membership.voters.iter().map(|id| server(id, "Voter")).collect();
+    servers.extend(status.membership.learners.iter().map(|id| server(id, "Nonvoter")));
+    let state = match status.role {
+        Role::Leader => "Leader",
+        Role::Candidate | Role::PreCandidate => "Candidate",
+        Role::Follower | Role::Learner => "Follower",
+    };
+    let last_contact = match status.last_contact {
+        Some(d) if d.is_zero() => "0".to_string(),
+        Some(d) => format!("{d:?}"),
+        None => "never".to_string(),
+    };
+    let num_peers = status.membership.voters.iter().filter(|id| **id != agent.id).count();
+    let fields = BTreeMap::from([
+        ("applied_index", applied.0.to_string()),
+        ("commit_index", status.commit_index.0.to_string()),
+        ("fsm_pending", status.commit_index.0.saturating_sub(applied.0).to_string()),
+        ("last_contact", last_contact),
+        ("last_log_index", status.last_log_index.0.to_string()),
+        ("last_log_term", status.last_log_term.0.to_string()),
+        ("last_snapshot_index", "0".to_string()),
+        ("last_snapshot_term", "0".to_string()),
+        ("latest_configuration", format!("[{}]", servers.join(" "))),
+        ("latest_configuration_index", status.membership_index.0.to_string()),
+        ("num_peers", num_peers.to_string()),
+        ("protocol_version", agent::PROTOCOL_VERSION.to_string()),
+        ("protocol_version_max", agent::PROTOCOL_VERSION.to_string()),
+        ("protocol_version_min", agent::PROTOCOL_VERSION.to_string()),
+        ("snapshot_version_max", "1".to_string()),
+        ("snapshot_version_min", "1".to_string()),
+        ("state", state.to_string()),
+        ("term", status.term.0.to_string()),
+    ]);
+    Ok(Json(fields))
+}

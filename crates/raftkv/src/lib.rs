@@ -1,0 +1,6 @@
+//! raftkv: a replicated key-value store on the `raft` crate. `agent` runs a
+//! server node, `http` is its API, `store` the replicated state.
+
+pub mod agent;
+pub mod http;
+pub mod store;

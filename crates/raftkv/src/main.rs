@@ -1,0 +1,371 @@
+//! `raftkv`: the replicated key-value server (`raftkv agent`) and its CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftkv::agent::{Agent, AgentConfig, Limits};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "raftkv", version, about = "A replicated key-value store on Raft")]
+struct Cli {
+    /// Log format of the agent.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a server node.
+    Agent(AgentArgs),
+    /// Set a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a key.
+    Get {
+        key: String,
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set KEY to VALUE if it currently holds EXPECTED (--absent: if it does not exist).
+    Cas {
+        key: String,
+        value: String,
+        #[arg(long, conflicts_with = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys under a prefix.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the cluster's members.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a node's raft statistics.
+    Stats {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add node ID (listening for raft at RAFT_ADDR) as a voter.
+    Join {
+        id: u64,
+        raft_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove node ID from the cluster.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Hand leadership to node ID (or to another voter).
+    TransferLeader {
+        id: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Where the HTTP API listens.
+    #[arg(long)]
+    http_addr: SocketAddr,
+    /// Where raft and internal RPCs listen; other nodes connect here, so it must
+    /// be an address they can reach (not 0.0.0.0).
+    #[arg(long)]
+    raft_addr: SocketAddr,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Start a new cluster with this node as its only voter.
+    #[arg(long)]
+    bootstrap: bool,
+    /// Raft address of a member to join through (repeat to try several).
+    #[arg(long)]
+    join: Vec<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_ms: u64,
+    /// Timeout of one client request, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// HTTP address of any node.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    addr: String,
+    /// Print the server's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Commands::Agent(args) => {
+            init_logging(cli.log_format);
+            run_agent(args).await
+        }
+        command => run_client(command).await,
+    };
+    std::process::exit(code);
+}
+
+async fn run_agent(args: AgentArgs) -> i32 {
+    let mut raft = raft::Config::new(raft::NodeId(args.id));
+    raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    raft.election_timeout_min = Duration::from_millis(args.election_timeout_ms);
+    raft.election_timeout_max = Duration::from_millis(2 * args.election_timeout_ms);
+    raft.lease_clock_drift = Duration::from_millis(args.election_timeout_ms / 10);
+    let config = AgentConfig {
+        id: args.id,
+        http_addr: args.http_addr,
+        raft_addr: args.raft_addr,
+        data_dir: args.data_dir,
+        bootstrap: args.bootstrap,
+        join: args.join,
+        raft,
+        limits: Limits::default(),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+    };
+    let agent = match Agent::start(config).await {
+        Ok(agent) => agent,
+        Err(error) => {
+            eprintln!("raftkv agent: {error}");
+            return 2;
+        }
+    };
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    0
+}
+
+async fn run_client(command: Commands) -> i32 {
+    match client(command).await {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("raftkv: {message}");
+            1
+        }
+    }
+}
+
+/// Sends one request; returns the status and the JSON (or text) body.
+async fn call(
+    method: reqwest::Method,
+    addr: &str,
+    path: &str,
+    body: Option<Value>,
+    accept_json: bool,
+) -> Result<(reqwest::StatusCode, String), String> {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method, format!("http://{addr}{path}")).timeout(Duration::from_secs(30));
+    if accept_json {
+        request = request.header(reqwest::header::ACCEPT, "application/json");
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("bad response from {addr}: {e}"))?;
+    Ok((status, text))
+}
+
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string())
+}
+
+fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// One CLI request: method, target, path, JSON body, and how to print the answer.
+struct Call {
+    method: reqwest::Method,
+    client: ClientArgs,
+    path: String,
+    body: Option<Value>,
+    human: fn(&Value) -> String,
+}
+
+impl Call {
+    fn new(
+        method: reqwest::Method,
+        client: ClientArgs,
+        path: String,
+        body: Option<Value>,
+        human: fn(&Value) -> String,
+    ) -> Call {
+        Call { method, client, path, body, human }
+    }
+}
+
+async fn client(command: Commands) -> Result<(), String> {
+    use reqwest::Method;
+    let request = match command {
+        Commands::Agent(_) => unreachable!("handled by main"),
+        Commands::Put { key, value, client } => {
+            Call::new(Method::POST, client, "/api/v1/set".into(), Some(json!({"key": key, "value": value})), |v| {
+                format!("OK (index {})", v["index"])
+            })
+        }
+        Commands::Get { key, consistency, client } => Call::new(
+            Method::GET,
+            client,
+            format!("/api/v1/get?key={}&consistency={}", encode(&key), encode(&consistency)),
+            None,
+            |v| v["value"].as_str().unwrap_or_default().to_string(),
+        ),
+        Commands::Delete { key, client } => {
+            Call::new(Method::DELETE, client, format!("/api/v1/delete?key={}", encode(&key)), None, |v| {
+                if v["deleted"] == json!(true) {
+                    "deleted".into()
+                } else {
+                    "no such key".into()
+                }
+            })
+        }
+        Commands::Cas { key, value, expected, absent: _, client } => Call::new(
+            Method::POST,
+            client,
+            "/api/v1/cas".into(),
+            Some(json!({"key": key, "expected": expected, "value": value})),
+            |v| format!("OK (index {})", v["index"]),
+        ),
+        Commands::List { prefix, limit, client } => Call::new(
+            Method::GET,
+            client,
+            format!("/api/v1/list?prefix={}&limit={limit}", encode(&prefix)),
+            None,
+            |v| {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{}\t{}",
+                            i["key"].as_str().unwrap_or_default(),
+                            i["value"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        ),
+        Commands::Members { client } => Call::new(Method::GET, client, "/api/v1/members".into(), None, |v| {
+            let members = v["members"].as_array().cloned().unwrap_or_default();
+            members
+                .iter()
+                .map(|m| {
+                    let leader = if m["leader"] == json!(true) { " (leader)" } else { "" };
+                    format!(
+                        "{}\t{}\traft {}\thttp {}{leader}",
+                        m["id"],
+                        m["suffrage"].as_str().unwrap_or_default(),
+                        m["raft_addr"].as_str().unwrap_or("?"),
+                        m["http_addr"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        Commands::Stats { client } => Call::new(Method::GET, client, "/api/maintain/stats".into(), None, |v| {
+            let map = v.as_object().cloned().unwrap_or_default();
+            map.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("\n")
+        }),
+        Commands::Join { id, raft_addr, client } => Call::new(
+            Method::POST,
+            client,
+            "/api/v1/join".into(),
+            Some(json!({"id": id, "raft_addr": raft_addr})),
+            |v| format!("joined (index {})", v["index"]),
+        ),
+        Commands::Remove { id, client } => {
+            Call::new(Method::POST, client, "/api/v1/remove".into(), Some(json!({"id": id})), |v| {
+                format!("removed (index {})", v["index"])
+            })
+        }
+        Commands::TransferLeader { id, client } => {
+            Call::new(Method::POST, client, "/api/v1/transfer-leader".into(), Some(json!({"id": id})), |v| {
+                format!("leadership moving to node {}", v["target"])
+            })
+        }
+    };
+    let (status, text) = call(request.method, &request.client.addr, &request.path, request.body, true).await?;
+    let (client, human) = (request.client, request.human);
+    if client.json {
+        println!("{text}");
+        return if status.is_success() { Ok(()) } else { Err(format!("HTTP {status}")) };
+    }
+    if !status.is_success() {
+        return Err(format!("{} (HTTP {})", error_message(&text), status.as_u16()));
+    }
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    println!("{}", human(&value));
+    Ok(())
+}
