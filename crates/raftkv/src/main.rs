@@ -28,6 +28,8 @@ enum LogFormat {
 enum Commands {
     /// Run a server node.
     Agent(AgentArgs),
+    /// Run a 3-node cluster on loopback in this process, until Ctrl-C.
+    Demo(DemoArgs),
     /// Set a key.
     Put {
         key: String,
@@ -132,6 +134,20 @@ struct AgentArgs {
 }
 
 #[derive(Args)]
+struct DemoArgs {
+    /// Where the nodes keep their data (kept; rerunning resumes). Default: a
+    /// temporary directory removed on exit.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// HTTP ports are this and the next two.
+    #[arg(long, default_value_t = 8001)]
+    http_port: u16,
+    /// Raft ports are this and the next two.
+    #[arg(long, default_value_t = 9001)]
+    raft_port: u16,
+}
+
+#[derive(Args)]
 struct ClientArgs {
     /// HTTP address of any node.
     #[arg(long, default_value = "127.0.0.1:8001")]
@@ -158,6 +174,10 @@ async fn main() {
         Commands::Agent(args) => {
             init_logging(cli.log_format);
             run_agent(args).await
+        }
+        Commands::Demo(args) => {
+            init_logging(cli.log_format);
+            run_demo(args).await
         }
         command => run_client(command).await,
     };
@@ -191,6 +211,60 @@ async fn run_agent(args: AgentArgs) -> i32 {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
     agent.shutdown().await;
+    0
+}
+
+async fn run_demo(args: DemoArgs) -> i32 {
+    let (root, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (std::env::temp_dir().join(format!("raftkv-demo-{}", std::process::id())), true),
+    };
+    let address = |port: u16, i: u16| SocketAddr::from(([127, 0, 0, 1], port + i));
+    let mut agents = Vec::new();
+    for i in 0..3u16 {
+        let id = u64::from(i) + 1;
+        let config = AgentConfig {
+            id,
+            http_addr: address(args.http_port, i),
+            raft_addr: address(args.raft_port, i),
+            data_dir: root.join(format!("node{id}")),
+            bootstrap: i == 0,
+            join: if i == 0 { Vec::new() } else { vec![address(args.raft_port, 0).to_string()] },
+            raft: raft::Config::new(raft::NodeId(id)),
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(10),
+        };
+        match Agent::start(config).await {
+            Ok(agent) => agents.push(agent),
+            Err(error) => {
+                eprintln!("raftkv demo: node {id}: {error}");
+                for agent in &agents {
+                    agent.shutdown().await;
+                }
+                return 2;
+            }
+        }
+    }
+    let first = address(args.http_port, 0);
+    let second = address(args.http_port, 1);
+    println!("raftkv demo: 3 nodes running, data in {}", root.display());
+    for agent in &agents {
+        println!("  node {}: http {}  raft {}", agent.id, agent.config.http_addr, agent.config.raft_addr);
+    }
+    println!("try, in another terminal:");
+    println!("  raftkv members --addr {first}");
+    println!("  raftkv put greeting hello --addr {second}      # forwarded to the leader if node 2 follows");
+    println!("  raftkv get greeting --addr {}", address(args.http_port, 2));
+    println!("  curl -s {first}/api/maintain/stats");
+    println!("press Ctrl-C to stop");
+    let _ = tokio::signal::ctrl_c().await;
+    for agent in &agents {
+        agent.shutdown().await;
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    println!("raftkv demo: stopped");
     0
 }
 
@@ -268,7 +342,7 @@ impl Call {
 async fn client(command: Commands) -> Result<(), String> {
     use reqwest::Method;
     let request = match command {
-        Commands::Agent(_) => unreachable!("handled by main"),
+        Commands::Agent(_) | Commands::Demo(_) => unreachable!("handled by main"),
         Commands::Put { key, value, client } => {
             Call::new(Method::POST, client, "/api/v1/set".into(), Some(json!({"key": key, "value": value})), |v| {
                 format!("OK (index {})", v["index"])
