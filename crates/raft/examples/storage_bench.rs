@@ -8,7 +8,7 @@
 //!   (group commit shares fsyncs between them);
 //! - `ratio_batch1` = wal_batch1 / raw_fsync.
 //!
-//! Raw and WAL runs alternate (three rounds each, median reported) so that drift
+//! Raw and WAL runs alternate (five rounds each, median reported) so that drift
 //! in the disk's speed does not favour either.
 //!
 //! `cargo run --release -p raft --example storage_bench -- [--json] [--seconds S] [--dir D]`
@@ -25,7 +25,7 @@ use raft::storage::{LogStore, Wal, WalOptions};
 use raft_core::{Entry, EntryPayload, LogIndex, Term};
 
 const ENTRY_BYTES: usize = 4096;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 struct Args {
     json: bool,

@@ -36,7 +36,17 @@ fn wal_with_tiny_segments_conforms() {
     // Segments of a few records each: rotation, multi-segment reads, truncation
     // and purge across segment boundaries.
     let mut dirs = Dirs::default();
-    conformance::log_store(|| Wal::open(dirs.next(), WalOptions { segment_bytes: 256 }).expect("open"));
+    conformance::log_store(|| {
+        Wal::open(dirs.next(), WalOptions { segment_bytes: 256, preallocate: true }).expect("open")
+    });
+}
+
+#[test]
+fn wal_without_preallocation_conforms() {
+    let mut dirs = Dirs::default();
+    conformance::log_store(|| {
+        Wal::open(dirs.next(), WalOptions { preallocate: false, ..WalOptions::default() }).expect("open")
+    });
 }
 
 #[test]

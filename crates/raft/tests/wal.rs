@@ -23,7 +23,12 @@ fn entries(term: u64, from: u64, to: u64) -> Vec<Entry> {
 }
 
 fn small_segments() -> WalOptions {
-    WalOptions { segment_bytes: 1024 }
+    WalOptions { segment_bytes: 1024, preallocate: true }
+}
+
+/// Without zeros written ahead, so that cutting bytes off a file's end cuts records.
+fn unpadded(options: WalOptions) -> WalOptions {
+    WalOptions { preallocate: false, ..options }
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -99,14 +104,14 @@ fn truncation_and_purge_survive_reopen() {
 fn torn_tail_is_cut_off_and_the_log_goes_on() {
     let dir = TempDir::new().unwrap();
     {
-        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
         wal.append(&entries(1, 1, 10)).unwrap();
     }
     let segment = segments(dir.path()).pop().unwrap();
     let full = fs::read(&segment).unwrap();
     // Every possible tear inside the last record, header included.
     let last_record_len = {
-        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
         drop(wal);
         // Record = 8-byte frame header + 17-byte entry header + command bytes.
         let EntryPayload::Command(data) = entry(1, 10).payload else { unreachable!() };
@@ -115,12 +120,12 @@ fn torn_tail_is_cut_off_and_the_log_goes_on() {
     for cut in 1..last_record_len {
         fs::write(&segment, &full).unwrap();
         chop(&segment, cut);
-        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
         assert_eq!(wal.last_index().unwrap(), LogIndex(9), "after cutting {cut} bytes");
         assert_eq!(all(&wal), entries(1, 1, 9));
         wal.append(&[entry(2, 10)]).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
         assert_eq!(wal.get(LogIndex(10)).unwrap(), Some(entry(2, 10)), "append after a torn tail, cut {cut}");
     }
 }
@@ -129,7 +134,7 @@ fn torn_tail_is_cut_off_and_the_log_goes_on() {
 fn damage_in_a_closed_segment_is_an_error_naming_file_and_offset() {
     let dir = TempDir::new().unwrap();
     {
-        let wal = Wal::open(dir.path(), small_segments()).unwrap();
+        let wal = Wal::open(dir.path(), unpadded(small_segments())).unwrap();
         wal.append(&entries(1, 1, 60)).unwrap();
         for i in 61..=80 {
             wal.append(&[entry(1, i)]).unwrap();
@@ -141,7 +146,7 @@ fn damage_in_a_closed_segment_is_an_error_naming_file_and_offset() {
     for offset in [0, 10, 24, 30, len / 2, len - 1] {
         fs::write(&closed, &pristine).unwrap();
         flip_bit(&closed, offset);
-        match Wal::open(dir.path(), small_segments()) {
+        match Wal::open(dir.path(), unpadded(small_segments())) {
             Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, closed, "flip at {offset}"),
             Err(other) => panic!("flip at {offset}: expected Corrupt, got {other}"),
             Ok(wal) => panic!("flip at {offset}: opened with last index {:?}", wal.last_index()),
@@ -149,7 +154,7 @@ fn damage_in_a_closed_segment_is_an_error_naming_file_and_offset() {
     }
     fs::write(&closed, &pristine).unwrap();
     chop(&closed, 5);
-    let error = Wal::open(dir.path(), small_segments()).err().expect("a cut closed segment must not open");
+    let error = Wal::open(dir.path(), unpadded(small_segments())).err().expect("a cut closed segment must not open");
     assert!(matches!(error, StorageError::Corrupt { .. }), "got {error}");
     assert!(error.to_string().contains(&closed.display().to_string()), "error names the file: {error}");
 }
@@ -427,4 +432,43 @@ fn an_empty_last_segment_does_not_hide_the_entries_before_it() {
     assert_eq!(all(&wal), entries(1, 1, 30));
     wal.append(&entries(1, 31, 31)).unwrap();
     assert_eq!(wal.get_range(LogIndex(29), LogIndex(31)).unwrap(), entries(1, 29, 31));
+}
+
+#[test]
+fn zeros_written_ahead_end_the_log_and_a_tear_before_them_is_cut() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append(&entries(1, 1, 10)).unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    let data = fs::read(&segment).unwrap();
+    assert!(data.len() >= 4 << 20, "the segment was not filled ahead ({} bytes)", data.len());
+    let end = data.len() - data.iter().rev().take_while(|b| **b == 0).count();
+    // Reopen: the zeros are not records.
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(all(&wal), entries(1, 1, 10));
+    drop(wal);
+    // A record torn in the middle, zeros after it: cut, nothing else lost.
+    let EntryPayload::Command(last) = entry(1, 10).payload else { unreachable!() };
+    let last_record = 8 + 17 + last.len();
+    let mut torn = data.clone();
+    for b in &mut torn[end - last_record / 2..end] {
+        *b = 0;
+    }
+    fs::write(&segment, &torn).unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(all(&wal), entries(1, 1, 9));
+    wal.append(&[entry(2, 10)]).unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(all(&wal), [entries(1, 1, 9), vec![entry(2, 10)]].concat());
+    drop(wal);
+    // Garbage far out in the zeros of the last segment is a torn write too: cut.
+    let mut garbage = fs::read(&segment).unwrap();
+    let at = garbage.len() - 100;
+    garbage[at] = 0x7f;
+    fs::write(&segment, &garbage).unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(all(&wal), [entries(1, 1, 9), vec![entry(2, 10)]].concat());
 }

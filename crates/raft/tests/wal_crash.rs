@@ -53,7 +53,7 @@ fn entry(index: u64, term: u64) -> Entry {
 }
 
 fn options() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES }
+    WalOptions { segment_bytes: SEGMENT_BYTES, preallocate: true }
 }
 
 /// The child: random operations until killed. Lines: `a F L T` / `A F L T`
