@@ -447,3 +447,17 @@ impl Cluster {
         first
     }
 }
+
+/// The match indexes of the successful append acknowledgements among `messages`, in order.
+pub fn acknowledged_matches(messages: &[(NodeId, NodeId, Message)]) -> Vec<LogIndex> {
+    messages
+        .iter()
+        .filter_map(|(_, _, m)| match m {
+            Message::AppendEntriesResponse(r) => match r.result {
+                raft_core::AppendResult::Success { match_index } => Some(match_index),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}

@@ -3,8 +3,8 @@
 //! membership. Each test names its bug and the issue it comes from.
 
 use raft_core::{
-    AppendEntries, AppendResult, Entry, EntryPayload, LogId, LogIndex, MembershipChange, Message, NodeId, ReadError,
-    ReadMode, Role, Term,
+    AppendEntries, Entry, EntryPayload, LogId, LogIndex, MembershipChange, Message, NodeId, ReadError, ReadMode, Role,
+    Term,
 };
 use raft_sim::harness::{Cluster, ELECTION_MAX_MS};
 
@@ -235,16 +235,7 @@ fn stale_append_does_not_truncate_and_heartbeat_does_not_commit_divergent_suffix
     assert_eq!(cluster.core(2).last_log_id(), LogId::new(Term(5), LogIndex(5)));
     // The stale append is acknowledged only up to what it carried.
     let answers = cluster.take_messages(|from, _, _| from == NodeId(2));
-    let matches: Vec<LogIndex> = answers
-        .iter()
-        .filter_map(|(_, _, m)| match m {
-            Message::AppendEntriesResponse(r) => match r.result {
-                AppendResult::Success { match_index } => Some(match_index),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+    let matches = raft_sim::harness::acknowledged_matches(&answers);
     assert_eq!(matches, vec![LogIndex(5), LogIndex(3)]);
 
     // A leader of term 6 whose log matches node 2 only up to index 3 sends a

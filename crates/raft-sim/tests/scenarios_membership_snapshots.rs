@@ -12,8 +12,8 @@ use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use raft_core::{
-    AppendResult, Configuration, DurableState, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange,
-    Message, NodeId, ReadMode, Role, Term,
+    Configuration, DurableState, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId,
+    ReadMode, Role, Term,
 };
 use raft_sim::harness::{Cluster, ELECTION_MAX_MS, HEARTBEAT_MS};
 
@@ -689,16 +689,7 @@ fn stale_term_append_ack_does_not_advance_commit_of_a_later_leader() {
     let stale_acks = stabilize_holding(&mut cluster, |from, to, m| {
         from == NodeId(3) && to == NodeId(1) && matches!(m, Message::AppendEntriesResponse(_))
     });
-    let stale_match = stale_acks
-        .iter()
-        .filter_map(|(_, _, m)| match m {
-            Message::AppendEntriesResponse(r) => match r.result {
-                AppendResult::Success { match_index } => Some(match_index),
-                _ => None,
-            },
-            _ => None,
-        })
-        .max();
+    let stale_match = raft_sim::harness::acknowledged_matches(&stale_acks).into_iter().max();
     assert_eq!(stale_match, Some(LogIndex(5)), "node 3 should have acknowledged entries 3..5");
     let first_term = cluster.core(1).current_term();
 

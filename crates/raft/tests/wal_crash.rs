@@ -23,19 +23,16 @@ use raft_core::{Entry, EntryPayload, LogIndex, Term};
 
 const SEGMENT_BYTES: u64 = 32 << 10;
 
-struct Rng(u64);
+/// The core's seeded generator, with a "below n" helper.
+struct Rng(raft_core::rng::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(raft_core::rng::Rng::new(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 }
 
@@ -61,7 +58,7 @@ fn options() -> WalOptions {
 /// truncation from F, `p U` / `P U` around a purge up to U.
 fn child(dir: &Path, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
     let wal = Wal::open(dir, options())?;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut out = std::io::stdout().lock();
     let mut term = match wal.get(wal.last_index()?)? {
         Some(last) => last.term.0,
@@ -205,7 +202,7 @@ fn parent() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = tempfile::TempDir::new().map_err(|e| e.to_string())?;
     let mut model = Model::default();
-    let mut rng = Rng(first_seed);
+    let mut rng = Rng::new(first_seed);
     let mut acknowledged_ops = 0u64;
     let started = Instant::now();
     for round in 0..kills {
