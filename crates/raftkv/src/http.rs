@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use raft::{NodeId, RaftError, ReadMode, Role};
+use raft::{NodeId, RaftError, ReadMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -351,45 +351,6 @@ async fn transfer_leader(State(agent): State<Arc<Agent>>, raw_body: Bytes) -> Re
 
 /// Every field of hashicorp/raft's `Stats()` (seed 000), values as strings.
 async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
-    let status = agent.raft.status().await.map_err(raft_error)?;
-    let applied = agent.raft.applied_index();
-    let book = agent.book.all();
-    let server = |id: &NodeId, suffrage: &str| {
-        let address = book.get(id).cloned().unwrap_or_default();
-        format!("{{Suffrage:{suffrage} ID:{} Address:{address}}}", id.0)
-    };
-    let mut servers: Vec<String> = status.membership.voters.iter().map(|id| server(id, "Voter")).collect();
-    servers.extend(status.membership.learners.iter().map(|id| server(id, "Nonvoter")));
-    let state = match status.role {
-        Role::Leader => "Leader",
-        Role::Candidate | Role::PreCandidate => "Candidate",
-        Role::Follower | Role::Learner => "Follower",
-    };
-    let last_contact = match status.last_contact {
-        Some(d) if d.is_zero() => "0".to_string(),
-        Some(d) => format!("{d:?}"),
-        None => "never".to_string(),
-    };
-    let num_peers = status.membership.voters.iter().filter(|id| **id != agent.id).count();
-    let fields = BTreeMap::from([
-        ("applied_index", applied.0.to_string()),
-        ("commit_index", status.commit_index.0.to_string()),
-        ("fsm_pending", status.commit_index.0.saturating_sub(applied.0).to_string()),
-        ("last_contact", last_contact),
-        ("last_log_index", status.last_log_index.0.to_string()),
-        ("last_log_term", status.last_log_term.0.to_string()),
-        ("last_snapshot_index", "0".to_string()),
-        ("last_snapshot_term", "0".to_string()),
-        ("latest_configuration", format!("[{}]", servers.join(" "))),
-        ("latest_configuration_index", status.membership_index.0.to_string()),
-        ("num_peers", num_peers.to_string()),
-        ("protocol_version", agent::PROTOCOL_VERSION.to_string()),
-        ("protocol_version_max", agent::PROTOCOL_VERSION.to_string()),
-        ("protocol_version_min", agent::PROTOCOL_VERSION.to_string()),
-        ("snapshot_version_max", "1".to_string()),
-        ("snapshot_version_min", "1".to_string()),
-        ("state", state.to_string()),
-        ("term", status.term.0.to_string()),
-    ]);
-    Ok(Json(fields))
+    let book = agent.book.clone();
+    agent.raft.stats(|id| book.get(id)).await.map(Json).map_err(raft_error)
 }

@@ -55,7 +55,7 @@ enum Commands {
     Cas {
         key: String,
         value: String,
-        #[arg(long, conflicts_with = "absent")]
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
         expected: Option<String>,
         #[arg(long)]
         absent: bool,
@@ -364,6 +364,7 @@ async fn client(command: Commands) -> Result<(), String> {
                 }
             })
         }
+        // `--absent` is the same request as no `--expected`: `expected: null`.
         Commands::Cas { key, value, expected, absent: _, client } => Call::new(
             Method::POST,
             client,
