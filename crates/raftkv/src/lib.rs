@@ -2,5 +2,6 @@
 //! server node, `http` is its API, `store` the replicated state.
 
 pub mod agent;
+pub mod bench;
 pub mod http;
 pub mod store;

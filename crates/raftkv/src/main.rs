@@ -30,6 +30,8 @@ enum Commands {
     Agent(AgentArgs),
     /// Run a 3-node cluster on loopback in this process, until Ctrl-C.
     Demo(DemoArgs),
+    /// Load a cluster with a closed loop of clients and report throughput and latency.
+    Bench(BenchArgs),
     /// Set a key.
     Put {
         key: String,
@@ -148,6 +150,31 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// HTTP addresses of the nodes to load (comma-separated); clients spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8001")]
+    target: Vec<String>,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    #[arg(long, default_value_t = 128)]
+    value_size: usize,
+    /// Percent of writes (the rest are reads).
+    #[arg(long, default_value_t = 100)]
+    write_percent: u64,
+    #[arg(long, default_value = "linearizable")]
+    consistency: String,
+    /// Print only the JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ClientArgs {
     /// HTTP address of any node.
     #[arg(long, default_value = "127.0.0.1:8001")]
@@ -179,6 +206,7 @@ async fn main() {
             init_logging(cli.log_format);
             run_demo(args).await
         }
+        Commands::Bench(args) => run_bench(args).await,
         command => run_client(command).await,
     };
     std::process::exit(code);
@@ -268,6 +296,41 @@ async fn run_demo(args: DemoArgs) -> i32 {
     0
 }
 
+async fn run_bench(args: BenchArgs) -> i32 {
+    let config = raftkv::bench::BenchConfig {
+        targets: args.target,
+        clients: args.clients,
+        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        keys: args.keys,
+        value_size: args.value_size,
+        write_percent: args.write_percent.min(100),
+        consistency: args.consistency,
+    };
+    match raftkv::bench::run(&config).await {
+        Ok(result) => {
+            let summary = result.to_json(&config);
+            if !args.json {
+                println!(
+                    "{} clients: {} ops/s ({} ops, {} errors), latency p50 {} ms, p99 {} ms, max {} ms",
+                    config.clients,
+                    summary["ops_per_s"],
+                    summary["ops"],
+                    summary["errors"],
+                    summary["p50_ms"],
+                    summary["p99_ms"],
+                    summary["max_ms"]
+                );
+            }
+            println!("{summary}");
+            0
+        }
+        Err(error) => {
+            eprintln!("raftkv bench: {error}");
+            1
+        }
+    }
+}
+
 async fn run_client(command: Commands) -> i32 {
     match client(command).await {
         Ok(()) => 0,
@@ -342,7 +405,7 @@ impl Call {
 async fn client(command: Commands) -> Result<(), String> {
     use reqwest::Method;
     let request = match command {
-        Commands::Agent(_) | Commands::Demo(_) => unreachable!("handled by main"),
+        Commands::Agent(_) | Commands::Demo(_) | Commands::Bench(_) => unreachable!("handled by main"),
         Commands::Put { key, value, client } => {
             Call::new(Method::POST, client, "/api/v1/set".into(), Some(json!({"key": key, "value": value})), |v| {
                 format!("OK (index {})", v["index"])
