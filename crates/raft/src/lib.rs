@@ -44,8 +44,8 @@ pub use config::Config;
 pub use error::RaftError;
 pub use node::{LeaderInfo, Status};
 pub use raft_core::{
-    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, NodeId, ReadMode, Role,
-    SnapshotMeta, Term,
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, NodeId, ProposeError, ReadError,
+    ReadMode, Role, SnapshotMeta, Term,
 };
 pub use state_machine::StateMachine;
 

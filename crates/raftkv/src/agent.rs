@@ -255,11 +255,11 @@ impl Agent {
             Some(leader) if leader == self.id => self.raft.apply(command.encode(), timeout).await?,
             Some(leader) => {
                 let address = self.book.get(leader).ok_or(WriteError::NoLeader)?;
-                let mut client = self.client(&address).map_err(WriteError::Forward)?;
+                let mut client = self.client(&address).map_err(WriteError::Refused)?;
                 let request = proto::ApplyRequest { header: Some(self.header()), command: command.encode() };
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(timeout);
-                let response = client.apply(request).await.map_err(WriteError::Forward)?.into_inner();
+                let response = client.apply(request).await.map_err(classify_forward_failure)?.into_inner();
                 (raft::LogIndex(response.index), response.response)
             }
             None => return Err(WriteError::NoLeader),
@@ -306,10 +306,29 @@ pub enum WriteError {
     Raft(#[from] RaftError),
     #[error("no leader is known")]
     NoLeader,
-    #[error("forwarding to the leader failed: {}", .0.message())]
-    Forward(tonic::Status),
+    /// The leader refused the forwarded write before proposing it.
+    #[error("the leader refused the write: {}", .0.message())]
+    Refused(tonic::Status),
+    /// The forwarded write may or may not have been applied (the call failed or
+    /// timed out after it left, or leadership moved after it was proposed).
+    #[error("outcome unknown: {}", .0.message())]
+    Unknown(tonic::Status),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Whether a failed forward definitely did not apply the write. Only refusals
+/// the leader's `Apply` makes before proposing are definite; a broken
+/// connection or a timeout after sending leaves the outcome unknown.
+fn classify_forward_failure(status: tonic::Status) -> WriteError {
+    let definite = matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument)
+        || (status.code() == tonic::Code::Unavailable
+            && (status.message().starts_with("not the leader") || status.message().starts_with("no leader")));
+    if definite {
+        WriteError::Refused(status)
+    } else {
+        WriteError::Unknown(status)
+    }
 }
 
 async fn ask_cluster_id(targets: &[String]) -> Result<String, AgentError> {
@@ -397,7 +416,8 @@ pub(crate) fn status_of(error: RaftError) -> tonic::Status {
             leader.map_or("unknown".to_string(), |l| l.to_string())
         )),
         RaftError::Timeout(d) => tonic::Status::deadline_exceeded(format!("timed out after {d:?}")),
-        RaftError::LeadershipLost => tonic::Status::unavailable(RaftError::LeadershipLost.to_string()),
+        // Proposed, then leadership moved: the write may still commit.
+        RaftError::LeadershipLost => tonic::Status::unknown(RaftError::LeadershipLost.to_string()),
         RaftError::Refused(e) => tonic::Status::failed_precondition(e.to_string()),
         other => tonic::Status::internal(other.to_string()),
     }

@@ -4,8 +4,9 @@
 //! once it is applied; stale reads read the local state at once.
 //!
 //! Errors are `{"error": {"code", "message"}}`: 400 bad input, 404 no such
-//! key, 409 compare-and-swap mismatch, 503 no leader (with `Retry-After`), 504
-//! timeout.
+//! key, 409 compare-and-swap mismatch, 503 no leader (with `Retry-After`; the
+//! request was not carried out), 504 timeout or `outcome_unknown` (a write that
+//! may or may not have been applied).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use raft::{NodeId, RaftError, ReadMode};
+use raft::{NodeId, ProposeError, RaftError, ReadMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -66,9 +67,17 @@ impl IntoResponse for ApiError {
 fn raft_error(error: RaftError) -> ApiError {
     let message = error.to_string();
     let (status, code) = match error {
-        RaftError::NotLeader { .. } | RaftError::LeadershipLost => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        RaftError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        // Proposed, then leadership moved or time ran out: the write may still
+        // commit, so this is not a failure a client may count on.
+        RaftError::LeadershipLost => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
         RaftError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         RaftError::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        // A read that could not be confirmed changed nothing: retry.
+        RaftError::Read(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        RaftError::Refused(ProposeError::TransferInProgress { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "leadership_transfer")
+        }
         RaftError::Refused(_) => (StatusCode::CONFLICT, "refused"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
@@ -79,6 +88,7 @@ fn status_error(status: tonic::Status) -> ApiError {
     let message = status.message().to_string();
     let (status, code) = match status.code() {
         tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        tonic::Code::Unknown => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
         tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
         tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "refused"),
@@ -95,7 +105,12 @@ fn write_error(error: WriteError) -> ApiError {
             code: "no_leader",
             message: "no leader is known".into(),
         },
-        WriteError::Forward(status) => status_error(status),
+        WriteError::Refused(status) => status_error(status),
+        WriteError::Unknown(status) => ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: "outcome_unknown",
+            message: format!("the write may or may not have been applied: {}", status.message()),
+        },
         WriteError::Internal(message) => {
             ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message }
         }
