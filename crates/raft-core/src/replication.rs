@@ -75,6 +75,7 @@ impl Core {
         let now = self.now;
         let last = self.log.last_index();
         let stall_ms = 2 * self.config.heartbeat_interval_ms;
+        let newest_snapshot = self.snapshot.clone();
         let Some(state) = self.leader_state.as_mut() else { return };
         let mut resend = Vec::new();
         for (peer, progress) in state.progress.iter_mut() {
@@ -92,9 +93,17 @@ impl Core {
                         resend.push(*peer);
                     }
                 }
-                ProgressState::Snapshot { chunk_in_flight, .. } => {
+                ProgressState::Snapshot { meta, offset, chunk_in_flight } => {
                     if *chunk_in_flight && now >= progress.last_progress_at + stall_ms {
                         *chunk_in_flight = false;
+                        // The snapshot being sent may be gone from the runtime's store
+                        // (replaced by newer ones): start over with the newest.
+                        if let Some(newest) = newest_snapshot.as_ref() {
+                            if newest.last_log_id.index > meta.last_log_id.index {
+                                *meta = newest.clone();
+                                *offset = 0;
+                            }
+                        }
                         progress.last_progress_at = now;
                         resend.push(*peer);
                     }

@@ -22,6 +22,12 @@ pub struct Config {
     pub tick_interval: Duration,
     /// Most proposals taken into one log write.
     pub max_batch: usize,
+    /// A snapshot is taken once this many entries were applied since the last.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot, for followers slightly behind.
+    pub trailing_logs: u64,
+    /// Bytes of snapshot data per InstallSnapshot message.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Config {
@@ -39,6 +45,9 @@ impl Config {
             lease_clock_drift: Duration::from_millis(100),
             tick_interval: Duration::from_millis(10),
             max_batch: 4096,
+            snapshot_threshold: 8192,
+            trailing_logs: 10240,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 

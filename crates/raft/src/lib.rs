@@ -5,22 +5,40 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), raft::RaftError> {
+//! use std::io::{Read, Write};
 //! use std::sync::Arc;
-//! use raft::storage::{MemLogStore, MemStableStore};
+//! use raft::storage::{MemLogStore, MemSnapshotStore, MemStableStore};
 //! use raft::transport::MemNetwork;
-//! use raft::{Config, NodeId, Raft, StateMachine};
+//! use raft::{Config, NodeId, Raft, SnapshotSource, StateMachine};
 //!
 //! struct Counter(u64);
+//! struct Captured(u64);
+//! impl SnapshotSource for Captured {
+//!     fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
+//!         out.write_all(&self.0.to_be_bytes())
+//!     }
+//! }
 //! impl StateMachine for Counter {
 //!     fn apply(&mut self, entries: &[raft::Entry]) -> Vec<bytes::Bytes> {
 //!         entries.iter().map(|_| { self.0 += 1; bytes::Bytes::from(self.0.to_string()) }).collect()
+//!     }
+//!     fn snapshot(&mut self) -> Box<dyn SnapshotSource> {
+//!         Box::new(Captured(self.0))
+//!     }
+//!     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
+//!         let mut bytes = [0; 8];
+//!         snapshot.read_exact(&mut bytes)?;
+//!         self.0 = u64::from_be_bytes(bytes);
+//!         Ok(())
 //!     }
 //! }
 //!
 //! let network = MemNetwork::new();
 //! let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
 //! Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)])?;
-//! let raft = Raft::new(Config::new(NodeId(1)), Counter(0), log, stable, Arc::new(network.transport(NodeId(1))))?;
+//! let snapshots = Arc::new(MemSnapshotStore::new(2));
+//! let transport = Arc::new(network.transport(NodeId(1)));
+//! let raft = Raft::new(Config::new(NodeId(1)), Counter(0), log, stable, snapshots, transport)?;
 //! network.register(NodeId(1), raft.inbox());
 //! let (index, response) = raft.apply(bytes::Bytes::from("tick"), std::time::Duration::from_secs(5)).await?;
 //! # Ok(()) }
@@ -47,11 +65,11 @@ pub use raft_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, NodeId, ProposeError, ReadError,
     ReadMode, Role, SnapshotMeta, Term,
 };
-pub use state_machine::StateMachine;
+pub use state_machine::{SnapshotSource, StateMachine};
 
 use node::{Request, Stores};
 use raft_core::{Core, DurableState};
-use storage::{LogStore, StableStore};
+use storage::{LogStore, SnapshotStore, StableStore};
 use transport::{Inbox, Transport};
 
 /// Queue bound between the handle and the raft loop; callers wait when full.
@@ -98,16 +116,41 @@ impl Raft {
     }
 
     /// Starts a node from its stores. Must be called inside a tokio runtime.
+    /// Restores the newest readable snapshot into the state machine and replays
+    /// the log after it.
     pub fn new(
         config: Config,
         state_machine: impl StateMachine,
         log: Arc<dyn LogStore>,
         stable: Arc<dyn StableStore>,
+        snapshots: Arc<dyn SnapshotStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<Raft, RaftError> {
+        let mut state_machine = state_machine;
         let hard_state = stable.hard_state()?;
-        let entries = log.get_range(log.first_index()?, log.last_index()?)?;
-        let durable = DurableState { hard_state, snapshot: None, entries };
+        let mut snapshot = None;
+        for info in snapshots.list()? {
+            match snapshots.open(&info.id) {
+                Ok((info, mut reader)) => {
+                    state_machine
+                        .restore(&mut reader)
+                        .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
+                    snapshot = Some(info.meta);
+                    break;
+                }
+                // A damaged newest snapshot: the next older one may be intact.
+                Err(error) => tracing::warn!(%error, id = info.id, "skipping a snapshot that cannot be read"),
+            }
+        }
+        let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
+        let (first, last) = (log.first_index()?, log.last_index()?);
+        if first > start.next() && last >= first {
+            return Err(RaftError::Config(format!(
+                "the log starts at {first} but the newest snapshot ends at {start}: entries are missing"
+            )));
+        }
+        let entries = log.get_range(start.next(), last)?;
+        let durable = DurableState { hard_state, snapshot, entries };
         let start = Instant::now();
         let seed = config.id.0
             ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64);
@@ -120,7 +163,7 @@ impl Raft {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let channels =
             node::Channels { requests, inbox: inbox_rx, shutdown: shutdown_rx, leader: leader_tx, applied: applied_tx };
-        let stores = Stores { log, stable };
+        let stores = Stores { log, stable, snapshots };
         let id = config.id;
         let task = tokio::spawn(async move {
             node::run(core, &config, stores, Box::new(state_machine), transport, channels, start).await;
@@ -273,8 +316,8 @@ impl Raft {
             ("last_contact", last_contact),
             ("last_log_index", status.last_log_index.0.to_string()),
             ("last_log_term", status.last_log_term.0.to_string()),
-            ("last_snapshot_index", "0".to_string()),
-            ("last_snapshot_term", "0".to_string()),
+            ("last_snapshot_index", status.snapshot.map_or(0, |s| s.index.0).to_string()),
+            ("last_snapshot_term", status.snapshot.map_or(0, |s| s.term.0).to_string()),
             ("latest_configuration", format!("[{}]", servers.join(" "))),
             ("latest_configuration_index", status.membership_index.0.to_string()),
             ("num_peers", num_peers.to_string()),

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::{
-    Action, Configuration, Core, Entry, LogIndex, MembershipChange, Message, NodeId, PersistRequest, ReadId, ReadMode,
-    Role, Term,
+    Action, Configuration, Core, Entry, InstallSnapshot, LogId, LogIndex, MembershipChange, Message, NodeId,
+    PersistRequest, ReadId, ReadMode, Role, SnapshotMeta, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::RaftError;
-use crate::state_machine::StateMachine;
-use crate::storage::{LogStore, StableStore, StorageError};
+use crate::state_machine::{SnapshotSource, StateMachine};
+use crate::storage::{LogStore, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore, StorageError};
 use crate::transport::Transport;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
@@ -61,6 +61,8 @@ pub struct Status {
     /// Time since a message from the leader last arrived (zero on the leader,
     /// `None` if none ever did).
     pub last_contact: Option<Duration>,
+    /// The newest snapshot this node holds.
+    pub snapshot: Option<LogId>,
 }
 
 /// Who leads, as last known by this node.
@@ -81,6 +83,39 @@ enum ApplyWork {
         index: LogIndex,
         reply: Reply<LogIndex>,
     },
+    /// Replace the state with the stored snapshot `meta` (installed from the leader).
+    Restore {
+        meta: SnapshotMeta,
+    },
+    /// The snapshot asked for last is written (or failed): another may be taken.
+    SnapshotFinished,
+}
+
+/// What the apply task and background snapshot work tell the raft loop.
+enum LoopEvent {
+    /// The state machine captured its state after `index`; write it out.
+    SnapshotCaptured {
+        index: LogIndex,
+        source: Box<dyn SnapshotSource>,
+    },
+    SnapshotWritten {
+        index: LogIndex,
+        result: Result<SnapshotInfo, StorageError>,
+    },
+    Outgoing {
+        to: NodeId,
+        message: Message,
+    },
+    /// Something this node cannot continue after (a snapshot it accepted cannot be
+    /// stored or restored).
+    Fatal(String),
+}
+
+/// Work for the log writer thread, in order.
+enum WriterJob {
+    Persist(PersistRequest),
+    /// Drop log entries up to the index, now covered by a snapshot.
+    Purge(LogIndex),
 }
 
 enum WriterEvent {
@@ -99,6 +134,7 @@ pub(crate) struct Channels {
 pub(crate) struct Stores {
     pub log: Arc<dyn LogStore>,
     pub stable: Arc<dyn StableStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
 }
 
 struct PendingProposal {
@@ -112,8 +148,14 @@ struct RaftLoop {
     start: Instant,
     transport: Arc<dyn Transport>,
     peers: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
-    writer: std::sync::mpsc::Sender<PersistRequest>,
+    writer: std::sync::mpsc::Sender<WriterJob>,
     apply: mpsc::UnboundedSender<ApplyWork>,
+    events: mpsc::UnboundedSender<LoopEvent>,
+    snapshots: Arc<dyn SnapshotStore>,
+    /// A snapshot being received from the leader.
+    incoming: Option<(LogId, Box<dyn SnapshotSink>)>,
+    trailing_logs: u64,
+    chunk_bytes: usize,
     proposals: BTreeMap<LogIndex, PendingProposal>,
     reads: BTreeMap<ReadId, Reply<LogIndex>>,
     next_read_id: ReadId,
@@ -133,6 +175,9 @@ pub(crate) async fn run(
     start: Instant,
 ) {
     let Channels { mut requests, mut inbox, mut shutdown, leader, applied } = channels;
+    let snapshots = stores.snapshots.clone();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let snapshot_index = core.snapshot().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
     let (writer_events_tx, mut writer_events) = mpsc::unbounded_channel();
     let (writer, writer_rx) = std::sync::mpsc::channel();
     let writer_thread = std::thread::Builder::new()
@@ -146,7 +191,17 @@ pub(crate) async fn run(
         }
     };
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-    let apply_task = tokio::spawn(apply_loop(state_machine, apply_rx, applied));
+    let apply_task = tokio::spawn(apply_loop(
+        state_machine,
+        apply_rx,
+        applied,
+        ApplyContext {
+            events: events_tx.clone(),
+            snapshots: snapshots.clone(),
+            threshold: config.snapshot_threshold.max(1),
+            start: snapshot_index,
+        },
+    ));
 
     let mut raft = RaftLoop {
         id: config.id,
@@ -156,6 +211,11 @@ pub(crate) async fn run(
         peers: BTreeMap::new(),
         writer,
         apply: apply_tx,
+        events: events_tx,
+        snapshots,
+        incoming: None,
+        trailing_logs: config.trailing_logs,
+        chunk_bytes: config.snapshot_chunk_bytes.max(1),
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
         next_read_id: 1,
@@ -189,6 +249,14 @@ pub(crate) async fn run(
                 }
                 None => break,
             },
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                if let Err(reason) = raft.handle_event(event) {
+                    tracing::error!(%reason, "the node stops");
+                    failure = Some(StorageError::Poisoned { reason });
+                    break;
+                }
+            }
             message = inbox.recv() => {
                 let Some((from, message)) = message else { break };
                 let now = raft.now();
@@ -316,6 +384,7 @@ impl RaftLoop {
                     membership: core.membership().clone(),
                     membership_index: core.membership_index(),
                     voted_for: core.hard_state().voted_for,
+                    snapshot: core.snapshot().map(|s| s.last_log_id),
                     last_contact: if core.is_leader() {
                         Some(Duration::ZERO)
                     } else {
@@ -331,7 +400,7 @@ impl RaftLoop {
         for action in actions {
             match action {
                 Action::Persist(request) => {
-                    if self.writer.send(request).is_err() {
+                    if self.writer.send(WriterJob::Persist(request)).is_err() {
                         tracing::error!("the log writer is gone; persists are lost");
                     }
                 }
@@ -357,11 +426,17 @@ impl RaftLoop {
                     }
                     self.leader.send_replace(LeaderInfo { leader, term });
                 }
-                Action::SendSnapshotChunk { to, .. } => {
-                    tracing::warn!(peer = %to, "snapshot transfer is not available in this runtime yet");
+                Action::SendSnapshotChunk { to, term, meta, offset } => {
+                    self.send_snapshot_chunk(to, term, meta, offset)
                 }
-                Action::WriteSnapshotChunk { .. } | Action::RestoreSnapshot { .. } => {
-                    tracing::warn!("received a snapshot, which this runtime cannot install yet");
+                Action::WriteSnapshotChunk { meta, offset, data, done } => {
+                    if let Err(reason) = self.write_snapshot_chunk(meta, offset, data, done) {
+                        // The core accepted the chunk; a node that cannot keep it must stop.
+                        let _ = self.events.send(LoopEvent::Fatal(reason));
+                    }
+                }
+                Action::RestoreSnapshot { meta } => {
+                    let _ = self.apply.send(ApplyWork::Restore { meta });
                 }
             }
         }
@@ -395,6 +470,95 @@ impl RaftLoop {
         let _ = self.apply.send(ApplyWork::Batch { entries, replies });
     }
 
+    fn handle_event(&mut self, event: LoopEvent) -> Result<(), String> {
+        match event {
+            LoopEvent::SnapshotCaptured { index, source } => {
+                let Some(meta) = self.core.snapshot_meta_for(index) else {
+                    let _ = self.apply.send(ApplyWork::SnapshotFinished);
+                    return Ok(());
+                };
+                let store = self.snapshots.clone();
+                let events = self.events.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = write_snapshot(store.as_ref(), meta, source);
+                    let _ = events.send(LoopEvent::SnapshotWritten { index, result });
+                });
+            }
+            LoopEvent::SnapshotWritten { index, result } => {
+                let _ = self.apply.send(ApplyWork::SnapshotFinished);
+                match result {
+                    Ok(info) => {
+                        tracing::info!(node = %self.id, %index, id = info.id, bytes = info.size, "snapshot taken");
+                        if let Err(error) = self.core.handle_snapshot_taken(info.meta) {
+                            tracing::warn!(%error, "snapshot not usable");
+                            return Ok(());
+                        }
+                        let upto = LogIndex(index.0.saturating_sub(self.trailing_logs));
+                        if upto > self.core.log_start().index && self.core.compact_log(upto).is_ok() {
+                            let _ = self.writer.send(WriterJob::Purge(upto));
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, %index, "taking a snapshot failed; will retry"),
+                }
+            }
+            LoopEvent::Outgoing { to, message } => self.send(to, message),
+            LoopEvent::Fatal(reason) => return Err(reason),
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk of the snapshot `meta` off the store (on a blocking thread)
+    /// and sends it to `to`.
+    fn send_snapshot_chunk(&mut self, to: NodeId, term: Term, meta: SnapshotMeta, offset: u64) {
+        let store = self.snapshots.clone();
+        let events = self.events.clone();
+        let max = self.chunk_bytes;
+        tokio::task::spawn_blocking(move || {
+            let read = || -> Result<Message, StorageError> {
+                let info = store
+                    .list()?
+                    .into_iter()
+                    .find(|info| info.meta.last_log_id == meta.last_log_id)
+                    .ok_or_else(|| StorageError::NotFound { what: format!("snapshot {}", meta.last_log_id) })?;
+                let data = store.read_chunk(&info.id, offset, max)?;
+                let done = offset + data.len() as u64 >= info.size;
+                Ok(Message::InstallSnapshot(InstallSnapshot { term, meta, offset, data, done }))
+            };
+            match read() {
+                Ok(message) => {
+                    let _ = events.send(LoopEvent::Outgoing { to, message });
+                }
+                // The leader resends when the follower stays silent.
+                Err(error) => tracing::warn!(%error, peer = %to, "cannot read a snapshot chunk"),
+            }
+        });
+    }
+
+    fn write_snapshot_chunk(&mut self, meta: SnapshotMeta, offset: u64, data: Bytes, done: bool) -> Result<(), String> {
+        use std::io::Write;
+        let id = meta.last_log_id;
+        if offset == 0 {
+            if let Some((_, sink)) = self.incoming.take() {
+                let _ = sink.cancel();
+            }
+            let sink = self.snapshots.create(meta.clone()).map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
+            self.incoming = Some((id, sink));
+        }
+        let Some((incoming, sink)) = self.incoming.as_mut() else {
+            return Err(format!("snapshot {id} chunk at offset {offset} without a start"));
+        };
+        if *incoming != id {
+            return Err(format!("snapshot {id} chunk while receiving {incoming}"));
+        }
+        sink.write_all(&data).map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
+        if done {
+            if let Some((_, sink)) = self.incoming.take() {
+                sink.commit().map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn shut_down(&mut self, failure: Option<StorageError>) {
         let error = || match &failure {
             Some(error) => RaftError::Storage(StorageError::Poisoned { reason: error.to_string() }),
@@ -426,12 +590,51 @@ async fn peer_sender(to: NodeId, transport: Arc<dyn Transport>, mut queue: mpsc:
     }
 }
 
+struct ApplyContext {
+    events: mpsc::UnboundedSender<LoopEvent>,
+    snapshots: Arc<dyn SnapshotStore>,
+    threshold: u64,
+    /// Index of the snapshot the state machine was restored from.
+    start: LogIndex,
+}
+
+fn write_snapshot(
+    store: &dyn SnapshotStore,
+    meta: SnapshotMeta,
+    source: Box<dyn SnapshotSource>,
+) -> Result<SnapshotInfo, StorageError> {
+    let id = meta.last_log_id;
+    let mut sink = store.create(meta)?;
+    if let Err(e) = source.write_to(&mut sink) {
+        let _ = sink.cancel();
+        return Err(StorageError::io("write snapshot", id.to_string(), e));
+    }
+    sink.commit()
+}
+
+/// Restores the stored snapshot `meta` into the state machine.
+fn restore(state_machine: &mut dyn StateMachine, store: &dyn SnapshotStore, meta: &SnapshotMeta) -> Result<(), String> {
+    let id = meta.last_log_id;
+    let listed = store.list().map_err(|e| format!("listing snapshots: {e}"))?;
+    let info = listed
+        .into_iter()
+        .find(|info| info.meta.last_log_id == id)
+        .ok_or_else(|| format!("snapshot {id} to restore is not in the store"))?;
+    let (_, mut reader) = store.open(&info.id).map_err(|e| format!("opening snapshot {id}: {e}"))?;
+    state_machine.restore(&mut reader).map_err(|e| format!("restoring snapshot {id}: {e}"))
+}
+
 async fn apply_loop(
     mut state_machine: Box<dyn StateMachine>,
     mut work: mpsc::UnboundedReceiver<ApplyWork>,
     applied_tx: watch::Sender<LogIndex>,
+    context: ApplyContext,
 ) {
-    let mut applied = LogIndex::ZERO;
+    let mut applied = context.start;
+    let mut last_snapshot = context.start;
+    let mut snapshot_running = false;
+    applied_tx.send_replace(applied);
+
     let mut waiting: VecDeque<(LogIndex, Reply<LogIndex>)> = VecDeque::new();
     while let Some(item) = work.recv().await {
         match item {
@@ -445,6 +648,12 @@ async fn apply_loop(
                 }
                 applied = last;
                 applied_tx.send_replace(applied);
+                if !snapshot_running && applied.0 >= last_snapshot.0 + context.threshold {
+                    snapshot_running = true;
+                    last_snapshot = applied;
+                    let source = state_machine.snapshot();
+                    let _ = context.events.send(LoopEvent::SnapshotCaptured { index: applied, source });
+                }
                 // Reads are answered in index order as the state machine catches up.
                 let mut still_waiting = VecDeque::new();
                 for (index, reply) in waiting.drain(..) {
@@ -463,26 +672,59 @@ async fn apply_loop(
                     waiting.push_back((index, reply));
                 }
             }
+            ApplyWork::Restore { meta } => {
+                let store = context.snapshots.clone();
+                if let Err(reason) = restore(state_machine.as_mut(), store.as_ref(), &meta) {
+                    let _ = context.events.send(LoopEvent::Fatal(reason));
+                    continue;
+                }
+                applied = meta.last_log_id.index;
+                last_snapshot = applied;
+                applied_tx.send_replace(applied);
+                let (ready, still): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|(i, _)| *i <= applied);
+                waiting = still;
+                for (index, reply) in ready {
+                    let _ = reply.send(Ok(index));
+                }
+            }
+            ApplyWork::SnapshotFinished => snapshot_running = false,
         }
     }
 }
 
 /// The log writer thread: applies persist requests in order, merging runs of
 /// plain appends into one write and one fsync.
-fn log_writer(
-    stores: Stores,
-    requests: std::sync::mpsc::Receiver<PersistRequest>,
-    events: mpsc::UnboundedSender<WriterEvent>,
-) {
-    while let Ok(first) = requests.recv() {
+fn log_writer(stores: Stores, jobs: std::sync::mpsc::Receiver<WriterJob>, events: mpsc::UnboundedSender<WriterEvent>) {
+    while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
-        while let Ok(next) = requests.try_recv() {
+        while let Ok(next) = jobs.try_recv() {
             batch.push(next);
         }
-        let last_seq = batch.last().map_or(0, |r| r.seq);
-        let event = match write_batch(&stores, batch) {
-            Ok(()) => WriterEvent::Persisted(last_seq),
-            Err(error) => WriterEvent::Failed(error),
+        let mut persists = Vec::new();
+        let mut last_seq = None;
+        let mut result = Ok(());
+        for job in batch {
+            match job {
+                WriterJob::Persist(request) => {
+                    last_seq = Some(request.seq);
+                    persists.push(request);
+                }
+                WriterJob::Purge(upto) => {
+                    result = write_batch(&stores, std::mem::take(&mut persists))
+                        .and_then(|()| stores.log.purge_prefix(upto));
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            result = write_batch(&stores, persists);
+        }
+        let event = match (result, last_seq) {
+            (Err(error), _) => WriterEvent::Failed(error),
+            (Ok(()), Some(seq)) => WriterEvent::Persisted(seq),
+            (Ok(()), None) => continue,
         };
         let failed = matches!(event, WriterEvent::Failed(_));
         if events.send(event).is_err() || failed {

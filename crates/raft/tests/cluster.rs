@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::storage::{FileStableStore, LogStore, MemLogStore, MemStableStore, StableStore, Wal, WalOptions};
+use raft::storage::{
+    FileSnapshotStore, FileStableStore, LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotStore,
+    StableStore, Wal, WalOptions,
+};
 use raft::transport::MemNetwork;
 use raft::{Config, Entry, EntryPayload, LogIndex, NodeId, Raft, RaftError, ReadMode, StateMachine};
 
@@ -35,6 +38,25 @@ impl StateMachine for Recorder {
             })
             .collect()
     }
+
+    fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
+        let applied = self.applied.lock().unwrap();
+        Box::new(RecorderSnapshot(applied.iter().map(|(i, c)| (i.0, c.to_vec())).collect()))
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let restored: Vec<(u64, Vec<u8>)> = serde_json::from_reader(snapshot).map_err(std::io::Error::other)?;
+        *self.applied.lock().unwrap() = restored.into_iter().map(|(i, c)| (LogIndex(i), Bytes::from(c))).collect();
+        Ok(())
+    }
+}
+
+struct RecorderSnapshot(Vec<(u64, Vec<u8>)>);
+
+impl raft::SnapshotSource for RecorderSnapshot {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &self.0).map_err(std::io::Error::other)
+    }
 }
 
 impl Recorder {
@@ -50,47 +72,54 @@ struct Node {
     stable: Arc<dyn StableStore>,
 }
 
+type Stores = (Arc<dyn LogStore>, Arc<dyn StableStore>, Arc<dyn SnapshotStore>);
+
 struct Cluster {
     network: MemNetwork,
     nodes: BTreeMap<u64, Node>,
     dirs: Vec<tempfile::TempDir>,
     durable: bool,
+    config: fn(NodeId) -> Config,
 }
 
 impl Cluster {
     fn new(durable: bool) -> Cluster {
-        Cluster { network: MemNetwork::new(), nodes: BTreeMap::new(), dirs: Vec::new(), durable }
+        Cluster { network: MemNetwork::new(), nodes: BTreeMap::new(), dirs: Vec::new(), durable, config: Config::fast }
     }
 
-    fn stores(&mut self) -> (Arc<dyn LogStore>, Arc<dyn StableStore>) {
+    fn stores(&mut self) -> Stores {
         if self.durable {
             let dir = tempfile::TempDir::new().unwrap();
             let path: PathBuf = dir.path().to_path_buf();
             self.dirs.push(dir);
-            let log = Wal::open(path.join("log"), WalOptions::default()).unwrap();
-            let stable = FileStableStore::open(path.join("stable")).unwrap();
-            (Arc::new(log), Arc::new(stable))
+            open_durable(&path)
         } else {
-            (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()))
+            (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()), Arc::new(MemSnapshotStore::new(2)))
         }
     }
 
-    fn start(&mut self, id: u64, log: Arc<dyn LogStore>, stable: Arc<dyn StableStore>) {
+    fn start(&mut self, id: u64, (log, stable, snapshots): Stores) {
         let recorder = Recorder::default();
         let transport = Arc::new(self.network.transport(NodeId(id)));
-        let raft = Raft::new(Config::fast(NodeId(id)), recorder.clone(), log.clone(), stable.clone(), transport)
-            .expect("start node");
+        let config = (self.config)(NodeId(id));
+        let raft =
+            Raft::new(config, recorder.clone(), log.clone(), stable.clone(), snapshots, transport).expect("start node");
         self.network.register(NodeId(id), raft.inbox());
         self.nodes.insert(id, Node { raft, recorder, log, stable });
     }
 
     /// A cluster of `size` founders.
     async fn bootstrap(size: u64, durable: bool) -> Cluster {
+        Cluster::bootstrap_with(size, durable, Config::fast).await
+    }
+
+    async fn bootstrap_with(size: u64, durable: bool, config: fn(NodeId) -> Config) -> Cluster {
         let mut cluster = Cluster::new(durable);
+        cluster.config = config;
         for id in 1..=size {
-            let (log, stable) = cluster.stores();
-            Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), (1..=size).map(NodeId)).unwrap();
-            cluster.start(id, log, stable);
+            let stores = cluster.stores();
+            Raft::bootstrap_cluster(stores.0.as_ref(), stores.1.as_ref(), (1..=size).map(NodeId)).unwrap();
+            cluster.start(id, stores);
         }
         cluster
     }
@@ -136,6 +165,13 @@ impl Cluster {
             node.raft.shutdown().await;
         }
     }
+}
+
+fn open_durable(path: &std::path::Path) -> Stores {
+    let log = Wal::open(path.join("log"), WalOptions::default()).unwrap();
+    let stable = FileStableStore::open(path.join("stable")).unwrap();
+    let snapshots = FileSnapshotStore::open(path.join("snapshots"), 2).unwrap();
+    (Arc::new(log), Arc::new(stable), Arc::new(snapshots))
 }
 
 fn command(i: usize) -> Bytes {
@@ -246,15 +282,15 @@ async fn five_nodes_survive_two_failures_but_not_three() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_grows_to_three_by_adding_voters() {
     let mut cluster = Cluster::new(false);
-    let (log, stable) = cluster.stores();
-    Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)]).unwrap();
-    cluster.start(1, log, stable);
+    let stores = cluster.stores();
+    Raft::bootstrap_cluster(stores.0.as_ref(), stores.1.as_ref(), [NodeId(1)]).unwrap();
+    cluster.start(1, stores);
     cluster.leader_among(&[1]).await;
     cluster.raft(1).apply(command(1), TIMEOUT).await.unwrap();
     for id in [2, 3] {
-        let (log, stable) = cluster.stores();
-        assert!(!Raft::has_existing_state(log.as_ref(), stable.as_ref()).unwrap());
-        cluster.start(id, log, stable);
+        let stores = cluster.stores();
+        assert!(!Raft::has_existing_state(stores.0.as_ref(), stores.1.as_ref()).unwrap());
+        cluster.start(id, stores);
         cluster.raft(1).add_voter(NodeId(id), TIMEOUT).await.unwrap();
     }
     let status = cluster.raft(1).status().await.unwrap();
@@ -288,9 +324,7 @@ async fn durable_cluster_restarts_with_every_acknowledged_write() {
         // Reopen the files, as a restarted process would.
         drop((log, stable));
         let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
-        let log: Arc<dyn LogStore> = Arc::new(Wal::open(dir.join("log"), WalOptions::default()).unwrap());
-        let stable: Arc<dyn StableStore> = Arc::new(FileStableStore::open(dir.join("stable")).unwrap());
-        cluster.start(id, log, stable);
+        cluster.start(id, open_durable(&dir));
     }
     let leader = cluster.leader_among(&[1, 2, 3]).await;
     cluster.raft(leader).apply(command(50), TIMEOUT).await.unwrap();
@@ -325,4 +359,51 @@ async fn shutdown_fails_requests_instead_of_hanging() {
     raft.shutdown().await;
     assert!(matches!(raft.apply(command(1), TIMEOUT).await, Err(RaftError::Shutdown)));
     assert!(matches!(raft.linearizable_read(TIMEOUT).await, Err(RaftError::Shutdown)));
+}
+
+fn snapshot_often(id: NodeId) -> Config {
+    Config { snapshot_threshold: 50, trailing_logs: 10, snapshot_chunk_bytes: 256, ..Config::fast(id) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_gets_a_snapshot_in_chunks_and_converges() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::INFO).try_init();
+    let mut cluster = Cluster::bootstrap_with(3, true, snapshot_often).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let stopped = cluster.stop(lagging).await;
+    drop(stopped);
+    for i in 0..400 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let status = cluster.raft(leader).status().await.unwrap();
+    assert!(status.snapshot.is_some(), "the leader took no snapshot");
+    assert!(status.first_log_index.0 > 2, "the leader's log was not compacted: {status:?}");
+    // The follower comes back behind the leader's first index: only a snapshot helps.
+    let dir = cluster.dirs[(lagging - 1) as usize].path().to_path_buf();
+    cluster.start(lagging, open_durable(&dir));
+    let expected: Vec<Bytes> = (0..400).map(command).collect();
+    assert_eq!(cluster.wait_applied(lagging, 400).await, expected);
+    let follower = cluster.raft(lagging).status().await.unwrap();
+    assert!(follower.snapshot.is_some(), "the follower caught up without a snapshot");
+    cluster.raft(leader).apply(command(400), TIMEOUT).await.unwrap();
+    assert_eq!(cluster.wait_applied(lagging, 401).await.len(), 401);
+
+    // Everyone restarts from their snapshot plus the log after it.
+    let mut stopped = Vec::new();
+    for id in 1..=3 {
+        stopped.push(id);
+        cluster.stop(id).await;
+    }
+    for id in stopped {
+        let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
+        cluster.start(id, open_durable(&dir));
+    }
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(401), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=401).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 402).await, expected, "node {id}");
+    }
+    cluster.shutdown().await;
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::storage::{MemLogStore, MemStableStore};
+use raft::storage::{MemLogStore, MemSnapshotStore, MemStableStore};
 use raft::transport::grpc::{proto, AddressBook, GrpcTransport, Identity, RaftService, PROTOCOL_VERSION};
 use raft::{Config, Entry, EntryPayload, NodeId, Raft, StateMachine};
 use tokio::net::TcpListener;
@@ -25,6 +25,24 @@ impl StateMachine for Recorder {
             }
         }
         vec![Bytes::new(); entries.len()]
+    }
+
+    fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
+        Box::new(Captured(self.0.lock().unwrap().iter().map(|c| c.to_vec()).collect()))
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let commands: Vec<Vec<u8>> = serde_json::from_reader(snapshot).map_err(std::io::Error::other)?;
+        *self.0.lock().unwrap() = commands.into_iter().map(Bytes::from).collect();
+        Ok(())
+    }
+}
+
+struct Captured(Vec<Vec<u8>>);
+
+impl raft::SnapshotSource for Captured {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &self.0).map_err(std::io::Error::other)
     }
 }
 
@@ -52,7 +70,8 @@ async fn start_cluster(size: u64, cluster_id: &str) -> (Vec<Node>, Vec<String>) 
         Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), (1..=size).map(NodeId)).unwrap();
         let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
         let recorder = Recorder::default();
-        let raft = Raft::new(Config::fast(id), recorder.clone(), log, stable, transport).unwrap();
+        let snapshots = Arc::new(MemSnapshotStore::new(2));
+        let raft = Raft::new(Config::fast(id), recorder.clone(), log, stable, snapshots, transport).unwrap();
         let service = RaftService::new(identity, raft.inbox(), book).into_server();
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()

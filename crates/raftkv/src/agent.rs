@@ -168,7 +168,9 @@ impl Agent {
                 book.insert(NodeId(peer), &record.raft_addr);
             })
         };
-        let raft = Raft::new(config.raft.clone(), machine, log, stable, transport)?;
+        let snapshots: Arc<dyn raft::storage::SnapshotStore> =
+            Arc::new(raft::storage::FileSnapshotStore::open(dir.join("snapshots"), 2).map_err(storage(&dir))?);
+        let raft = Raft::new(config.raft.clone(), machine, log, stable, snapshots, transport)?;
 
         let raft_listener = TcpListener::bind(config.raft_addr)
             .await

@@ -92,6 +92,25 @@ pub struct KvState {
     pub applied: LogIndex,
 }
 
+/// The state as a snapshot holds it (JSON).
+#[derive(Serialize, Deserialize)]
+struct SnapshotImage {
+    applied: u64,
+    /// key -> (value, index of the write)
+    data: Vec<(String, String, u64)>,
+    peers: BTreeMap<u64, Peer>,
+}
+
+struct Captured(SnapshotImage);
+
+impl raft::SnapshotSource for Captured {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(out);
+        serde_json::to_writer(&mut out, &self.0).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut out)
+    }
+}
+
 /// Shared read access to the state; the apply task is the only writer.
 #[derive(Clone, Default)]
 pub struct Kv {
@@ -143,6 +162,31 @@ impl StateMachine for KvMachine {
             responses.push(outcome.encode());
         }
         responses
+    }
+
+    /// A copy of the map, taken under the lock; it is serialized elsewhere.
+    fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
+        let state = self.kv.read();
+        let image = SnapshotImage {
+            applied: state.applied.0,
+            data: state.data.iter().map(|(k, v)| (k.clone(), v.value.clone(), v.index.0)).collect(),
+            peers: state.peers.clone(),
+        };
+        Box::new(Captured(image))
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let image: SnapshotImage =
+            serde_json::from_reader(std::io::BufReader::new(snapshot)).map_err(std::io::Error::other)?;
+        for (id, peer) in &image.peers {
+            (self.on_peer)(*id, peer);
+        }
+        let mut state = self.kv.state.write().unwrap_or_else(|p| p.into_inner());
+        state.applied = LogIndex(image.applied);
+        state.peers = image.peers;
+        state.data =
+            image.data.into_iter().map(|(k, value, index)| (k, Value { value, index: LogIndex(index) })).collect();
+        Ok(())
     }
 }
 

@@ -12,9 +12,10 @@
 //! cannot trust its disk any more (a failed fsync) refuses every later write with
 //! [`StorageError::Poisoned`] rather than acknowledge something it may lose.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use raft_core::{Entry, HardState, LogIndex, SnapshotMeta};
 
 pub mod codec;
@@ -146,6 +147,18 @@ pub trait SnapshotStore: Send + Sync {
     fn list(&self) -> Result<Vec<SnapshotInfo>>;
     /// Opens a committed snapshot for reading, after verifying its checksum.
     fn open(&self, id: &str) -> Result<(SnapshotInfo, Box<dyn io::Read + Send>)>;
+
+    /// Up to `max` bytes of a committed snapshot's data at `offset` (fewer only at
+    /// the end), for streaming it to a follower chunk by chunk. The default reads
+    /// through `open`; stores that can read at an offset do better.
+    fn read_chunk(&self, id: &str, offset: u64, max: usize) -> Result<Bytes> {
+        let (_, mut reader) = self.open(id)?;
+        let what = |e: io::Error| StorageError::io("read snapshot", id, e);
+        io::copy(&mut (&mut reader).take(offset), &mut io::sink()).map_err(what)?;
+        let mut data = Vec::with_capacity(max);
+        reader.take(max as u64).read_to_end(&mut data).map_err(what)?;
+        Ok(Bytes::from(data))
+    }
 }
 
 /// A snapshot being written. Dropping it without `commit` cancels it.

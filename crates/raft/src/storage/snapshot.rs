@@ -210,6 +210,16 @@ impl SnapshotStore for FileSnapshotStore {
         }
         Ok((info, Box::new(FileReader { file, offset: 0, len })))
     }
+
+    fn read_chunk(&self, id: &str, offset: u64, max: usize) -> Result<bytes::Bytes> {
+        let info = self.read_meta(id)?;
+        let path = self.dir.join(id).join(DATA_FILE);
+        let file = self.vfs.open(&path, false).map_err(|e| StorageError::io("open", &path, e))?;
+        let n = (max as u64).min(info.size.saturating_sub(offset)) as usize;
+        let mut data = vec![0; n];
+        file.read_exact_at(&mut data, offset).map_err(|e| StorageError::io("read", &path, e))?;
+        Ok(bytes::Bytes::from(data))
+    }
 }
 
 struct FileReader {
