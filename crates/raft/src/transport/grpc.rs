@@ -85,16 +85,43 @@ pub struct Identity {
     pub advertise_addr: String,
 }
 
+/// Batches queued for one peer's stream before new ones are dropped (Raft
+/// resends what matters).
+const STREAM_QUEUE: usize = 4096;
+
 pub struct GrpcTransport {
     identity: Identity,
     book: AddressBook,
     clients: Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
-    timeout: Duration,
+    /// The open stream to each peer: its address and the queue feeding it.
+    streams: Mutex<BTreeMap<NodeId, (String, tokio::sync::mpsc::Sender<proto::Batch>)>>,
 }
 
 impl GrpcTransport {
     pub fn new(identity: Identity, book: AddressBook) -> GrpcTransport {
-        GrpcTransport { identity, book, clients: Mutex::new(BTreeMap::new()), timeout: Duration::from_secs(5) }
+        GrpcTransport { identity, book, clients: Mutex::new(BTreeMap::new()), streams: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The queue of the stream to `to`, opening a stream if none is open (or the
+    /// last one ended, or the peer's address changed).
+    fn stream(&self, to: NodeId) -> Result<tokio::sync::mpsc::Sender<proto::Batch>, TransportError> {
+        let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, queue)) = streams.get(&to) {
+            if *known == address && !queue.is_closed() {
+                return Ok(queue.clone());
+            }
+        }
+        let mut client = self.client(to)?;
+        let (queue, batches) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(async move {
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(batches);
+            if let Err(status) = client.stream(outgoing).await {
+                tracing::debug!(peer = %to, code = ?status.code(), message = status.message(), "raft stream ended");
+            }
+        });
+        streams.insert(to, (address, queue.clone()));
+        Ok(queue)
     }
 
     fn client(&self, to: NodeId) -> Result<RaftClient<Channel>, TransportError> {
@@ -119,24 +146,29 @@ impl GrpcTransport {
 }
 
 impl Transport for GrpcTransport {
+    /// Queues the batch on the peer's stream and returns: sends are pipelined,
+    /// in order, with no round trip per batch.
     fn send(&self, to: NodeId, messages: Vec<Message>) -> SendFuture<'_> {
-        Box::pin(async move {
-            let mut client = self.client(to)?;
-            let header = proto::Header {
-                protocol_version: PROTOCOL_VERSION,
-                cluster_id: self.identity.cluster_id.clone(),
-                from: self.identity.id.0,
-                to: to.0,
-                from_addr: self.identity.advertise_addr.clone(),
-            };
-            let batch = proto::Batch { header: Some(header), messages: messages.iter().map(to_proto).collect() };
-            let mut request = tonic::Request::new(batch);
-            request.set_timeout(self.timeout);
-            client.send(request).await.map_err(|status| {
-                TransportError::Unreachable(to, format!("{}: {}", status.code(), status.message()))
-            })?;
-            Ok(())
-        })
+        let header = proto::Header {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.identity.cluster_id.clone(),
+            from: self.identity.id.0,
+            to: to.0,
+            from_addr: self.identity.advertise_addr.clone(),
+        };
+        let batch = proto::Batch { header: Some(header), messages: messages.iter().map(to_proto).collect() };
+        let result = self.stream(to).and_then(|queue| match queue.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                Err(TransportError::Unreachable(to, "stream queue full; batch dropped".to_string()))
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(batch)) => {
+                // The stream ended (peer restarted, say): open a new one once.
+                self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&to);
+                self.stream(to)?.try_send(batch).map_err(|e| TransportError::Unreachable(to, e.to_string()))
+            }
+        });
+        Box::pin(async move { result })
     }
 }
 
@@ -184,8 +216,26 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl proto::raft_server::Raft for RaftService {
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::Batch>>,
+    ) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.receive(batch)?;
+        }
+        Ok(tonic::Response::new(proto::Ack {}))
+    }
+
     async fn send(&self, request: tonic::Request<proto::Batch>) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
-        let batch = request.into_inner();
+        self.receive(request.into_inner())?;
+        Ok(tonic::Response::new(proto::Ack {}))
+    }
+}
+
+impl RaftService {
+    /// Checks a batch's header and hands its messages to the node.
+    fn receive(&self, batch: proto::Batch) -> Result<(), tonic::Status> {
         let from = self.check_header(batch.header.as_ref())?;
         if let Some(header) = &batch.header {
             if !header.from_addr.is_empty() {
@@ -201,7 +251,7 @@ impl proto::raft_server::Raft for RaftService {
         for message in messages {
             self.inbox.deliver(from, message);
         }
-        Ok(tonic::Response::new(proto::Ack {}))
+        Ok(())
     }
 }
 
