@@ -88,6 +88,7 @@ struct Inner {
     inbox: Inbox,
     leader: watch::Receiver<LeaderInfo>,
     applied: watch::Receiver<LogIndex>,
+    transport: Arc<dyn Transport>,
     shutdown: watch::Sender<bool>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -165,8 +166,9 @@ impl Raft {
             node::Channels { requests, inbox: inbox_rx, shutdown: shutdown_rx, leader: leader_tx, applied: applied_tx };
         let stores = Stores { log, stable, snapshots };
         let id = config.id;
+        let node_transport = transport.clone();
         let task = tokio::spawn(async move {
-            node::run(core, &config, stores, Box::new(state_machine), transport, channels, start).await;
+            node::run(core, &config, stores, Box::new(state_machine), node_transport, channels, start).await;
         });
         Ok(Raft {
             inner: Arc::new(Inner {
@@ -175,6 +177,7 @@ impl Raft {
                 inbox,
                 leader,
                 applied,
+                transport,
                 shutdown,
                 task: std::sync::Mutex::new(Some(task)),
             }),
@@ -262,6 +265,13 @@ impl Raft {
     /// The leader as last known, and its term.
     pub fn leader(&self) -> LeaderInfo {
         *self.inner.leader.borrow()
+    }
+
+    /// The leader's id and address (hashicorp's `LeaderWithID`), as far as
+    /// known; the address comes from the transport.
+    pub fn leader_with_address(&self) -> Option<(NodeId, Option<String>)> {
+        let leader = self.leader().leader?;
+        Some((leader, self.inner.transport.address_of(leader)))
     }
 
     /// A watch of the leader; it always holds the latest value.

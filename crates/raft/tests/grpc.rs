@@ -104,9 +104,13 @@ async fn agreed_leader_other_than(nodes: &[&Node], old: Option<NodeId>) -> NodeI
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_grpc_replicate_and_fail_over() {
-    let (nodes, _) = start_cluster(3, "test-cluster").await;
+    let (nodes, addresses) = start_cluster(3, "test-cluster").await;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader = agreed_leader(&all).await;
+    for node in &nodes {
+        let expected = Some((leader, Some(addresses[(leader.0 - 1) as usize].clone())));
+        assert_eq!(node.raft.leader_with_address(), expected);
+    }
     let leader_node = &nodes[(leader.0 - 1) as usize];
     for i in 0..20 {
         leader_node.raft.apply(Bytes::from(format!("c{i}")), TIMEOUT).await.unwrap();

@@ -170,6 +170,10 @@ impl Transport for GrpcTransport {
         });
         Box::pin(async move { result })
     }
+
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        self.book.get(id)
+    }
 }
 
 /// The receiving side for one node: checks headers and hands messages to its inbox.

@@ -24,6 +24,11 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), TransportError>
 pub trait Transport: Send + Sync + 'static {
     /// Sends `messages` to `to`, in order.
     fn send(&self, to: NodeId, messages: Vec<Message>) -> SendFuture<'_>;
+
+    /// The address this transport reaches `id` at, if it has one.
+    fn address_of(&self, _id: NodeId) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
