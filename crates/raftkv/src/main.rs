@@ -279,10 +279,18 @@ async fn run_demo(args: DemoArgs) -> i32 {
     for agent in &agents {
         println!("  node {}: http {}  raft {}", agent.id, agent.config.http_addr, agent.config.raft_addr);
     }
+    // The binary as it was started, so that the commands work as printed.
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|path| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(path.strip_prefix(&cwd).map(|p| p.to_path_buf()).unwrap_or(path))
+        })
+        .map_or("raftkv".to_string(), |p| p.display().to_string());
     println!("try, in another terminal:");
-    println!("  raftkv members --addr {first}");
-    println!("  raftkv put greeting hello --addr {second}      # forwarded to the leader if node 2 follows");
-    println!("  raftkv get greeting --addr {}", address(args.http_port, 2));
+    println!("  {exe} members --addr {first}");
+    println!("  {exe} put greeting hello --addr {second}      # forwarded to the leader if node 2 follows");
+    println!("  {exe} get greeting --addr {}", address(args.http_port, 2));
     println!("  curl -s {first}/api/maintain/stats");
     println!("press Ctrl-C to stop");
     let _ = tokio::signal::ctrl_c().await;
