@@ -190,3 +190,20 @@ fn failed_snapshot_commit_lists_nothing() {
     fs.heal();
     assert!(store.list().unwrap().is_empty());
 }
+
+#[test]
+fn stable_store_on_a_full_disk_reports_and_stays_usable() {
+    let dir = TempDir::new().unwrap();
+    let fs = FaultyFs::default();
+    let store = FileStableStore::open_with(Arc::new(fs.clone()), dir.path()).unwrap();
+    let old = HardState { current_term: Term(3), voted_for: Some(NodeId(1)) };
+    store.set_hard_state(old).unwrap();
+    fs.fill_disk_after(0);
+    let error = store.set_hard_state(HardState { current_term: Term(4), voted_for: None }).unwrap_err();
+    assert!(error.is_out_of_space(), "{error}");
+    fs.heal();
+    assert_eq!(store.hard_state().unwrap(), old);
+    let new = HardState { current_term: Term(5), voted_for: Some(NodeId(2)) };
+    store.set_hard_state(new).unwrap();
+    assert_eq!(FileStableStore::open(dir.path()).unwrap().hard_state().unwrap(), new);
+}

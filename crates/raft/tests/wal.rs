@@ -472,3 +472,41 @@ fn zeros_written_ahead_end_the_log_and_a_tear_before_them_is_cut() {
     let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_eq!(all(&wal), [entries(1, 1, 9), vec![entry(2, 10)]].concat());
 }
+
+#[test]
+fn damage_over_several_records_of_the_last_segment_is_an_error_not_a_tear() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
+        wal.append(&entries(1, 1, 30)).unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    let mut data = fs::read(&segment).unwrap();
+    // Wipe a stretch covering records 3 and 4 (as a bad sector would); 5..30 follow intact.
+    let start = 24 + 2 * 30;
+    for b in &mut data[start..start + 140] {
+        *b ^= 0xff;
+    }
+    fs::write(&segment, &data).unwrap();
+    match Wal::open(dir.path(), unpadded(WalOptions::default())) {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, segment),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(wal) => panic!("opened, silently cut to {:?}", wal.last_index()),
+    }
+}
+
+#[test]
+fn a_failed_manifest_write_on_a_full_disk_is_reported_not_fatal() {
+    let dir = TempDir::new().unwrap();
+    let fs = FaultyFs::default();
+    let wal = Wal::open_with(Arc::new(fs.clone()), dir.path(), small_segments()).unwrap();
+    wal.append(&entries(1, 1, 40)).unwrap();
+    fs.fill_disk_after(0);
+    assert!(wal.purge_prefix(LogIndex(20)).unwrap_err().is_out_of_space());
+    fs.heal();
+    // Nothing changed and the log still works.
+    assert_eq!(wal.first_index().unwrap(), LogIndex(1));
+    wal.purge_prefix(LogIndex(20)).unwrap();
+    wal.append(&entries(1, 41, 41)).unwrap();
+    assert_eq!(all(&wal), entries(1, 21, 41));
+}

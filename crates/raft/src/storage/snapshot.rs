@@ -13,7 +13,7 @@ use std::sync::Arc;
 use raft_core::{Configuration, LogId, LogIndex, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
-use super::vfs::{read_all, StdFs, Vfs, VfsFile};
+use super::vfs::{create_dir_durably, read_all, StdFs, Vfs, VfsFile};
 use super::{snapshot_id, Result, SnapshotInfo, SnapshotSink, SnapshotStore, StorageError};
 
 const META_FILE: &str = "meta.json";
@@ -88,7 +88,7 @@ impl FileSnapshotStore {
 
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, retain: usize) -> Result<FileSnapshotStore> {
         let dir = dir.as_ref().to_path_buf();
-        vfs.create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        create_dir_durably(vfs.as_ref(), &dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         let mut unique = 0;
         for path in vfs.list(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut};
 use raft_core::HardState;
 
 use super::memory::{hard_state_from, hard_state_values};
-use super::vfs::{read_all, write_atomically, StdFs, Vfs};
+use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs};
 use super::{Result, StableStore, StorageError};
 
 const MAGIC: &[u8; 8] = b"RKVSTAB1";
@@ -39,7 +39,7 @@ impl FileStableStore {
 
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>) -> Result<FileStableStore> {
         let dir = dir.as_ref();
-        vfs.create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        create_dir_durably(vfs.as_ref(), dir).map_err(|e| StorageError::io("create directory", dir, e))?;
         let path = dir.join(FILE_NAME);
         let values = match vfs.open(&path, false) {
             Ok(file) => {
@@ -69,11 +69,16 @@ impl FileStableStore {
                 state.values = values;
                 Ok(())
             }
-            Err(e) => {
-                // Whether the rename reached the disk is unknown: refuse further
-                // writes rather than guess (the old or the new file is intact).
-                let error = StorageError::io("replace", &self.path, e);
-                state.poisoned = Some(error.to_string());
+            Err(failure) => {
+                // A full disk before the rename changed nothing: report it, stay
+                // usable. Otherwise (an I/O error, or a rename that may or may not
+                // have reached the disk) refuse further writes rather than guess;
+                // the old file or the new one is intact.
+                let fatal = failure.is_fatal();
+                let error = StorageError::io("replace", &self.path, failure.into_io());
+                if fatal {
+                    state.poisoned = Some(error.to_string());
+                }
                 Err(error)
             }
         }

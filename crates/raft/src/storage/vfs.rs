@@ -107,19 +107,55 @@ pub(crate) fn read_all(file: &dyn VfsFile) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// How `write_atomically` failed: before the rename (the old file is in place
+/// and nothing changed) or after it (the new file may or may not be durable).
+#[derive(Debug)]
+pub(crate) enum AtomicWriteError {
+    BeforeRename(io::Error),
+    AfterRename(io::Error),
+}
+
+impl AtomicWriteError {
+    /// Whether the store must stop trusting the disk: any failure but running
+    /// out of space before the rename.
+    pub(crate) fn is_fatal(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        match self {
+            AtomicWriteError::BeforeRename(e) => e.raw_os_error() != Some(ENOSPC),
+            AtomicWriteError::AfterRename(_) => true,
+        }
+    }
+
+    pub(crate) fn into_io(self) -> io::Error {
+        match self {
+            AtomicWriteError::BeforeRename(e) | AtomicWriteError::AfterRename(e) => e,
+        }
+    }
+}
+
 /// Replaces `path` with `data` atomically: write a temporary file, fsync it,
 /// rename it over `path`, fsync the directory. A crash leaves the old file or the
 /// new one, never a mix.
-pub(crate) fn write_atomically(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> Result<(), AtomicWriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let file = vfs.open(&tmp, true)?;
-    file.set_len(0)?;
-    file.write_all_at(data, 0)?;
-    file.sync_data()?;
+    let before = |e| AtomicWriteError::BeforeRename(e);
+    let file = vfs.open(&tmp, true).map_err(before)?;
+    file.set_len(0).map_err(before)?;
+    file.write_all_at(data, 0).map_err(before)?;
+    file.sync_data().map_err(before)?;
     drop(file);
-    vfs.rename(&tmp, path)?;
-    vfs.sync_dir(dir)
+    vfs.rename(&tmp, path).map_err(AtomicWriteError::AfterRename)?;
+    vfs.sync_dir(dir).map_err(AtomicWriteError::AfterRename)
+}
+
+/// Creates `dir` (and its parents) and makes the new entry durable in its parent.
+pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> io::Result<()> {
+    vfs.create_dir_all(dir)?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => vfs.sync_dir(parent),
+        _ => Ok(()),
+    }
 }

@@ -41,7 +41,7 @@ use bytes::{BufMut, Bytes};
 use raft_core::{Entry, LogIndex, Term};
 
 use super::codec::{decode_entry, encode_entry, encoded_entry_len};
-use super::vfs::{read_all, write_atomically, StdFs, Vfs, VfsFile};
+use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs, VfsFile};
 use super::{check_contiguous, LogStore, Result, StorageError};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"RKVWAL01";
@@ -141,6 +141,10 @@ pub struct Wal {
     options: WalOptions,
     inner: Mutex<Inner>,
     sync: Mutex<SyncState>,
+    /// Held around every fsync of a segment. Linux reports a failed writeback to
+    /// only one of the fsyncs that overlap it; one at a time, each that follows a
+    /// failure sees the poison the failing one left.
+    fsync_lock: Mutex<()>,
 }
 
 /// Locks a mutex. A panic while holding one of the WAL's locks can only come from
@@ -215,7 +219,7 @@ impl Wal {
 
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
-        vfs.create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        create_dir_durably(vfs.as_ref(), &dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         let manifest_first = read_manifest(vfs.as_ref(), &dir)?;
 
         let mut named = Vec::new();
@@ -342,6 +346,7 @@ impl Wal {
                 written_seq: 0,
                 poisoned: None,
             }),
+            fsync_lock: Mutex::new(()),
             sync: Mutex::new(SyncState { synced_seq: 0, syncing: false, poisoned: None, waiters: Vec::new() }),
         };
         {
@@ -445,14 +450,21 @@ impl Wal {
                 (inner.written_seq, inner.segments.last().map(|s| (s.file.clone(), s.path.clone())))
             };
             let result = match active {
-                Some((file, path)) => file.sync_data().map_err(|e| StorageError::io("sync", path, e)),
+                Some((file, path)) => self.fsync(file.as_ref(), &path),
                 None => Ok(()),
             };
             state = lock(&self.sync);
             state.syncing = false;
             match &result {
-                Ok(()) => state.synced_seq = state.synced_seq.max(target),
-                Err(error) => state.poisoned = Some(error.to_string()),
+                // A failure elsewhere (rotation, truncation) poisons before its
+                // fsync lock is released: never count a sync after it.
+                Ok(()) if state.poisoned.is_none() => state.synced_seq = state.synced_seq.max(target),
+                Ok(()) => {}
+                Err(error) => {
+                    if state.poisoned.is_none() {
+                        state.poisoned = Some(error.to_string());
+                    }
+                }
             }
             state.wake_waiters();
             if let Err(error) = result {
@@ -474,8 +486,7 @@ impl Wal {
             if !full {
                 return Ok(());
             }
-            if let Err(e) = active.file.sync_data() {
-                let error = StorageError::io("sync", &active.path, e);
+            if let Err(error) = self.fsync(active.file.as_ref(), &active.path) {
                 self.poison(inner, &error);
                 return Err(error);
             }
@@ -507,9 +518,23 @@ impl Wal {
         let file = self.vfs.open(path, true).map_err(|e| StorageError::io("create", path, e))?;
         file.set_len(0).map_err(|e| StorageError::io("truncate", path, e))?;
         file.write_all_at(&segment_header(first), 0).map_err(|e| StorageError::io("write", path, e))?;
-        file.sync_data().map_err(|e| StorageError::io("sync", path, e))?;
+        self.fsync(file.as_ref(), path)?;
         self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
         Ok(file)
+    }
+
+    /// fdatasync of a segment, one at a time, refused once the log is poisoned;
+    /// a failure poisons the log before the next fsync can start.
+    fn fsync(&self, file: &dyn VfsFile, path: &Path) -> Result<()> {
+        let _one_at_a_time = lock(&self.fsync_lock);
+        if let Some(reason) = lock(&self.sync).poisoned.clone() {
+            return Err(StorageError::Poisoned { reason });
+        }
+        file.sync_data().map_err(|e| {
+            let error = StorageError::io("sync", path, e);
+            lock(&self.sync).poisoned = Some(error.to_string());
+            error
+        })
     }
 
     fn poison(&self, inner: &mut Inner, error: &StorageError) {
@@ -600,21 +625,26 @@ impl Wal {
     }
 }
 
-/// Whether a whole, valid record of entry `expected + 1` lies anywhere after the
+/// Whether a whole, valid record of a later entry lies anywhere after the
 /// damaged record of entry `expected` at `offset`. If so, the damage is not a
-/// torn tail but corruption inside the log. The damaged record's length field
-/// cannot be trusted, so the search looks for the next entry's index, which sits
-/// 16 bytes into its record, at every position.
+/// torn tail but corruption inside the log (possibly over several records). The
+/// damaged record's length field cannot be trusted, so the search looks at every
+/// position for an index field (16 bytes into a record) naming one of the
+/// entries that could follow, and checks the whole record there.
 fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex) -> bool {
-    let wanted = expected.next();
-    let needle = wanted.0.to_le_bytes();
+    const MIN_RECORD: u64 = RECORD_HEADER_LEN + 17;
     let from = offset as usize + 1 + 16;
-    if from >= data.len() {
+    if from + 8 > data.len() {
         return false;
     }
-    data[from..].windows(8).enumerate().filter(|(_, window)| *window == needle).any(|(i, _)| {
-        let start = (from + i - 16) as u64;
-        matches!(read_record(data, start), Record::Entry(entry, _) if entry.index == wanted)
+    let lowest = expected.0 + 1;
+    let highest = expected.0 + (data.len() as u64 - offset) / MIN_RECORD + 1;
+    (from..=data.len() - 8).any(|at| {
+        let mut field = [0u8; 8];
+        field.copy_from_slice(&data[at..at + 8]);
+        let index = u64::from_le_bytes(field);
+        (lowest..=highest).contains(&index)
+            && matches!(read_record(data, (at - 16) as u64), Record::Entry(entry, _) if entry.index.0 == index)
     })
 }
 
@@ -651,14 +681,19 @@ fn read_manifest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<LogIndex>> {
     Ok(Some(LogIndex(u64::from_le_bytes(first))))
 }
 
-fn write_manifest(vfs: &dyn Vfs, dir: &Path, first: LogIndex) -> Result<()> {
+/// Writes the manifest. The error says whether the log must be poisoned: only
+/// when the rename may have happened.
+fn write_manifest(vfs: &dyn Vfs, dir: &Path, first: LogIndex) -> Result<(), (StorageError, bool)> {
     let mut data = Vec::with_capacity(20);
     data.put_slice(MANIFEST_MAGIC);
     data.put_u64_le(first.0);
     let crc = crc32c::crc32c(&data);
     data.put_u32_le(crc);
     let path = dir.join(MANIFEST_FILE);
-    write_atomically(vfs, &path, &data).map_err(|e| StorageError::io("write", &path, e))
+    write_atomically(vfs, &path, &data).map_err(|e| {
+        let poison = e.is_fatal();
+        (StorageError::io("write", &path, e.into_io()), poison)
+    })
 }
 
 impl LogStore for Wal {
@@ -714,8 +749,11 @@ impl LogStore for Wal {
             return Ok(());
         }
         let first = upto.next();
-        if let Err(error) = write_manifest(self.vfs.as_ref(), &self.dir, first) {
-            self.poison(&mut inner, &error);
+        if let Err((error, poison)) = write_manifest(self.vfs.as_ref(), &self.dir, first) {
+            // A full disk before the rename changed nothing: reported, not fatal.
+            if poison {
+                self.poison(&mut inner, &error);
+            }
             return Err(error);
         }
         inner.first_index = first;
@@ -748,7 +786,7 @@ impl Wal {
             if segment.last() >= from {
                 let (cut, _) = segment.record_span(from);
                 segment.file.set_len(cut).map_err(|e| StorageError::io("truncate", &segment.path, e))?;
-                segment.file.sync_data().map_err(|e| StorageError::io("sync", &segment.path, e))?;
+                self.fsync(segment.file.as_ref(), &segment.path)?;
                 segment.offsets.truncate((from.0 - segment.first.0) as usize);
                 segment.end = cut;
                 segment.allocated = cut;
@@ -763,6 +801,9 @@ impl Wal {
         // Everything left was synced above or by segment rotation.
         inner.written_seq += 1;
         let mut sync = lock(&self.sync);
+        if let Some(reason) = sync.poisoned.clone() {
+            return Err(StorageError::Poisoned { reason });
+        }
         sync.synced_seq = sync.synced_seq.max(inner.written_seq);
         sync.wake_waiters();
         Ok(())
