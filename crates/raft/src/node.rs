@@ -651,7 +651,10 @@ async fn apply_loop(
                 if !snapshot_running && applied.0 >= last_snapshot.0 + context.threshold {
                     snapshot_running = true;
                     last_snapshot = applied;
+                    let started = Instant::now();
                     let source = state_machine.snapshot();
+                    // The capture runs on the apply path: report how long applies paused.
+                    tracing::info!(index = %applied, pause = ?started.elapsed(), "state machine captured for a snapshot");
                     let _ = context.events.send(LoopEvent::SnapshotCaptured { index: applied, source });
                 }
                 // Reads are answered in index order as the state machine catches up.

@@ -85,9 +85,11 @@ pub struct Value {
     pub index: LogIndex,
 }
 
+/// The state. `data` is a persistent map: cloning it is O(1) and shares
+/// structure, so a snapshot captures it without pausing applies.
 #[derive(Debug, Default)]
 pub struct KvState {
-    pub data: BTreeMap<String, Value>,
+    pub data: imbl::OrdMap<String, Value>,
     pub peers: BTreeMap<u64, Peer>,
     pub applied: LogIndex,
 }
@@ -101,12 +103,23 @@ struct SnapshotImage {
     peers: BTreeMap<u64, Peer>,
 }
 
-struct Captured(SnapshotImage);
+/// A capture: the persistent map shared with the live state, copied out only
+/// when written, on the snapshot writer's thread.
+struct Captured {
+    applied: u64,
+    data: imbl::OrdMap<String, Value>,
+    peers: BTreeMap<u64, Peer>,
+}
 
 impl raft::SnapshotSource for Captured {
     fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let image = SnapshotImage {
+            applied: self.applied,
+            data: self.data.iter().map(|(k, v)| (k.clone(), v.value.clone(), v.index.0)).collect(),
+            peers: self.peers,
+        };
         let mut out = std::io::BufWriter::new(out);
-        serde_json::to_writer(&mut out, &self.0).map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut out, &image).map_err(std::io::Error::other)?;
         std::io::Write::flush(&mut out)
     }
 }
@@ -164,15 +177,10 @@ impl StateMachine for KvMachine {
         responses
     }
 
-    /// A copy of the map, taken under the lock; it is serialized elsewhere.
+    /// O(1): the persistent map is shared, not copied.
     fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
         let state = self.kv.read();
-        let image = SnapshotImage {
-            applied: state.applied.0,
-            data: state.data.iter().map(|(k, v)| (k.clone(), v.value.clone(), v.index.0)).collect(),
-            peers: state.peers.clone(),
-        };
-        Box::new(Captured(image))
+        Box::new(Captured { applied: state.applied.0, data: state.data.clone(), peers: state.peers.clone() })
     }
 
     fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
@@ -254,6 +262,31 @@ mod tests {
         assert_eq!(state.data["a"], Value { value: "3".into(), index: LogIndex(3) });
         assert!(!state.data.contains_key("b"));
         assert_eq!(state.applied, LogIndex(6));
+    }
+
+    #[test]
+    fn a_snapshot_captures_the_state_at_its_moment_and_restores_it() {
+        let kv = Kv::default();
+        let mut machine = kv.state_machine(|_, _| {});
+        let set = |i: u64, key: &str, value: &str| entry(i, &Command::Set { key: key.into(), value: value.into() });
+        let register = Command::RegisterPeer { id: 2, raft_addr: "127.0.0.1:9002".into(), http_addr: "h".into() };
+        machine.apply(&[set(1, "a", "1"), set(2, "b", "2"), entry(3, &register)]);
+        let capture = raft::StateMachine::snapshot(&mut machine);
+        // Writes after the capture do not leak into it.
+        machine.apply(&[set(4, "a", "changed"), set(5, "c", "3")]);
+        let mut bytes = Vec::new();
+        capture.write_to(&mut bytes).unwrap();
+
+        let restored = Kv::default();
+        let mut other = restored.state_machine(|_, _| {});
+        raft::StateMachine::restore(&mut other, &mut bytes.as_slice()).unwrap();
+        let state = restored.read();
+        assert_eq!(state.applied, LogIndex(3));
+        assert_eq!(state.data.get("a"), Some(&Value { value: "1".into(), index: LogIndex(1) }));
+        assert_eq!(state.data.get("c"), None);
+        assert_eq!(state.peers[&2].raft_addr, "127.0.0.1:9002");
+        drop(state);
+        assert!(raft::StateMachine::restore(&mut other, &mut &b"{not json"[..]).is_err());
     }
 
     #[test]
