@@ -207,3 +207,22 @@ fn stable_store_on_a_full_disk_reports_and_stays_usable() {
     store.set_hard_state(new).unwrap();
     assert_eq!(FileStableStore::open(dir.path()).unwrap().hard_state().unwrap(), new);
 }
+
+#[test]
+fn retention_counts_only_our_snapshots_and_keeps_the_one_just_committed() {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir(dir.path().join("lost+found")).unwrap();
+    let store = FileSnapshotStore::open(dir.path(), 2).unwrap();
+    let newest = commit(&store, 30, b"30");
+    let second = commit(&store, 20, b"20");
+    // An older snapshot than both retained ones: kept, not deleted under the caller.
+    let older = commit(&store, 10, b"10");
+    let listed: Vec<String> = store.list().unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(listed[0], newest);
+    assert!(listed.contains(&second) && listed.contains(&older), "{listed:?}");
+    assert!(dir.path().join("lost+found").exists(), "a directory that is not ours was removed");
+    // The next commit reaps down to the newest two again.
+    let latest = commit(&store, 40, b"40");
+    let listed: Vec<String> = store.list().unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(listed, vec![latest, newest]);
+}

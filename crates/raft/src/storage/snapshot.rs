@@ -134,10 +134,17 @@ impl FileSnapshotStore {
         Ok(ids)
     }
 
-    fn reap(&self) -> Result<()> {
-        for id in self.committed_ids()?.into_iter().skip(self.retain) {
+    /// Removes snapshots beyond the newest `retain` readable ones, never the one
+    /// just committed and never a directory whose metadata does not read (it may
+    /// not be ours). Each goes by a rename to a temporary name first, so that a
+    /// crash midway leaves nothing half-removed that lists.
+    fn reap(&self, just_committed: &str) -> Result<()> {
+        let readable: Vec<String> = self.committed_ids()?.into_iter().filter(|id| self.read_meta(id).is_ok()).collect();
+        for id in readable.into_iter().skip(self.retain).filter(|id| id != just_committed) {
             let path = self.dir.join(&id);
-            self.vfs.remove_dir_all(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+            let doomed = self.dir.join(format!("{id}{TMP_SUFFIX}"));
+            self.vfs.rename(&path, &doomed).map_err(|e| StorageError::io("rename", &path, e))?;
+            self.vfs.remove_dir_all(&doomed).map_err(|e| StorageError::io("remove", &doomed, e))?;
         }
         self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))
     }
@@ -280,7 +287,7 @@ impl FileSink {
         vfs.rename(&self.tmp_dir, &final_dir).map_err(|e| StorageError::io("rename", &self.tmp_dir, e))?;
         self.finished = true;
         vfs.sync_dir(&self.store.dir).map_err(|e| StorageError::io("sync", &self.store.dir, e))?;
-        self.store.reap()?;
+        self.store.reap(&self.id)?;
         Ok(stored.info(self.id.clone()))
     }
 
