@@ -1,0 +1,56 @@
+//! How long applies pause while the key-value state is captured for a snapshot,
+//! and how long writing the capture out takes (off the apply path), for a state
+//! of N keys.
+//!
+//! `cargo run --release -p raftkv --example snapshot_pause -- [KEYS]` (default 1,000,000)
+
+use std::time::Instant;
+
+use raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
+use raftkv::store::{Command, Kv};
+
+fn main() {
+    let keys: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let kv = Kv::default();
+    let mut machine = kv.state_machine(|_, _| {});
+    let value = "v".repeat(100);
+    let started = Instant::now();
+    for batch in 0..keys.div_ceil(10_000) {
+        let entries: Vec<Entry> = (batch * 10_000..((batch + 1) * 10_000).min(keys))
+            .map(|i| Entry {
+                term: Term(1),
+                index: LogIndex(i + 1),
+                payload: EntryPayload::Command(
+                    Command::Set { key: format!("key-{i:09}"), value: value.clone() }.encode(),
+                ),
+            })
+            .collect();
+        machine.apply(&entries);
+    }
+    let load = started.elapsed();
+    let capture_started = Instant::now();
+    let capture = machine.snapshot();
+    let pause = capture_started.elapsed();
+    // Applies go on while the capture is written out.
+    let more = Entry {
+        term: Term(1),
+        index: LogIndex(keys + 1),
+        payload: EntryPayload::Command(Command::Set { key: "after".into(), value: "x".into() }.encode()),
+    };
+    machine.apply(&[more]);
+    let write_started = Instant::now();
+    let mut out = Vec::new();
+    if let Err(error) = capture.write_to(&mut out) {
+        eprintln!("snapshot_pause: writing the capture failed: {error}");
+        std::process::exit(1);
+    }
+    let write = write_started.elapsed();
+    let summary = serde_json::json!({
+        "keys": keys,
+        "load_s": load.as_secs_f64(),
+        "capture_pause_us": pause.as_micros() as u64,
+        "write_s": write.as_secs_f64(),
+        "snapshot_bytes": out.len(),
+    });
+    println!("{summary}");
+}
