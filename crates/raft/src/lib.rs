@@ -49,6 +49,7 @@ pub mod transport;
 
 mod config;
 mod error;
+mod locks;
 mod node;
 mod state_machine;
 
@@ -369,7 +370,7 @@ impl Raft {
     /// finishes what it was given, the tasks end.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = locks::lock(&self.inner.task).take();
         if let Some(task) = task {
             if tokio::time::timeout(node::SHUTDOWN_GRACE, task).await.is_err() {
                 tracing::warn!(node = %self.inner.id, "raft tasks did not stop within the grace period");

@@ -515,11 +515,7 @@ impl RaftLoop {
         let max = self.chunk_bytes;
         tokio::task::spawn_blocking(move || {
             let read = || -> Result<Message, StorageError> {
-                let info = store
-                    .list()?
-                    .into_iter()
-                    .find(|info| info.meta.last_log_id == meta.last_log_id)
-                    .ok_or_else(|| StorageError::NotFound { what: format!("snapshot {}", meta.last_log_id) })?;
+                let info = find_snapshot(store.as_ref(), meta.last_log_id)?;
                 let data = store.read_chunk(&info.id, offset, max)?;
                 let done = offset + data.len() as u64 >= info.size;
                 Ok(Message::InstallSnapshot(InstallSnapshot { term, meta, offset, data, done }))
@@ -612,14 +608,19 @@ fn write_snapshot(
     sink.commit()
 }
 
+/// The stored snapshot that covers exactly up to `id`.
+fn find_snapshot(store: &dyn SnapshotStore, id: LogId) -> Result<SnapshotInfo, StorageError> {
+    store
+        .list()?
+        .into_iter()
+        .find(|info| info.meta.last_log_id == id)
+        .ok_or_else(|| StorageError::NotFound { what: format!("snapshot {id}") })
+}
+
 /// Restores the stored snapshot `meta` into the state machine.
 fn restore(state_machine: &mut dyn StateMachine, store: &dyn SnapshotStore, meta: &SnapshotMeta) -> Result<(), String> {
     let id = meta.last_log_id;
-    let listed = store.list().map_err(|e| format!("listing snapshots: {e}"))?;
-    let info = listed
-        .into_iter()
-        .find(|info| info.meta.last_log_id == id)
-        .ok_or_else(|| format!("snapshot {id} to restore is not in the store"))?;
+    let info = find_snapshot(store, id).map_err(|e| format!("snapshot {id} to restore: {e}"))?;
     let (_, mut reader) = store.open(&info.id).map_err(|e| format!("opening snapshot {id}: {e}"))?;
     state_machine.restore(&mut reader).map_err(|e| format!("restoring snapshot {id}: {e}"))
 }

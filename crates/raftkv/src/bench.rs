@@ -48,15 +48,6 @@ impl BenchResult {
     }
 }
 
-/// SplitMix64 step, for per-client choices that are reproducible.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
     if config.targets.is_empty() || config.clients == 0 {
         return Err("bench needs at least one --target and one client".to_string());
@@ -78,10 +69,11 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
             let (mut ops, mut errors) = (0u64, 0u64);
-            let mut rng = client as u64 + 1;
+            // Per-client choices, reproducible from the client number.
+            let mut rng = raft_core::rng::Rng::new(client as u64 + 1);
             while Instant::now() < deadline {
-                let key = format!("key-{}", next(&mut rng) % config.keys.max(1));
-                let write = next(&mut rng) % 100 < config.write_percent;
+                let key = format!("key-{}", rng.next_u64() % config.keys.max(1));
+                let write = rng.next_u64() % 100 < config.write_percent;
                 let sent = Instant::now();
                 let result = if write {
                     http.post(format!("http://{target}/api/v1/set"))

@@ -378,15 +378,9 @@ fn error_message(text: &str) -> String {
         .unwrap_or_else(|| text.to_string())
 }
 
+/// Percent-encodes a query value.
 fn encode(value: &str) -> String {
-    let mut out = String::new();
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// One CLI request: method, target, path, JSON body, and how to print the answer.

@@ -3,21 +3,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Cursor};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use raft_core::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
+
+use crate::locks::lock;
 
 use super::{
     check_contiguous, snapshot_id, LogStore, Result, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore,
     StorageError,
 };
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: every
-/// operation here leaves the data consistent before it can panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[derive(Debug)]
 struct MemLog {

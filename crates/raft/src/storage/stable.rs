@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, BufMut};
 use raft_core::HardState;
 
+use crate::locks::lock;
+
 use super::memory::{hard_state_from, hard_state_values};
 use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs};
 use super::{Result, StableStore, StorageError};
@@ -53,7 +55,7 @@ impl FileStableStore {
     }
 
     fn update(&self, changes: &[(&str, &[u8])]) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock(&self.state);
         if let Some(reason) = &state.poisoned {
             return Err(StorageError::Poisoned { reason: reason.clone() });
         }
@@ -158,7 +160,7 @@ impl StableStore for FileStableStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()).values.get(key).cloned())
+        Ok(lock(&self.state).values.get(key).cloned())
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {

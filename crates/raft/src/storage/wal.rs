@@ -35,10 +35,12 @@
 //! off again and returns the error; the log stays usable once space is freed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes};
 use raft_core::{Entry, LogIndex, Term};
+
+use crate::locks::lock;
 
 use super::codec::{decode_entry, encode_entry, encoded_entry_len};
 use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs, VfsFile};
@@ -145,13 +147,6 @@ pub struct Wal {
     /// only one of the fsyncs that overlap it; one at a time, each that follows a
     /// failure sees the poison the failing one left.
     fsync_lock: Mutex<()>,
-}
-
-/// Locks a mutex. A panic while holding one of the WAL's locks can only come from
-/// a bug; the data under it is then still the last consistent state, as every
-/// update completes before the guard drops.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn segment_name(first: LogIndex) -> String {
@@ -455,16 +450,10 @@ impl Wal {
             };
             state = lock(&self.sync);
             state.syncing = false;
-            match &result {
-                // A failure elsewhere (rotation, truncation) poisons before its
-                // fsync lock is released: never count a sync after it.
-                Ok(()) if state.poisoned.is_none() => state.synced_seq = state.synced_seq.max(target),
-                Ok(()) => {}
-                Err(error) => {
-                    if state.poisoned.is_none() {
-                        state.poisoned = Some(error.to_string());
-                    }
-                }
+            // `fsync` poisons on failure, its own or (before its lock is released)
+            // a rotation's or truncation's: never count a sync after a failure.
+            if result.is_ok() && state.poisoned.is_none() {
+                state.synced_seq = state.synced_seq.max(target);
             }
             state.wake_waiters();
             if let Err(error) = result {

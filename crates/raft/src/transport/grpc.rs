@@ -18,6 +18,8 @@ use raft_core::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use crate::locks::lock;
+
 use super::{Inbox, SendFuture, Transport, TransportError};
 
 /// Generated protobuf and gRPC code.
@@ -48,7 +50,7 @@ impl AddressBook {
     /// Calls `callback` with the whole book whenever an address is added or
     /// changes (to persist it, say).
     pub fn on_change(&self, callback: impl Fn(&BTreeMap<NodeId, String>) + Send + Sync + 'static) {
-        *self.on_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(callback));
+        *lock(&self.on_change) = Some(Box::new(callback));
     }
 
     pub fn get(&self, id: NodeId) -> Option<String> {
@@ -69,7 +71,7 @@ impl AddressBook {
             addresses.insert(id, address.to_string());
             addresses.clone()
         };
-        if let Some(callback) = self.on_change.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(callback) = lock(&self.on_change).as_ref() {
             callback(&snapshot);
         }
         true
@@ -106,7 +108,7 @@ impl GrpcTransport {
     /// last one ended, or the peer's address changed).
     fn stream(&self, to: NodeId) -> Result<tokio::sync::mpsc::Sender<proto::Batch>, TransportError> {
         let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams = lock(&self.streams);
         if let Some((known, queue)) = streams.get(&to) {
             if *known == address && !queue.is_closed() {
                 return Ok(queue.clone());
@@ -126,7 +128,7 @@ impl GrpcTransport {
 
     fn client(&self, to: NodeId) -> Result<RaftClient<Channel>, TransportError> {
         let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = lock(&self.clients);
         if let Some((known, client)) = clients.get(&to) {
             if *known == address {
                 return Ok(client.clone());
@@ -164,7 +166,7 @@ impl Transport for GrpcTransport {
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(batch)) => {
                 // The stream ended (peer restarted, say): open a new one once.
-                self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&to);
+                lock(&self.streams).remove(&to);
                 self.stream(to)?.try_send(batch).map_err(|e| TransportError::Unreachable(to, e.to_string()))
             }
         });

@@ -77,8 +77,7 @@ impl MemNetwork {
     }
 
     fn network(&self) -> std::sync::MutexGuard<'_, Network> {
-        // Every update below completes before the guard drops.
-        self.network.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.network)
     }
 
     /// Connects (or reconnects, after a restart) node `id`'s inbox.
