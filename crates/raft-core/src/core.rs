@@ -317,6 +317,10 @@ impl Core {
 
     // ---- Observers -------------------------------------------------------------
 
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
     pub fn id(&self) -> NodeId {
         self.id
     }
@@ -608,6 +612,33 @@ impl Core {
         if crate::bugs::enabled(crate::bugs::InjectedBug::ConfigOnCommit) {
             self.recompute_membership();
         }
+    }
+
+    /// Replaces the timing and batching settings at runtime (heartbeat, election
+    /// timeouts, lease drift, append limits). The node's identity, PreVote and
+    /// CheckQuorum cannot change while it runs. A leader drops its lease, which
+    /// was measured with the old timeouts, and renews it with the next round;
+    /// the election timer is drawn again from the new range.
+    ///
+    /// Lease reads assume no follower times out sooner than the leader's
+    /// `election_timeout_min`: lower timeouts on the leader first and raise them
+    /// on the followers first.
+    pub fn reload_config(&mut self, config: CoreConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let old = &self.config;
+        if config.id != old.id || config.pre_vote != old.pre_vote || config.check_quorum != old.check_quorum {
+            return Err(ConfigError { reason: "id, pre_vote and check_quorum cannot change while the node runs" });
+        }
+        self.config = config;
+        let now = self.now;
+        let heartbeat = self.config.heartbeat_interval_ms;
+        if let Some(state) = self.leader_state.as_mut() {
+            state.lease_start = None;
+            state.heartbeat_due = state.heartbeat_due.min(now + heartbeat);
+        } else {
+            self.reset_election_timer();
+        }
+        Ok(())
     }
 
     /// Snapshot metadata for a snapshot of the state machine after applying `index`:

@@ -262,3 +262,47 @@ fn repeated_transfer_request_resends_timeout_now() {
     cluster.stabilize();
     assert_eq!(cluster.leader(), Some(2));
 }
+
+/// `reload_config` validates the new settings, refuses to change what must stay
+/// fixed, drops a leader's lease (measured with the old timeouts) until the next
+/// round confirms it, and the new heartbeat interval takes effect.
+#[test]
+fn reload_config_validates_and_renews_the_lease() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.run_for(200);
+    assert!(cluster.core(1).lease_valid());
+
+    let base = cluster.core(1).config().clone();
+    let mut bad = base.clone();
+    bad.election_timeout_max_ms = bad.election_timeout_min_ms;
+    assert!(cluster.with_core(1, |core| core.reload_config(bad)).is_err());
+    let mut fixed = base.clone();
+    fixed.check_quorum = !fixed.check_quorum;
+    let refused = cluster.with_core(1, |core| core.reload_config(fixed)).unwrap_err();
+    assert!(refused.reason.contains("cannot change"), "{refused}");
+    assert!(cluster.core(1).lease_valid(), "a refused reload changes nothing");
+
+    let mut slower = base.clone();
+    slower.heartbeat_interval_ms = base.heartbeat_interval_ms * 3;
+    cluster.with_core(1, |core| core.reload_config(slower)).unwrap();
+    assert_eq!(cluster.core(1).config().heartbeat_interval_ms, base.heartbeat_interval_ms * 3);
+    assert!(!cluster.core(1).lease_valid(), "the lease must be renewed under the new timeouts");
+    cluster.run_for(base.heartbeat_interval_ms * 4);
+    assert!(cluster.core(1).lease_valid(), "the next heartbeat round renews the lease");
+
+    // Heartbeats now leave every 3 intervals.
+    let _ = cluster.take_messages(|_, _, _| true);
+    let mut heartbeats = 0;
+    for _ in 0..base.heartbeat_interval_ms * 9 {
+        cluster.now += 1;
+        let now = cluster.now;
+        cluster.with_core(1, |core| core.handle_tick(now));
+        cluster.process(NodeId(1));
+        heartbeats += cluster
+            .take_messages(|from, to, m| from.0 == 1 && to.0 == 2 && matches!(m, Message::AppendEntries(_)))
+            .len();
+        cluster.stabilize();
+    }
+    assert!((2..=4).contains(&heartbeats), "{heartbeats} heartbeats to node 2 in 9 old intervals");
+}

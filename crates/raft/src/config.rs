@@ -22,8 +22,12 @@ pub struct Config {
     pub tick_interval: Duration,
     /// Most proposals taken into one log write.
     pub max_batch: usize,
-    /// A snapshot is taken once this many entries were applied since the last.
+    /// A snapshot is taken once this many entries were applied since the last...
     pub snapshot_threshold: u64,
+    /// ...but at most once per interval (jittered by up to a quarter of it),
+    /// unless the log grew by `FORCED_SNAPSHOT_FACTOR` thresholds: the core keeps
+    /// the log in memory, so a long burst of writes must not wait for the timer.
+    pub snapshot_interval: Duration,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     pub trailing_logs: u64,
     /// Bytes of snapshot data per InstallSnapshot message.
@@ -46,6 +50,7 @@ impl Config {
             tick_interval: Duration::from_millis(10),
             max_batch: 4096,
             snapshot_threshold: 8192,
+            snapshot_interval: Duration::from_secs(120),
             trailing_logs: 10240,
             snapshot_chunk_bytes: 1 << 20,
         }
@@ -63,6 +68,44 @@ impl Config {
         }
     }
 
+    /// Applies the settings in `reload` that are set, and checks the result.
+    pub fn reloaded(&self, reload: &ReloadableConfig) -> Result<Config, String> {
+        let mut next = self.clone();
+        let ReloadableConfig {
+            trailing_logs,
+            snapshot_threshold,
+            snapshot_interval,
+            heartbeat_interval,
+            election_timeout_min,
+            election_timeout_max,
+        } = reload.clone();
+        next.trailing_logs = trailing_logs.unwrap_or(next.trailing_logs);
+        next.snapshot_threshold = snapshot_threshold.unwrap_or(next.snapshot_threshold);
+        next.snapshot_interval = snapshot_interval.unwrap_or(next.snapshot_interval);
+        next.heartbeat_interval = heartbeat_interval.unwrap_or(next.heartbeat_interval);
+        next.election_timeout_min = election_timeout_min.unwrap_or(next.election_timeout_min);
+        next.election_timeout_max = election_timeout_max.unwrap_or(next.election_timeout_max);
+        next.validate()?;
+        Ok(next)
+    }
+
+    /// Checks the settings the core does not see, then the core's.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.snapshot_threshold == 0 {
+            return Err("snapshot_threshold must be positive".into());
+        }
+        if self.snapshot_interval.is_zero() {
+            return Err("snapshot_interval must be positive".into());
+        }
+        if self.tick_interval.is_zero() || self.tick_interval > self.heartbeat_interval {
+            return Err(format!(
+                "tick_interval ({:?}) must be positive and at most heartbeat_interval ({:?})",
+                self.tick_interval, self.heartbeat_interval
+            ));
+        }
+        self.core_config().validate().map_err(|e| e.reason.to_string())
+    }
+
     pub(crate) fn core_config(&self) -> CoreConfig {
         let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
         CoreConfig {
@@ -78,4 +121,20 @@ impl Config {
             lease_clock_drift_ms: ms(self.lease_clock_drift),
         }
     }
+}
+
+/// Snapshots are taken regardless of `snapshot_interval` once the log grew by
+/// this many `snapshot_threshold`s.
+pub const FORCED_SNAPSHOT_FACTOR: u64 = 8;
+
+/// The settings that may change while a node runs (hashicorp's
+/// `ReloadableConfig`); `None` keeps the current value. See `Raft::reload_config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadableConfig {
+    pub trailing_logs: Option<u64>,
+    pub snapshot_threshold: Option<u64>,
+    pub snapshot_interval: Option<Duration>,
+    pub heartbeat_interval: Option<Duration>,
+    pub election_timeout_min: Option<Duration>,
+    pub election_timeout_max: Option<Duration>,
 }

@@ -26,6 +26,9 @@ pub enum RaftError {
     Storage(#[from] StorageError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// `snapshot` was asked for, but nothing was applied since the newest one.
+    #[error("nothing new to snapshot: the newest snapshot covers index {index}")]
+    NothingNewToSnapshot { index: LogIndex },
     /// The entry proposed at `index` was replaced by another leader's entry.
     #[error("entry at index {index} was overwritten by a newer leader")]
     Overwritten { index: LogIndex },

@@ -59,12 +59,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use config::Config;
+pub use config::{Config, ReloadableConfig, FORCED_SNAPSHOT_FACTOR};
 pub use error::RaftError;
 pub use node::{LeaderInfo, Status};
 pub use raft_core::{
-    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, NodeId, ProposeError, ReadError,
-    ReadMode, Role, SnapshotMeta, Term,
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
+    ReadError, ReadMode, Role, SnapshotMeta, Term,
 };
 pub use state_machine::{SnapshotSource, StateMachine};
 
@@ -128,6 +128,7 @@ impl Raft {
         snapshots: Arc<dyn SnapshotStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<Raft, RaftError> {
+        config.validate().map_err(RaftError::Config)?;
         let mut state_machine = state_machine;
         let hard_state = stable.hard_state()?;
         let mut snapshot = None;
@@ -364,6 +365,24 @@ impl Raft {
     /// `leader_watch` to see it complete).
     pub async fn leadership_transfer(&self, target: NodeId) -> Result<(), RaftError> {
         self.request(|reply| Request::Transfer { target, reply }).await
+    }
+
+    /// Takes a snapshot of the state machine now (hashicorp's `Snapshot`) and
+    /// compacts the log behind it, keeping `trailing_logs`; resolves with the
+    /// snapshot's last entry once it is stored. A snapshot already being written
+    /// finishes first. Fails with `NothingNewToSnapshot` when nothing was applied
+    /// since the newest snapshot.
+    pub async fn snapshot(&self) -> Result<LogId, RaftError> {
+        self.request(|reply| Request::Snapshot { reply }).await
+    }
+
+    /// Changes the settings in `reload` while the node runs (hashicorp's
+    /// `ReloadConfig`), after checking the combination; returns the settings
+    /// now in force. Lease reads assume no follower times out sooner than the
+    /// leader: lower election timeouts on the leader first, raise them on the
+    /// followers first.
+    pub async fn reload_config(&self, reload: ReloadableConfig) -> Result<Config, RaftError> {
+        self.request(|reply| Request::Reload { reload, reply }).await
     }
 
     /// Stops the node: in-flight requests fail with `Shutdown`, the log writer

@@ -28,6 +28,7 @@ use raft_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::{Config, ReloadableConfig, FORCED_SNAPSHOT_FACTOR};
 use crate::error::RaftError;
 use crate::state_machine::{SnapshotSource, StateMachine};
 use crate::storage::{LogStore, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore, StorageError};
@@ -42,6 +43,8 @@ pub(crate) enum Request {
     Membership { change: MembershipChange, reply: Reply<(LogIndex, Bytes)> },
     Transfer { target: NodeId, reply: Reply<()> },
     Status { reply: oneshot::Sender<Status> },
+    Snapshot { reply: Reply<LogId> },
+    Reload { reload: ReloadableConfig, reply: Reply<Config> },
 }
 
 /// A snapshot of the node's protocol state, for `stats` and tests.
@@ -87,8 +90,30 @@ enum ApplyWork {
     Restore {
         meta: SnapshotMeta,
     },
-    /// The snapshot asked for last is written (or failed): another may be taken.
-    SnapshotFinished,
+    /// The snapshot asked for last is written (`taken`) or failed: another may
+    /// be taken.
+    SnapshotFinished {
+        taken: Option<LogId>,
+    },
+    /// Take a snapshot now (`Raft::snapshot`).
+    Snapshot {
+        reply: Reply<LogId>,
+    },
+    /// New snapshot settings (`Raft::reload_config`).
+    Policy(SnapshotPolicy),
+}
+
+/// When the apply task takes snapshots on its own.
+#[derive(Clone, Copy, Debug)]
+struct SnapshotPolicy {
+    threshold: u64,
+    interval: Duration,
+}
+
+impl SnapshotPolicy {
+    fn of(config: &Config) -> SnapshotPolicy {
+        SnapshotPolicy { threshold: config.snapshot_threshold.max(1), interval: config.snapshot_interval }
+    }
 }
 
 /// What the apply task and background snapshot work tell the raft loop.
@@ -97,10 +122,12 @@ enum LoopEvent {
     SnapshotCaptured {
         index: LogIndex,
         source: Box<dyn SnapshotSource>,
+        waiters: Vec<Reply<LogId>>,
     },
     SnapshotWritten {
         index: LogIndex,
         result: Result<SnapshotInfo, StorageError>,
+        waiters: Vec<Reply<LogId>>,
     },
     Outgoing {
         to: NodeId,
@@ -154,7 +181,8 @@ struct RaftLoop {
     snapshots: Arc<dyn SnapshotStore>,
     /// A snapshot being received from the leader.
     incoming: Option<(LogId, Box<dyn SnapshotSink>)>,
-    trailing_logs: u64,
+    /// The settings in force (`reload_config` changes some).
+    config: Config,
     chunk_bytes: usize,
     proposals: BTreeMap<LogIndex, PendingProposal>,
     reads: BTreeMap<ReadId, Reply<LogIndex>>,
@@ -167,7 +195,7 @@ struct RaftLoop {
 /// Starts the tasks of one node; returns when the raft loop has stopped.
 pub(crate) async fn run(
     core: Core,
-    config: &crate::Config,
+    config: &Config,
     stores: Stores,
     state_machine: Box<dyn StateMachine>,
     transport: Arc<dyn Transport>,
@@ -198,8 +226,9 @@ pub(crate) async fn run(
         ApplyContext {
             events: events_tx.clone(),
             snapshots: snapshots.clone(),
-            threshold: config.snapshot_threshold.max(1),
+            policy: SnapshotPolicy::of(config),
             start: snapshot_index,
+            seed: config.id.0,
         },
     ));
 
@@ -214,7 +243,7 @@ pub(crate) async fn run(
         events: events_tx,
         snapshots,
         incoming: None,
-        trailing_logs: config.trailing_logs,
+        config: config.clone(),
         chunk_bytes: config.snapshot_chunk_bytes.max(1),
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
@@ -392,6 +421,12 @@ impl RaftLoop {
                     },
                 });
             }
+            Request::Snapshot { reply } => {
+                let _ = self.apply.send(ApplyWork::Snapshot { reply });
+            }
+            Request::Reload { reload, reply } => {
+                let _ = reply.send(self.reload(&reload));
+            }
         }
     }
 
@@ -472,33 +507,54 @@ impl RaftLoop {
 
     fn handle_event(&mut self, event: LoopEvent) -> Result<(), String> {
         match event {
-            LoopEvent::SnapshotCaptured { index, source } => {
+            LoopEvent::SnapshotCaptured { index, source, waiters } => {
                 let Some(meta) = self.core.snapshot_meta_for(index) else {
-                    let _ = self.apply.send(ApplyWork::SnapshotFinished);
+                    // The entries were compacted under it: a newer snapshot was installed.
+                    let newest = self.core.snapshot().map_or(index, |s| s.last_log_id.index);
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(RaftError::NothingNewToSnapshot { index: newest }));
+                    }
+                    let _ = self.apply.send(ApplyWork::SnapshotFinished { taken: None });
                     return Ok(());
                 };
                 let store = self.snapshots.clone();
                 let events = self.events.clone();
                 tokio::task::spawn_blocking(move || {
                     let result = write_snapshot(store.as_ref(), meta, source);
-                    let _ = events.send(LoopEvent::SnapshotWritten { index, result });
+                    let _ = events.send(LoopEvent::SnapshotWritten { index, result, waiters });
                 });
             }
-            LoopEvent::SnapshotWritten { index, result } => {
-                let _ = self.apply.send(ApplyWork::SnapshotFinished);
-                match result {
+            LoopEvent::SnapshotWritten { index, result, waiters } => {
+                let taken = result.as_ref().ok().map(|info| info.meta.last_log_id);
+                let _ = self.apply.send(ApplyWork::SnapshotFinished { taken });
+                let answer = match result {
                     Ok(info) => {
                         tracing::info!(node = %self.id, %index, id = info.id, bytes = info.size, "snapshot taken");
-                        if let Err(error) = self.core.handle_snapshot_taken(info.meta) {
-                            tracing::warn!(%error, "snapshot not usable");
-                            return Ok(());
-                        }
-                        let upto = LogIndex(index.0.saturating_sub(self.trailing_logs));
-                        if upto > self.core.log_start().index && self.core.compact_log(upto).is_ok() {
-                            let _ = self.writer.send(WriterJob::Purge(upto));
+                        let id = info.meta.last_log_id;
+                        match self.core.handle_snapshot_taken(info.meta) {
+                            Ok(()) => {
+                                let upto = LogIndex(index.0.saturating_sub(self.config.trailing_logs));
+                                if upto > self.core.log_start().index && self.core.compact_log(upto).is_ok() {
+                                    let _ = self.writer.send(WriterJob::Purge(upto));
+                                }
+                                Ok(id)
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "snapshot not usable");
+                                Err(RaftError::Config(error.to_string()))
+                            }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, %index, "taking a snapshot failed; will retry"),
+                    Err(error) => {
+                        tracing::warn!(%error, %index, "taking a snapshot failed; will retry");
+                        Err(RaftError::Storage(error))
+                    }
+                };
+                for waiter in waiters {
+                    let _ = waiter.send(match &answer {
+                        Ok(id) => Ok(*id),
+                        Err(error) => Err(RaftError::Config(format!("snapshot at {index} failed: {error}"))),
+                    });
                 }
             }
             LoopEvent::Outgoing { to, message } => self.send(to, message),
@@ -555,6 +611,17 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// `Raft::reload_config`: the core takes the timing, the apply task the
+    /// snapshot policy, this loop the log retention.
+    fn reload(&mut self, reload: &ReloadableConfig) -> Result<Config, RaftError> {
+        let next = self.config.reloaded(reload).map_err(RaftError::Config)?;
+        self.core.reload_config(next.core_config()).map_err(|e| RaftError::Config(e.reason.to_string()))?;
+        let _ = self.apply.send(ApplyWork::Policy(SnapshotPolicy::of(&next)));
+        tracing::info!(node = %self.id, ?reload, "configuration reloaded");
+        self.config = next.clone();
+        Ok(next)
+    }
+
     fn shut_down(&mut self, failure: Option<StorageError>) {
         let error = || match &failure {
             Some(error) => RaftError::Storage(StorageError::Poisoned { reason: error.to_string() }),
@@ -589,9 +656,86 @@ async fn peer_sender(to: NodeId, transport: Arc<dyn Transport>, mut queue: mpsc:
 struct ApplyContext {
     events: mpsc::UnboundedSender<LoopEvent>,
     snapshots: Arc<dyn SnapshotStore>,
-    threshold: u64,
+    policy: SnapshotPolicy,
     /// Index of the snapshot the state machine was restored from.
     start: LogIndex,
+    /// Seeds the jitter of the snapshot interval.
+    seed: u64,
+}
+
+/// The apply task's snapshot bookkeeping: when the last was taken, whether one
+/// is being written, who waits for one.
+struct Snapshotter {
+    policy: SnapshotPolicy,
+    /// Applied index at the last capture (or restore).
+    last: LogIndex,
+    /// Index of the newest snapshot stored (or restored).
+    covered: LogIndex,
+    running: bool,
+    /// No automatic snapshot before this (the jittered interval).
+    not_before: tokio::time::Instant,
+    waiters: Vec<Reply<LogId>>,
+    rng: raft_core::rng::Rng,
+    events: mpsc::UnboundedSender<LoopEvent>,
+}
+
+impl Snapshotter {
+    fn schedule_next(&mut self) {
+        let interval = self.policy.interval;
+        let jitter_ms = self.rng.range(0, (interval.as_millis() / 4).min(u64::MAX as u128) as u64 + 1);
+        self.not_before = tokio::time::Instant::now() + interval + Duration::from_millis(jitter_ms);
+    }
+
+    /// Whether the log grew enough for an automatic snapshot, and when it may
+    /// be taken (`None`: now).
+    fn automatic(&self, applied: LogIndex) -> Option<Option<tokio::time::Instant>> {
+        let growth = applied.0.saturating_sub(self.last.0);
+        if self.running || growth < self.policy.threshold {
+            return None;
+        }
+        let forced = growth >= self.policy.threshold.saturating_mul(FORCED_SNAPSHOT_FACTOR);
+        if forced || tokio::time::Instant::now() >= self.not_before {
+            Some(None)
+        } else {
+            Some(Some(self.not_before))
+        }
+    }
+
+    fn capture(&mut self, state_machine: &mut dyn StateMachine, applied: LogIndex) {
+        self.running = true;
+        self.last = applied;
+        let started = Instant::now();
+        let source = state_machine.snapshot();
+        // The capture runs on the apply path: report how long applies paused.
+        tracing::info!(index = %applied, pause = ?started.elapsed(), "state machine captured for a snapshot");
+        let waiters = std::mem::take(&mut self.waiters);
+        let _ = self.events.send(LoopEvent::SnapshotCaptured { index: applied, source, waiters });
+    }
+
+    /// Takes a snapshot if one is due or wanted; returns when to look again.
+    fn poll(&mut self, state_machine: &mut dyn StateMachine, applied: LogIndex) -> Option<tokio::time::Instant> {
+        if self.running {
+            return None;
+        }
+        if !self.waiters.is_empty() {
+            if applied > self.last || self.last == LogIndex::ZERO && applied > LogIndex::ZERO {
+                self.capture(state_machine, applied);
+            } else {
+                for waiter in self.waiters.drain(..) {
+                    let _ = waiter.send(Err(RaftError::NothingNewToSnapshot { index: self.last }));
+                }
+            }
+            return None;
+        }
+        match self.automatic(applied) {
+            Some(None) => {
+                self.capture(state_machine, applied);
+                None
+            }
+            Some(Some(at)) => Some(at),
+            None => None,
+        }
+    }
 }
 
 fn write_snapshot(
@@ -632,14 +776,32 @@ async fn apply_loop(
     context: ApplyContext,
 ) {
     let mut applied = context.start;
-    let mut last_snapshot = context.start;
-    let mut snapshot_running = false;
+    let mut snapshots = Snapshotter {
+        policy: context.policy,
+        last: context.start,
+        covered: context.start,
+        running: false,
+        not_before: tokio::time::Instant::now(),
+        waiters: Vec::new(),
+        rng: raft_core::rng::Rng::new(context.seed ^ 0x5eed_5a95),
+        events: context.events.clone(),
+    };
+    snapshots.schedule_next();
     applied_tx.send_replace(applied);
 
     let mut waiting: VecDeque<(LogIndex, Reply<LogIndex>)> = VecDeque::new();
-    while let Some(item) = work.recv().await {
+    let mut wake_at: Option<tokio::time::Instant> = None;
+    loop {
+        let item = tokio::select! {
+            item = work.recv() => match item {
+                Some(item) => Some(item),
+                None => break,
+            },
+            _ = sleep_until_some(wake_at) => None,
+        };
         match item {
-            ApplyWork::Batch { entries, replies } => {
+            None => {}
+            Some(ApplyWork::Batch { entries, replies }) => {
                 let Some(last) = entries.last().map(|e| e.index) else { continue };
                 let first = entries[0].index;
                 let responses = state_machine.apply(&entries);
@@ -649,15 +811,6 @@ async fn apply_loop(
                 }
                 applied = last;
                 applied_tx.send_replace(applied);
-                if !snapshot_running && applied.0 >= last_snapshot.0 + context.threshold {
-                    snapshot_running = true;
-                    last_snapshot = applied;
-                    let started = Instant::now();
-                    let source = state_machine.snapshot();
-                    // The capture runs on the apply path: report how long applies paused.
-                    tracing::info!(index = %applied, pause = ?started.elapsed(), "state machine captured for a snapshot");
-                    let _ = context.events.send(LoopEvent::SnapshotCaptured { index: applied, source });
-                }
                 // Reads are answered in index order as the state machine catches up.
                 let mut still_waiting = VecDeque::new();
                 for (index, reply) in waiting.drain(..) {
@@ -669,21 +822,22 @@ async fn apply_loop(
                 }
                 waiting = still_waiting;
             }
-            ApplyWork::Read { index, reply } => {
+            Some(ApplyWork::Read { index, reply }) => {
                 if index <= applied {
                     let _ = reply.send(Ok(index));
                 } else {
                     waiting.push_back((index, reply));
                 }
             }
-            ApplyWork::Restore { meta } => {
+            Some(ApplyWork::Restore { meta }) => {
                 let store = context.snapshots.clone();
                 if let Err(reason) = restore(state_machine.as_mut(), store.as_ref(), &meta) {
                     let _ = context.events.send(LoopEvent::Fatal(reason));
                     continue;
                 }
                 applied = meta.last_log_id.index;
-                last_snapshot = applied;
+                snapshots.last = applied;
+                snapshots.covered = applied;
                 applied_tx.send_replace(applied);
                 let (ready, still): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|(i, _)| *i <= applied);
                 waiting = still;
@@ -691,8 +845,39 @@ async fn apply_loop(
                     let _ = reply.send(Ok(index));
                 }
             }
-            ApplyWork::SnapshotFinished => snapshot_running = false,
+            Some(ApplyWork::SnapshotFinished { taken }) => {
+                snapshots.running = false;
+                snapshots.schedule_next();
+                match taken {
+                    Some(id) => snapshots.covered = snapshots.covered.max(id.index),
+                    // Failed: the log since the last good snapshot still counts.
+                    None => snapshots.last = snapshots.covered,
+                }
+                // Callers that asked while it was written get it if it covers their state.
+                if let Some(id) = taken.filter(|id| id.index >= applied) {
+                    for waiter in snapshots.waiters.drain(..) {
+                        let _ = waiter.send(Ok(id));
+                    }
+                }
+            }
+            Some(ApplyWork::Snapshot { reply }) => snapshots.waiters.push(reply),
+            Some(ApplyWork::Policy(policy)) => {
+                let interval_changed = policy.interval != snapshots.policy.interval;
+                snapshots.policy = policy;
+                if interval_changed {
+                    snapshots.schedule_next();
+                }
+            }
         }
+        wake_at = snapshots.poll(state_machine.as_mut(), applied);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

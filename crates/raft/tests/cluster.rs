@@ -362,7 +362,13 @@ async fn shutdown_fails_requests_instead_of_hanging() {
 }
 
 fn snapshot_often(id: NodeId) -> Config {
-    Config { snapshot_threshold: 50, trailing_logs: 10, snapshot_chunk_bytes: 256, ..Config::fast(id) }
+    Config {
+        snapshot_threshold: 50,
+        snapshot_interval: Duration::from_millis(10),
+        trailing_logs: 10,
+        snapshot_chunk_bytes: 256,
+        ..Config::fast(id)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,5 +411,160 @@ async fn a_follower_far_behind_gets_a_snapshot_in_chunks_and_converges() {
     for id in 1..=3 {
         assert_eq!(cluster.wait_applied(id, 402).await, expected, "node {id}");
     }
+    cluster.shutdown().await;
+}
+
+/// `Raft::snapshot` takes one on demand and compacts the log; asking again with
+/// nothing new applied says so. `reload_config` refuses bad combinations and
+/// changes the snapshot policy at runtime: with a threshold of 10 and a one-hour
+/// interval no snapshot is taken at 50 entries, but the log is not left to grow
+/// past `FORCED_SNAPSHOT_FACTOR` thresholds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_on_demand_and_a_reloaded_policy() {
+    let cluster = Cluster::bootstrap(1, true).await;
+    cluster.leader_among(&[1]).await;
+    let raft = cluster.raft(1);
+    for i in 0..30 {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let taken = raft.snapshot().await.unwrap();
+    assert!(taken.index.0 >= 30, "{taken:?}");
+    let status = raft.status().await.unwrap();
+    assert_eq!(status.snapshot, Some(taken));
+    match raft.snapshot().await {
+        Err(RaftError::NothingNewToSnapshot { index }) => assert_eq!(index, taken.index),
+        other => panic!("second snapshot with nothing new: {other:?}"),
+    }
+
+    let bad = raft::ReloadableConfig {
+        election_timeout_min: Some(Duration::from_millis(500)),
+        election_timeout_max: Some(Duration::from_millis(400)),
+        ..Default::default()
+    };
+    match raft.reload_config(bad).await {
+        Err(RaftError::Config(reason)) => assert!(reason.contains("election_timeout_max"), "{reason}"),
+        other => panic!("invalid timeouts accepted: {other:?}"),
+    }
+    let zero = raft::ReloadableConfig { snapshot_threshold: Some(0), ..Default::default() };
+    assert!(matches!(raft.reload_config(zero).await, Err(RaftError::Config(_))));
+
+    let policy = raft::ReloadableConfig {
+        snapshot_threshold: Some(10),
+        snapshot_interval: Some(Duration::from_secs(3600)),
+        trailing_logs: Some(0),
+        ..Default::default()
+    };
+    let now = raft.reload_config(policy).await.unwrap();
+    assert_eq!((now.snapshot_threshold, now.trailing_logs), (10, 0));
+    for i in 30..80 {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    assert_eq!(raft.status().await.unwrap().snapshot, Some(taken), "the interval holds back a snapshot");
+    for i in 80..(30 + 10 * raft::FORCED_SNAPSHOT_FACTOR as usize + 5) {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let mut forced = None;
+    for _ in 0..500 {
+        let status = raft.status().await.unwrap();
+        if status.snapshot != Some(taken) {
+            forced = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let forced = forced.expect("a log grown by FORCED_SNAPSHOT_FACTOR thresholds is snapshotted");
+    let forced_at = forced.snapshot.unwrap().index;
+    assert!(forced_at.0 >= taken.index.0 + 10 * raft::FORCED_SNAPSHOT_FACTOR, "{forced:?}");
+    // trailing_logs 0: the log is purged up to the snapshot.
+    assert_eq!(forced.first_log_index, forced_at.next(), "{forced:?}");
+    cluster.shutdown().await;
+}
+
+/// The survey's large-snapshot case: a follower offline while the cluster
+/// writes 50,000 entries with a snapshot every 1,000 comes back behind the
+/// leader's log, receives the snapshot in several chunks, and converges. Its
+/// link is cut in the middle of the install; the transfer resumes from the last
+/// acknowledged chunk instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_a_50000_entry_snapshot_in_chunks_resumed_after_a_cut() {
+    fn config(id: NodeId) -> Config {
+        Config {
+            snapshot_threshold: 1000,
+            snapshot_interval: Duration::from_millis(10),
+            trailing_logs: 1000,
+            snapshot_chunk_bytes: 64 << 10,
+            ..Config::fast(id)
+        }
+    }
+    const WRITES: usize = 50_000;
+    let mut cluster = Cluster::bootstrap_with(3, true, config).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    drop(cluster.stop(lagging).await);
+    for chunk in (0..WRITES).collect::<Vec<_>>().chunks(500) {
+        let commands = chunk.iter().map(|i| command(*i)).collect();
+        cluster.raft(leader).apply_batch(commands, TIMEOUT).await.unwrap();
+    }
+    // Let the leader's snapshots catch up with its writes, so that the install
+    // below is not replaced by a newer snapshot halfway (which restarts it).
+    let mut status = cluster.raft(leader).status().await.unwrap();
+    for _ in 0..1000 {
+        if status.snapshot.is_some_and(|s| s.index.0 + 1000 > status.commit_index.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = cluster.raft(leader).status().await.unwrap();
+    }
+    assert!(status.first_log_index.0 > 10_000, "the leader's log was not compacted: {status:?}");
+
+    // Watch the chunks to the lagging node; after the third, cut its links.
+    let chunks: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let filter: raft::transport::MessageFilter = {
+        let (chunks, cut) = (chunks.clone(), cut.clone());
+        Arc::new(move |from, to, message| {
+            use std::sync::atomic::Ordering;
+            if cut.load(Ordering::SeqCst) && (from.0 == lagging || to.0 == lagging) {
+                return false;
+            }
+            if let raft::Message::InstallSnapshot(install) = message {
+                if to.0 == lagging {
+                    let mut chunks = chunks.lock().unwrap();
+                    chunks.push(install.offset);
+                    if chunks.len() == 3 {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            true
+        })
+    };
+    cluster.network.set_filter(Some(filter));
+    let dir = cluster.dirs[(lagging - 1) as usize].path().to_path_buf();
+    cluster.start(lagging, open_durable(&dir));
+    for _ in 0..1000 {
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cut.load(std::sync::atomic::Ordering::SeqCst), "the install never reached a third chunk");
+    // Long enough for the leader to notice the stall and retry into the void.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let expected: Vec<Bytes> = (0..WRITES).map(command).collect();
+    assert_eq!(cluster.wait_applied(lagging, WRITES).await, expected);
+    let follower = cluster.raft(lagging).status().await.unwrap();
+    let installed = follower.snapshot.expect("the follower caught up through a snapshot");
+    let offsets = chunks.lock().unwrap().clone();
+    assert!(offsets.len() > 3, "one install in several chunks: {offsets:?}");
+    // Chunks may be resent (a retry while the follower starts, or after the
+    // cut), but never from the start once the third chunk went out.
+    assert!(!offsets[3..].contains(&0), "the transfer started over after the cut: offsets {offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1] >= w[0]), "chunks went backwards: {offsets:?}");
+    cluster.raft(leader).apply(command(WRITES), TIMEOUT).await.unwrap();
+    assert_eq!(cluster.wait_applied(lagging, WRITES + 1).await.len(), WRITES + 1);
+    assert!(installed.index.0 > 10_000, "{installed:?}");
     cluster.shutdown().await;
 }

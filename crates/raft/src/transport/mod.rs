@@ -63,7 +63,11 @@ struct Network {
     inboxes: BTreeMap<NodeId, Inbox>,
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
+    filter: Option<MessageFilter>,
 }
+
+/// Decides whether a message from the first node to the second is delivered.
+pub type MessageFilter = Arc<dyn Fn(NodeId, NodeId, &Message) -> bool + Send + Sync>;
 
 /// An in-process network of nodes. Clones share the same network.
 #[derive(Clone, Default)]
@@ -104,6 +108,12 @@ impl MemNetwork {
     pub fn heal(&self) {
         self.network().cut.clear();
     }
+
+    /// Delivers only the messages `filter` accepts (tests use it to drop a
+    /// connection at a chosen moment); `None` delivers everything again.
+    pub fn set_filter(&self, filter: Option<MessageFilter>) {
+        self.network().filter = filter;
+    }
 }
 
 pub struct MemTransport {
@@ -120,7 +130,9 @@ impl Transport for MemTransport {
                 Some(_) if network.cut.contains(&(self.from, to)) => Ok(()),
                 Some(inbox) => {
                     for message in messages {
-                        inbox.deliver(self.from, message);
+                        if network.filter.as_ref().is_none_or(|accept| accept(self.from, to, &message)) {
+                            inbox.deliver(self.from, message);
+                        }
                     }
                     Ok(())
                 }
