@@ -76,6 +76,17 @@ use transport::{Inbox, Transport};
 /// Queue bound between the handle and the raft loop; callers wait when full.
 const REQUEST_QUEUE: usize = 1 << 16;
 
+/// What `Raft::recover_cluster` changed.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The configuration in force before, and the index it was written at.
+    pub previous: Configuration,
+    pub previous_index: LogIndex,
+    pub configuration: Configuration,
+    /// The entry that now holds `configuration`.
+    pub entry: LogId,
+}
+
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same
 /// node. Methods that need the leader return `RaftError::NotLeader` elsewhere.
 #[derive(Clone)]
@@ -115,6 +126,57 @@ impl Raft {
         log.append(&durable.entries)?;
         stable.set_hard_state(durable.hard_state)?;
         Ok(())
+    }
+
+    /// Rewrites the configuration of a **stopped** node after a loss of quorum
+    /// (hashicorp's `RecoverCluster`, like its peers.json): appends
+    /// `configuration` as a new entry after everything the node holds, so that
+    /// it takes effect on the next start and the node can elect a leader among
+    /// the servers that are left. Run it on every survivor with the same
+    /// configuration. Entries the node holds that the old cluster had not yet
+    /// committed will be committed by the new one; servers not in
+    /// `configuration` must not be started again with their old data.
+    pub fn recover_cluster(
+        log: &dyn LogStore,
+        stable: &dyn StableStore,
+        snapshots: &dyn SnapshotStore,
+        configuration: Configuration,
+    ) -> Result<Recovery, RaftError> {
+        if configuration.voters.is_empty() || configuration.is_joint() {
+            return Err(RaftError::Config(
+                "a recovered configuration needs at least one voter and no outgoing set".into(),
+            ));
+        }
+        if let Some(both) = configuration.voters.intersection(&configuration.learners).next() {
+            return Err(RaftError::Config(format!("node {both} cannot be both a voter and a nonvoter")));
+        }
+        if !Raft::has_existing_state(log, stable)? {
+            return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
+        }
+        let snapshot = snapshots.list()?.into_iter().find(|info| snapshots.open(&info.id).is_ok()).map(|i| i.meta);
+        let (first, last) = (log.first_index()?, log.last_index()?);
+        let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
+        let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
+        if last >= first && last > LogIndex::ZERO {
+            for entry in log.get_range(first, last)? {
+                if let EntryPayload::Config(config) = &entry.payload {
+                    previous = Some((config.clone(), entry.index));
+                }
+                if entry.index >= tail.index {
+                    tail = entry.log_id();
+                }
+            }
+        }
+        if tail.index > last {
+            // The log ends before the snapshot (it was installed from a leader):
+            // start the log after the snapshot.
+            log.purge_prefix(tail.index)?;
+        }
+        let entry =
+            Entry { term: tail.term, index: tail.index.next(), payload: EntryPayload::Config(configuration.clone()) };
+        log.append(std::slice::from_ref(&entry))?;
+        let (previous, previous_index) = previous.unwrap_or_default();
+        Ok(Recovery { previous, previous_index, configuration, entry: entry.log_id() })
     }
 
     /// Starts a node from its stores. Must be called inside a tokio runtime.

@@ -568,3 +568,38 @@ async fn a_follower_gets_a_50000_entry_snapshot_in_chunks_resumed_after_a_cut() 
     assert!(installed.index.0 > 10_000, "{installed:?}");
     cluster.shutdown().await;
 }
+
+/// Quorum loss: two of three nodes are gone for good. `recover_cluster` on the
+/// stopped survivor makes it a one-node cluster that leads with every
+/// committed entry; refused on a configuration without voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_cluster_turns_a_survivor_into_a_working_cluster() {
+    let mut cluster = Cluster::bootstrap_with(3, true, snapshot_often).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..120 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wait_applied(survivor, 120).await;
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    let dir = cluster.dirs[(survivor - 1) as usize].path().to_path_buf();
+    let (log, stable, snapshots) = open_durable(&dir);
+    let empty = raft::Configuration::default();
+    assert!(Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), empty).is_err());
+    let alone = raft::Configuration::new([NodeId(survivor)]);
+    let recovery = Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), alone.clone()).unwrap();
+    assert_eq!(recovery.previous.voters.len(), 3, "{recovery:?}");
+    assert_eq!(recovery.configuration, alone);
+    drop((log, stable, snapshots));
+
+    cluster.start(survivor, open_durable(&dir));
+    assert_eq!(cluster.leader_among(&[survivor]).await, survivor);
+    cluster.raft(survivor).apply(command(120), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=120).map(command).collect();
+    assert_eq!(cluster.wait_applied(survivor, 121).await, expected);
+    let status = cluster.raft(survivor).status().await.unwrap();
+    assert_eq!(status.membership, alone);
+    cluster.shutdown().await;
+}

@@ -30,7 +30,7 @@ use proto::internal_client::InternalClient;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
-const PEERS_KEY: &str = "raftkv.peers";
+pub(crate) const PEERS_KEY: &str = "raftkv.peers";
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -81,6 +81,29 @@ pub struct Agent {
     pub book: AddressBook,
     clients: Mutex<BTreeMap<String, InternalClient<Channel>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held while the agent runs, so that offline tools refuse the data dir.
+    _lock: std::fs::File,
+}
+
+/// Takes the data dir's lock (`LOCK`, an advisory file lock the OS releases
+/// when the process ends, even by SIGKILL).
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AgentError::Config(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Config(format!(
+            "{} is in use by a running raftkv agent (lock held on {})",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(AgentError::Config(format!("cannot lock {}: {e}", path.display()))),
+    }
 }
 
 fn storage(dir: &std::path::Path) -> impl Fn(raft::storage::StorageError) -> AgentError + '_ {
@@ -107,6 +130,7 @@ impl Agent {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let lock = lock_data_dir(&dir)?;
         let log: Arc<dyn LogStore> =
             Arc::new(Wal::open(dir.join("log"), WalOptions::default()).map_err(storage(&dir))?);
         let stable: Arc<dyn StableStore> = Arc::new(FileStableStore::open(dir.join("stable")).map_err(storage(&dir))?);
@@ -188,6 +212,7 @@ impl Agent {
             book: book.clone(),
             clients: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
+            _lock: lock,
         });
 
         let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();

@@ -36,19 +36,21 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/v1/join", post(join))
         .route("/api/v1/remove", post(remove))
         .route("/api/v1/transfer-leader", post(transfer_leader))
+        .route("/api/v1/snapshot", get(crate::backup::save).post(crate::backup::restore))
         .route("/api/maintain/stats", get(stats))
+        .route("/api/maintain/config", post(reload_config))
         .with_state(agent)
 }
 
 /// An API error: status, machine-readable code, human message.
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
     }
 }
@@ -64,7 +66,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn raft_error(error: RaftError) -> ApiError {
+pub(crate) fn raft_error(error: RaftError) -> ApiError {
     let message = error.to_string();
     let (status, code) = match error {
         RaftError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
@@ -97,7 +99,7 @@ fn status_error(status: tonic::Status) -> ApiError {
     ApiError { status, code, message }
 }
 
-fn write_error(error: WriteError) -> ApiError {
+pub(crate) fn write_error(error: WriteError) -> ApiError {
     match error {
         WriteError::Raft(error) => raft_error(error),
         WriteError::NoLeader => ApiError {
@@ -170,7 +172,7 @@ struct KeyBody {
     key: String,
 }
 
-fn consistency(raw: Option<&str>) -> Result<Option<ReadMode>, ApiError> {
+pub(crate) fn consistency(raw: Option<&str>) -> Result<Option<ReadMode>, ApiError> {
     match raw.unwrap_or("linearizable") {
         "linearizable" => Ok(Some(ReadMode::Linearizable)),
         "lease" => Ok(Some(ReadMode::Lease)),
@@ -180,7 +182,7 @@ fn consistency(raw: Option<&str>) -> Result<Option<ReadMode>, ApiError> {
 }
 
 /// Waits until a read may be served here at the chosen consistency.
-async fn read_barrier(agent: &Agent, mode: Option<ReadMode>) -> Result<(), ApiError> {
+pub(crate) async fn read_barrier(agent: &Agent, mode: Option<ReadMode>) -> Result<(), ApiError> {
     if let Some(mode) = mode {
         agent.raft.read_index(mode, agent.config.request_timeout).await.map_err(raft_error)?;
     }
@@ -368,4 +370,47 @@ async fn transfer_leader(State(agent): State<Arc<Agent>>, raw_body: Bytes) -> Re
 async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
     let book = agent.book.clone();
     agent.raft.stats(|id| book.get(id)).await.map(Json).map_err(raft_error)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    trailing_logs: Option<u64>,
+    snapshot_threshold: Option<u64>,
+    snapshot_interval_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+}
+
+/// `POST /api/maintain/config`: changes this node's reloadable settings; the
+/// answer holds the settings now in force. An invalid combination is a 400
+/// and changes nothing.
+async fn reload_config(
+    State(agent): State<Arc<Agent>>,
+    payload: Result<Json<ReloadBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body(payload)?;
+    let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
+    let reload = raft::ReloadableConfig {
+        trailing_logs: body.trailing_logs,
+        snapshot_threshold: body.snapshot_threshold,
+        snapshot_interval: ms(body.snapshot_interval_ms),
+        heartbeat_interval: ms(body.heartbeat_interval_ms),
+        election_timeout_min: ms(body.election_timeout_min_ms),
+        election_timeout_max: ms(body.election_timeout_max_ms),
+    };
+    let config = agent.raft.reload_config(reload).await.map_err(|error| match error {
+        RaftError::Config(reason) => ApiError::bad_request(format!("configuration refused: {reason}")),
+        other => raft_error(other),
+    })?;
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    Ok(Json(json!({
+        "trailing_logs": config.trailing_logs,
+        "snapshot_threshold": config.snapshot_threshold,
+        "snapshot_interval_ms": ms(config.snapshot_interval),
+        "heartbeat_interval_ms": ms(config.heartbeat_interval),
+        "election_timeout_min_ms": ms(config.election_timeout_min),
+        "election_timeout_max_ms": ms(config.election_timeout_max),
+    })))
 }

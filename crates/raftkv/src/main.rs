@@ -102,6 +102,43 @@ enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Back up, restore or check the whole state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Offline: make a stopped node start as part of a smaller cluster after a
+    /// loss of quorum (rewrites its configuration to the servers in PEERS).
+    Recover {
+        /// The stopped node's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// JSON: [{"id": 1, "address": "127.0.0.1:9001", "non_voter": false}, ...]
+        #[arg(long)]
+        peers: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Download a consistent backup of the cluster's keys into FILE.
+    Save {
+        file: PathBuf,
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace the cluster's keys with those of the backup FILE (through raft).
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check a backup FILE and print its index, term, configuration, size and key count.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -207,6 +244,17 @@ async fn main() {
             run_demo(args).await
         }
         Commands::Bench(args) => run_bench(args).await,
+        Commands::Snapshot(command) => run_snapshot(command).await,
+        Commands::Recover { data_dir, peers } => match raftkv::ops::recover(&data_dir, &peers) {
+            Ok(report) => {
+                println!("{report}");
+                0
+            }
+            Err(message) => {
+                eprintln!("raftkv recover: {message}");
+                1
+            }
+        },
         command => run_client(command).await,
     };
     std::process::exit(code);
@@ -339,6 +387,39 @@ async fn run_bench(args: BenchArgs) -> i32 {
     }
 }
 
+async fn run_snapshot(command: SnapshotCommand) -> i32 {
+    use raftkv::ops;
+    let (result, json) = match command {
+        SnapshotCommand::Save { file, consistency, client } => {
+            let saved = ops::save(&client.addr, &encode(&consistency), &file).await;
+            let saved = saved.map(|mut value| {
+                value["file"] = json!(file.display().to_string());
+                value
+            });
+            (saved, client.json)
+        }
+        SnapshotCommand::Restore { file, client } => (ops::restore(&client.addr, &file).await, client.json),
+        SnapshotCommand::Inspect { file, json } => (ops::inspect(&file).map(|(h, size)| ops::describe(&h, size)), json),
+    };
+    match result {
+        Ok(value) if json => {
+            println!("{value}");
+            0
+        }
+        Ok(value) => {
+            let map = value.as_object().cloned().unwrap_or_default();
+            for (key, value) in map {
+                println!("{key}: {}", value.as_str().map_or_else(|| value.to_string(), str::to_string));
+            }
+            0
+        }
+        Err(message) => {
+            eprintln!("raftkv snapshot: {message}");
+            1
+        }
+    }
+}
+
 async fn run_client(command: Commands) -> i32 {
     match client(command).await {
         Ok(()) => 0,
@@ -407,7 +488,11 @@ impl Call {
 async fn client(command: Commands) -> Result<(), String> {
     use reqwest::Method;
     let request = match command {
-        Commands::Agent(_) | Commands::Demo(_) | Commands::Bench(_) => unreachable!("handled by main"),
+        Commands::Agent(_)
+        | Commands::Demo(_)
+        | Commands::Bench(_)
+        | Commands::Snapshot(_)
+        | Commands::Recover { .. } => unreachable!("handled by main"),
         Commands::Put { key, value, client } => {
             Call::new(Method::POST, client, "/api/v1/set".into(), Some(json!({"key": key, "value": value})), |v| {
                 format!("OK (index {})", v["index"])

@@ -1,13 +1,23 @@
 //! The replicated key-value state: an ordered map, the commands that change it
 //! (encoded into log entries) and their results, and the cluster's peer
 //! records (id -> addresses), which travel through the log too.
+//!
+//! A backup is restored into a live cluster through the log, so that every
+//! node replaces its state at the same index and a crash at any point leaves
+//! either the old state or the new one: `RestoreBegin` opens a staging map,
+//! `RestoreChunk`s fill it in order (a repeated chunk is ignored, so a chunk
+//! whose outcome was unknown can be sent again), and `RestoreCommit` swaps it in
+//! if every chunk and key arrived. The staging map is part of snapshots, so a
+//! node that installs one in the middle of a restore carries on with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-use raft::{Entry, EntryPayload, LogIndex, StateMachine};
+use raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 use serde::{Deserialize, Serialize};
+
+use crate::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter, Members, StagingHeader};
 
 /// A write, as stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +41,27 @@ pub enum Command {
         id: u64,
         raft_addr: String,
         http_addr: String,
+    },
+    /// Starts restore `id`, replacing any other restore in progress.
+    RestoreBegin {
+        id: String,
+    },
+    /// Chunk `seq` (from 0) of restore `id`: key/value pairs.
+    RestoreChunk {
+        id: String,
+        seq: u64,
+        pairs: Vec<(String, String)>,
+    },
+    /// Replaces the state with restore `id`'s, if it received `chunks` chunks
+    /// holding `keys` keys.
+    RestoreCommit {
+        id: String,
+        chunks: u64,
+        keys: u64,
+    },
+    /// Drops restore `id`.
+    RestoreAbort {
+        id: String,
     },
 }
 
@@ -60,6 +91,14 @@ pub enum Outcome {
     Invalid {
         reason: String,
     },
+    /// A restore replaced the state with `keys` keys.
+    Restored {
+        keys: u64,
+    },
+    /// A restore step did not apply; the state is unchanged.
+    RestoreFailed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -85,6 +124,14 @@ pub struct Value {
     pub index: LogIndex,
 }
 
+/// A restore being received through the log.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    pub id: String,
+    pub next_seq: u64,
+    pub data: imbl::OrdMap<String, Value>,
+}
+
 /// The state. `data` is a persistent map: cloning it is O(1) and shares
 /// structure, so a snapshot captures it without pausing applies.
 #[derive(Debug, Default)]
@@ -92,35 +139,74 @@ pub struct KvState {
     pub data: imbl::OrdMap<String, Value>,
     pub peers: BTreeMap<u64, Peer>,
     pub applied: LogIndex,
+    pub applied_term: Term,
+    pub staging: Option<Staging>,
+    /// The last restore committed (a repeated commit answers as the first did).
+    pub last_restore: Option<(String, u64)>,
 }
 
-/// The state as a snapshot holds it (JSON).
-#[derive(Serialize, Deserialize)]
-struct SnapshotImage {
-    applied: u64,
-    /// key -> (value, index of the write)
-    data: Vec<(String, String, u64)>,
-    peers: BTreeMap<u64, Peer>,
-}
-
-/// A capture: the persistent map shared with the live state, copied out only
-/// when written, on the snapshot writer's thread.
-struct Captured {
-    applied: u64,
+/// A capture of the state: persistent maps shared with the live state, written
+/// out record by record on the snapshot writer's thread (or for a backup).
+pub struct Captured {
+    header: ImageHeader,
     data: imbl::OrdMap<String, Value>,
-    peers: BTreeMap<u64, Peer>,
+    staging: Option<imbl::OrdMap<String, Value>>,
+}
+
+impl Captured {
+    /// The exact size of the image `write_image` produces.
+    pub fn size(&self) -> u64 {
+        let staged = self.staging.iter().flat_map(|s| s.iter());
+        let records = self.data.iter().chain(staged).map(|(k, v)| (k.as_str(), v.value.as_str()));
+        image::encoded_size(&self.header, records)
+    }
+
+    pub fn header(&self) -> &ImageHeader {
+        &self.header
+    }
+
+    pub fn write_image(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut writer = ImageWriter::new(std::io::BufWriter::with_capacity(1 << 16, out), &self.header)?;
+        for (key, value) in self.data.iter().chain(self.staging.iter().flat_map(|s| s.iter())) {
+            writer.record(key, &value.value, value.index.0)?;
+        }
+        writer.finish()?;
+        Ok(())
+    }
 }
 
 impl raft::SnapshotSource for Captured {
     fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let image = SnapshotImage {
-            applied: self.applied,
-            data: self.data.iter().map(|(k, v)| (k.clone(), v.value.clone(), v.index.0)).collect(),
-            peers: self.peers,
+        self.write_image(out)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl KvState {
+    /// O(1): the persistent maps are shared, not copied.
+    pub fn capture(&self, kind: ImageKind, members: Option<Members>) -> Captured {
+        let with_internals = kind == ImageKind::Snapshot;
+        let staging = self.staging.as_ref().filter(|_| with_internals);
+        let header = ImageHeader {
+            format: image::FORMAT,
+            kind,
+            index: self.applied.0,
+            term: self.applied_term.0,
+            members,
+            keys: self.data.len() as u64,
+            peers: if with_internals { self.peers.clone() } else { BTreeMap::new() },
+            staging: staging.map(|s| StagingHeader {
+                id: s.id.clone(),
+                next_seq: s.next_seq,
+                keys: s.data.len() as u64,
+            }),
+            last_restore: self.last_restore.as_ref().filter(|_| with_internals).map(|(id, _)| id.clone()),
+            created_unix_ms: unix_ms(),
         };
-        let mut out = std::io::BufWriter::new(out);
-        serde_json::to_writer(&mut out, &image).map_err(std::io::Error::other)?;
-        std::io::Write::flush(&mut out)
+        Captured { header, data: self.data.clone(), staging: staging.map(|s| s.data.clone()) }
     }
 }
 
@@ -156,6 +242,7 @@ impl StateMachine for KvMachine {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             state.applied = entry.index;
+            state.applied_term = entry.term;
             let EntryPayload::Command(data) = &entry.payload else {
                 responses.push(Bytes::new());
                 continue;
@@ -177,23 +264,41 @@ impl StateMachine for KvMachine {
         responses
     }
 
-    /// O(1): the persistent map is shared, not copied.
+    /// O(1): the persistent maps are shared, not copied.
     fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
-        let state = self.kv.read();
-        Box::new(Captured { applied: state.applied.0, data: state.data.clone(), peers: state.peers.clone() })
+        Box::new(self.kv.read().capture(ImageKind::Snapshot, None))
     }
 
+    /// Reads and checks the whole image before touching the live state.
     fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let image: SnapshotImage =
-            serde_json::from_reader(std::io::BufReader::new(snapshot)).map_err(std::io::Error::other)?;
-        for (id, peer) in &image.peers {
+        let mut reader = ImageReader::open(std::io::BufReader::with_capacity(1 << 16, snapshot))?;
+        let header = reader.header.clone();
+        let mut data = imbl::OrdMap::new();
+        for _ in 0..header.keys {
+            let record = reader.next_record()?.ok_or_else(|| std::io::Error::other("image ended early"))?;
+            data.insert(record.key, Value { value: record.value, index: LogIndex(record.index) });
+        }
+        let mut staging = header.staging.as_ref().map(|s| Staging {
+            id: s.id.clone(),
+            next_seq: s.next_seq,
+            data: imbl::OrdMap::new(),
+        });
+        while let Some(record) = reader.next_record()? {
+            if let Some(staging) = staging.as_mut() {
+                staging.data.insert(record.key, Value { value: record.value, index: LogIndex(record.index) });
+            }
+        }
+        reader.finish()?;
+        for (id, peer) in &header.peers {
             (self.on_peer)(*id, peer);
         }
         let mut state = self.kv.state.write().unwrap_or_else(|p| p.into_inner());
-        state.applied = LogIndex(image.applied);
-        state.peers = image.peers;
-        state.data =
-            image.data.into_iter().map(|(k, value, index)| (k, Value { value, index: LogIndex(index) })).collect();
+        state.applied = LogIndex(header.index);
+        state.applied_term = Term(header.term);
+        state.peers = header.peers;
+        state.data = data;
+        state.staging = staging;
+        state.last_restore = header.last_restore.map(|id| (id, header.keys));
         Ok(())
     }
 }
@@ -218,6 +323,52 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
             let peer = Peer { raft_addr, http_addr };
             on_peer(id, &peer);
             state.peers.insert(id, peer);
+            Outcome::Done
+        }
+        Command::RestoreBegin { id } => {
+            state.staging = Some(Staging { id, next_seq: 0, data: imbl::OrdMap::new() });
+            Outcome::Done
+        }
+        Command::RestoreChunk { id, seq, pairs } => {
+            let Some(staging) = state.staging.as_mut().filter(|s| s.id == id) else {
+                return Outcome::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
+            };
+            if seq < staging.next_seq {
+                return Outcome::Done; // a chunk sent again after an unknown outcome
+            }
+            if seq > staging.next_seq {
+                return Outcome::RestoreFailed {
+                    reason: format!("restore {id}: chunk {seq} arrived, chunk {} expected", staging.next_seq),
+                };
+            }
+            staging.next_seq += 1;
+            for (key, value) in pairs {
+                staging.data.insert(key, Value { value, index });
+            }
+            Outcome::Done
+        }
+        Command::RestoreCommit { id, chunks, keys } => {
+            if let Some((_, keys)) = state.last_restore.as_ref().filter(|(done, _)| *done == id) {
+                return Outcome::Restored { keys: *keys };
+            }
+            let Some(staging) = state.staging.take_if(|s| s.id == id) else {
+                return Outcome::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
+            };
+            let received = staging.data.len() as u64;
+            if staging.next_seq != chunks || received != keys {
+                return Outcome::RestoreFailed {
+                    reason: format!(
+                        "restore {id}: {} of {chunks} chunks and {received} of {keys} keys arrived",
+                        staging.next_seq
+                    ),
+                };
+            }
+            state.data = staging.data;
+            state.last_restore = Some((id, keys));
+            Outcome::Restored { keys }
+        }
+        Command::RestoreAbort { id } => {
+            state.staging.take_if(|s| s.id == id);
             Outcome::Done
         }
     }
