@@ -449,4 +449,92 @@ mod tests {
         assert!(matches!(outcome, Outcome::Invalid { .. }));
         assert!(kv.read().data.is_empty());
     }
+
+    fn outcomes(machine: &mut KvMachine, first: u64, commands: &[Command]) -> Vec<Outcome> {
+        let entries: Vec<Entry> = commands.iter().enumerate().map(|(i, c)| entry(first + i as u64, c)).collect();
+        machine.apply(&entries).iter().map(|r| Outcome::decode(r).unwrap()).collect()
+    }
+
+    fn chunk(id: &str, seq: u64, pairs: &[(&str, &str)]) -> Command {
+        let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Command::RestoreChunk { id: id.into(), seq, pairs }
+    }
+
+    #[test]
+    fn a_restore_replaces_the_state_only_when_every_chunk_arrived() {
+        let kv = Kv::default();
+        let mut machine = kv.state_machine(|_, _| {});
+        let set = Command::Set { key: "old".into(), value: "1".into() };
+        let begin = Command::RestoreBegin { id: "r1".into() };
+        let done = outcomes(&mut machine, 1, &[set, begin, chunk("r1", 0, &[("a", "1")])]);
+        assert!(done.iter().all(|o| *o == Outcome::Done), "{done:?}");
+        // A repeated chunk (outcome unknown, sent again) is ignored; a gap fails.
+        let results = outcomes(&mut machine, 4, &[chunk("r1", 0, &[("a", "1")]), chunk("r1", 2, &[("c", "3")])]);
+        assert_eq!(results[0], Outcome::Done);
+        assert!(matches!(&results[1], Outcome::RestoreFailed { reason } if reason.contains("chunk 1 expected")));
+        assert!(kv.read().data.contains_key("old"), "nothing is replaced before the commit");
+
+        // A commit that does not match what arrived fails and drops the staging.
+        let short = Command::RestoreCommit { id: "r1".into(), chunks: 2, keys: 2 };
+        assert!(matches!(&outcomes(&mut machine, 6, &[short])[0], Outcome::RestoreFailed { .. }));
+        assert!(kv.read().staging.is_none());
+        assert!(kv.read().data.contains_key("old"));
+
+        // A full restore, with its commit sent twice.
+        let commands = [
+            Command::RestoreBegin { id: "r2".into() },
+            chunk("r2", 0, &[("a", "1"), ("b", "2")]),
+            chunk("r2", 1, &[("c", "3")]),
+            Command::RestoreCommit { id: "r2".into(), chunks: 2, keys: 3 },
+            Command::RestoreCommit { id: "r2".into(), chunks: 2, keys: 3 },
+        ];
+        let results = outcomes(&mut machine, 7, &commands);
+        assert_eq!(results[3], Outcome::Restored { keys: 3 });
+        assert_eq!(results[4], Outcome::Restored { keys: 3 }, "a repeated commit answers as the first");
+        let state = kv.read();
+        let keys: Vec<&String> = state.data.keys().collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert!(state.staging.is_none());
+    }
+
+    #[test]
+    fn a_newer_restore_supersedes_an_older_one() {
+        let kv = Kv::default();
+        let mut machine = kv.state_machine(|_, _| {});
+        let commands = [
+            Command::RestoreBegin { id: "old".into() },
+            Command::RestoreBegin { id: "new".into() },
+            chunk("old", 0, &[("x", "1")]),
+            Command::RestoreAbort { id: "old".into() },
+        ];
+        let results = outcomes(&mut machine, 1, &commands);
+        assert!(matches!(&results[2], Outcome::RestoreFailed { reason } if reason.contains("not in progress")));
+        assert_eq!(kv.read().staging.as_ref().map(|s| s.id.as_str()), Some("new"), "an old abort leaves the new one");
+    }
+
+    /// A node that installs a snapshot taken in the middle of a restore must be
+    /// able to finish it like the others: the staging map is in the snapshot.
+    #[test]
+    fn a_snapshot_in_the_middle_of_a_restore_carries_the_staging_map() {
+        let kv = Kv::default();
+        let mut machine = kv.state_machine(|_, _| {});
+        let before = [
+            Command::Set { key: "live".into(), value: "1".into() },
+            Command::RestoreBegin { id: "r".into() },
+            chunk("r", 0, &[("a", "1"), ("b", "2")]),
+        ];
+        outcomes(&mut machine, 1, &before);
+        let mut bytes = Vec::new();
+        raft::StateMachine::snapshot(&mut machine).write_to(&mut bytes).unwrap();
+
+        let other = Kv::default();
+        let mut restored = other.state_machine(|_, _| {});
+        raft::StateMachine::restore(&mut restored, &mut bytes.as_slice()).unwrap();
+        let after = [chunk("r", 1, &[("c", "3")]), Command::RestoreCommit { id: "r".into(), chunks: 2, keys: 3 }];
+        assert_eq!(outcomes(&mut restored, 4, &after)[1], Outcome::Restored { keys: 3 });
+        assert_eq!(outcomes(&mut machine, 4, &after)[1], Outcome::Restored { keys: 3 });
+        let (a, b) = (kv.read(), other.read());
+        assert_eq!(a.data, b.data);
+        assert!(!b.data.contains_key("live"));
+    }
 }

@@ -1,0 +1,144 @@
+//! Helpers shared by the tests that run real `raftkv` processes.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub http: String,
+    pub raft: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    pub fn new(id: u64, root: &Path) -> Node {
+        Node {
+            id,
+            http: format!("127.0.0.1:{}", free_port()),
+            raft: format!("127.0.0.1:{}", free_port()),
+            dir: root.join(format!("node{id}")),
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--id", &self.id.to_string(), "--http-addr", &self.http, "--raft-addr", &self.raft])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "400", "--request-timeout-ms", "3000"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+pub async fn stats(node: &Node) -> Option<Value> {
+    let response = client().get(format!("http://{}/api/maintain/stats", node.http)).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..400 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub async fn leader_of(nodes: &[&Node]) -> u64 {
+    eventually("a leader", async || {
+        for node in nodes {
+            let stats = stats(node).await?;
+            if stats["state"] == "Leader" {
+                return Some(node.id);
+            }
+        }
+        None
+    })
+    .await
+}
+
+pub async fn set(node: &Node, key: &str, value: &str) -> reqwest::Response {
+    client()
+        .post(format!("http://{}/api/v1/set", node.http))
+        .json(&json!({"key": key, "value": value}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The status and JSON of a read; status 0 if the node did not answer at all.
+pub async fn get_json(node: &Node, key: &str, consistency: &str) -> (u16, Value) {
+    let sent = client()
+        .get(format!("http://{}/api/v1/get?key={key}&consistency={consistency}", node.http))
+        .header("accept", "application/json")
+        .send()
+        .await;
+    match sent {
+        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+pub async fn three_node_cluster(root: &Path) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(id, root)).collect();
+    nodes[0].start(&["--bootstrap"]);
+    assert_eq!(leader_of(&[&nodes[0]]).await, 1);
+    let join = nodes[0].raft.clone();
+    for node in &mut nodes[1..] {
+        node.start(&["--join", &join]);
+    }
+    eventually("three voters", async || {
+        let stats = stats(&nodes[0]).await?;
+        (stats["num_peers"] == "2").then_some(())
+    })
+    .await;
+    nodes
+}
