@@ -39,6 +39,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/v1/snapshot", get(crate::backup::save).post(crate::backup::restore))
         .route("/api/maintain/stats", get(stats))
         .route("/api/maintain/config", post(reload_config))
+        .route("/api/maintain/snapshot", post(take_snapshot))
         .with_state(agent)
 }
 
@@ -413,4 +414,18 @@ async fn reload_config(
         "election_timeout_min_ms": ms(config.election_timeout_min),
         "election_timeout_max_ms": ms(config.election_timeout_max),
     })))
+}
+
+/// `POST /api/maintain/snapshot`: this node takes a snapshot now and compacts
+/// its log behind it (keeping `trailing_logs`).
+async fn take_snapshot(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    match agent.raft.snapshot().await {
+        Ok(id) => Ok(Json(json!({"index": id.index.0, "term": id.term.0}))),
+        Err(RaftError::NothingNewToSnapshot { index }) => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "nothing_new",
+            message: format!("nothing applied since the snapshot at index {}", index.0),
+        }),
+        Err(error) => Err(raft_error(error)),
+    }
 }
