@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use crate::agent::{Agent, WriteError};
+use crate::agent::{Agent, Limits, WriteError};
 use crate::http::{consistency, raft_error, read_barrier, write_error, ApiError};
 use crate::image::{self, ImageKind, ImageReader, Members};
 use crate::store::{Command, Outcome};
@@ -123,9 +123,9 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
     receive(body, &spool.0).await?;
 
     let path = spool.0.clone();
-    let checked = tokio::task::spawn_blocking(move || image::verify(std::fs::File::open(&path)?))
-        .await
-        .map_err(|e| internal(e.to_string()))?;
+    let limits = agent.config.limits;
+    let checked =
+        tokio::task::spawn_blocking(move || check_backup(&path, limits)).await.map_err(|e| internal(e.to_string()))?;
     let (header, size) = checked.map_err(|e| ApiError::bad_request(format!("backup refused: {e}")))?;
     tracing::info!(%id, index = header.index, keys = header.keys, bytes = size, "restoring a backup");
 
@@ -143,6 +143,30 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
             Err(error)
         }
     }
+}
+
+/// Reads the whole backup: format, counts and checksum, and every key and value
+/// within this server's limits (the same as for writes).
+fn check_backup(path: &Path, limits: Limits) -> Result<(image::ImageHeader, u64), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("reopening the upload: {e}"))?;
+    let mut reader = ImageReader::open(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|e| e.to_string())?;
+    let header = reader.header.clone();
+    for n in 1..=header.keys {
+        let Some(record) = reader.next_record().map_err(|e| e.to_string())? else { break };
+        if record.key.is_empty() || record.key.len() > limits.max_key_bytes {
+            return Err(format!("record {n}: key of {} bytes (limit {})", record.key.len(), limits.max_key_bytes));
+        }
+        if record.value.len() > limits.max_value_bytes {
+            return Err(format!(
+                "record {n} ({:?}): value of {} bytes (limit {})",
+                record.key,
+                record.value.len(),
+                limits.max_value_bytes
+            ));
+        }
+    }
+    let size = reader.finish().map_err(|e| e.to_string())?;
+    Ok((header, size))
 }
 
 /// Streams the request body into `path`.

@@ -171,6 +171,28 @@ async fn damaged_backups_are_refused_and_the_data_is_untouched() {
         let body: Value = response.json().await.unwrap();
         assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
     }
+    // Well-formed, but with a key over the server's limit (4 KiB): refused too.
+    let header = raftkv::image::ImageHeader {
+        format: raftkv::image::FORMAT,
+        kind: raftkv::image::ImageKind::Backup,
+        index: 1,
+        term: 1,
+        members: None,
+        keys: 1,
+        peers: Default::default(),
+        staging: None,
+        last_restore: None,
+        created_unix_ms: 0,
+    };
+    let mut writer = raftkv::image::ImageWriter::new(Vec::new(), &header).unwrap();
+    writer.record(&"k".repeat(5000), "v", 1).unwrap();
+    let oversized = writer.finish().unwrap();
+    let response =
+        client().post(format!("http://{}/api/v1/snapshot", nodes[0].http)).body(oversized).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("key of 5000 bytes"), "{body}");
+
     for node in &nodes {
         assert_eq!(all_keys(node).await, before, "node {}", node.id);
     }
