@@ -188,27 +188,41 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// HTTP addresses of the nodes to load (comma-separated); clients spread over them.
+    /// Nodes to load (comma-separated; clients spread over them): HTTP
+    /// addresses for raftkv, client addresses for etcd.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8001")]
     target: Vec<String>,
+    /// The system under test.
+    #[arg(long, value_enum, default_value_t = BenchSystem::Raftkv)]
+    system: BenchSystem,
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Seconds to run.
+    /// Seconds to run (unless --requests is given).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
     #[arg(long, default_value_t = 128)]
     value_size: usize,
-    /// Percent of writes (the rest are reads).
-    #[arg(long, default_value_t = 100)]
-    write_percent: u64,
+    /// Weights of writes, reads and compare-and-swaps, as write:read:cas.
+    #[arg(long, default_value = "100:0:0")]
+    mix: raftkv::bench::Mix,
+    /// Read consistency: linearizable, lease (raftkv) or stale.
     #[arg(long, default_value = "linearizable")]
     consistency: String,
     /// Print only the JSON summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchSystem {
+    Raftkv,
+    Etcd,
 }
 
 #[derive(Args)]
@@ -355,27 +369,38 @@ async fn run_demo(args: DemoArgs) -> i32 {
 }
 
 async fn run_bench(args: BenchArgs) -> i32 {
-    let config = raftkv::bench::BenchConfig {
+    use raftkv::bench::{BenchConfig, Stop, System};
+    let config = BenchConfig {
+        system: match args.system {
+            BenchSystem::Raftkv => System::Raftkv,
+            BenchSystem::Etcd => System::Etcd,
+        },
         targets: args.target,
         clients: args.clients,
-        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        stop: match args.requests {
+            Some(n) => Stop::Requests(n),
+            None => Stop::After(Duration::from_secs_f64(args.duration.max(0.1))),
+        },
         keys: args.keys,
         value_size: args.value_size,
-        write_percent: args.write_percent.min(100),
+        mix: args.mix,
         consistency: args.consistency,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     match raftkv::bench::run(&config).await {
         Ok(result) => {
             let summary = result.to_json(&config);
             if !args.json {
                 println!(
-                    "{} clients: {} ops/s ({} ops, {} errors), latency p50 {} ms, p99 {} ms, max {} ms",
+                    "{} clients: {} ops/s ({} ops, {} errors), latency p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
                     config.clients,
                     summary["ops_per_s"],
                     summary["ops"],
                     summary["errors"],
                     summary["p50_ms"],
+                    summary["p90_ms"],
                     summary["p99_ms"],
+                    summary["p999_ms"],
                     summary["max_ms"]
                 );
             }
