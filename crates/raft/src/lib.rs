@@ -300,6 +300,35 @@ impl Raft {
         .await
     }
 
+    /// Proposes several commands together and answers each on its own: one
+    /// may fail (or have an unknown outcome) while others applied. The timeout
+    /// covers the whole batch.
+    pub async fn apply_each(
+        &self,
+        commands: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Vec<Result<(LogIndex, Bytes), RaftError>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, response) = oneshot::channel();
+            let sent = self.inner.requests.send(Request::Propose { command, reply }).await;
+            pending.push(sent.ok().map(|()| response));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut results = Vec::with_capacity(pending.len());
+        for response in pending {
+            results.push(match response {
+                None => Err(RaftError::Shutdown),
+                Some(response) => match tokio::time::timeout_at(deadline, response).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(RaftError::Shutdown),
+                    Err(_) => Err(RaftError::Timeout(timeout)),
+                },
+            });
+        }
+        results
+    }
+
     /// Resolves once everything committed before the call is applied here
     /// (hashicorp's `Barrier`): an empty entry goes through the log.
     pub async fn barrier(&self, timeout: Duration) -> Result<LogIndex, RaftError> {

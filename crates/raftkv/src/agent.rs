@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use raft::storage::{FileStableStore, LogStore, StableStore, Wal, WalOptions};
 use raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
 use raft::{Config, NodeId, Raft, RaftError};
@@ -80,6 +82,8 @@ pub struct Agent {
     pub kv: Kv,
     pub book: AddressBook,
     clients: Mutex<BTreeMap<String, InternalClient<Channel>>>,
+    /// One batching forwarder per leader address (see `forward_batches`).
+    forwarders: Mutex<BTreeMap<String, mpsc::UnboundedSender<Forward>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Held while the agent runs, so that offline tools refuse the data dir.
     _lock: std::fs::File,
@@ -226,6 +230,7 @@ impl Agent {
             kv,
             book: book.clone(),
             clients: Mutex::new(BTreeMap::new()),
+            forwarders: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             _lock: lock,
         });
@@ -236,7 +241,7 @@ impl Agent {
             let served = tonic::transport::Server::builder()
                 .add_service(raft_service)
                 .add_service(internal)
-                .serve_with_incoming(TcpListenerStream::new(raft_listener))
+                .serve_with_incoming(nodelay(TcpListenerStream::new(raft_listener)))
                 .await;
             if let Err(error) = served {
                 tracing::error!(%error, "raft server stopped");
@@ -244,6 +249,11 @@ impl Agent {
         });
         let router = crate::http::router(agent.clone());
         let http = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Answers leave at once, not after a delayed ACK (Nagle).
+            let http_listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(error) = axum::serve(http_listener, router).await {
                 tracing::error!(%error, "HTTP server stopped");
             }
@@ -284,6 +294,19 @@ impl Agent {
         Ok(client)
     }
 
+    /// The forwarder to the leader at `address`, started on first use.
+    fn forwarder(&self, address: &str) -> Result<mpsc::UnboundedSender<Forward>, tonic::Status> {
+        let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(forwarder) = forwarders.get(address).filter(|f| !f.is_closed()) {
+            return Ok(forwarder.clone());
+        }
+        let client = self.client(address)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward_batches(client, self.header(), self.config.request_timeout, rx));
+        forwarders.insert(address.to_string(), tx.clone());
+        Ok(tx)
+    }
+
     /// The leader's raft address, if a leader is known.
     pub fn leader_addr(&self) -> Option<(NodeId, String)> {
         let leader = self.raft.leader().leader?;
@@ -297,12 +320,15 @@ impl Agent {
             Some(leader) if leader == self.id => self.raft.apply(command.encode(), timeout).await?,
             Some(leader) => {
                 let address = self.book.get(leader).ok_or(WriteError::NoLeader)?;
-                let mut client = self.client(&address).map_err(WriteError::Refused)?;
-                let request = proto::ApplyRequest { header: Some(self.header()), command: command.encode() };
-                let mut request = tonic::Request::new(request);
-                request.set_timeout(timeout);
-                let response = client.apply(request).await.map_err(classify_forward_failure)?.into_inner();
-                (raft::LogIndex(response.index), response.response)
+                let forwarder = self.forwarder(&address).map_err(WriteError::Refused)?;
+                let (reply, answer) = oneshot::channel();
+                if forwarder.send(Forward { command: command.encode(), reply }).is_err() {
+                    return Err(WriteError::Internal("the write forwarder stopped".into()));
+                }
+                let forwarded = answer.await.map_err(|_| {
+                    WriteError::Unknown(tonic::Status::unknown("the forwarder dropped the write in flight"))
+                })?;
+                forwarded?
             }
             None => return Err(WriteError::NoLeader),
         };
@@ -338,6 +364,90 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(AgentError::Join(last_error))
+    }
+}
+
+/// Accepted connections with Nagle's algorithm off: raft acknowledgements and
+/// forwarded answers are small writes that must not wait for a delayed ACK
+/// (about 40 ms on Linux).
+fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(incoming, |accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}
+
+/// A write on its way to the leader, and where its answer goes.
+struct Forward {
+    command: bytes::Bytes,
+    reply: oneshot::Sender<Result<(raft::LogIndex, bytes::Bytes), WriteError>>,
+}
+
+/// Most forwarded batches in flight to one leader; while they are, new writes
+/// gather into the next batch.
+const FORWARD_IN_FLIGHT: usize = 4;
+const FORWARD_BATCH: usize = 1024;
+
+/// Sends the writes that queue up for one leader as `ApplyBatch` calls: a
+/// follower under load forwards one call per batch, not one per write.
+async fn forward_batches(
+    client: InternalClient<Channel>,
+    header: proto::Header,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Forward>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(FORWARD_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (mut client, header) = (client.clone(), header.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let commands = batch.iter().map(|f| f.command.clone()).collect();
+            let mut request = tonic::Request::new(proto::ApplyBatchRequest { header: Some(header), commands });
+            request.set_timeout(timeout);
+            // The server enforces the deadline; this bounds a dead connection too.
+            let sent = tokio::time::timeout(timeout + Duration::from_secs(1), client.apply_batch(request)).await;
+            let results = match sent {
+                Ok(Ok(response)) => response.into_inner().results,
+                Ok(Err(status)) => {
+                    for forward in batch {
+                        let _ = forward.reply.send(Err(classify_forward_failure(status.clone())));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    for forward in batch {
+                        let status = tonic::Status::deadline_exceeded("the leader did not answer in time");
+                        let _ = forward.reply.send(Err(WriteError::Unknown(status)));
+                    }
+                    return;
+                }
+            };
+            let mut results = results.into_iter();
+            for forward in batch {
+                let answer = match results.next() {
+                    Some(result) if result.error_code == 0 => Ok((raft::LogIndex(result.index), result.response)),
+                    Some(result) => Err(classify_forward_failure(tonic::Status::new(
+                        tonic::Code::from(result.error_code),
+                        result.error_message,
+                    ))),
+                    None => {
+                        Err(WriteError::Unknown(tonic::Status::unknown("the leader sent fewer results than writes")))
+                    }
+                };
+                let _ = forward.reply.send(answer);
+            }
+        });
     }
 }
 
@@ -451,6 +561,14 @@ impl InternalService {
     }
 }
 
+fn failed(status: tonic::Status) -> proto::ApplyResult {
+    proto::ApplyResult {
+        error_code: status.code() as i32,
+        error_message: status.message().to_string(),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn status_of(error: RaftError) -> tonic::Status {
     match error {
         RaftError::NotLeader { leader } => tonic::Status::unavailable(format!(
@@ -467,19 +585,41 @@ pub(crate) fn status_of(error: RaftError) -> tonic::Status {
 
 #[tonic::async_trait]
 impl proto::internal_server::Internal for InternalService {
-    async fn apply(
+    async fn apply_batch(
         &self,
-        request: tonic::Request<proto::ApplyRequest>,
-    ) -> Result<tonic::Response<proto::ApplyResponse>, tonic::Status> {
+        request: tonic::Request<proto::ApplyBatchRequest>,
+    ) -> Result<tonic::Response<proto::ApplyBatchResponse>, tonic::Status> {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
-        Command::decode(&request.command).map_err(tonic::Status::invalid_argument)?;
         if self.agent.raft.leader().leader != Some(self.agent.id) {
             return Err(self.not_leader());
         }
-        let (index, response) =
-            self.agent.raft.apply(request.command, self.agent.config.request_timeout).await.map_err(status_of)?;
-        Ok(tonic::Response::new(proto::ApplyResponse { index: index.0, response }))
+        // Undecodable commands are refused one by one; the rest go in together.
+        let mut results: Vec<Option<proto::ApplyResult>> = Vec::with_capacity(request.commands.len());
+        let mut valid = Vec::with_capacity(request.commands.len());
+        for command in request.commands {
+            match Command::decode(&command) {
+                Ok(_) => {
+                    results.push(None);
+                    valid.push(command);
+                }
+                Err(reason) => results.push(Some(failed(tonic::Status::invalid_argument(reason)))),
+            }
+        }
+        let mut applied = self.agent.raft.apply_each(valid, self.agent.config.request_timeout).await.into_iter();
+        let results = results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| match applied.next() {
+                    Some(Ok((index, response))) => {
+                        proto::ApplyResult { index: index.0, response, ..Default::default() }
+                    }
+                    Some(Err(error)) => failed(status_of(error)),
+                    None => failed(tonic::Status::internal("no result for a proposed command")),
+                })
+            })
+            .collect();
+        Ok(tonic::Response::new(proto::ApplyBatchResponse { results }))
     }
 
     async fn cluster_info(
