@@ -8,8 +8,10 @@
 //! - The **log writer** (one OS thread: storage calls block) applies persist
 //!   requests in order, merging what queued up while it was busy into one append
 //!   and one fsync, and reports the highest sequence done.
-//! - One **peer sender** task per peer sends that peer's messages in order; what
-//!   queues while a send is in flight goes out in the next one.
+//! - Messages leave at the end of each wake-up, one batch per peer. A transport
+//!   whose `send` only queues (gRPC, memory) is called from the raft loop
+//!   itself, saving a task hand-off per batch; otherwise one **peer sender**
+//!   task per peer sends in order, and what queues meanwhile goes out next.
 //! - The **apply task** owns the state machine: it applies committed batches,
 //!   answers the proposals they carry, and answers reads once the state machine
 //!   has applied their index.
@@ -175,6 +177,10 @@ struct RaftLoop {
     start: Instant,
     transport: Arc<dyn Transport>,
     peers: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
+    /// Messages of this wake-up, per peer, sent together at its end when the
+    /// transport only queues (`Transport::queues_without_waiting`).
+    outbox: BTreeMap<NodeId, Vec<Message>>,
+    direct_sends: bool,
     writer: std::sync::mpsc::Sender<WriterJob>,
     apply: mpsc::UnboundedSender<ApplyWork>,
     events: mpsc::UnboundedSender<LoopEvent>,
@@ -236,8 +242,10 @@ pub(crate) async fn run(
         id: config.id,
         core,
         start,
+        direct_sends: transport.queues_without_waiting(),
         transport,
         peers: BTreeMap::new(),
+        outbox: BTreeMap::new(),
         writer,
         apply: apply_tx,
         events: events_tx,
@@ -305,6 +313,7 @@ pub(crate) async fn run(
             }
         }
         raft.process_actions();
+        raft.flush_outbox();
     }
     raft.shut_down(failure);
     drop(raft);
@@ -478,6 +487,10 @@ impl RaftLoop {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
+        if self.direct_sends {
+            self.outbox.entry(to).or_default().push(message);
+            return;
+        }
         let sender = self.peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(peer_sender(to, self.transport.clone(), rx));
@@ -485,6 +498,34 @@ impl RaftLoop {
         });
         if sender.send(message).is_err() {
             self.peers.remove(&to);
+        }
+    }
+
+    /// Sends what this wake-up produced, one batch per peer, from this task.
+    fn flush_outbox(&mut self) {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        // Bounded batches: appends can be large (`max_bytes_per_append` each).
+        const MAX_BATCH: usize = 32;
+        for (to, mut messages) in std::mem::take(&mut self.outbox) {
+            while messages.len() > MAX_BATCH {
+                let rest = messages.split_off(MAX_BATCH);
+                self.send_now(to, std::mem::replace(&mut messages, rest), &mut context);
+            }
+            self.send_now(to, messages, &mut context);
+        }
+    }
+
+    fn send_now(&self, to: NodeId, messages: Vec<Message>, context: &mut std::task::Context<'_>) {
+        let mut sending = self.transport.send(to, messages);
+        match sending.as_mut().poll(context) {
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(error)) => {
+                tracing::debug!(peer = %to, %error, "send failed; raft will retry");
+            }
+            std::task::Poll::Pending => {
+                tracing::warn!(peer = %to, "the transport's send did not complete at once; batch dropped");
+            }
         }
     }
 

@@ -176,6 +176,11 @@ impl Transport for GrpcTransport {
     fn address_of(&self, id: NodeId) -> Option<String> {
         self.book.get(id)
     }
+
+    /// `send` puts the batch on the peer's stream queue and returns.
+    fn queues_without_waiting(&self) -> bool {
+        true
+    }
 }
 
 /// The receiving side for one node: checks headers and hands messages to its inbox.

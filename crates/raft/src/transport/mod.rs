@@ -29,6 +29,15 @@ pub trait Transport: Send + Sync + 'static {
     fn address_of(&self, _id: NodeId) -> Option<String> {
         None
     }
+
+    /// True if `send` only queues the messages, so that its future is ready
+    /// when first polled. The runtime then sends from the raft task itself,
+    /// saving a task hand-off per batch on the write path; otherwise it sends
+    /// from a task per peer. A transport that says so and then returns a
+    /// pending future loses that batch (Raft resends what matters).
+    fn queues_without_waiting(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +131,10 @@ pub struct MemTransport {
 }
 
 impl Transport for MemTransport {
+    fn queues_without_waiting(&self) -> bool {
+        true
+    }
+
     fn send(&self, to: NodeId, messages: Vec<Message>) -> SendFuture<'_> {
         let result = {
             let network = self.network.network();
