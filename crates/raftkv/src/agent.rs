@@ -322,13 +322,24 @@ impl Agent {
                 let address = self.book.get(leader).ok_or(WriteError::NoLeader)?;
                 let forwarder = self.forwarder(&address).map_err(WriteError::Refused)?;
                 let (reply, answer) = oneshot::channel();
-                if forwarder.send(Forward { command: command.encode(), reply }).is_err() {
+                let forward = Forward { command: command.encode(), queued: std::time::Instant::now(), reply };
+                if forwarder.send(forward).is_err() {
                     return Err(WriteError::Internal("the write forwarder stopped".into()));
                 }
-                let forwarded = answer.await.map_err(|_| {
-                    WriteError::Unknown(tonic::Status::unknown("the forwarder dropped the write in flight"))
-                })?;
-                forwarded?
+                // The forwarder answers within about two timeouts (queued, then sent);
+                // this bound only guards against a forwarder that never does.
+                let bound = 2 * timeout + Duration::from_secs(2);
+                match tokio::time::timeout(bound, answer).await {
+                    Ok(Ok(forwarded)) => forwarded?,
+                    Ok(Err(_)) => {
+                        let status = tonic::Status::unknown("the forwarder dropped the write in flight");
+                        return Err(WriteError::Unknown(status));
+                    }
+                    Err(_) => {
+                        let status = tonic::Status::deadline_exceeded("no answer from the write forwarder");
+                        return Err(WriteError::Unknown(status));
+                    }
+                }
             }
             None => return Err(WriteError::NoLeader),
         };
@@ -382,6 +393,7 @@ fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std:
 /// A write on its way to the leader, and where its answer goes.
 struct Forward {
     command: bytes::Bytes,
+    queued: std::time::Instant,
     reply: oneshot::Sender<Result<(raft::LogIndex, bytes::Bytes), WriteError>>,
 }
 
@@ -409,6 +421,18 @@ async fn forward_batches(
                 Err(_) => break,
             }
         }
+        // Writes that waited a whole timeout for a slot (the leader is slow or
+        // gone) are refused unsent: a definite failure the client may retry.
+        let (stale, fresh): (Vec<Forward>, Vec<Forward>) =
+            batch.into_iter().partition(|forward| forward.queued.elapsed() >= timeout);
+        for forward in stale {
+            let status = tonic::Status::unavailable("no leader took the write in time; it was not sent");
+            let _ = forward.reply.send(Err(WriteError::Refused(status)));
+        }
+        if fresh.is_empty() {
+            continue;
+        }
+        let batch = fresh;
         let (mut client, header) = (client.clone(), header.clone());
         tokio::spawn(async move {
             let _slot = slot;
