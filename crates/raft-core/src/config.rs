@@ -4,6 +4,9 @@ use std::fmt;
 
 use crate::types::NodeId;
 
+/// Upper bound on every timeout, so timer arithmetic never nears overflow.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub id: NodeId,
@@ -48,6 +51,9 @@ impl CoreConfig {
         let fail = |reason: &'static str| Err(ConfigError { reason });
         if self.heartbeat_interval_ms == 0 {
             return fail("heartbeat_interval_ms must be positive");
+        }
+        if self.election_timeout_max_ms > MAX_TIMEOUT_MS {
+            return fail("timeouts must be at most one hour");
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
             return fail("election_timeout_min_ms must exceed heartbeat_interval_ms");

@@ -211,6 +211,14 @@ pub(crate) struct LeaderState {
 
 pub struct Core {
     pub(crate) config: CoreConfig,
+    /// Lease length (election_timeout_min − drift): the shortest ever
+    /// configured in this run, so a reload never lengthens a lease beyond
+    /// what followers started out protecting.
+    pub(crate) lease_ms: u64,
+    /// How long after hearing a leader this node refuses votes: the longest
+    /// election_timeout_min ever configured in this run, so a reload never
+    /// shortens the window behind a lease this node already acknowledged.
+    pub(crate) vote_guard_ms: u64,
     pub(crate) id: NodeId,
     pub(crate) rng: Rng,
     pub(crate) now: Millis,
@@ -278,6 +286,8 @@ impl Core {
             .map_err(|_| ConfigError { reason: "durable log entries are not contiguous after the snapshot" })?;
         let base_membership = durable.snapshot.as_ref().map(|s| s.config.clone()).unwrap_or_default();
         let leader_heard_at = config.check_quorum.then_some(now);
+        let (lease_ms, vote_guard_ms) =
+            (config.election_timeout_min_ms - config.lease_clock_drift_ms, config.election_timeout_min_ms);
         let mut core = Core {
             id: config.id,
             config,
@@ -296,6 +306,8 @@ impl Core {
             base_membership,
             snapshot: durable.snapshot,
             incoming_snapshot: None,
+            lease_ms,
+            vote_guard_ms,
             election_deadline: now,
             leader_heard_at,
             votes: BTreeMap::new(),
@@ -501,7 +513,7 @@ impl Core {
             Role::Leader => true,
             Role::PreCandidate | Role::Candidate => false,
             Role::Follower | Role::Learner => {
-                self.leader_heard_at.is_some_and(|heard| self.now < heard + self.config.election_timeout_min_ms)
+                self.leader_heard_at.is_some_and(|heard| self.now < heard.saturating_add(self.vote_guard_ms))
             }
         }
     }
@@ -616,24 +628,30 @@ impl Core {
 
     /// Replaces the timing and batching settings at runtime (heartbeat, election
     /// timeouts, lease drift, append limits). The node's identity, PreVote and
-    /// CheckQuorum cannot change while it runs. A leader drops its lease, which
-    /// was measured with the old timeouts, and renews it with the next round;
-    /// the election timer is drawn again from the new range.
+    /// CheckQuorum cannot change while it runs. A leader drops its lease and
+    /// the heartbeat rounds begun under the old settings, and renews the lease
+    /// with the next round; the election timer is drawn again from the new range.
     ///
-    /// Lease reads assume no follower times out sooner than the leader's
-    /// `election_timeout_min`: lower timeouts on the leader first and raise them
-    /// on the followers first.
+    /// Lease safety across nodes whose reloads happen at different moments: a
+    /// lease is never longer than the shortest `election_timeout_min − drift`
+    /// this node ran with, and vote refusal after hearing a leader never
+    /// shorter than the longest `election_timeout_min`, until the node
+    /// restarts. Nodes started with different timeouts are not covered: lease
+    /// reads need every node to start with the same `election_timeout_min`.
     pub fn reload_config(&mut self, config: CoreConfig) -> Result<(), ConfigError> {
         config.validate()?;
         let old = &self.config;
         if config.id != old.id || config.pre_vote != old.pre_vote || config.check_quorum != old.check_quorum {
             return Err(ConfigError { reason: "id, pre_vote and check_quorum cannot change while the node runs" });
         }
+        self.lease_ms = self.lease_ms.min(config.election_timeout_min_ms - config.lease_clock_drift_ms);
+        self.vote_guard_ms = self.vote_guard_ms.max(config.election_timeout_min_ms);
         self.config = config;
         let now = self.now;
         let heartbeat = self.config.heartbeat_interval_ms;
         if let Some(state) = self.leader_state.as_mut() {
             state.lease_start = None;
+            state.round_started.clear();
             state.heartbeat_due = state.heartbeat_due.min(now + heartbeat);
         } else {
             self.reset_election_timer();

@@ -45,8 +45,7 @@ impl Core {
             return false;
         }
         let Some(start) = state.lease_start else { return false };
-        let length = self.config.election_timeout_min_ms - self.config.lease_clock_drift_ms;
-        self.now < start + length
+        self.now < start.saturating_add(self.lease_ms)
     }
 
     pub(crate) fn committed_in_current_term(&self) -> bool {

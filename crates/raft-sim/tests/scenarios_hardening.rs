@@ -306,3 +306,38 @@ fn reload_config_validates_and_renews_the_lease() {
     }
     assert!((2..=4).contains(&heartbeats), "{heartbeats} heartbeats to node 2 in 9 old intervals");
 }
+
+/// A reload that lowers the election timeout must not shorten the window in
+/// which this node refuses votes after hearing the leader: the leader may hold
+/// a lease measured with the old timeout. A lease never grows by a reload.
+#[test]
+fn a_lowered_election_timeout_keeps_refusing_votes_for_the_old_window() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.run_for(200);
+    let base = cluster.core(2).config().clone();
+    for id in [2, 3] {
+        let mut lower = cluster.core(id).config().clone();
+        lower.election_timeout_min_ms = base.election_timeout_min_ms / 4;
+        lower.election_timeout_max_ms = base.election_timeout_min_ms / 2;
+        lower.lease_clock_drift_ms = lower.election_timeout_min_ms / 10;
+        cluster.with_core(id, |core| core.reload_config(lower)).unwrap();
+    }
+    // The leader is cut off; after the new, shorter timeout nodes 2 and 3
+    // campaign, but each heard the leader within the old window and refuses.
+    cluster.isolate(1);
+    cluster.run_for(base.election_timeout_min_ms * 3 / 4);
+    let early = cluster.leader();
+    assert!(!matches!(early, Some(2) | Some(3)), "a vote was granted inside the old window: {early:?}");
+    cluster.run_for(base.election_timeout_min_ms * 2);
+    let leader = cluster.leader().expect("after the old window a new leader is elected");
+    assert_ne!(leader, 1);
+    // Raising the timeout again never lengthens the lease past the shortest one configured.
+    let mut higher = cluster.core(leader).config().clone();
+    higher.election_timeout_min_ms = base.election_timeout_min_ms * 2;
+    higher.election_timeout_max_ms = base.election_timeout_max_ms * 2;
+    cluster.with_core(leader, |core| core.reload_config(higher)).unwrap();
+    cluster.run_for(base.heartbeat_interval_ms * 3);
+    assert!(cluster.core(leader).lease_valid(), "the lease renews after the reload");
+    cluster.run_for(base.heartbeat_interval_ms / 2);
+}
