@@ -83,8 +83,9 @@ pub struct Recovery {
     pub previous: Configuration,
     pub previous_index: LogIndex,
     pub configuration: Configuration,
-    /// The entry that now holds `configuration`.
-    pub entry: LogId,
+    /// The snapshot that now holds the state and `configuration`: it ends at
+    /// the node's last entry.
+    pub snapshot: LogId,
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same
@@ -129,17 +130,22 @@ impl Raft {
     }
 
     /// Rewrites the configuration of a **stopped** node after a loss of quorum
-    /// (hashicorp's `RecoverCluster`, like its peers.json): appends
-    /// `configuration` as a new entry after everything the node holds, so that
-    /// it takes effect on the next start and the node can elect a leader among
-    /// the servers that are left. Run it on every survivor with the same
-    /// configuration. Entries the node holds that the old cluster had not yet
-    /// committed will be committed by the new one; servers not in
-    /// `configuration` must not be started again with their old data.
+    /// (hashicorp's `RecoverCluster`, like its peers.json). The node's newest
+    /// snapshot and whole log are applied to `state_machine` (a fresh
+    /// instance), which is then stored as a snapshot at the node's last entry
+    /// with `configuration` as its membership, and the log is emptied: the
+    /// next start elects a leader among the servers left. Run it on every
+    /// survivor with the same configuration; entries a survivor holds that the
+    /// old cluster had not committed become committed. Ids stay real (the
+    /// snapshot ends at an entry the node has), so survivors with different
+    /// logs reconcile through ordinary replication and InstallSnapshot.
+    /// Servers not in `configuration` must not be started again with their
+    /// old data.
     pub fn recover_cluster(
         log: &dyn LogStore,
         stable: &dyn StableStore,
         snapshots: &dyn SnapshotStore,
+        state_machine: &mut dyn StateMachine,
         configuration: Configuration,
     ) -> Result<Recovery, RaftError> {
         if configuration.voters.is_empty() || configuration.is_joint() {
@@ -153,30 +159,45 @@ impl Raft {
         if !Raft::has_existing_state(log, stable)? {
             return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
         }
-        let snapshot = snapshots.list()?.into_iter().find(|info| snapshots.open(&info.id).is_ok()).map(|i| i.meta);
-        let (first, last) = (log.first_index()?, log.last_index()?);
+        let mut snapshot = None;
+        for info in snapshots.list()? {
+            if let Ok((info, mut reader)) = snapshots.open(&info.id) {
+                state_machine
+                    .restore(&mut reader)
+                    .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
+                snapshot = Some(info.meta);
+                break;
+            }
+        }
         let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
         let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
-        if last >= first && last > LogIndex::ZERO {
-            for entry in log.get_range(first, last)? {
+        let last = log.last_index()?;
+        let mut next = tail.index.next();
+        while next <= last {
+            let upto = LogIndex((next.0 + 4095).min(last.0));
+            let entries = log.get_range(next, upto)?;
+            for entry in &entries {
                 if let EntryPayload::Config(config) = &entry.payload {
                     previous = Some((config.clone(), entry.index));
                 }
-                if entry.index >= tail.index {
-                    tail = entry.log_id();
-                }
             }
+            state_machine.apply(&entries);
+            tail = entries.last().map_or(tail, |e| e.log_id());
+            next = upto.next();
         }
-        if tail.index > last {
-            // The log ends before the snapshot (it was installed from a leader):
-            // start the log after the snapshot.
-            log.purge_prefix(tail.index)?;
+        if tail.index == LogIndex::ZERO {
+            return Err(RaftError::Config("no entries to recover from".into()));
         }
-        let entry =
-            Entry { term: tail.term, index: tail.index.next(), payload: EntryPayload::Config(configuration.clone()) };
-        log.append(std::slice::from_ref(&entry))?;
+        let meta = SnapshotMeta { last_log_id: tail, config: configuration.clone() };
+        let mut sink = snapshots.create(meta)?;
+        if let Err(e) = state_machine.snapshot().write_to(&mut sink) {
+            let _ = sink.cancel();
+            return Err(RaftError::Storage(storage::StorageError::io("write snapshot", tail.to_string(), e)));
+        }
+        sink.commit()?;
+        log.purge_prefix(tail.index)?;
         let (previous, previous_index) = previous.unwrap_or_default();
-        Ok(Recovery { previous, previous_index, configuration, entry: entry.log_id() })
+        Ok(Recovery { previous, previous_index, configuration, snapshot: tail })
     }
 
     /// Starts a node from its stores. Must be called inside a tokio runtime.

@@ -587,9 +587,13 @@ async fn recover_cluster_turns_a_survivor_into_a_working_cluster() {
     let dir = cluster.dirs[(survivor - 1) as usize].path().to_path_buf();
     let (log, stable, snapshots) = open_durable(&dir);
     let empty = raft::Configuration::default();
-    assert!(Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), empty).is_err());
+    let mut machine = Recorder::default();
+    assert!(Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), &mut machine, empty).is_err());
     let alone = raft::Configuration::new([NodeId(survivor)]);
-    let recovery = Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), alone.clone()).unwrap();
+    let recovery =
+        Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), &mut machine, alone.clone()).unwrap();
+    assert_eq!(machine.commands().len(), 120, "the whole log went into the recovery snapshot");
+    assert_eq!(log.first_index().unwrap(), recovery.snapshot.index.next(), "the log is emptied");
     assert_eq!(recovery.previous.voters.len(), 3, "{recovery:?}");
     assert_eq!(recovery.configuration, alone);
     drop((log, stable, snapshots));

@@ -185,7 +185,9 @@ pub fn recover(data_dir: &Path, peers_file: &Path) -> Result<String, String> {
     let log = Wal::open(data_dir.join("log"), WalOptions::default()).map_err(|e| fail(&e))?;
     let stable = FileStableStore::open(data_dir.join("stable")).map_err(|e| fail(&e))?;
     let snapshots = FileSnapshotStore::open(data_dir.join("snapshots"), 2).map_err(|e| fail(&e))?;
-    let recovery = Raft::recover_cluster(&log, &stable, &snapshots, configuration).map_err(|e| fail(&e))?;
+    let mut machine = crate::store::Kv::default().state_machine(|_, _| {});
+    let recovery =
+        Raft::recover_cluster(&log, &stable, &snapshots, &mut machine, configuration).map_err(|e| fail(&e))?;
 
     // The address book is how the node finds the others after a restart.
     let mut book: BTreeMap<u64, String> = match stable.get(PEERS_KEY).map_err(|e| fail(&e))? {
@@ -197,14 +199,15 @@ pub fn recover(data_dir: &Path, peers_file: &Path) -> Result<String, String> {
     stable.set(PEERS_KEY, &encoded).map_err(|e| fail(&e))?;
 
     Ok(format!(
-        "{dir}: configuration {old} (written at index {old_index}) replaced by {new} at index {index}, term {term}; \
+        "{dir}: configuration {old} (written at index {old_index}) replaced by {new}: the state up to index \
+         {index}, term {term} is now a snapshot with the new configuration and the log after it is empty; \
          addresses recorded: {addresses:?}. Start the node(s) of the new configuration; do not restart \
          removed servers with their old data.",
         dir = data_dir.display(),
         old = recovery.previous,
         old_index = recovery.previous_index,
         new = recovery.configuration,
-        index = recovery.entry.index,
-        term = recovery.entry.term,
+        index = recovery.snapshot.index,
+        term = recovery.snapshot.term,
     ))
 }
