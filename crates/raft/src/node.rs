@@ -561,7 +561,14 @@ impl RaftLoop {
                 let store = self.snapshots.clone();
                 let events = self.events.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = write_snapshot(store.as_ref(), meta, source);
+                    // A panicking state machine must not leave the snapshotter
+                    // believing a snapshot is still being written.
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        write_snapshot(store.as_ref(), meta, source)
+                    }));
+                    let result = written.unwrap_or_else(|_| {
+                        Err(StorageError::Poisoned { reason: format!("writing snapshot {index} panicked") })
+                    });
                     let _ = events.send(LoopEvent::SnapshotWritten { index, result, waiters });
                 });
             }

@@ -87,6 +87,8 @@ pub struct Agent {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Held while the agent runs, so that offline tools refuse the data dir.
     _lock: std::fs::File,
+    /// Held by the restore this node coordinates (one at a time).
+    pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Removes restore uploads a crash left behind (`backup.rs` spools them here).
@@ -233,10 +235,12 @@ impl Agent {
             forwarders: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             _lock: lock,
+            restoring: Arc::new(tokio::sync::Mutex::new(())),
         });
 
         let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();
-        let internal = proto::internal_server::InternalServer::new(InternalService { agent: agent.clone() });
+        let internal = proto::internal_server::InternalServer::new(InternalService { agent: agent.clone() })
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE);
         let grpc = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(raft_service)
@@ -289,7 +293,9 @@ impl Agent {
             .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let client = InternalClient::new(endpoint.connect_lazy());
+        let client = InternalClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE);
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }
@@ -401,6 +407,11 @@ struct Forward {
 /// gather into the next batch.
 const FORWARD_IN_FLIGHT: usize = 4;
 const FORWARD_BATCH: usize = 1024;
+/// Command bytes per forwarded batch (one write larger than this goes alone).
+const FORWARD_BATCH_BYTES: usize = 4 << 20;
+/// Largest internal gRPC message: a forwarded batch of large writes, or a
+/// restore chunk whose JSON escapes blew up.
+const MAX_INTERNAL_MESSAGE: usize = 64 << 20;
 
 /// Sends the writes that queue up for one leader as `ApplyBatch` calls: a
 /// follower under load forwards one call per batch, not one per write.
@@ -411,13 +422,23 @@ async fn forward_batches(
     mut queue: mpsc::UnboundedReceiver<Forward>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARD_IN_FLIGHT));
+    // A write that did not fit the last batch opens the next.
+    let mut carried: Option<Forward> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Some(first) = queue.recv().await else { return };
+        let Some(first) = carried.take().map_or(queue.recv().await, Some) else { return };
+        let mut bytes = first.command.len();
         let mut batch = vec![first];
         while batch.len() < FORWARD_BATCH {
             match queue.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) if bytes + next.command.len() > FORWARD_BATCH_BYTES => {
+                    carried = Some(next);
+                    break;
+                }
+                Ok(next) => {
+                    bytes += next.command.len();
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
@@ -497,9 +518,15 @@ pub enum WriteError {
 /// the leader's `Apply` makes before proposing are definite; a broken
 /// connection or a timeout after sending leaves the outcome unknown.
 fn classify_forward_failure(status: tonic::Status) -> WriteError {
-    let definite = matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument)
-        || (status.code() == tonic::Code::Unavailable
-            && (status.message().starts_with("not the leader") || status.message().starts_with("no leader")));
+    // Too large to send or to be read by the leader: refused before anything ran.
+    let definite = matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument
+            | tonic::Code::OutOfRange
+            | tonic::Code::ResourceExhausted
+    ) || (status.code() == tonic::Code::Unavailable
+        && (status.message().starts_with("not the leader") || status.message().starts_with("no leader")));
     if definite {
         WriteError::Refused(status)
     } else {

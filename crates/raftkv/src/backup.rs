@@ -116,7 +116,16 @@ impl Drop for Spool {
 }
 
 /// `POST /api/v1/snapshot`: replaces the cluster's keys with the backup's.
+/// One restore at a time per node; once the upload is checked, the restore
+/// runs to its commit (or abort) even if the client goes away.
 pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json<Value>, ApiError> {
+    let Ok(running) = agent.restoring.clone().try_lock_owned() else {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "restore_running",
+            message: "a restore is already running on this node".into(),
+        });
+    };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("{}-{nanos:x}", agent.id);
     let spool = Spool(agent.config.data_dir.join(format!("restore-{id}.upload")));
@@ -129,20 +138,23 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
     let (header, size) = checked.map_err(|e| ApiError::bad_request(format!("backup refused: {e}")))?;
     tracing::info!(%id, index = header.index, keys = header.keys, bytes = size, "restoring a backup");
 
-    let result = propose_restore(&agent, &id, &spool.0, header.keys).await;
-    match result {
-        Ok((index, keys)) => Ok(Json(json!({
-            "index": index,
-            "keys": keys,
-            "backup_index": header.index,
-            "backup_term": header.term,
-        }))),
-        Err(error) => {
+    let task = tokio::spawn(async move {
+        let _running = running;
+        let result = propose_restore(&agent, &id, &spool.0, header.keys).await;
+        if result.is_err() {
             // Best effort: free the staging map on every node.
             let _ = agent.write(Command::RestoreAbort { id: id.clone() }).await;
-            Err(error)
         }
-    }
+        drop(spool);
+        result
+    });
+    let (index, keys) = task.await.map_err(|e| internal(format!("the restore task failed: {e}")))??;
+    Ok(Json(json!({
+        "index": index,
+        "keys": keys,
+        "backup_index": header.index,
+        "backup_term": header.term,
+    })))
 }
 
 /// Reads the whole backup: format, counts and checksum, and every key and value

@@ -65,8 +65,9 @@ pub struct ImageHeader {
     pub peers: BTreeMap<u64, Peer>,
     #[serde(default)]
     pub staging: Option<StagingHeader>,
+    /// The last restore committed, and how many keys it restored.
     #[serde(default)]
-    pub last_restore: Option<String>,
+    pub last_restore: Option<(String, u64)>,
     pub created_unix_ms: u64,
 }
 

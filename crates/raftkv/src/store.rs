@@ -203,7 +203,7 @@ impl KvState {
                 next_seq: s.next_seq,
                 keys: s.data.len() as u64,
             }),
-            last_restore: self.last_restore.as_ref().filter(|_| with_internals).map(|(id, _)| id.clone()),
+            last_restore: self.last_restore.clone().filter(|_| with_internals),
             created_unix_ms: unix_ms(),
         };
         Captured { header, data: self.data.clone(), staging: staging.map(|s| s.data.clone()) }
@@ -298,7 +298,7 @@ impl StateMachine for KvMachine {
         state.peers = header.peers;
         state.data = data;
         state.staging = staging;
-        state.last_restore = header.last_restore.map(|id| (id, header.keys));
+        state.last_restore = header.last_restore;
         Ok(())
     }
 }
