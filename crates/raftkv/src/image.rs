@@ -240,8 +240,15 @@ impl<R: Read> ImageReader<R> {
         if length > max {
             return Err(ImageError::Damaged { what: format!("{what}: length {length} is implausible") });
         }
-        let mut bytes = vec![0; length as usize];
-        self.take(&mut bytes, what)?;
+        // Grown as bytes arrive: a damaged length in a short file costs no
+        // large allocation before the end of the file shows it.
+        let mut bytes = Vec::with_capacity((length as usize).min(1 << 16));
+        (&mut self.input).take(u64::from(length)).read_to_end(&mut bytes)?;
+        if bytes.len() != length as usize {
+            return Err(ImageError::Truncated { what: what.to_string() });
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &bytes);
+        self.bytes += bytes.len() as u64;
         String::from_utf8(bytes).map_err(|_| ImageError::Damaged { what: format!("{what}: not UTF-8") })
     }
 
