@@ -25,9 +25,13 @@ pub struct Config {
     /// A snapshot is taken once this many entries were applied since the last...
     pub snapshot_threshold: u64,
     /// ...but at most once per interval (jittered by up to a quarter of it),
-    /// unless the log grew by `FORCED_SNAPSHOT_FACTOR` thresholds: the core keeps
-    /// the log in memory, so a long burst of writes must not wait for the timer.
+    /// unless the entries applied since the last snapshot reach
+    /// `snapshot_log_bytes`: the core keeps the log in memory, so a long burst
+    /// of writes must not wait for the timer.
     pub snapshot_interval: Duration,
+    /// Bytes of log (entry payloads) since the last snapshot that force one
+    /// regardless of `snapshot_interval`.
+    pub snapshot_log_bytes: u64,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     pub trailing_logs: u64,
     /// Bytes of snapshot data per InstallSnapshot message.
@@ -51,6 +55,7 @@ impl Config {
             max_batch: 4096,
             snapshot_threshold: 8192,
             snapshot_interval: Duration::from_secs(120),
+            snapshot_log_bytes: 64 << 20,
             trailing_logs: 10240,
             snapshot_chunk_bytes: 1 << 20,
         }
@@ -97,6 +102,9 @@ impl Config {
         if self.snapshot_interval.is_zero() {
             return Err("snapshot_interval must be positive".into());
         }
+        if self.snapshot_log_bytes == 0 {
+            return Err("snapshot_log_bytes must be positive".into());
+        }
         if self.tick_interval.is_zero() || self.tick_interval > self.heartbeat_interval {
             return Err(format!(
                 "tick_interval ({:?}) must be positive and at most heartbeat_interval ({:?})",
@@ -122,10 +130,6 @@ impl Config {
         }
     }
 }
-
-/// Snapshots are taken regardless of `snapshot_interval` once the log grew by
-/// this many `snapshot_threshold`s.
-pub const FORCED_SNAPSHOT_FACTOR: u64 = 8;
 
 /// The settings that may change while a node runs (hashicorp's
 /// `ReloadableConfig`); `None` keeps the current value. See `Raft::reload_config`.

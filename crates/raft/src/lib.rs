@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use config::{Config, ReloadableConfig, FORCED_SNAPSHOT_FACTOR};
+pub use config::{Config, ReloadableConfig};
 pub use error::RaftError;
 pub use node::{LeaderInfo, Status};
 pub use raft_core::{

@@ -30,7 +30,7 @@ use raft_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{Config, ReloadableConfig, FORCED_SNAPSHOT_FACTOR};
+use crate::config::{Config, ReloadableConfig};
 use crate::error::RaftError;
 use crate::state_machine::{SnapshotSource, StateMachine};
 use crate::storage::{LogStore, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore, StorageError};
@@ -110,11 +110,16 @@ enum ApplyWork {
 struct SnapshotPolicy {
     threshold: u64,
     interval: Duration,
+    log_bytes: u64,
 }
 
 impl SnapshotPolicy {
     fn of(config: &Config) -> SnapshotPolicy {
-        SnapshotPolicy { threshold: config.snapshot_threshold.max(1), interval: config.snapshot_interval }
+        SnapshotPolicy {
+            threshold: config.snapshot_threshold.max(1),
+            interval: config.snapshot_interval,
+            log_bytes: config.snapshot_log_bytes.max(1),
+        }
     }
 }
 
@@ -717,6 +722,8 @@ struct Snapshotter {
     policy: SnapshotPolicy,
     /// Applied index at the last capture (or restore).
     last: LogIndex,
+    /// Entry bytes applied since the last capture (or restore).
+    bytes_since: u64,
     /// Index of the newest snapshot stored (or restored).
     covered: LogIndex,
     running: bool,
@@ -737,12 +744,18 @@ impl Snapshotter {
     /// Whether the log grew enough for an automatic snapshot, and when it may
     /// be taken (`None`: now).
     fn automatic(&self, applied: LogIndex) -> Option<Option<tokio::time::Instant>> {
-        let growth = applied.0.saturating_sub(self.last.0);
-        if self.running || growth < self.policy.threshold {
+        if self.running || applied <= self.last {
             return None;
         }
-        let forced = growth >= self.policy.threshold.saturating_mul(FORCED_SNAPSHOT_FACTOR);
-        if forced || tokio::time::Instant::now() >= self.not_before {
+        // The log since the last snapshot is held in memory: bound it by bytes,
+        // whatever the entry count and the timer say.
+        if self.bytes_since >= self.policy.log_bytes {
+            return Some(None);
+        }
+        if applied.0 - self.last.0 < self.policy.threshold {
+            return None;
+        }
+        if tokio::time::Instant::now() >= self.not_before {
             Some(None)
         } else {
             Some(Some(self.not_before))
@@ -752,6 +765,7 @@ impl Snapshotter {
     fn capture(&mut self, state_machine: &mut dyn StateMachine, applied: LogIndex) {
         self.running = true;
         self.last = applied;
+        self.bytes_since = 0;
         let started = Instant::now();
         let source = state_machine.snapshot();
         // The capture runs on the apply path: report how long applies paused.
@@ -827,6 +841,7 @@ async fn apply_loop(
     let mut snapshots = Snapshotter {
         policy: context.policy,
         last: context.start,
+        bytes_since: 0,
         covered: context.start,
         running: false,
         not_before: tokio::time::Instant::now(),
@@ -853,6 +868,7 @@ async fn apply_loop(
                 let Some(last) = entries.last().map(|e| e.index) else { continue };
                 let first = entries[0].index;
                 let responses = state_machine.apply(&entries);
+                snapshots.bytes_since += entries.iter().map(|e| e.size_bytes() as u64).sum::<u64>();
                 for (index, reply) in replies {
                     let response = responses.get((index.0 - first.0) as usize).cloned().unwrap_or_default();
                     let _ = reply.send(Ok((index, response)));
@@ -885,6 +901,7 @@ async fn apply_loop(
                 }
                 applied = meta.last_log_id.index;
                 snapshots.last = applied;
+                snapshots.bytes_since = 0;
                 snapshots.covered = applied;
                 applied_tx.send_replace(applied);
                 let (ready, still): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|(i, _)| *i <= applied);

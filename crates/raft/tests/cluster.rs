@@ -418,10 +418,13 @@ async fn a_follower_far_behind_gets_a_snapshot_in_chunks_and_converges() {
 /// nothing new applied says so. `reload_config` refuses bad combinations and
 /// changes the snapshot policy at runtime: with a threshold of 10 and a one-hour
 /// interval no snapshot is taken at 50 entries, but the log is not left to grow
-/// past `FORCED_SNAPSHOT_FACTOR` thresholds.
+/// past `snapshot_log_bytes` (2 KiB here) of entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_on_demand_and_a_reloaded_policy() {
-    let cluster = Cluster::bootstrap(1, true).await;
+    fn config(id: NodeId) -> Config {
+        Config { snapshot_log_bytes: 2048, ..Config::fast(id) }
+    }
+    let cluster = Cluster::bootstrap_with(1, true, config).await;
     cluster.leader_among(&[1]).await;
     let raft = cluster.raft(1);
     for i in 0..30 {
@@ -456,11 +459,12 @@ async fn snapshots_on_demand_and_a_reloaded_policy() {
     };
     let now = raft.reload_config(policy).await.unwrap();
     assert_eq!((now.snapshot_threshold, now.trailing_logs), (10, 0));
+    // 50 entries of about 30 bytes: past the threshold, under 2 KiB.
     for i in 30..80 {
         raft.apply(command(i), TIMEOUT).await.unwrap();
     }
     assert_eq!(raft.status().await.unwrap().snapshot, Some(taken), "the interval holds back a snapshot");
-    for i in 80..(30 + 10 * raft::FORCED_SNAPSHOT_FACTOR as usize + 5) {
+    for i in 80..200 {
         raft.apply(command(i), TIMEOUT).await.unwrap();
     }
     let mut forced = None;
@@ -472,9 +476,9 @@ async fn snapshots_on_demand_and_a_reloaded_policy() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let forced = forced.expect("a log grown by FORCED_SNAPSHOT_FACTOR thresholds is snapshotted");
+    let forced = forced.expect("a log grown past snapshot_log_bytes is snapshotted");
     let forced_at = forced.snapshot.unwrap().index;
-    assert!(forced_at.0 >= taken.index.0 + 10 * raft::FORCED_SNAPSHOT_FACTOR, "{forced:?}");
+    assert!(forced_at.0 >= taken.index.0 + 50, "{forced:?}");
     // trailing_logs 0: the log is purged up to the snapshot.
     assert_eq!(forced.first_log_index, forced_at.next(), "{forced:?}");
     cluster.shutdown().await;
