@@ -80,6 +80,7 @@ impl Config {
             trailing_logs,
             snapshot_threshold,
             snapshot_interval,
+            snapshot_log_bytes,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,
@@ -87,6 +88,7 @@ impl Config {
         next.trailing_logs = trailing_logs.unwrap_or(next.trailing_logs);
         next.snapshot_threshold = snapshot_threshold.unwrap_or(next.snapshot_threshold);
         next.snapshot_interval = snapshot_interval.unwrap_or(next.snapshot_interval);
+        next.snapshot_log_bytes = snapshot_log_bytes.unwrap_or(next.snapshot_log_bytes);
         next.heartbeat_interval = heartbeat_interval.unwrap_or(next.heartbeat_interval);
         next.election_timeout_min = election_timeout_min.unwrap_or(next.election_timeout_min);
         next.election_timeout_max = election_timeout_max.unwrap_or(next.election_timeout_max);
@@ -138,6 +140,7 @@ pub struct ReloadableConfig {
     pub trailing_logs: Option<u64>,
     pub snapshot_threshold: Option<u64>,
     pub snapshot_interval: Option<Duration>,
+    pub snapshot_log_bytes: Option<u64>,
     pub heartbeat_interval: Option<Duration>,
     pub election_timeout_min: Option<Duration>,
     pub election_timeout_max: Option<Duration>,

@@ -123,7 +123,7 @@ async fn run(keys: u64) -> Result<Value, String> {
 
     let (leader, leader_raft) = start(&bin, 1, root.path(), &["--bootstrap"])?;
     wait_for("a leader", 30, async || stats(&http, &leader.http).await.is_some_and(|s| s["state"] == "Leader")).await?;
-    let hold = json!({"snapshot_threshold": 1u64 << 40});
+    let hold = json!({"snapshot_threshold": 1u64 << 40, "snapshot_log_bytes": 1u64 << 40});
     http.post(format!("http://{}/api/maintain/config", leader.http))
         .json(&hold)
         .send()
@@ -162,7 +162,7 @@ async fn run(keys: u64) -> Result<Value, String> {
     let log_before = dir_bytes(&data_dir.join("log"));
 
     // 2. Compact with the default trailing_logs.
-    let restore = json!({"snapshot_threshold": 8192, "trailing_logs": 10240});
+    let restore = json!({"snapshot_threshold": 8192, "trailing_logs": 10240, "snapshot_log_bytes": 64u64 << 20});
     http.post(format!("http://{}/api/maintain/config", leader.http))
         .json(&restore)
         .send()
