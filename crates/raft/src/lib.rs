@@ -88,6 +88,27 @@ pub struct Recovery {
     pub snapshot: LogId,
 }
 
+/// Restores the newest readable snapshot into `state_machine` and returns its
+/// metadata; a damaged newest snapshot is skipped with a warning, as the next
+/// older one may be intact.
+fn restore_newest_snapshot(
+    snapshots: &dyn SnapshotStore,
+    state_machine: &mut dyn StateMachine,
+) -> Result<Option<SnapshotMeta>, RaftError> {
+    for info in snapshots.list()? {
+        match snapshots.open(&info.id) {
+            Ok((info, mut reader)) => {
+                state_machine
+                    .restore(&mut reader)
+                    .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
+                return Ok(Some(info.meta));
+            }
+            Err(error) => tracing::warn!(%error, id = info.id, "skipping a snapshot that cannot be read"),
+        }
+    }
+    Ok(None)
+}
+
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same
 /// node. Methods that need the leader return `RaftError::NotLeader` elsewhere.
 #[derive(Clone)]
@@ -159,16 +180,7 @@ impl Raft {
         if !Raft::has_existing_state(log, stable)? {
             return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
         }
-        let mut snapshot = None;
-        for info in snapshots.list()? {
-            if let Ok((info, mut reader)) = snapshots.open(&info.id) {
-                state_machine
-                    .restore(&mut reader)
-                    .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
-                snapshot = Some(info.meta);
-                break;
-            }
-        }
+        let snapshot = restore_newest_snapshot(snapshots, state_machine)?;
         let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
         let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
         let last = log.last_index()?;
@@ -189,12 +201,7 @@ impl Raft {
             return Err(RaftError::Config("no entries to recover from".into()));
         }
         let meta = SnapshotMeta { last_log_id: tail, config: configuration.clone() };
-        let mut sink = snapshots.create(meta)?;
-        if let Err(e) = state_machine.snapshot().write_to(&mut sink) {
-            let _ = sink.cancel();
-            return Err(RaftError::Storage(storage::StorageError::io("write snapshot", tail.to_string(), e)));
-        }
-        sink.commit()?;
+        node::write_snapshot(snapshots, meta, state_machine.snapshot())?;
         log.purge_prefix(tail.index)?;
         let (previous, previous_index) = previous.unwrap_or_default();
         Ok(Recovery { previous, previous_index, configuration, snapshot: tail })
@@ -214,20 +221,7 @@ impl Raft {
         config.validate().map_err(RaftError::Config)?;
         let mut state_machine = state_machine;
         let hard_state = stable.hard_state()?;
-        let mut snapshot = None;
-        for info in snapshots.list()? {
-            match snapshots.open(&info.id) {
-                Ok((info, mut reader)) => {
-                    state_machine
-                        .restore(&mut reader)
-                        .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
-                    snapshot = Some(info.meta);
-                    break;
-                }
-                // A damaged newest snapshot: the next older one may be intact.
-                Err(error) => tracing::warn!(%error, id = info.id, "skipping a snapshot that cannot be read"),
-            }
-        }
+        let snapshot = restore_newest_snapshot(snapshots.as_ref(), &mut state_machine)?;
         let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
         let (first, last) = (log.first_index()?, log.last_index()?);
         if first > start.next() && last >= first {
@@ -305,20 +299,7 @@ impl Raft {
         commands: Vec<Bytes>,
         timeout: Duration,
     ) -> Result<Vec<(LogIndex, Bytes)>, RaftError> {
-        let mut pending = Vec::with_capacity(commands.len());
-        for command in commands {
-            let (reply, response) = oneshot::channel();
-            self.inner.requests.send(Request::Propose { command, reply }).await.map_err(|_| RaftError::Shutdown)?;
-            pending.push(response);
-        }
-        Raft::with_timeout(timeout, async move {
-            let mut results = Vec::with_capacity(pending.len());
-            for response in pending {
-                results.push(response.await.map_err(|_| RaftError::Shutdown)??);
-            }
-            Ok(results)
-        })
-        .await
+        self.apply_each(commands, timeout).await.into_iter().collect()
     }
 
     /// Proposes several commands together and answers each on its own: one
@@ -490,9 +471,9 @@ impl Raft {
 
     /// Changes the settings in `reload` while the node runs (hashicorp's
     /// `ReloadConfig`), after checking the combination; returns the settings
-    /// now in force. Lease reads assume no follower times out sooner than the
-    /// leader: lower election timeouts on the leader first, raise them on the
-    /// followers first.
+    /// now in force. Leases stay safe while nodes are reloaded one by one (see
+    /// `Core::reload_config`), provided every node started with the same
+    /// `election_timeout_min`.
     pub async fn reload_config(&self, reload: ReloadableConfig) -> Result<Config, RaftError> {
         self.request(|reply| Request::Reload { reload, reply }).await
     }

@@ -594,20 +594,19 @@ impl RaftLoop {
                             }
                             Err(error) => {
                                 tracing::warn!(%error, "snapshot not usable");
-                                Err(RaftError::Config(error.to_string()))
+                                Err(error.to_string())
                             }
                         }
                     }
                     Err(error) => {
                         tracing::warn!(%error, %index, "taking a snapshot failed; will retry");
-                        Err(RaftError::Storage(error))
+                        Err(error.to_string())
                     }
                 };
                 for waiter in waiters {
-                    let _ = waiter.send(match &answer {
-                        Ok(id) => Ok(*id),
-                        Err(error) => Err(RaftError::Config(format!("snapshot at {index} failed: {error}"))),
-                    });
+                    let answer = answer.clone();
+                    let _ =
+                        waiter.send(answer.map_err(|e| RaftError::Config(format!("snapshot at {index} failed: {e}"))));
                 }
             }
             LoopEvent::Outgoing { to, message } => self.send(to, message),
@@ -762,6 +761,13 @@ impl Snapshotter {
         }
     }
 
+    /// The state machine now holds an installed snapshot up to `index`.
+    fn restored(&mut self, index: LogIndex) {
+        self.last = index;
+        self.bytes_since = 0;
+        self.covered = index;
+    }
+
     fn capture(&mut self, state_machine: &mut dyn StateMachine, applied: LogIndex) {
         self.running = true;
         self.last = applied;
@@ -780,7 +786,7 @@ impl Snapshotter {
             return None;
         }
         if !self.waiters.is_empty() {
-            if applied > self.last || self.last == LogIndex::ZERO && applied > LogIndex::ZERO {
+            if applied > self.last {
                 self.capture(state_machine, applied);
             } else {
                 for waiter in self.waiters.drain(..) {
@@ -800,7 +806,7 @@ impl Snapshotter {
     }
 }
 
-fn write_snapshot(
+pub(crate) fn write_snapshot(
     store: &dyn SnapshotStore,
     meta: SnapshotMeta,
     source: Box<dyn SnapshotSource>,
@@ -900,9 +906,7 @@ async fn apply_loop(
                     continue;
                 }
                 applied = meta.last_log_id.index;
-                snapshots.last = applied;
-                snapshots.bytes_since = 0;
-                snapshots.covered = applied;
+                snapshots.restored(applied);
                 applied_tx.send_replace(applied);
                 let (ready, still): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|(i, _)| *i <= applied);
                 waiting = still;
