@@ -426,7 +426,13 @@ async fn forward_batches(
     let mut carried: Option<Forward> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Some(first) = carried.take().map_or(queue.recv().await, Some) else { return };
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let mut bytes = first.command.len();
         let mut batch = vec![first];
         while batch.len() < FORWARD_BATCH {
