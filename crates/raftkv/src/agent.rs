@@ -91,20 +91,6 @@ pub struct Agent {
     pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Removes restore uploads a crash left behind (`backup.rs` spools them here).
-fn remove_stale_uploads(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("restore-") && name.ends_with(".upload") {
-            if let Err(error) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(%error, file = %name, "cannot remove a stale restore upload");
-            }
-        }
-    }
-}
-
 /// Takes the data dir's lock (`LOCK`, an advisory file lock the OS releases
 /// when the process ends, even by SIGKILL).
 pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
@@ -151,7 +137,7 @@ impl Agent {
         std::fs::create_dir_all(&dir)
             .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock = lock_data_dir(&dir)?;
-        remove_stale_uploads(&dir);
+        crate::backup::remove_stale_uploads(&dir);
         let log: Arc<dyn LogStore> =
             Arc::new(Wal::open(dir.join("log"), WalOptions::default()).map_err(storage(&dir))?);
         let stable: Arc<dyn StableStore> = Arc::new(FileStableStore::open(dir.join("stable")).map_err(storage(&dir))?);

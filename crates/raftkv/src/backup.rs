@@ -106,6 +106,24 @@ fn internal(message: String) -> ApiError {
     ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message }
 }
 
+/// Names of spooled uploads in the data dir: `restore-<id>.upload`.
+const SPOOL_PREFIX: &str = "restore-";
+const SPOOL_SUFFIX: &str = ".upload";
+
+/// Removes uploads a crash left behind in the data dir.
+pub(crate) fn remove_stale_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX) {
+            if let Err(error) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(%error, file = %name, "cannot remove a stale restore upload");
+            }
+        }
+    }
+}
+
 /// Removes the spooled upload however the restore ends.
 struct Spool(PathBuf);
 
@@ -128,7 +146,7 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
     };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("{}-{nanos:x}", agent.id);
-    let spool = Spool(agent.config.data_dir.join(format!("restore-{id}.upload")));
+    let spool = Spool(agent.config.data_dir.join(format!("{SPOOL_PREFIX}{id}{SPOOL_SUFFIX}")));
     receive(body, &spool.0).await?;
 
     let path = spool.0.clone();
@@ -161,10 +179,7 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
 /// within this server's limits (the same as for writes).
 fn check_backup(path: &Path, limits: Limits) -> Result<(image::ImageHeader, u64), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("reopening the upload: {e}"))?;
-    let mut reader = ImageReader::open(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|e| e.to_string())?;
-    let header = reader.header.clone();
-    for n in 1..=header.keys {
-        let Some(record) = reader.next_record().map_err(|e| e.to_string())? else { break };
+    let within_limits = |n: u64, record: &image::Record| {
         if record.key.is_empty() || record.key.len() > limits.max_key_bytes {
             return Err(format!("record {n}: key of {} bytes (limit {})", record.key.len(), limits.max_key_bytes));
         }
@@ -176,9 +191,9 @@ fn check_backup(path: &Path, limits: Limits) -> Result<(image::ImageHeader, u64)
                 limits.max_value_bytes
             ));
         }
-    }
-    let size = reader.finish().map_err(|e| e.to_string())?;
-    Ok((header, size))
+        Ok(())
+    };
+    image::verify_each(file, within_limits).map_err(|e| e.to_string())
 }
 
 /// Streams the request body into `path`.

@@ -97,6 +97,9 @@ pub enum ImageError {
     Checksum { stored: u32, computed: u32 },
     #[error("unsupported image format {0} (this raftkv reads format {FORMAT})")]
     Format(u32),
+    /// A record the caller's check refused (see `verify_each`).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -293,8 +296,21 @@ impl<R: Read> ImageReader<R> {
 
 /// Reads a whole image and checks it; returns the header and the size.
 pub fn verify(input: impl Read) -> Result<(ImageHeader, u64), ImageError> {
-    let reader = ImageReader::open(io::BufReader::with_capacity(1 << 16, input))?;
+    verify_each(input, |_, _| Ok(()))
+}
+
+/// `verify`, also passing each data record (numbered from 1) to `check`,
+/// whose refusal ends the reading.
+pub fn verify_each(
+    input: impl Read,
+    mut check: impl FnMut(u64, &Record) -> Result<(), String>,
+) -> Result<(ImageHeader, u64), ImageError> {
+    let mut reader = ImageReader::open(io::BufReader::with_capacity(1 << 16, input))?;
     let header = reader.header.clone();
+    for n in 1..=header.keys {
+        let Some(record) = reader.next_record()? else { break };
+        check(n, &record).map_err(ImageError::Refused)?;
+    }
     let size = reader.finish()?;
     Ok((header, size))
 }

@@ -484,13 +484,6 @@ async fn call(
     Ok((status, text))
 }
 
-fn error_message(text: &str) -> String {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| text.to_string())
-}
-
 /// Percent-encodes a query value.
 fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
@@ -620,7 +613,7 @@ async fn client(command: Commands) -> Result<(), String> {
         return if status.is_success() { Ok(()) } else { Err(format!("HTTP {status}")) };
     }
     if !status.is_success() {
-        return Err(format!("{} (HTTP {})", error_message(&text), status.as_u16()));
+        return Err(format!("{} (HTTP {})", raftkv::ops::error_message(&text), status.as_u16()));
     }
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     println!("{}", human(&value));

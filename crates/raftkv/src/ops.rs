@@ -30,11 +30,16 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
-fn error_message(text: &str) -> String {
+/// The `message` of an API error body, or the text as it is.
+pub fn error_message(text: &str) -> String {
     serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| text.to_string())
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 /// What `inspect` prints about an image.
@@ -63,10 +68,7 @@ pub fn inspect(file: &Path) -> Result<(ImageHeader, u64), String> {
 /// `FILE.partial`, checked, then renamed).
 pub async fn save(addr: &str, consistency: &str, file: &Path) -> Result<Value, String> {
     let url = format!("http://{addr}/api/v1/snapshot?consistency={consistency}");
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+    let client = http_client()?;
     let mut response = client.get(url).send().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
@@ -116,10 +118,7 @@ pub async fn restore(addr: &str, file: &Path) -> Result<Value, String> {
         }
         piece
     });
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+    let client = http_client()?;
     let response = client
         .post(format!("http://{addr}/api/v1/snapshot"))
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
