@@ -154,11 +154,14 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// The data records, then the staging map's, in the image's order.
+    fn records(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.data.iter().chain(self.staging.iter().flat_map(|s| s.iter()))
+    }
+
     /// The exact size of the image `write_image` produces.
     pub fn size(&self) -> u64 {
-        let staged = self.staging.iter().flat_map(|s| s.iter());
-        let records = self.data.iter().chain(staged).map(|(k, v)| (k.as_str(), v.value.as_str()));
-        image::encoded_size(&self.header, records)
+        image::encoded_size(&self.header, self.records().map(|(k, v)| (k.as_str(), v.value.as_str())))
     }
 
     pub fn header(&self) -> &ImageHeader {
@@ -167,7 +170,7 @@ impl Captured {
 
     pub fn write_image(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut writer = ImageWriter::new(std::io::BufWriter::with_capacity(1 << 16, out), &self.header)?;
-        for (key, value) in self.data.iter().chain(self.staging.iter().flat_map(|s| s.iter())) {
+        for (key, value) in self.records() {
             writer.record(key, &value.value, value.index.0)?;
         }
         writer.finish()?;
