@@ -84,6 +84,19 @@ impl Core {
             self.reset_election_timer();
             return;
         }
+        // A node that acknowledged the leader recently may have confirmed its
+        // lease, which runs for up to the longest election timeout this node
+        // had. Refusing others' votes in that window is not enough: our own
+        // vote counts for ourselves, so do not campaign in it either (a timer
+        // redrawn from a lowered timeout by `reload_config` fires early).
+        if self.role != Role::Leader {
+            if let Some(guard_end) = self.leader_heard_at.map(|heard| heard.saturating_add(self.vote_guard_ms)) {
+                if self.now < guard_end {
+                    self.election_deadline = guard_end;
+                    return;
+                }
+            }
+        }
         let kind = if self.config.pre_vote { Campaign::PreVote } else { Campaign::Election };
         self.campaign(kind);
     }

@@ -7,7 +7,7 @@ use raft_core::{
     AppendEntries, Configuration, Entry, EntryPayload, InstallSnapshot, LogId, LogIndex, Message, NodeId, ReadError,
     ReadMode, SnapshotMeta, Term,
 };
-use raft_sim::harness::{Cluster, ELECTION_MAX_MS};
+use raft_sim::harness::{Cluster, ELECTION_MAX_MS, HEARTBEAT_MS};
 
 fn entries_sent(messages: &[(NodeId, NodeId, Message)], from: u64, to: u64) -> usize {
     messages
@@ -340,4 +340,47 @@ fn a_lowered_election_timeout_keeps_refusing_votes_for_the_old_window() {
     cluster.run_for(base.heartbeat_interval_ms * 3);
     assert!(cluster.core(leader).lease_valid(), "the lease renews after the reload");
     cluster.run_for(base.heartbeat_interval_ms / 2);
+}
+
+/// A follower whose election timeout was lowered must not campaign while the
+/// leader may still hold a lease it helped confirm: its own (pre-)vote counts
+/// for itself, so refusing others' votes is not enough. Node 3 is cut off from
+/// the leader, node 2 confirms a heartbeat round, is then cut off from the
+/// leader and reloaded to a short timeout. While leader 1 still serves lease
+/// reads, nobody else may lead a newer term.
+#[test]
+fn a_lowered_election_timeout_does_not_let_a_follower_campaign_inside_a_lease() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.run_for(200);
+    let cut = |cluster: &mut Cluster, a: u64, b: u64| {
+        cluster.blocked.insert((NodeId(a), NodeId(b)));
+        cluster.blocked.insert((NodeId(b), NodeId(a)));
+    };
+    cut(&mut cluster, 1, 3);
+    // Node 2 acknowledges the next heartbeat round: the lease runs from its start.
+    cluster.run_for(HEARTBEAT_MS + 1);
+    assert!(cluster.core(1).lease_valid());
+    cut(&mut cluster, 1, 2);
+    let mut lower = cluster.core(2).config().clone();
+    lower.election_timeout_min_ms = 20;
+    lower.election_timeout_max_ms = 21;
+    lower.lease_clock_drift_ms = 2;
+    cluster.with_core(2, |core| core.reload_config(lower)).unwrap();
+    for _ in 0..ELECTION_MAX_MS * 2 {
+        cluster.run_for(1);
+        if cluster.core(1).lease_valid() {
+            let term = cluster.core(1).current_term();
+            for id in [2, 3] {
+                let core = cluster.core(id);
+                assert!(
+                    !(core.is_leader() && core.current_term() > term),
+                    "node {id} leads term {} while node 1 holds a lease in term {term}",
+                    core.current_term()
+                );
+            }
+        }
+    }
+    let leader = cluster.leader().expect("a leader once the lease has run out");
+    assert_ne!(leader, 1, "node 1 cannot reach a quorum");
 }
