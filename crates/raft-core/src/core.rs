@@ -247,6 +247,9 @@ pub struct Core {
     pub(crate) snapshot: Option<SnapshotMeta>,
     /// A snapshot being received, chunk by chunk.
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
+    /// A snapshot received whole, waiting for the runtime's verdict on its
+    /// content (`handle_snapshot_checked`) before it replaces anything.
+    pub(crate) checking_snapshot: Option<(IncomingSnapshot, SnapshotMeta)>,
 
     pub(crate) election_deadline: Millis,
     /// When a leader was last heard from; votes are refused within the minimum
@@ -306,6 +309,7 @@ impl Core {
             base_membership,
             snapshot: durable.snapshot,
             incoming_snapshot: None,
+            checking_snapshot: None,
             lease_ms,
             vote_guard_ms,
             election_deadline: now,

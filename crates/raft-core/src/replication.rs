@@ -473,7 +473,14 @@ impl Core {
         if id.index <= self.commit_index {
             // We already hold everything it covers, committed and therefore identical.
             self.incoming_snapshot = None;
+            self.checking_snapshot = None;
             return reply(self, 0, true);
+        }
+        if let Some((checking, _)) = &self.checking_snapshot {
+            if checking.from == from && checking.term == term && checking.id == id {
+                // Received whole and being checked: a resent chunk changes nothing.
+                return;
+            }
         }
         let expected = match self.incoming_snapshot {
             Some(incoming) if incoming.from == from && incoming.term == term && incoming.id == id => {
@@ -496,9 +503,42 @@ impl Core {
             self.incoming_snapshot = Some(IncomingSnapshot { from, term, id, next_offset: next });
             return reply(self, next, false);
         }
+        // Received whole: the runtime checks its content before it replaces
+        // anything (`handle_snapshot_checked`); the answer waits for that.
         self.incoming_snapshot = None;
-        self.install_snapshot(request.meta);
-        reply(self, next, true)
+        self.checking_snapshot = Some((IncomingSnapshot { from, term, id, next_offset: next }, request.meta));
+    }
+
+    /// Whether the snapshot `id` was received whole and awaits a verdict.
+    pub fn is_checking_snapshot(&self, id: LogId) -> bool {
+        self.checking_snapshot.as_ref().is_some_and(|(incoming, _)| incoming.id == id)
+    }
+
+    /// The runtime's verdict on the snapshot `id` received whole: installed if
+    /// its content is sound, refused (the leader starts the stream again)
+    /// otherwise. A verdict on anything but the snapshot awaiting one is
+    /// ignored, as is one arriving after this node changed term or role.
+    pub fn handle_snapshot_checked(&mut self, id: LogId, sound: bool) {
+        let Some((incoming, meta)) = self.checking_snapshot.take() else { return };
+        if incoming.id != id {
+            self.checking_snapshot = Some((incoming, meta));
+            return;
+        }
+        let term = self.hard_state.current_term;
+        let following = matches!(self.role, Role::Follower | Role::Learner);
+        if incoming.term != term || !following || self.leader != Some(incoming.from) {
+            return;
+        }
+        let (next_offset, done) = if !sound {
+            (0, false)
+        } else if id.index <= self.commit_index {
+            (0, true)
+        } else {
+            self.install_snapshot(meta);
+            (incoming.next_offset, true)
+        };
+        let response = InstallSnapshotResponse { term, snapshot: id, next_offset, done };
+        self.send_after_persist(incoming.from, Message::InstallSnapshotResponse(response));
     }
 
     /// Makes a fully received snapshot this node's state (figure 13, steps 6–8):

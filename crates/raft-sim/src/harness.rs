@@ -258,6 +258,12 @@ impl Cluster {
                 self.handle_action(id, action);
             }
             let node = self.nodes.get_mut(&id).expect("node exists");
+            if let (Some((meta, _)), Some(core)) = (&node.received_snapshot, node.core.as_mut()) {
+                // The received snapshot is sound by construction: the verdict is yes.
+                if core.is_checking_snapshot(meta.last_log_id) {
+                    core.handle_snapshot_checked(meta.last_log_id, true);
+                }
+            }
             if !node.hold_persists && !node.unsynced.is_empty() {
                 self.sync(id);
             }

@@ -190,6 +190,12 @@ enum Event {
         incarnation: u64,
         seq: u64,
     },
+    /// The runtime finished checking the content of a snapshot received whole.
+    SnapshotChecked {
+        node: usize,
+        incarnation: u64,
+        id: LogId,
+    },
     ClientIssue(usize),
     /// A client's request reaches its node.
     ClientRequest {
@@ -663,8 +669,11 @@ impl Simulation {
                 }
                 if done {
                     if let Some((_, buffer)) = n.staged_snapshot.take() {
-                        n.received_snapshot = Some((meta, Bytes::from(buffer)));
+                        n.received_snapshot = Some((meta.clone(), Bytes::from(buffer)));
                     }
+                    let incarnation = n.incarnation;
+                    let delay = self.rng.range(0, 4);
+                    self.schedule(delay, Event::SnapshotChecked { node, incarnation, id: meta.last_log_id });
                 }
             }
             Action::Apply { entries } => {
@@ -844,7 +853,9 @@ impl Simulation {
     fn target_node(event: &Event) -> Option<usize> {
         match event {
             Event::Deliver { to, .. } => Some((to.0 - 1) as usize),
-            Event::PersistDone { node, .. } | Event::ClientRequest { node, .. } => Some(*node),
+            Event::PersistDone { node, .. }
+            | Event::SnapshotChecked { node, .. }
+            | Event::ClientRequest { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -875,6 +886,16 @@ impl Simulation {
                 let now = self.local_now(node);
                 self.trace(|| format!("n{to} <- n{from} {}", message.kind()));
                 self.with_core(node, |core| core.handle_message(now, from, message));
+            }
+            Event::SnapshotChecked { node, incarnation, id } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return;
+                }
+                let sound = match &self.nodes[node].received_snapshot {
+                    Some((meta, data)) if meta.last_log_id == id => KvStore::decode_snapshot(data).is_ok(),
+                    _ => false,
+                };
+                self.with_core(node, |core| core.handle_snapshot_checked(id, sound));
             }
             Event::PersistDone { node, incarnation, seq } => {
                 if self.nodes[node].incarnation != incarnation {

@@ -16,8 +16,20 @@ pub enum RaftError {
     LeadershipLost,
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// The node is not running: the request was not carried out.
     #[error("raft node is shut down")]
     Shutdown,
+    /// The node stopped (shut down, or failed for good) while the request was
+    /// in flight: a write may or may not have been committed.
+    #[error("the node stopped while the request was in flight ({reason}); its outcome is unknown")]
+    Stopped { reason: String },
+    /// The node stopped for good because it cannot go on (a storage failure, a
+    /// snapshot it cannot keep): restart it, after fixing the cause.
+    #[error("the node failed and stopped: {reason}")]
+    Failed { reason: String },
+    /// Leadership did not move to `target` (`Raft::leadership_transfer`).
+    #[error("leadership transfer to node {target} failed: {reason}")]
+    TransferFailed { target: NodeId, reason: String },
     #[error("request refused: {0}")]
     Refused(ProposeError),
     #[error("read failed: {0}")]
@@ -49,5 +61,13 @@ impl From<ReadError> for RaftError {
             ReadError::NoLeader => RaftError::NotLeader { leader: None },
             other => RaftError::Read(other),
         }
+    }
+}
+
+impl RaftError {
+    /// Whether a write that failed with this error may still take effect
+    /// (commit and apply later): the caller must not report it as not done.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, RaftError::LeadershipLost | RaftError::Timeout(_) | RaftError::Stopped { .. })
     }
 }

@@ -66,7 +66,7 @@ pub use raft_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
     ReadError, ReadMode, Role, SnapshotMeta, Term,
 };
-pub use state_machine::{SnapshotSource, StateMachine};
+pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 
 use node::{Request, Stores};
 use raft_core::{Core, DurableState};
@@ -89,24 +89,79 @@ pub struct Recovery {
 }
 
 /// Restores the newest readable snapshot into `state_machine` and returns its
-/// metadata; a damaged newest snapshot is skipped with a warning, as the next
-/// older one may be intact.
+/// metadata. A newest snapshot that cannot be read is skipped for an older one
+/// only while the log still holds every entry after the older one: otherwise
+/// the node would start without entries it may have acknowledged, and start-up
+/// is refused with what to do.
 fn restore_newest_snapshot(
     snapshots: &dyn SnapshotStore,
+    log: &dyn LogStore,
     state_machine: &mut dyn StateMachine,
 ) -> Result<Option<SnapshotMeta>, RaftError> {
+    let first = log.first_index()?;
+    let mut skipped: Option<(String, String)> = None;
     for info in snapshots.list()? {
-        match snapshots.open(&info.id) {
-            Ok((info, mut reader)) => {
-                state_machine
-                    .restore(&mut reader)
-                    .map_err(|e| RaftError::Config(format!("restoring snapshot {} failed: {e}", info.id)))?;
-                return Ok(Some(info.meta));
+        if let Some((newest, why)) = &skipped {
+            if first > info.meta.last_log_id.index.next() {
+                return Err(RaftError::Config(format!(
+                    "snapshot {newest} cannot be read ({why}) and the log starts at {first}, after the older \
+                     snapshot {} ends at {}: starting from it would lose entries. Restore the snapshot \
+                     file from a backup, or move this node's data aside and let it rejoin the cluster",
+                    info.id, info.meta.last_log_id.index
+                )));
             }
-            Err(error) => tracing::warn!(%error, id = info.id, "skipping a snapshot that cannot be read"),
+        }
+        let opened = snapshots.open(&info.id).map_err(|e| e.to_string()).and_then(|(info, mut reader)| {
+            state_machine.restore(&mut reader).map(|()| info).map_err(|e| format!("restoring it failed: {e}"))
+        });
+        match opened {
+            Ok(info) => return Ok(Some(info.meta)),
+            Err(why) => {
+                tracing::warn!(%why, id = info.id, "cannot use a snapshot; trying the next older one");
+                if skipped.is_none() {
+                    skipped = Some((info.id.clone(), why));
+                }
+            }
+        }
+    }
+    if let Some((newest, why)) = skipped {
+        if first > LogIndex(1) {
+            return Err(RaftError::Config(format!(
+                "snapshot {newest} cannot be read ({why}), no older one can, and the log starts at {first}: \
+                 restore the snapshot file from a backup, or move this node's data aside and let it rejoin"
+            )));
         }
     }
     Ok(None)
+}
+
+/// Makes the log continue the snapshot the node starts from. A crash during a
+/// snapshot install can leave the log ending before the snapshot (its purge
+/// did not run) and, from older versions or damaged stores, entries after it
+/// that disagree with it (a term lower than the snapshot's, or another term at
+/// its index). Neither was committed past the snapshot: they are cut, with a
+/// warning, so that the node never understates what it holds.
+fn reconcile_log(log: &dyn LogStore, snapshot: &SnapshotMeta) -> Result<(), RaftError> {
+    let id = snapshot.last_log_id;
+    let (first, last) = (log.first_index()?, log.last_index()?);
+    let disagrees_at = |index: LogIndex, ok: &dyn Fn(Term) -> bool| -> Result<bool, RaftError> {
+        Ok(first <= index && index <= last && log.get(index)?.is_some_and(|entry| !ok(entry.term)))
+    };
+    let cut_from = if disagrees_at(id.index, &|term| term == id.term)? {
+        Some(id.index)
+    } else if disagrees_at(id.index.next(), &|term| term >= id.term)? {
+        Some(id.index.next())
+    } else {
+        None
+    };
+    if let Some(from) = cut_from {
+        tracing::warn!(snapshot = %id, %from, last = %last, "the log disagrees with the snapshot after it; cutting it");
+        log.truncate_suffix(from.max(first))?;
+    }
+    if log.last_index()? < id.index {
+        log.purge_prefix(id.index)?;
+    }
+    Ok(())
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same
@@ -124,6 +179,7 @@ struct Inner {
     applied: watch::Receiver<LogIndex>,
     transport: Arc<dyn Transport>,
     shutdown: watch::Sender<bool>,
+    failure: watch::Receiver<Option<String>>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -180,7 +236,10 @@ impl Raft {
         if !Raft::has_existing_state(log, stable)? {
             return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
         }
-        let snapshot = restore_newest_snapshot(snapshots, state_machine)?;
+        let snapshot = restore_newest_snapshot(snapshots, log, state_machine)?;
+        if let Some(snapshot) = &snapshot {
+            reconcile_log(log, snapshot)?;
+        }
         let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
         let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
         let last = log.last_index()?;
@@ -221,10 +280,13 @@ impl Raft {
         config.validate().map_err(RaftError::Config)?;
         let mut state_machine = state_machine;
         let hard_state = stable.hard_state()?;
-        let snapshot = restore_newest_snapshot(snapshots.as_ref(), &mut state_machine)?;
+        let snapshot = restore_newest_snapshot(snapshots.as_ref(), log.as_ref(), &mut state_machine)?;
+        if let Some(snapshot) = &snapshot {
+            reconcile_log(log.as_ref(), snapshot)?;
+        }
         let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
         let (first, last) = (log.first_index()?, log.last_index()?);
-        if first > start.next() && last >= first {
+        if first > start.next() {
             return Err(RaftError::Config(format!(
                 "the log starts at {first} but the newest snapshot ends at {start}: entries are missing"
             )));
@@ -241,8 +303,15 @@ impl Raft {
         let (leader_tx, leader) = watch::channel(LeaderInfo::default());
         let (applied_tx, applied) = watch::channel(LogIndex::ZERO);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let channels =
-            node::Channels { requests, inbox: inbox_rx, shutdown: shutdown_rx, leader: leader_tx, applied: applied_tx };
+        let (failure_tx, failure) = watch::channel(None);
+        let channels = node::Channels {
+            requests,
+            inbox: inbox_rx,
+            shutdown: shutdown_rx,
+            leader: leader_tx,
+            applied: applied_tx,
+            failure: failure_tx,
+        };
         let stores = Stores { log, stable, snapshots };
         let id = config.id;
         let node_transport = transport.clone();
@@ -258,6 +327,7 @@ impl Raft {
                 applied,
                 transport,
                 shutdown,
+                failure,
                 task: std::sync::Mutex::new(Some(task)),
             }),
         })
@@ -274,8 +344,44 @@ impl Raft {
 
     async fn request<T>(&self, make: impl FnOnce(node::Reply<T>) -> Request) -> Result<T, RaftError> {
         let (reply, response) = oneshot::channel();
-        self.inner.requests.send(make(reply)).await.map_err(|_| RaftError::Shutdown)?;
-        response.await.map_err(|_| RaftError::Shutdown)?
+        self.inner.requests.send(make(reply)).await.map_err(|_| self.not_running())?;
+        response.await.map_err(|_| self.stopped_in_flight())?
+    }
+
+    /// A request that never reached the raft loop: definitely not carried out.
+    fn not_running(&self) -> RaftError {
+        match self.failure() {
+            Some(reason) => RaftError::Failed { reason },
+            None => RaftError::Shutdown,
+        }
+    }
+
+    /// A request the raft loop took but never answered.
+    fn stopped_in_flight(&self) -> RaftError {
+        RaftError::Stopped { reason: self.failure().unwrap_or_else(|| "shut down".to_string()) }
+    }
+
+    /// Why the node stopped for good, if it did: a storage failure or a
+    /// snapshot it could not keep. The node no longer serves anything; its
+    /// owner should report the reason and restart it (a process exits non-zero
+    /// so that its supervisor does). `None` while it runs or after a clean
+    /// `shutdown`.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves with the reason once the node stops for good (see `failure`);
+    /// never resolves for a node that runs or was shut down cleanly.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.clone();
+        loop {
+            if let Some(reason) = failure.borrow_and_update().clone() {
+                return reason;
+            }
+            if failure.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     async fn with_timeout<T>(
@@ -320,10 +426,10 @@ impl Raft {
         let mut results = Vec::with_capacity(pending.len());
         for response in pending {
             results.push(match response {
-                None => Err(RaftError::Shutdown),
+                None => Err(self.not_running()),
                 Some(response) => match tokio::time::timeout_at(deadline, response).await {
                     Ok(Ok(result)) => result,
-                    Ok(Err(_)) => Err(RaftError::Shutdown),
+                    Ok(Err(_)) => Err(self.stopped_in_flight()),
                     Err(_) => Err(RaftError::Timeout(timeout)),
                 },
             });
@@ -386,8 +492,8 @@ impl Raft {
 
     pub async fn status(&self) -> Result<Status, RaftError> {
         let (reply, response) = oneshot::channel();
-        self.inner.requests.send(Request::Status { reply }).await.map_err(|_| RaftError::Shutdown)?;
-        response.await.map_err(|_| RaftError::Shutdown)
+        self.inner.requests.send(Request::Status { reply }).await.map_err(|_| self.not_running())?;
+        response.await.map_err(|_| self.not_running())
     }
 
     /// hashicorp/raft's `Stats()`: the same field names, values as strings.
@@ -454,10 +560,36 @@ impl Raft {
         self.change_membership(MembershipChange::RemoveServer(id), timeout).await
     }
 
-    /// Hands leadership to `target`; resolves once the transfer started (watch
-    /// `leader_watch` to see it complete).
+    /// Hands leadership to `target` (thesis §3.10) and resolves once `target`
+    /// leads. Fails with `TransferFailed` when another node took over, or when
+    /// `target` did not within about two election timeouts (unreachable, or
+    /// too far behind): the leader then resumes serving.
     pub async fn leadership_transfer(&self, target: NodeId) -> Result<(), RaftError> {
-        self.request(|reply| Request::Transfer { target, reply }).await
+        let mut leader = self.inner.leader.clone();
+        let before = leader.borrow_and_update().term;
+        let wait = self.request(|reply| Request::Transfer { target, reply }).await?;
+        let moved = tokio::time::timeout(wait, async {
+            loop {
+                let now = *leader.borrow_and_update();
+                match now.leader {
+                    Some(new) if now.term > before => return Ok(new),
+                    _ => {}
+                }
+                if leader.changed().await.is_err() {
+                    return Err(self.not_running());
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(Ok(new)) if new == target => Ok(()),
+            Ok(Ok(new)) => Err(RaftError::TransferFailed { target, reason: format!("node {new} took over instead") }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(RaftError::TransferFailed {
+                target,
+                reason: format!("it did not take over within {wait:?} (unreachable or behind); leadership stays"),
+            }),
+        }
     }
 
     /// Takes a snapshot of the state machine now (hashicorp's `Snapshot`) and
@@ -478,8 +610,9 @@ impl Raft {
         self.request(|reply| Request::Reload { reload, reply }).await
     }
 
-    /// Stops the node: in-flight requests fail with `Shutdown`, the log writer
-    /// finishes what it was given, the tasks end.
+    /// Stops the node: writes in flight fail with `Stopped` (their outcome is
+    /// unknown), later requests with `Shutdown`; the log writer finishes what
+    /// it was given, the tasks end.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         let task = locks::lock(&self.inner.task).take();

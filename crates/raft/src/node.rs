@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, ReloadableConfig};
 use crate::error::RaftError;
-use crate::state_machine::{SnapshotSource, StateMachine};
+use crate::state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 use crate::storage::{LogStore, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore, StorageError};
 use crate::transport::Transport;
 
@@ -40,13 +40,33 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 /// What the `Raft` handle asks of the raft loop.
 pub(crate) enum Request {
-    Propose { command: Bytes, reply: Reply<(LogIndex, Bytes)> },
-    Read { mode: ReadMode, reply: Reply<LogIndex> },
-    Membership { change: MembershipChange, reply: Reply<(LogIndex, Bytes)> },
-    Transfer { target: NodeId, reply: Reply<()> },
-    Status { reply: oneshot::Sender<Status> },
-    Snapshot { reply: Reply<LogId> },
-    Reload { reload: ReloadableConfig, reply: Reply<Config> },
+    Propose {
+        command: Bytes,
+        reply: Reply<(LogIndex, Bytes)>,
+    },
+    Read {
+        mode: ReadMode,
+        reply: Reply<LogIndex>,
+    },
+    Membership {
+        change: MembershipChange,
+        reply: Reply<(LogIndex, Bytes)>,
+    },
+    /// Answered with how long the transfer may take once it started.
+    Transfer {
+        target: NodeId,
+        reply: Reply<Duration>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Snapshot {
+        reply: Reply<LogId>,
+    },
+    Reload {
+        reload: ReloadableConfig,
+        reply: Reply<Config>,
+    },
 }
 
 /// A snapshot of the node's protocol state, for `stats` and tests.
@@ -140,6 +160,12 @@ enum LoopEvent {
         to: NodeId,
         message: Message,
     },
+    /// The state machine's check of the snapshot received as `serial` ended.
+    SnapshotChecked {
+        serial: u64,
+        id: LogId,
+        result: Result<(), String>,
+    },
     /// Something this node cannot continue after (a snapshot it accepted cannot be
     /// stored or restored).
     Fatal(String),
@@ -147,7 +173,8 @@ enum LoopEvent {
 
 /// Work for the log writer thread, in order.
 enum WriterJob {
-    Persist(PersistRequest),
+    /// With the received snapshot when the request installs one.
+    Persist(PersistRequest, Option<Box<dyn SnapshotSink>>),
     /// Drop log entries up to the index, now covered by a snapshot.
     Purge(LogIndex),
 }
@@ -163,6 +190,8 @@ pub(crate) struct Channels {
     pub shutdown: watch::Receiver<bool>,
     pub leader: watch::Sender<LeaderInfo>,
     pub applied: watch::Sender<LogIndex>,
+    /// Set once, with the reason, when the node stops because it cannot go on.
+    pub failure: watch::Sender<Option<String>>,
 }
 
 pub(crate) struct Stores {
@@ -174,6 +203,27 @@ pub(crate) struct Stores {
 struct PendingProposal {
     term: Term,
     reply: Reply<(LogIndex, Bytes)>,
+}
+
+/// A snapshot arriving from the leader, chunk by chunk, into a sink of the
+/// snapshot store that is not committed yet.
+struct Incoming {
+    serial: u64,
+    id: LogId,
+    sink: Box<dyn SnapshotSink>,
+    /// Feeds the state machine's check, which runs on its own thread.
+    check: Option<std::sync::mpsc::Sender<Bytes>>,
+}
+
+/// A snapshot install under way. The log writer stores the snapshot in order
+/// with the log's other writes: the disagreeing suffix is cut, the snapshot
+/// committed, then the log before it purged. Until that persist is done the
+/// state machine keeps its state, and work for it waits behind the restore.
+struct Installing {
+    meta: SnapshotMeta,
+    /// The persist that stores it, once emitted.
+    seq: Option<u64>,
+    restore: bool,
 }
 
 struct RaftLoop {
@@ -190,8 +240,15 @@ struct RaftLoop {
     apply: mpsc::UnboundedSender<ApplyWork>,
     events: mpsc::UnboundedSender<LoopEvent>,
     snapshots: Arc<dyn SnapshotStore>,
-    /// A snapshot being received from the leader.
-    incoming: Option<(LogId, Box<dyn SnapshotSink>)>,
+    /// A snapshot being received from the leader, then (whole) awaiting its
+    /// check and its install.
+    incoming: Option<Incoming>,
+    received: Option<Incoming>,
+    next_serial: u64,
+    check: Option<SnapshotCheck>,
+    installing: Option<Installing>,
+    /// Work for the apply task held back behind an install's restore.
+    held: Vec<ApplyWork>,
     /// The settings in force (`reload_config` changes some).
     config: Config,
     chunk_bytes: usize,
@@ -213,7 +270,8 @@ pub(crate) async fn run(
     channels: Channels,
     start: Instant,
 ) {
-    let Channels { mut requests, mut inbox, mut shutdown, leader, applied } = channels;
+    let Channels { mut requests, mut inbox, mut shutdown, leader, applied, failure: failure_tx } = channels;
+    let check = state_machine.snapshot_check();
     let snapshots = stores.snapshots.clone();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let snapshot_index = core.snapshot().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
@@ -225,7 +283,9 @@ pub(crate) async fn run(
     let writer_thread = match writer_thread {
         Ok(handle) => handle,
         Err(error) => {
-            tracing::error!(%error, "cannot start the log writer thread; the node stops");
+            let reason = format!("cannot start the log writer thread: {error}");
+            tracing::error!(%reason, "the node stops");
+            failure_tx.send_replace(Some(reason));
             return;
         }
     };
@@ -256,6 +316,11 @@ pub(crate) async fn run(
         events: events_tx,
         snapshots,
         incoming: None,
+        received: None,
+        next_serial: 0,
+        check,
+        installing: None,
+        held: Vec::new(),
         config: config.clone(),
         chunk_bytes: config.snapshot_chunk_bytes.max(1),
         proposals: BTreeMap::new(),
@@ -281,21 +346,23 @@ pub(crate) async fn run(
                     if let Err(error) = raft.core.handle_persisted(seq) {
                         tracing::error!(%error, "log writer acknowledged an unknown persist");
                     }
+                    raft.persisted(seq);
                 }
                 Some(WriterEvent::Failed(error)) => {
                     // A node that cannot persist must stop: continuing could
                     // acknowledge what the disk lost.
-                    tracing::error!(%error, "storage failed; the node stops");
-                    failure = Some(error);
+                    failure = Some(format!("storage failed: {error}"));
                     break;
                 }
-                None => break,
+                None => {
+                    failure = Some("the log writer stopped".to_string());
+                    break;
+                }
             },
             event = events.recv() => {
                 let Some(event) = event else { break };
                 if let Err(reason) = raft.handle_event(event) {
-                    tracing::error!(%reason, "the node stops");
-                    failure = Some(StorageError::Poisoned { reason });
+                    failure = Some(reason);
                     break;
                 }
             }
@@ -317,8 +384,15 @@ pub(crate) async fn run(
                 raft.core.handle_tick(now);
             }
         }
-        raft.process_actions();
+        if let Err(reason) = raft.process_actions() {
+            failure = Some(reason);
+            break;
+        }
         raft.flush_outbox();
+    }
+    if let Some(reason) = &failure {
+        tracing::error!(node = %raft.id, %reason, "the node cannot go on and stops");
+        failure_tx.send_replace(Some(reason.clone()));
     }
     raft.shut_down(failure);
     drop(raft);
@@ -410,7 +484,8 @@ impl RaftLoop {
                 }
             }
             Request::Transfer { target, reply } => {
-                let _ = reply.send(self.core.transfer_leadership(target).map_err(RaftError::from));
+                let wait = self.config.election_timeout_min + self.config.election_timeout_max;
+                let _ = reply.send(self.core.transfer_leadership(target).map(|()| wait).map_err(RaftError::from));
             }
             Request::Status { reply } => {
                 let core = &self.core;
@@ -435,59 +510,114 @@ impl RaftLoop {
                     },
                 });
             }
-            Request::Snapshot { reply } => {
-                let _ = self.apply.send(ApplyWork::Snapshot { reply });
-            }
+            Request::Snapshot { reply } => self.for_apply(ApplyWork::Snapshot { reply }),
             Request::Reload { reload, reply } => {
                 let _ = reply.send(self.reload(&reload));
             }
         }
     }
 
-    fn process_actions(&mut self) {
-        let actions: Vec<Action> = self.core.drain_actions().collect();
-        for action in actions {
-            match action {
-                Action::Persist(request) => {
-                    if self.writer.send(WriterJob::Persist(request)).is_err() {
-                        tracing::error!("the log writer is gone; persists are lost");
-                    }
-                }
-                Action::Send { to, message } => self.send(to, message),
-                Action::Apply { entries } => self.apply(entries),
-                Action::ReadReady { read_id, index } => {
-                    if let Some(reply) = self.reads.remove(&read_id) {
-                        let _ = self.apply.send(ApplyWork::Read { index, reply });
-                    }
-                }
-                Action::ReadFailed { read_id, error } => {
-                    if let Some(reply) = self.reads.remove(&read_id) {
-                        let _ = reply.send(Err(error.into()));
-                    }
-                }
-                Action::LeaderChanged { leader, term } => {
-                    tracing::info!(node = %self.id, leader = ?leader.map(|l| l.0), %term, "leader changed");
-                    if leader != Some(self.id) {
-                        // Proposals not yet committed may or may not commit later.
-                        for (_, proposal) in std::mem::take(&mut self.proposals) {
-                            let _ = proposal.reply.send(Err(RaftError::LeadershipLost));
-                        }
-                    }
-                    self.leader.send_replace(LeaderInfo { leader, term });
-                }
-                Action::SendSnapshotChunk { to, term, meta, offset } => {
-                    self.send_snapshot_chunk(to, term, meta, offset)
-                }
-                Action::WriteSnapshotChunk { meta, offset, data, done } => {
-                    if let Err(reason) = self.write_snapshot_chunk(meta, offset, data, done) {
-                        // The core accepted the chunk; a node that cannot keep it must stop.
-                        let _ = self.events.send(LoopEvent::Fatal(reason));
-                    }
-                }
-                Action::RestoreSnapshot { meta } => {
-                    let _ = self.apply.send(ApplyWork::Restore { meta });
+    /// Carries out the core's actions until it has none left. An error is
+    /// fatal: no further action runs, the node stops.
+    fn process_actions(&mut self) -> Result<(), String> {
+        loop {
+            let actions: Vec<Action> = self.core.drain_actions().collect();
+            if actions.is_empty() {
+                return Ok(());
+            }
+            for action in actions {
+                self.process_action(action)?;
+            }
+        }
+    }
+
+    fn process_action(&mut self, action: Action) -> Result<(), String> {
+        match action {
+            Action::Persist(request) => {
+                let sink = match &request.snapshot {
+                    Some(meta) => Some(self.take_received(meta, request.seq)?),
+                    None => None,
+                };
+                if self.writer.send(WriterJob::Persist(request, sink)).is_err() {
+                    return Err("the log writer is gone".to_string());
                 }
             }
+            Action::Send { to, message } => self.send(to, message),
+            Action::Apply { entries } => self.apply(entries),
+            Action::ReadReady { read_id, index } => {
+                if let Some(reply) = self.reads.remove(&read_id) {
+                    self.for_apply(ApplyWork::Read { index, reply });
+                }
+            }
+            Action::ReadFailed { read_id, error } => {
+                if let Some(reply) = self.reads.remove(&read_id) {
+                    let _ = reply.send(Err(error.into()));
+                }
+            }
+            Action::LeaderChanged { leader, term } => {
+                tracing::info!(node = %self.id, leader = ?leader.map(|l| l.0), %term, "leader changed");
+                if leader != Some(self.id) {
+                    // Proposals not yet committed may or may not commit later;
+                    // committed ones are answered when they apply.
+                    let commit = self.core.commit_index();
+                    let uncommitted = self.proposals.split_off(&commit.next());
+                    for (_, proposal) in uncommitted {
+                        let _ = proposal.reply.send(Err(RaftError::LeadershipLost));
+                    }
+                }
+                self.leader.send_replace(LeaderInfo { leader, term });
+            }
+            Action::SendSnapshotChunk { to, term, meta, offset } => self.send_snapshot_chunk(to, term, meta, offset),
+            Action::WriteSnapshotChunk { meta, offset, data, done } => {
+                // The core accepted the chunk; a node that cannot keep it must stop.
+                self.write_snapshot_chunk(meta, offset, data, done)?;
+            }
+            Action::RestoreSnapshot { meta } => match self.installing.as_mut() {
+                Some(installing) if installing.meta == meta => installing.restore = true,
+                _ => self.installing = Some(Installing { meta, seq: None, restore: true }),
+            },
+        }
+        Ok(())
+    }
+
+    /// The received snapshot that `meta` installs, for the log writer to
+    /// commit with the persist `seq`.
+    fn take_received(&mut self, meta: &SnapshotMeta, seq: u64) -> Result<Box<dyn SnapshotSink>, String> {
+        let id = meta.last_log_id;
+        let received = self.received.take().filter(|received| received.id == id);
+        let Some(received) = received else {
+            return Err(format!("snapshot {id} is to be installed but was not received whole"));
+        };
+        match self.installing.as_mut() {
+            Some(installing) if installing.meta == *meta => installing.seq = Some(seq),
+            _ => self.installing = Some(Installing { meta: meta.clone(), seq: Some(seq), restore: false }),
+        }
+        Ok(received.sink)
+    }
+
+    /// Work for the apply task, in order, behind an install's restore.
+    fn for_apply(&mut self, work: ApplyWork) {
+        if self.installing.is_some() {
+            self.held.push(work);
+        } else {
+            let _ = self.apply.send(work);
+        }
+    }
+
+    /// The log writer finished every persist up to `seq`: an install stored
+    /// by then is restored, and the work held behind it goes on.
+    fn persisted(&mut self, seq: u64) {
+        let stored = self.installing.as_ref().is_some_and(|i| i.seq.is_some_and(|at| at <= seq));
+        if !stored {
+            return;
+        }
+        if let Some(installing) = self.installing.take() {
+            if installing.restore {
+                let _ = self.apply.send(ApplyWork::Restore { meta: installing.meta });
+            }
+        }
+        for work in std::mem::take(&mut self.held) {
+            let _ = self.apply.send(work);
         }
     }
 
@@ -548,7 +678,7 @@ impl RaftLoop {
                 }
             }
         }
-        let _ = self.apply.send(ApplyWork::Batch { entries, replies });
+        self.for_apply(ApplyWork::Batch { entries, replies });
     }
 
     fn handle_event(&mut self, event: LoopEvent) -> Result<(), String> {
@@ -610,6 +740,25 @@ impl RaftLoop {
                 }
             }
             LoopEvent::Outgoing { to, message } => self.send(to, message),
+            LoopEvent::SnapshotChecked { serial, id, result } => {
+                if self.received.as_ref().is_none_or(|r| r.serial != serial) {
+                    return Ok(());
+                }
+                let sound = match result {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        tracing::error!(
+                            node = %self.id, snapshot = %id, %reason,
+                            "refusing a snapshot from the leader: its content is not sound; keeping the current state and log"
+                        );
+                        if let Some(received) = self.received.take() {
+                            let _ = received.sink.cancel();
+                        }
+                        false
+                    }
+                };
+                self.core.handle_snapshot_checked(id, sound);
+            }
             LoopEvent::Fatal(reason) => return Err(reason),
         }
         Ok(())
@@ -638,28 +787,43 @@ impl RaftLoop {
         });
     }
 
+    /// Writes a chunk the core accepted into the store's sink (not committed)
+    /// and feeds it to the state machine's check. When the last chunk is in,
+    /// the check's verdict goes to the core (`handle_snapshot_checked`).
     fn write_snapshot_chunk(&mut self, meta: SnapshotMeta, offset: u64, data: Bytes, done: bool) -> Result<(), String> {
         use std::io::Write;
         let id = meta.last_log_id;
         if offset == 0 {
-            if let Some((_, sink)) = self.incoming.take() {
-                let _ = sink.cancel();
+            for abandoned in [self.incoming.take(), self.received.take()].into_iter().flatten() {
+                let _ = abandoned.sink.cancel();
             }
             let sink = self.snapshots.create(meta.clone()).map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
-            self.incoming = Some((id, sink));
+            self.next_serial += 1;
+            let serial = self.next_serial;
+            let check = self.check.clone().map(|check| spawn_check(check, serial, id, self.events.clone()));
+            self.incoming = Some(Incoming { serial, id, sink, check });
         }
-        let Some((incoming, sink)) = self.incoming.as_mut() else {
+        let Some(incoming) = self.incoming.as_mut() else {
             return Err(format!("snapshot {id} chunk at offset {offset} without a start"));
         };
-        if *incoming != id {
-            return Err(format!("snapshot {id} chunk while receiving {incoming}"));
+        if incoming.id != id {
+            return Err(format!("snapshot {id} chunk while receiving {}", incoming.id));
         }
-        sink.write_all(&data).map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
-        if done {
-            if let Some((_, sink)) = self.incoming.take() {
-                sink.commit().map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
-            }
+        incoming.sink.write_all(&data).map_err(|e| format!("cannot store snapshot {id}: {e}"))?;
+        if let Some(check) = &incoming.check {
+            // A check that already ended (refused early) no longer reads.
+            let _ = check.send(data);
         }
+        if !done {
+            return Ok(());
+        }
+        let Some(mut received) = self.incoming.take() else { return Ok(()) };
+        match received.check.take() {
+            // Closing the feed ends the check's input; its verdict comes as an event.
+            Some(feed) => drop(feed),
+            None => self.core.handle_snapshot_checked(id, true),
+        }
+        self.received = Some(received);
         Ok(())
     }
 
@@ -674,18 +838,72 @@ impl RaftLoop {
         Ok(next)
     }
 
-    fn shut_down(&mut self, failure: Option<StorageError>) {
-        let error = || match &failure {
-            Some(error) => RaftError::Storage(StorageError::Poisoned { reason: error.to_string() }),
-            None => RaftError::Shutdown,
-        };
+    fn shut_down(&mut self, failure: Option<String>) {
+        let reason = failure.clone().unwrap_or_else(|| "shut down".to_string());
+        // A proposal may be on followers already and commit under the next leader.
         for (_, proposal) in std::mem::take(&mut self.proposals) {
-            let _ = proposal.reply.send(Err(error()));
+            let _ = proposal.reply.send(Err(RaftError::Stopped { reason: reason.clone() }));
         }
         for (_, reply) in std::mem::take(&mut self.reads) {
-            let _ = reply.send(Err(error()));
+            let error = match &failure {
+                Some(reason) => RaftError::Failed { reason: reason.clone() },
+                None => RaftError::Shutdown,
+            };
+            let _ = reply.send(Err(error));
         }
         self.leader.send_replace(LeaderInfo { leader: None, term: self.core.current_term() });
+    }
+}
+
+/// Runs the state machine's check of a snapshot arriving as `serial` on a
+/// thread of its own, over the chunks sent into the returned feed; the verdict
+/// comes back as `LoopEvent::SnapshotChecked` once the feed is closed (or the
+/// check ends early).
+fn spawn_check(
+    check: SnapshotCheck,
+    serial: u64,
+    id: LogId,
+    events: mpsc::UnboundedSender<LoopEvent>,
+) -> std::sync::mpsc::Sender<Bytes> {
+    let (feed, chunks) = std::sync::mpsc::channel();
+    let verdicts = events.clone();
+    let run = move || {
+        let mut reader = ChunkReader { chunks, current: Bytes::new() };
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mut reader)));
+        let result = match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the check panicked".to_string()),
+        };
+        let _ = events.send(LoopEvent::SnapshotChecked { serial, id, result });
+    };
+    if let Err(error) = std::thread::Builder::new().name(format!("raft-snapshot-check-{serial}")).spawn(run) {
+        // Without its thread the check cannot run: refuse rather than trust.
+        let result = Err(format!("cannot start the check: {error}"));
+        let _ = verdicts.send(LoopEvent::SnapshotChecked { serial, id, result });
+    }
+    feed
+}
+
+/// The chunks of a snapshot as they arrive, as one `Read`; the end is when
+/// the feed closes.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
     }
 }
 
@@ -963,9 +1181,9 @@ fn log_writer(stores: Stores, jobs: std::sync::mpsc::Receiver<WriterJob>, events
         let mut result = Ok(());
         for job in batch {
             match job {
-                WriterJob::Persist(request) => {
+                WriterJob::Persist(request, sink) => {
                     last_seq = Some(request.seq);
-                    persists.push(request);
+                    persists.push((request, sink));
                 }
                 WriterJob::Purge(upto) => {
                     result = write_batch(&stores, std::mem::take(&mut persists))
@@ -991,13 +1209,16 @@ fn log_writer(stores: Stores, jobs: std::sync::mpsc::Receiver<WriterJob>, events
     }
 }
 
-fn write_batch(stores: &Stores, batch: Vec<PersistRequest>) -> Result<(), StorageError> {
+fn write_batch(
+    stores: &Stores,
+    batch: Vec<(PersistRequest, Option<Box<dyn SnapshotSink>>)>,
+) -> Result<(), StorageError> {
     let mut pending: Vec<Entry> = Vec::new();
     let mut hard_state = None;
-    for request in batch {
+    for (request, sink) in batch {
         if let Some(snapshot) = &request.snapshot {
             flush_entries(stores, &mut pending)?;
-            stores.log.purge_prefix(snapshot.last_log_id.index)?;
+            install_received(stores, snapshot, sink)?;
         }
         if let Some(write) = request.log {
             let continues = match pending.last() {
@@ -1021,6 +1242,38 @@ fn write_batch(stores: &Stores, batch: Vec<PersistRequest>) -> Result<(), Storag
         stores.stable.set_hard_state(state)?;
     }
     Ok(())
+}
+
+/// Stores a snapshot received from the leader in place of the log it covers,
+/// in an order that leaves a consistent state at every crash point:
+/// 1. entries from the snapshot's index on that disagree with it go first (the
+///    leader's log holds the snapshot's last entry, so they were never
+///    committed); a crash now leaves the old snapshot and a shorter log;
+/// 2. the snapshot is committed; a crash now leaves it with a log that ends
+///    before it (start-up then empties the log) or continues it;
+/// 3. the log up to the snapshot is purged.
+///
+/// A failure at any step stops the node before anything later runs.
+fn install_received(
+    stores: &Stores,
+    meta: &SnapshotMeta,
+    sink: Option<Box<dyn SnapshotSink>>,
+) -> Result<(), StorageError> {
+    let id = meta.last_log_id;
+    let Some(sink) = sink else {
+        return Err(StorageError::NotFound { what: format!("the received data of snapshot {id}") });
+    };
+    let log = &stores.log;
+    if log.last_index()? >= id.index {
+        let holds = log.get(id.index)?.is_some_and(|entry| entry.term == id.term);
+        if !holds {
+            let from = id.index.max(log.first_index()?);
+            tracing::info!(snapshot = %id, %from, "cutting the log entries the installed snapshot replaces");
+            log.truncate_suffix(from)?;
+        }
+    }
+    sink.commit()?;
+    log.purge_prefix(id.index)
 }
 
 fn flush_entries(stores: &Stores, pending: &mut Vec<Entry>) -> Result<(), StorageError> {

@@ -1,6 +1,7 @@
 //! The application's replicated state machine, as the runtime sees it.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use raft_core::Entry;
@@ -20,7 +21,20 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the whole state with a snapshot's, as written by `write_to`.
     fn restore(&mut self, snapshot: &mut dyn io::Read) -> io::Result<()>;
+
+    /// How to check a snapshot received from the leader before it replaces
+    /// anything: format, checksum, limits. Asked once, when the node starts;
+    /// the check reads the snapshot as its chunks arrive, on a thread of its
+    /// own. A refused snapshot is not stored and the node keeps its state and
+    /// log (the leader sends it again). `None`: every snapshot is accepted,
+    /// and one `restore` cannot read stops the node.
+    fn snapshot_check(&self) -> Option<SnapshotCheck> {
+        None
+    }
 }
+
+/// Reads a whole snapshot and says whether `restore` would accept it.
+pub type SnapshotCheck = Arc<dyn Fn(&mut dyn io::Read) -> io::Result<()> + Send + Sync>;
 
 /// A captured state, written out away from the apply task.
 pub trait SnapshotSource: Send + 'static {

@@ -619,8 +619,8 @@ pub(crate) fn status_of(error: RaftError) -> tonic::Status {
             leader.map_or("unknown".to_string(), |l| l.to_string())
         )),
         RaftError::Timeout(d) => tonic::Status::deadline_exceeded(format!("timed out after {d:?}")),
-        // Proposed, then leadership moved: the write may still commit.
-        RaftError::LeadershipLost => tonic::Status::unknown(RaftError::LeadershipLost.to_string()),
+        // Proposed, then leadership moved or the node stopped: the write may still commit.
+        error @ (RaftError::LeadershipLost | RaftError::Stopped { .. }) => tonic::Status::unknown(error.to_string()),
         RaftError::Refused(e) => tonic::Status::failed_precondition(e.to_string()),
         other => tonic::Status::internal(other.to_string()),
     }

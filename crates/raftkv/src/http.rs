@@ -75,7 +75,12 @@ pub(crate) fn raft_error(error: RaftError) -> ApiError {
         // commit, so this is not a failure a client may count on.
         RaftError::LeadershipLost => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
         RaftError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        // Not running: nothing was done.
         RaftError::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        RaftError::Failed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "node_failed"),
+        // Stopped with the write in flight: it may be on followers already.
+        RaftError::Stopped { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
+        RaftError::TransferFailed { .. } => (StatusCode::CONFLICT, "transfer_failed"),
         // A read that could not be confirmed changed nothing: retry.
         RaftError::Read(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
         RaftError::Refused(ProposeError::TransferInProgress { .. }) => {

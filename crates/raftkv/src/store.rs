@@ -272,6 +272,18 @@ impl StateMachine for KvMachine {
         Box::new(self.kv.read().capture(ImageKind::Snapshot, None))
     }
 
+    /// A snapshot from the leader must be a whole, intact raft snapshot image
+    /// (magic, format, bounded lengths, checksum) before it is stored.
+    fn snapshot_check(&self) -> Option<raft::SnapshotCheck> {
+        Some(Arc::new(|snapshot: &mut dyn std::io::Read| {
+            let (header, _) = image::verify(snapshot)?;
+            if header.kind != ImageKind::Snapshot {
+                return Err(std::io::Error::other(format!("a {:?} image is not a raft snapshot", header.kind)));
+            }
+            Ok(())
+        }))
+    }
+
     /// Reads and checks the whole image before touching the live state.
     fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
         let mut reader = ImageReader::open(std::io::BufReader::with_capacity(1 << 16, snapshot))?;
