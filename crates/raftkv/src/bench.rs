@@ -4,6 +4,7 @@
 //! same workload (keys, value size, write:read:cas mix, consistency), so both
 //! systems meet the same load generator.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +98,9 @@ pub struct BenchConfig {
 pub struct BenchResult {
     pub ops: u64,
     pub errors: u64,
+    /// Errors by HTTP status (raftkv; 0: no answer at all), e.g. 503 (not
+    /// done, retry) against 504 (outcome unknown) around a failover.
+    pub error_statuses: BTreeMap<u16, u64>,
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
 }
@@ -112,6 +116,7 @@ impl BenchResult {
             "consistency": config.consistency,
             "ops": self.ops,
             "errors": self.errors,
+            "error_statuses": self.error_statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "ops_per_s": (self.ops as f64 / self.elapsed.as_secs_f64()).round(),
             "p50_ms": q(0.5),
             "p90_ms": q(0.9),
@@ -156,9 +161,10 @@ impl Conn {
         }
     }
 
-    /// Runs one operation; `Ok(true)` when the system answered as it should
-    /// (a missing key or a failed compare is an answer, not an error).
-    async fn run(&mut self, op: Op, key: &str) -> bool {
+    /// Runs one operation; `Ok(())` when the system answered as it should
+    /// (a missing key or a failed compare is an answer, not an error), else
+    /// the HTTP status of the error (0: no answer; always 0 for etcd).
+    async fn run(&mut self, op: Op, key: &str) -> Result<(), u16> {
         match self {
             Conn::Http { http, base, value, consistency } => {
                 let sent = match op {
@@ -176,15 +182,21 @@ impl Conn {
                         let status = response.status().as_u16();
                         // Drain the body so the connection is reused.
                         let _ = response.bytes().await;
-                        (200..300).contains(&status) || status == 404 || (op == Op::Cas && status == 409)
+                        let answered =
+                            (200..300).contains(&status) || status == 404 || (op == Op::Cas && status == 409);
+                        if answered {
+                            Ok(())
+                        } else {
+                            Err(status)
+                        }
                     }
-                    Err(_) => false,
+                    Err(_) => Err(0),
                 }
             }
             Conn::Etcd { client, value, serializable } => {
                 let key = bytes::Bytes::copy_from_slice(key.as_bytes());
                 let put = || etcd::PutRequest { key: key.clone(), value: value.clone() };
-                match op {
+                let ok = match op {
                     Op::Write => client.put(put()).await.is_ok(),
                     Op::Read => {
                         let range =
@@ -202,6 +214,11 @@ impl Conn {
                         let txn = etcd::TxnRequest { compare: vec![compare], success: vec![success], failure: vec![] };
                         client.txn(txn).await.is_ok()
                     }
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(0)
                 }
             }
         }
@@ -256,7 +273,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
         let (config, done, issued) = (config.clone(), done.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-            let (mut ops, mut errors) = (0u64, 0u64);
+            let (mut ops, mut errors) = (0u64, BTreeMap::<u16, u64>::new());
             // Per-client choices, reproducible from the client number.
             let mut rng = raft_core::rng::Rng::new(client as u64 + 1);
             loop {
@@ -266,12 +283,13 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
                 let key = format!("key-{}", rng.next_u64() % config.keys.max(1));
                 let op = config.mix.pick(rng.next_u64());
                 let sent = Instant::now();
-                if conn.run(op, &key).await {
-                    ops += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                    histogram.record((sent.elapsed().as_micros() as u64).max(1)).map_err(|e| e.to_string())?;
-                } else {
-                    errors += 1;
+                match conn.run(op, &key).await {
+                    Ok(()) => {
+                        ops += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        histogram.record((sent.elapsed().as_micros() as u64).max(1)).map_err(|e| e.to_string())?;
+                    }
+                    Err(status) => *errors.entry(status).or_default() += 1,
                 }
             }
             Ok::<_, String>((ops, errors, histogram))
@@ -280,13 +298,17 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
     let mut result = BenchResult {
         ops: 0,
         errors: 0,
+        error_statuses: BTreeMap::new(),
         elapsed: Duration::ZERO,
         latency_us: Histogram::new(3).map_err(|e| e.to_string())?,
     };
     for task in tasks {
         let (ops, errors, histogram) = task.await.map_err(|e| format!("client task failed: {e}"))??;
         result.ops += ops;
-        result.errors += errors;
+        for (status, count) in errors {
+            result.errors += count;
+            *result.error_statuses.entry(status).or_default() += count;
+        }
         result.latency_us.add(histogram).map_err(|e| e.to_string())?;
     }
     result.elapsed = start.elapsed();
