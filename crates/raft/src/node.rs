@@ -394,8 +394,13 @@ pub(crate) async fn run(
         tracing::error!(node = %raft.id, %reason, "the node cannot go on and stops");
         failure_tx.send_replace(Some(reason.clone()));
     }
-    raft.shut_down(failure);
+    raft.shut_down(failure.clone());
     drop(raft);
+    // Requests still queued were never taken: they definitely did nothing.
+    requests.close();
+    while let Ok(request) = requests.try_recv() {
+        refuse(request, failure.as_deref());
+    }
     // The writer ends when its channel closes; the apply task when its does.
     let _ = apply_task.await;
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
@@ -907,6 +912,23 @@ impl std::io::Read for ChunkReader {
     }
 }
 
+/// Answers a request the raft loop never took, after it stopped.
+fn refuse(request: Request, failure: Option<&str>) {
+    let error = || match failure {
+        Some(reason) => RaftError::Failed { reason: reason.to_string() },
+        None => RaftError::Shutdown,
+    };
+    match request {
+        Request::Propose { reply, .. } | Request::Membership { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Read { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Transfer { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Snapshot { reply } => drop(reply.send(Err(error()))),
+        Request::Reload { reply, .. } => drop(reply.send(Err(error()))),
+        // Status has no error to give: dropping it answers "not running".
+        Request::Status { .. } => {}
+    }
+}
+
 async fn peer_sender(to: NodeId, transport: Arc<dyn Transport>, mut queue: mpsc::UnboundedReceiver<Message>) {
     const MAX_BATCH: usize = 256;
     while let Some(first) = queue.recv().await {
@@ -1286,3 +1308,85 @@ fn flush_entries(stores: &Stores, pending: &mut Vec<Entry>) -> Result<(), Storag
 
 /// How long `Raft::shutdown` waits for the tasks to finish.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemLogStore, MemSnapshotStore, MemStableStore};
+    use raft_core::EntryPayload;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Command(Bytes::from("x")) }
+    }
+
+    /// A sink whose commit fails, as on a full or failing disk.
+    struct FailingSink;
+
+    impl std::io::Write for FailingSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SnapshotSink for FailingSink {
+        fn id(&self) -> &str {
+            "failing"
+        }
+        fn commit(self: Box<Self>) -> Result<SnapshotInfo, StorageError> {
+            Err(StorageError::io("commit", "snapshot", std::io::Error::other("no space left on device")))
+        }
+        fn cancel(self: Box<Self>) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    /// Entries 1..=5 of term 1 and 6..=10 of term 2, then a snapshot (8, 3)
+    /// from a leader that disagrees with entries 6..=10.
+    fn divergent() -> (Stores, SnapshotMeta) {
+        let log = MemLogStore::new();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, if i <= 5 { 1 } else { 2 })).collect();
+        log.append(&entries).unwrap();
+        let stores = Stores {
+            log: Arc::new(log),
+            stable: Arc::new(MemStableStore::new()),
+            snapshots: Arc::new(MemSnapshotStore::new(2)),
+        };
+        let meta = SnapshotMeta { last_log_id: LogId::new(Term(3), LogIndex(8)), config: Configuration::default() };
+        (stores, meta)
+    }
+
+    /// A crash (here: a failed commit, after which nothing runs) between the
+    /// steps of an install never leaves the disagreeing entries behind a
+    /// stored snapshot, and never purges entries before one is stored.
+    #[test]
+    fn an_install_cuts_the_disagreeing_suffix_before_storing_and_purges_after() {
+        let (stores, meta) = divergent();
+        let failed = install_received(&stores, &meta, Some(Box::new(FailingSink)));
+        assert!(failed.is_err());
+        assert!(stores.snapshots.list().unwrap().is_empty());
+        assert_eq!(stores.log.first_index().unwrap(), LogIndex(1), "nothing purged behind an unstored snapshot");
+        assert_eq!(stores.log.last_index().unwrap(), LogIndex(7), "entries from the snapshot's index on are cut");
+
+        let (stores, meta) = divergent();
+        let sink = stores.snapshots.create(meta.clone()).unwrap();
+        install_received(&stores, &meta, Some(sink)).unwrap();
+        assert_eq!(stores.snapshots.list().unwrap()[0].meta, meta);
+        assert_eq!(stores.log.first_index().unwrap(), LogIndex(9));
+        assert_eq!(stores.log.last_index().unwrap(), LogIndex(8));
+    }
+
+    /// A log that holds the snapshot's last entry keeps what follows it
+    /// (figure 13, step 6).
+    #[test]
+    fn an_install_keeps_a_log_that_continues_the_snapshot() {
+        let (stores, _) = divergent();
+        let meta = SnapshotMeta { last_log_id: LogId::new(Term(2), LogIndex(8)), config: Configuration::default() };
+        let sink = stores.snapshots.create(meta.clone()).unwrap();
+        install_received(&stores, &meta, Some(sink)).unwrap();
+        assert_eq!(stores.log.first_index().unwrap(), LogIndex(9));
+        assert_eq!(stores.log.last_index().unwrap(), LogIndex(10));
+    }
+}

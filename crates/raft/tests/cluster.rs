@@ -2,182 +2,14 @@
 //! replication, forwarding errors, failover, reads, membership changes and
 //! restarts from durable stores. Waits are bounded; nothing asserts on timing.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::storage::{
-    FileSnapshotStore, FileStableStore, LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotStore,
-    StableStore, Wal, WalOptions,
-};
-use raft::transport::MemNetwork;
-use raft::{Config, Entry, EntryPayload, LogIndex, NodeId, Raft, RaftError, ReadMode, StateMachine};
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Records applied commands; answers each with "<index>".
-#[derive(Clone, Default)]
-struct Recorder {
-    applied: Arc<Mutex<Vec<(LogIndex, Bytes)>>>,
-}
-
-impl StateMachine for Recorder {
-    fn apply(&mut self, entries: &[Entry]) -> Vec<Bytes> {
-        let mut applied = self.applied.lock().unwrap();
-        entries
-            .iter()
-            .map(|entry| {
-                if let EntryPayload::Command(command) = &entry.payload {
-                    if !command.is_empty() {
-                        applied.push((entry.index, command.clone()));
-                    }
-                }
-                Bytes::from(entry.index.0.to_string())
-            })
-            .collect()
-    }
-
-    fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
-        let applied = self.applied.lock().unwrap();
-        Box::new(RecorderSnapshot(applied.iter().map(|(i, c)| (i.0, c.to_vec())).collect()))
-    }
-
-    fn restore(&mut self, snapshot: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let restored: Vec<(u64, Vec<u8>)> = serde_json::from_reader(snapshot).map_err(std::io::Error::other)?;
-        *self.applied.lock().unwrap() = restored.into_iter().map(|(i, c)| (LogIndex(i), Bytes::from(c))).collect();
-        Ok(())
-    }
-}
-
-struct RecorderSnapshot(Vec<(u64, Vec<u8>)>);
-
-impl raft::SnapshotSource for RecorderSnapshot {
-    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(out, &self.0).map_err(std::io::Error::other)
-    }
-}
-
-impl Recorder {
-    fn commands(&self) -> Vec<Bytes> {
-        self.applied.lock().unwrap().iter().map(|(_, c)| c.clone()).collect()
-    }
-}
-
-struct Node {
-    raft: Raft,
-    recorder: Recorder,
-    log: Arc<dyn LogStore>,
-    stable: Arc<dyn StableStore>,
-}
-
-type Stores = (Arc<dyn LogStore>, Arc<dyn StableStore>, Arc<dyn SnapshotStore>);
-
-struct Cluster {
-    network: MemNetwork,
-    nodes: BTreeMap<u64, Node>,
-    dirs: Vec<tempfile::TempDir>,
-    durable: bool,
-    config: fn(NodeId) -> Config,
-}
-
-impl Cluster {
-    fn new(durable: bool) -> Cluster {
-        Cluster { network: MemNetwork::new(), nodes: BTreeMap::new(), dirs: Vec::new(), durable, config: Config::fast }
-    }
-
-    fn stores(&mut self) -> Stores {
-        if self.durable {
-            let dir = tempfile::TempDir::new().unwrap();
-            let path: PathBuf = dir.path().to_path_buf();
-            self.dirs.push(dir);
-            open_durable(&path)
-        } else {
-            (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()), Arc::new(MemSnapshotStore::new(2)))
-        }
-    }
-
-    fn start(&mut self, id: u64, (log, stable, snapshots): Stores) {
-        let recorder = Recorder::default();
-        let transport = Arc::new(self.network.transport(NodeId(id)));
-        let config = (self.config)(NodeId(id));
-        let raft =
-            Raft::new(config, recorder.clone(), log.clone(), stable.clone(), snapshots, transport).expect("start node");
-        self.network.register(NodeId(id), raft.inbox());
-        self.nodes.insert(id, Node { raft, recorder, log, stable });
-    }
-
-    /// A cluster of `size` founders.
-    async fn bootstrap(size: u64, durable: bool) -> Cluster {
-        Cluster::bootstrap_with(size, durable, Config::fast).await
-    }
-
-    async fn bootstrap_with(size: u64, durable: bool, config: fn(NodeId) -> Config) -> Cluster {
-        let mut cluster = Cluster::new(durable);
-        cluster.config = config;
-        for id in 1..=size {
-            let stores = cluster.stores();
-            Raft::bootstrap_cluster(stores.0.as_ref(), stores.1.as_ref(), (1..=size).map(NodeId)).unwrap();
-            cluster.start(id, stores);
-        }
-        cluster
-    }
-
-    fn raft(&self, id: u64) -> &Raft {
-        &self.nodes[&id].raft
-    }
-
-    /// Waits until the running nodes agree on one leader among `candidates`.
-    async fn leader_among(&self, candidates: &[u64]) -> u64 {
-        for _ in 0..1000 {
-            let views: Vec<Option<NodeId>> = candidates.iter().map(|id| self.raft(*id).leader().leader).collect();
-            if let Some(Some(leader)) = views.first() {
-                if views.iter().all(|v| *v == Some(*leader)) && candidates.contains(&leader.0) {
-                    return leader.0;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no agreed leader among {candidates:?}");
-    }
-
-    async fn stop(&mut self, id: u64) -> Node {
-        let node = self.nodes.remove(&id).expect("node is running");
-        node.raft.shutdown().await;
-        node
-    }
-
-    /// Waits until node `id` has applied `count` commands.
-    async fn wait_applied(&self, id: u64, count: usize) -> Vec<Bytes> {
-        for _ in 0..1000 {
-            let commands = self.nodes[&id].recorder.commands();
-            if commands.len() >= count {
-                return commands;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("node {id} applied only {} of {count} commands", self.nodes[&id].recorder.commands().len());
-    }
-
-    async fn shutdown(self) {
-        for node in self.nodes.values() {
-            node.raft.shutdown().await;
-        }
-    }
-}
-
-fn open_durable(path: &std::path::Path) -> Stores {
-    let log = Wal::open(path.join("log"), WalOptions::default()).unwrap();
-    let stable = FileStableStore::open(path.join("stable")).unwrap();
-    let snapshots = FileSnapshotStore::open(path.join("snapshots"), 2).unwrap();
-    (Arc::new(log), Arc::new(stable), Arc::new(snapshots))
-}
-
-fn command(i: usize) -> Bytes {
-    Bytes::from(format!("command {i}"))
-}
-
+use common::*;
+use raft::{Config, NodeId, Raft, RaftError, ReadMode};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_and_followers_name_the_leader() {
     let cluster = Cluster::bootstrap(3, false).await;
@@ -359,16 +191,6 @@ async fn shutdown_fails_requests_instead_of_hanging() {
     raft.shutdown().await;
     assert!(matches!(raft.apply(command(1), TIMEOUT).await, Err(RaftError::Shutdown)));
     assert!(matches!(raft.linearizable_read(TIMEOUT).await, Err(RaftError::Shutdown)));
-}
-
-fn snapshot_often(id: NodeId) -> Config {
-    Config {
-        snapshot_threshold: 50,
-        snapshot_interval: Duration::from_millis(10),
-        trailing_logs: 10,
-        snapshot_chunk_bytes: 256,
-        ..Config::fast(id)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
