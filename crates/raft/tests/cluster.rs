@@ -131,8 +131,9 @@ async fn a_single_node_grows_to_three_by_adding_voters() {
     for id in 1..=3 {
         assert_eq!(cluster.wait_applied(id, 2).await, vec![command(1), command(2)], "node {id}");
     }
-    // Removing the leader: it steps down once the change commits; the others go on.
-    cluster.raft(1).remove_server(NodeId(1), TIMEOUT).await.ok();
+    // Removing the leader: it steps down once the change commits, and still
+    // answers that the change was made; the others go on.
+    cluster.raft(1).remove_server(NodeId(1), TIMEOUT).await.expect("the removal committed");
     let leader = cluster.leader_among(&[2, 3]).await;
     cluster.raft(leader).apply(command(3), TIMEOUT).await.unwrap();
     cluster.shutdown().await;
@@ -180,6 +181,22 @@ async fn leadership_transfer_moves_the_leader() {
         .expect("the transfer completes")
         .unwrap();
     cluster.raft(target).apply(command(2), TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// A transfer to a voter that cannot take over (cut off here) fails and says
+/// so; the leader keeps leading and serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfer_to_an_unreachable_voter_fails() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.network.isolate(NodeId(target));
+    let result = cluster.raft(leader).leadership_transfer(NodeId(target)).await;
+    assert!(matches!(&result, Err(RaftError::TransferFailed { target: t, .. }) if *t == NodeId(target)), "{result:?}");
+    assert_eq!(cluster.raft(leader).leader().leader, Some(NodeId(leader)));
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.expect("the leader serves again");
+    cluster.network.heal();
     cluster.shutdown().await;
 }
 
