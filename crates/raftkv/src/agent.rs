@@ -275,11 +275,7 @@ impl Agent {
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        let client = InternalClient::new(endpoint.connect_lazy())
+        let client = InternalClient::new(internal_endpoint(address)?.connect_lazy())
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE);
         clients.insert(address.to_string(), client.clone());
@@ -292,9 +288,15 @@ impl Agent {
         if let Some(forwarder) = forwarders.get(address).filter(|f| !f.is_closed()) {
             return Ok(forwarder.clone());
         }
-        let client = self.client(address)?;
+        let target = ForwardTarget {
+            address: address.to_string(),
+            endpoint: internal_endpoint(address)?,
+            max_message: MAX_INTERNAL_MESSAGE,
+            header: self.header(),
+            timeout: self.config.request_timeout,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward_batches(client, self.header(), self.config.request_timeout, rx));
+        tokio::spawn(forward_batches(target, rx));
         forwarders.insert(address.to_string(), tx.clone());
         Ok(tx)
     }
@@ -312,7 +314,7 @@ impl Agent {
             Some(leader) if leader == self.id => self.raft.apply(command.encode(), timeout).await?,
             Some(leader) => {
                 let address = self.book.get(leader).ok_or(WriteError::NoLeader)?;
-                let forwarder = self.forwarder(&address).map_err(WriteError::Refused)?;
+                let forwarder = self.forwarder(&address).map_err(|s| WriteError::NotSent(s.message().to_string()))?;
                 let (reply, answer) = oneshot::channel();
                 let forward = Forward { command: command.encode(), queued: std::time::Instant::now(), reply };
                 if forwarder.send(forward).is_err() {
@@ -399,15 +401,51 @@ const FORWARD_BATCH_BYTES: usize = 4 << 20;
 /// restore chunk whose JSON escapes blew up.
 const MAX_INTERNAL_MESSAGE: usize = 64 << 20;
 
-/// Sends the writes that queue up for one leader as `ApplyBatch` calls: a
-/// follower under load forwards one call per batch, not one per write.
-async fn forward_batches(
-    client: InternalClient<Channel>,
+/// The endpoint of a node's internal service (and raft transport).
+fn internal_endpoint(address: &str) -> Result<Endpoint, tonic::Status> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
+        .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+        .tcp_nodelay(true))
+}
+
+/// How long a forwarder tries to open a connection to the leader.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes an `ApplyBatchRequest` spends besides the commands: the header, and
+/// per command a field tag and a length (counted generously).
+const FORWARD_HEADER_BYTES: usize = 1024;
+const FORWARD_COMMAND_OVERHEAD: usize = 16;
+
+/// The leader a forwarder sends to, and the limits of its calls.
+struct ForwardTarget {
+    address: String,
+    endpoint: Endpoint,
+    /// Largest message either way (the request we encode, the reply we decode).
+    max_message: usize,
     header: proto::Header,
     timeout: Duration,
-    mut queue: mpsc::UnboundedReceiver<Forward>,
-) {
+}
+
+/// The forwarder's connection to the leader, opened explicitly (so that a
+/// write is sent only over a connection known to be up) and forgotten after
+/// any failure of a call on it (so that the next batch connects explicitly
+/// again instead of letting the channel reconnect behind the request).
+type Connection = Arc<Mutex<Option<(u64, InternalClient<Channel>)>>>;
+
+/// Sends the writes that queue up for one leader as `ApplyBatch` calls: a
+/// follower under load forwards one call per batch, not one per write.
+///
+/// Outcomes: a write that was never sent (it cannot fit a message, waited a
+/// whole timeout for a slot, or no connection could be opened) and one the
+/// leader refused before proposing it are definite failures; once a request
+/// has left, any other failure (a broken connection, a reply that cannot be
+/// read, a timeout) leaves its outcome unknown.
+async fn forward_batches(target: ForwardTarget, mut queue: mpsc::UnboundedReceiver<Forward>) {
+    let ForwardTarget { address, endpoint, max_message, header, timeout } = target;
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARD_IN_FLIGHT));
+    let connection: Connection = Arc::new(Mutex::new(None));
+    let mut connections = 0u64;
+    let budget = FORWARD_BATCH_BYTES.min(max_message.saturating_sub(FORWARD_HEADER_BYTES));
     // A write that did not fit the last batch opens the next.
     let mut carried: Option<Forward> = None;
     loop {
@@ -419,16 +457,25 @@ async fn forward_batches(
                 None => return,
             },
         };
-        let mut bytes = first.command.len();
+        // One write too large for any message is refused unsent.
+        if first.command.len() + FORWARD_COMMAND_OVERHEAD > budget.max(1) {
+            let message = format!(
+                "a command of {} bytes cannot fit an internal message (at most {max_message} bytes); it was not sent",
+                first.command.len()
+            );
+            let _ = first.reply.send(Err(WriteError::TooLarge(message)));
+            continue;
+        }
+        let mut bytes = first.command.len() + FORWARD_COMMAND_OVERHEAD;
         let mut batch = vec![first];
         while batch.len() < FORWARD_BATCH {
             match queue.try_recv() {
-                Ok(next) if bytes + next.command.len() > FORWARD_BATCH_BYTES => {
+                Ok(next) if bytes + next.command.len() + FORWARD_COMMAND_OVERHEAD > budget => {
                     carried = Some(next);
                     break;
                 }
                 Ok(next) => {
-                    bytes += next.command.len();
+                    bytes += next.command.len() + FORWARD_COMMAND_OVERHEAD;
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -439,16 +486,56 @@ async fn forward_batches(
         let (stale, fresh): (Vec<Forward>, Vec<Forward>) =
             batch.into_iter().partition(|forward| forward.queued.elapsed() >= timeout);
         for forward in stale {
-            let status = tonic::Status::unavailable("no leader took the write in time; it was not sent");
-            let _ = forward.reply.send(Err(WriteError::Refused(status)));
+            let message = "no leader took the write in time; it was not sent".to_string();
+            let _ = forward.reply.send(Err(WriteError::NotSent(message)));
         }
         if fresh.is_empty() {
             continue;
         }
         let batch = fresh;
-        let (mut client, header) = (client.clone(), header.clone());
+        let open = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (id, mut client) = match open {
+            Some(open) => open,
+            None => {
+                let connected =
+                    tokio::time::timeout(FORWARD_CONNECT_TIMEOUT + Duration::from_millis(100), endpoint.connect())
+                        .await;
+                let error = match connected {
+                    Ok(Ok(channel)) => {
+                        connections += 1;
+                        let client = InternalClient::new(channel)
+                            .max_decoding_message_size(max_message)
+                            .max_encoding_message_size(max_message);
+                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some((connections, client.clone()));
+                        None
+                    }
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(_) => Some(format!("no connection within {FORWARD_CONNECT_TIMEOUT:?}")),
+                };
+                match error {
+                    None => connection.lock().unwrap_or_else(|p| p.into_inner()).clone().expect("just stored"),
+                    Some(error) => {
+                        tracing::debug!(leader = %address, %error, "cannot connect to the leader");
+                        for forward in batch {
+                            let message =
+                                format!("cannot connect to the leader at {address} ({error}); it was not sent");
+                            let _ = forward.reply.send(Err(WriteError::NotSent(message)));
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let (header, connection) = (header.clone(), connection.clone());
         tokio::spawn(async move {
             let _slot = slot;
+            // Forgets this connection (not a newer one) after a failure on it.
+            let forget = || {
+                let mut open = connection.lock().unwrap_or_else(|p| p.into_inner());
+                if open.as_ref().is_some_and(|(open, _)| *open == id) {
+                    *open = None;
+                }
+            };
             let commands = batch.iter().map(|f| f.command.clone()).collect();
             let mut request = tonic::Request::new(proto::ApplyBatchRequest { header: Some(header), commands });
             request.set_timeout(timeout);
@@ -457,12 +544,17 @@ async fn forward_batches(
             let results = match sent {
                 Ok(Ok(response)) => response.into_inner().results,
                 Ok(Err(status)) => {
+                    let failure = classify_call_failure(status);
+                    if !matches!(failure, WriteError::Refused(_)) {
+                        forget();
+                    }
                     for forward in batch {
-                        let _ = forward.reply.send(Err(classify_forward_failure(status.clone())));
+                        let _ = forward.reply.send(Err(failure.duplicate()));
                     }
                     return;
                 }
                 Err(_) => {
+                    forget();
                     for forward in batch {
                         let status = tonic::Status::deadline_exceeded("the leader did not answer in time");
                         let _ = forward.reply.send(Err(WriteError::Unknown(status)));
@@ -474,7 +566,7 @@ async fn forward_batches(
             for forward in batch {
                 let answer = match results.next() {
                     Some(result) if result.error_code == 0 => Ok((raft::LogIndex(result.index), result.response)),
-                    Some(result) => Err(classify_forward_failure(tonic::Status::new(
+                    Some(result) => Err(classify_result_failure(tonic::Status::new(
                         tonic::Code::from(result.error_code),
                         result.error_message,
                     ))),
@@ -498,6 +590,13 @@ pub enum WriteError {
     /// The leader refused the forwarded write before proposing it.
     #[error("the leader refused the write: {}", .0.message())]
     Refused(tonic::Status),
+    /// The write was never sent to the leader (no connection could be opened,
+    /// or it waited too long for one): not carried out, retry.
+    #[error("{0}")]
+    NotSent(String),
+    /// The write can never fit an internal message: not carried out.
+    #[error("{0}")]
+    TooLarge(String),
     /// The forwarded write may or may not have been applied (the call failed or
     /// timed out after it left, or leadership moved after it was proposed).
     #[error("outcome unknown: {}", .0.message())]
@@ -506,23 +605,68 @@ pub enum WriteError {
     Internal(String),
 }
 
-/// Whether a failed forward definitely did not apply the write. Only refusals
-/// the leader's `Apply` makes before proposing are definite; a broken
-/// connection or a timeout after sending leaves the outcome unknown.
-fn classify_forward_failure(status: tonic::Status) -> WriteError {
-    // Too large to send or to be read by the leader: refused before anything ran.
-    let definite = matches!(
-        status.code(),
-        tonic::Code::FailedPrecondition
-            | tonic::Code::InvalidArgument
-            | tonic::Code::OutOfRange
-            | tonic::Code::ResourceExhausted
-    ) || (status.code() == tonic::Code::Unavailable
-        && (status.message().starts_with("not the leader") || status.message().starts_with("no leader")));
-    if definite {
-        WriteError::Refused(status)
-    } else {
-        WriteError::Unknown(status)
+impl WriteError {
+    /// The same failure, for each write of a batch.
+    fn duplicate(&self) -> WriteError {
+        let copy = |status: &tonic::Status| {
+            tonic::Status::with_metadata(status.code(), status.message(), status.metadata().clone())
+        };
+        match self {
+            WriteError::Raft(error) => WriteError::Internal(error.to_string()),
+            WriteError::NoLeader => WriteError::NoLeader,
+            WriteError::Refused(status) => WriteError::Refused(copy(status)),
+            WriteError::Unknown(status) => WriteError::Unknown(copy(status)),
+            WriteError::NotSent(message) => WriteError::NotSent(message.clone()),
+            WriteError::TooLarge(message) => WriteError::TooLarge(message.clone()),
+            WriteError::Internal(message) => WriteError::Internal(message.clone()),
+        }
+    }
+}
+
+/// Metadata on the statuses with which a node refuses an internal call before
+/// doing anything (bad header, not the leader): a client tells them from the
+/// statuses its own transport makes up (tonic maps I/O errors onto codes such
+/// as `Unavailable` or `InvalidArgument`), which say nothing of the outcome.
+const REFUSED_KEY: &str = "raftkv-refused";
+
+/// A refusal made before anything was done (see `REFUSED_KEY`).
+fn refusal(code: tonic::Code, message: impl Into<String>) -> tonic::Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(REFUSED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    tonic::Status::with_metadata(code, message, metadata)
+}
+
+/// Whether a failed `ApplyBatch` call definitely did not apply its writes.
+/// Only the leader's own refusals (marked, see `REFUSED_KEY`) are definite,
+/// and a call that failed because the channel could not reconnect (it never
+/// left); anything else may have happened after the request left: a broken
+/// connection, a reply too large to decode, a timeout. Outcome unknown.
+fn classify_call_failure(status: tonic::Status) -> WriteError {
+    if status.metadata().get(REFUSED_KEY).is_some() {
+        return WriteError::Refused(status);
+    }
+    let mut source = std::error::Error::source(&status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+            return WriteError::NotSent(format!("cannot reach the leader ({}); it was not sent", status.message()));
+        }
+        source = error.source();
+    }
+    WriteError::Unknown(status)
+}
+
+/// Whether one write the leader answered failed definitely: it came in a
+/// reply, so its code is the leader's own. `Unavailable` (not the leader, or
+/// the node failed), `FailedPrecondition` (refused) and `InvalidArgument`
+/// (undecodable) are refusals before proposing; `Unknown` (leadership lost or
+/// the node stopped after proposing), `DeadlineExceeded` and anything else
+/// leave the outcome unknown.
+fn classify_result_failure(status: tonic::Status) -> WriteError {
+    match status.code() {
+        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::Unavailable => {
+            WriteError::Refused(status)
+        }
+        _ => WriteError::Unknown(status),
     }
 }
 
@@ -577,19 +721,25 @@ struct InternalService {
 impl InternalService {
     fn check(&self, header: Option<&proto::Header>) -> Result<(), tonic::Status> {
         let Some(header) = header else {
-            return Err(tonic::Status::failed_precondition("internal RPC without a header"));
+            return Err(refusal(tonic::Code::FailedPrecondition, "internal RPC without a header"));
         };
         if header.protocol_version != PROTOCOL_VERSION {
-            return Err(tonic::Status::failed_precondition(format!(
-                "protocol version mismatch: peer speaks {}, node {} speaks {PROTOCOL_VERSION}",
-                header.protocol_version, self.agent.id
-            )));
+            return Err(refusal(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "protocol version mismatch: peer speaks {}, node {} speaks {PROTOCOL_VERSION}",
+                    header.protocol_version, self.agent.id
+                ),
+            ));
         }
         if !header.cluster_id.is_empty() && header.cluster_id != self.agent.cluster_id {
-            return Err(tonic::Status::failed_precondition(format!(
-                "cluster id mismatch: peer {} belongs to cluster {:?}, node {} to cluster {:?}",
-                header.from, header.cluster_id, self.agent.id, self.agent.cluster_id
-            )));
+            return Err(refusal(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "cluster id mismatch: peer {} belongs to cluster {:?}, node {} to cluster {:?}",
+                    header.from, header.cluster_id, self.agent.id, self.agent.cluster_id
+                ),
+            ));
         }
         Ok(())
     }
@@ -597,9 +747,9 @@ impl InternalService {
     fn not_leader(&self) -> tonic::Status {
         match self.agent.leader_addr() {
             Some((leader, address)) => {
-                tonic::Status::unavailable(format!("not the leader; node {leader} at {address} leads"))
+                refusal(tonic::Code::Unavailable, format!("not the leader; node {leader} at {address} leads"))
             }
-            None => tonic::Status::unavailable("no leader is known"),
+            None => refusal(tonic::Code::Unavailable, "no leader is known"),
         }
     }
 }
@@ -622,6 +772,10 @@ pub(crate) fn status_of(error: RaftError) -> tonic::Status {
         // Proposed, then leadership moved or the node stopped: the write may still commit.
         error @ (RaftError::LeadershipLost | RaftError::Stopped { .. }) => tonic::Status::unknown(error.to_string()),
         RaftError::Refused(e) => tonic::Status::failed_precondition(e.to_string()),
+        // Not running: the request was not carried out.
+        error @ (RaftError::Shutdown | RaftError::Failed { .. }) => tonic::Status::unavailable(error.to_string()),
+        // Leadership did not move.
+        error @ RaftError::TransferFailed { .. } => tonic::Status::aborted(error.to_string()),
         other => tonic::Status::internal(other.to_string()),
     }
 }
@@ -769,4 +923,197 @@ pub(crate) async fn forward_admin(agent: &Agent, op: proto::admin_request::Op) -
     let mut call = tonic::Request::new(proto::AdminRequest { header: Some(agent.header()), op: Some(op) });
     call.set_timeout(agent.config.request_timeout);
     Ok(client.admin(call).await?.into_inner().index)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The forwarder against a stand-in leader on loopback: which failures
+    //! are definite (not sent, refused) and which leave the outcome unknown.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// How the stand-in leader answers `ApplyBatch`.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Applies each command; the response is `reply_bytes` long.
+        Apply { reply_bytes: usize },
+        /// Refuses the call as a follower does (marked).
+        NotLeader,
+        /// An unmarked `Unavailable` that reads like a refusal (as a transport
+        /// error could): nothing says the request was not carried out.
+        Unmarked,
+    }
+
+    struct StandIn {
+        answer: Answer,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl proto::internal_server::Internal for StandIn {
+        async fn apply_batch(
+            &self,
+            request: tonic::Request<proto::ApplyBatchRequest>,
+        ) -> Result<tonic::Response<proto::ApplyBatchResponse>, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.answer {
+                Answer::Apply { reply_bytes } => {
+                    let results = (1..=request.into_inner().commands.len() as u64)
+                        .map(|index| proto::ApplyResult {
+                            index,
+                            response: vec![7u8; reply_bytes].into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    Ok(tonic::Response::new(proto::ApplyBatchResponse { results }))
+                }
+                Answer::NotLeader => Err(refusal(tonic::Code::Unavailable, "not the leader; node 2 at x leads")),
+                Answer::Unmarked => Err(tonic::Status::unavailable("not the leader; node 2 at x leads")),
+            }
+        }
+
+        async fn cluster_info(
+            &self,
+            _: tonic::Request<proto::ClusterInfoRequest>,
+        ) -> Result<tonic::Response<proto::ClusterInfoResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stand-in"))
+        }
+
+        async fn join(
+            &self,
+            _: tonic::Request<proto::JoinRequest>,
+        ) -> Result<tonic::Response<proto::JoinResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stand-in"))
+        }
+
+        async fn admin(
+            &self,
+            _: tonic::Request<proto::AdminRequest>,
+        ) -> Result<tonic::Response<proto::AdminResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stand-in"))
+        }
+    }
+
+    /// Serves a stand-in leader; returns its address, its call counter and its task.
+    async fn stand_in(answer: Answer) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = proto::internal_server::InternalServer::new(StandIn { answer, calls: calls.clone() });
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        (address, calls, task)
+    }
+
+    /// A forwarder to `address` whose messages hold at most `max_message` bytes.
+    fn forwarder(address: &str, max_message: usize) -> mpsc::UnboundedSender<Forward> {
+        let target = ForwardTarget {
+            address: address.to_string(),
+            endpoint: internal_endpoint(address).unwrap(),
+            max_message,
+            header: proto::Header { protocol_version: PROTOCOL_VERSION, cluster_id: String::new(), from: 1 },
+            timeout: Duration::from_secs(5),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward_batches(target, rx));
+        tx
+    }
+
+    async fn forward(
+        forwarder: &mpsc::UnboundedSender<Forward>,
+        command: &[u8],
+    ) -> Result<(raft::LogIndex, bytes::Bytes), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        let command = bytes::Bytes::copy_from_slice(command);
+        forwarder.send(Forward { command, queued: std::time::Instant::now(), reply }).unwrap();
+        answer.await.unwrap()
+    }
+
+    /// A port nothing listens on.
+    async fn closed_address() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_write_that_found_no_connection_was_not_sent() {
+        let forwarder = forwarder(&closed_address().await, MAX_INTERNAL_MESSAGE);
+        match forward(&forwarder, b"w").await {
+            Err(WriteError::NotSent(message)) => assert!(message.contains("not sent"), "{message}"),
+            other => panic!("a write that could not connect must be a definite failure, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_too_large_to_read_leaves_the_outcome_unknown() {
+        let (address, calls, _server) = stand_in(Answer::Apply { reply_bytes: 4096 }).await;
+        let forwarder = forwarder(&address, 2048);
+        match forward(&forwarder, b"w").await {
+            Err(WriteError::Unknown(status)) => {
+                assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}")
+            }
+            other => panic!("the leader ran the write; its reply was lost: outcome unknown, not {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_too_large_for_any_message_is_refused_unsent() {
+        let (address, calls, _server) = stand_in(Answer::Apply { reply_bytes: 1 }).await;
+        let forwarder = forwarder(&address, 2048);
+        match forward(&forwarder, &[1u8; 4096]).await {
+            Err(WriteError::TooLarge(message)) => assert!(message.contains("not sent"), "{message}"),
+            other => panic!("expected a definite refusal, got {other:?}"),
+        }
+        // Small writes still go, and only they reached the leader.
+        assert!(forward(&forwarder, b"w").await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_leaders_marked_refusals_are_definite() {
+        let (address, _, _server) = stand_in(Answer::NotLeader).await;
+        let marked = forwarder(&address, MAX_INTERNAL_MESSAGE);
+        assert!(matches!(forward(&marked, b"w").await, Err(WriteError::Refused(_))));
+        let (address, _, _server) = stand_in(Answer::Unmarked).await;
+        let unmarked = forwarder(&address, MAX_INTERNAL_MESSAGE);
+        assert!(matches!(forward(&unmarked, b"w").await, Err(WriteError::Unknown(_))));
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_call_the_next_batch_connects_again_and_is_not_sent_if_it_cannot() {
+        let (address, calls, server) = stand_in(Answer::Apply { reply_bytes: 4096 }).await;
+        let forwarder = forwarder(&address, 2048);
+        assert!(matches!(forward(&forwarder, b"w").await, Err(WriteError::Unknown(_))));
+        // The leader goes away; the forwarder must not send over a channel
+        // that reconnects behind the request.
+        server.abort();
+        let _ = server.await;
+        match forward(&forwarder, b"w").await {
+            Err(WriteError::NotSent(message)) => assert!(message.contains("not sent"), "{message}"),
+            other => panic!("expected a definite failure, got {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn answered_failures_are_definite_only_for_refusals_before_proposing() {
+        for code in [tonic::Code::FailedPrecondition, tonic::Code::InvalidArgument, tonic::Code::Unavailable] {
+            assert!(matches!(classify_result_failure(tonic::Status::new(code, "")), WriteError::Refused(_)));
+        }
+        for code in [tonic::Code::Unknown, tonic::Code::DeadlineExceeded, tonic::Code::Internal] {
+            assert!(matches!(classify_result_failure(tonic::Status::new(code, "")), WriteError::Unknown(_)));
+        }
+        // A node that failed or shut down did not carry the write out.
+        let failed = status_of(RaftError::Failed { reason: "disk".into() });
+        assert!(matches!(classify_result_failure(failed), WriteError::Refused(_)));
+        let stopped = status_of(RaftError::Stopped { reason: "disk".into() });
+        assert!(matches!(classify_result_failure(stopped), WriteError::Unknown(_)));
+    }
 }

@@ -288,6 +288,7 @@ fn retryable(error: &WriteError) -> bool {
     matches!(
         error,
         WriteError::Unknown(_)
+            | WriteError::NotSent(_)
             | WriteError::NoLeader
             | WriteError::Raft(raft::RaftError::LeadershipLost | raft::RaftError::Timeout(_))
             | WriteError::Raft(raft::RaftError::NotLeader { .. })

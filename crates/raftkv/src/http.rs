@@ -4,9 +4,11 @@
 //! once it is applied; stale reads read the local state at once.
 //!
 //! Errors are `{"error": {"code", "message"}}`: 400 bad input, 404 no such
-//! key, 409 compare-and-swap mismatch, 503 no leader (with `Retry-After`; the
-//! request was not carried out), 504 timeout or `outcome_unknown` (a write that
-//! may or may not have been applied).
+//! key, 409 compare-and-swap mismatch or a leadership transfer that did not
+//! move leadership (`transfer_failed`), 413 a write too large to forward, 503
+//! no leader, `not_sent` (the follower could not reach the leader) or
+//! `node_failed` (with `Retry-After`; the request was not carried out), 504
+//! timeout or `outcome_unknown` (a write that may or may not have been applied).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,6 +102,8 @@ fn status_error(status: tonic::Status) -> ApiError {
         tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
         tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "refused"),
+        // `status_of(TransferFailed)`: leadership did not move.
+        tonic::Code::Aborted => (StatusCode::CONFLICT, "transfer_failed"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "forward_failed"),
     };
     ApiError { status, code, message }
@@ -114,6 +118,9 @@ pub(crate) fn write_error(error: WriteError) -> ApiError {
             message: "no leader is known".into(),
         },
         WriteError::Refused(status) => status_error(status),
+        // Never reached the leader: not carried out, retry.
+        WriteError::NotSent(message) => ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "not_sent", message },
+        WriteError::TooLarge(message) => ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message },
         WriteError::Unknown(status) => ApiError {
             status: StatusCode::GATEWAY_TIMEOUT,
             code: "outcome_unknown",
