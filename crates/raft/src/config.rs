@@ -1,8 +1,9 @@
-//! Settings of a `Raft` node (DESIGN.md section 4 defaults).
+//! Settings of a `Raft` node and their defaults.
 
 use std::time::Duration;
 
 use raft_core::{CoreConfig, NodeId};
+use raft_driver::{DriverConfig, SnapshotPolicy};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -114,6 +115,29 @@ impl Config {
             ));
         }
         self.core_config().validate().map_err(|e| e.reason.to_string())
+    }
+
+    fn millis(duration: Duration) -> u64 {
+        duration.as_millis().min(u64::MAX as u128) as u64
+    }
+
+    /// When the apply side takes snapshots on its own.
+    pub(crate) fn snapshot_policy(&self) -> SnapshotPolicy {
+        SnapshotPolicy {
+            threshold: self.snapshot_threshold.max(1),
+            interval_ms: Config::millis(self.snapshot_interval),
+            log_bytes: self.snapshot_log_bytes.max(1),
+        }
+    }
+
+    /// How long a caller waits for a leadership transfer: the target's
+    /// election after TimeoutNow, with room for a slow round.
+    pub(crate) fn transfer_wait_ms(&self) -> u64 {
+        Config::millis(self.election_timeout_min + self.election_timeout_max)
+    }
+
+    pub(crate) fn driver_config(&self, check_snapshots: bool) -> DriverConfig {
+        DriverConfig { trailing_logs: self.trailing_logs, check_snapshots, transfer_wait_ms: self.transfer_wait_ms() }
     }
 
     pub(crate) fn core_config(&self) -> CoreConfig {

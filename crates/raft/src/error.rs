@@ -38,6 +38,9 @@ pub enum RaftError {
     Storage(#[from] StorageError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Taking or storing a snapshot failed; nothing changed.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
     /// `snapshot` was asked for, but nothing was applied since the newest one.
     #[error("nothing new to snapshot: the newest snapshot covers index {index}")]
     NothingNewToSnapshot { index: LogIndex },
@@ -69,5 +72,23 @@ impl RaftError {
     /// (commit and apply later): the caller must not report it as not done.
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, RaftError::LeadershipLost | RaftError::Timeout(_) | RaftError::Stopped { .. })
+    }
+}
+
+impl From<raft_driver::Failure> for RaftError {
+    fn from(failure: raft_driver::Failure) -> RaftError {
+        use raft_driver::Failure;
+        match failure {
+            Failure::NotLeader { leader } => RaftError::NotLeader { leader },
+            Failure::LeadershipLost => RaftError::LeadershipLost,
+            Failure::Stopped { reason } => RaftError::Stopped { reason },
+            Failure::Failed { reason } => RaftError::Failed { reason },
+            Failure::Shutdown => RaftError::Shutdown,
+            Failure::Refused(error) => RaftError::Refused(error),
+            Failure::Read(error) => RaftError::Read(error),
+            Failure::Overwritten { index } => RaftError::Overwritten { index },
+            Failure::NothingNewToSnapshot { index } => RaftError::NothingNewToSnapshot { index },
+            Failure::Snapshot { reason } => RaftError::Snapshot(reason),
+        }
     }
 }

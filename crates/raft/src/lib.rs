@@ -50,7 +50,7 @@ pub mod transport;
 mod config;
 mod error;
 mod locks;
-mod node;
+mod runtime;
 mod state_machine;
 
 use std::sync::Arc;
@@ -61,15 +61,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Config, ReloadableConfig};
 pub use error::RaftError;
-pub use node::{LeaderInfo, Status};
 pub use raft_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
     ReadError, ReadMode, Role, SnapshotMeta, Term,
 };
+pub use runtime::{LeaderInfo, Status};
 pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 
-use node::{Request, Stores};
 use raft_core::{Core, DurableState};
+use runtime::{Request, Stores};
 use storage::{LogStore, SnapshotStore, StableStore};
 use transport::{Inbox, Transport};
 
@@ -260,7 +260,7 @@ impl Raft {
             return Err(RaftError::Config("no entries to recover from".into()));
         }
         let meta = SnapshotMeta { last_log_id: tail, config: configuration.clone() };
-        node::write_snapshot(snapshots, meta, state_machine.snapshot())?;
+        runtime::snapshots::write_snapshot(snapshots, meta, state_machine.snapshot())?;
         log.purge_prefix(tail.index)?;
         let (previous, previous_index) = previous.unwrap_or_default();
         Ok(Recovery { previous, previous_index, configuration, snapshot: tail })
@@ -304,7 +304,7 @@ impl Raft {
         let (applied_tx, applied) = watch::channel(LogIndex::ZERO);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (failure_tx, failure) = watch::channel(None);
-        let channels = node::Channels {
+        let channels = runtime::Channels {
             requests,
             inbox: inbox_rx,
             shutdown: shutdown_rx,
@@ -316,7 +316,7 @@ impl Raft {
         let id = config.id;
         let node_transport = transport.clone();
         let task = tokio::spawn(async move {
-            node::run(core, &config, stores, Box::new(state_machine), node_transport, channels, start).await;
+            runtime::run(core, &config, stores, Box::new(state_machine), node_transport, channels, start).await;
         });
         Ok(Raft {
             inner: Arc::new(Inner {
@@ -342,7 +342,7 @@ impl Raft {
         self.inner.inbox.clone()
     }
 
-    async fn request<T>(&self, make: impl FnOnce(node::Reply<T>) -> Request) -> Result<T, RaftError> {
+    async fn request<T>(&self, make: impl FnOnce(runtime::Reply<T>) -> Request) -> Result<T, RaftError> {
         let (reply, response) = oneshot::channel();
         self.inner.requests.send(make(reply)).await.map_err(|_| self.not_running())?;
         response.await.map_err(|_| self.stopped_in_flight())?
@@ -617,7 +617,7 @@ impl Raft {
         self.inner.shutdown.send_replace(true);
         let task = locks::lock(&self.inner.task).take();
         if let Some(task) = task {
-            if tokio::time::timeout(node::SHUTDOWN_GRACE, task).await.is_err() {
+            if tokio::time::timeout(runtime::SHUTDOWN_GRACE, task).await.is_err() {
                 tracing::warn!(node = %self.inner.id, "raft tasks did not stop within the grace period");
             }
         }

@@ -249,13 +249,34 @@ impl Agent {
             }
         });
         let register = tokio::spawn(register_self(agent.clone()));
-        agent.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([grpc, http, register]);
+        // A node that failed for good stops serving at once (the HTTP API
+        // also refuses every request, on connections already open too); the
+        // process owner decides what comes next (`raftkv agent` exits).
+        let serving = [grpc.abort_handle(), http.abort_handle()];
+        let failed = {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let reason = raft.failed().await;
+                tracing::error!(%id, %reason, "the raft node failed and stopped; this node stops serving");
+                for task in serving {
+                    task.abort();
+                }
+            })
+        };
+        agent.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([grpc, http, register, failed]);
 
         if !existing && !config.bootstrap {
             agent.join(&config.join).await?;
         }
         tracing::info!(id = %agent.id, http = %config.http_addr, raft = %config.raft_addr, "agent serving");
         Ok(agent)
+    }
+
+    /// Resolves with the reason once the raft node stopped for good because it
+    /// cannot go on (a storage failure, say); by then this node no longer
+    /// serves. Never resolves while it runs or after a clean shutdown.
+    pub async fn failed(&self) -> String {
+        self.raft.failed().await
     }
 
     /// Stops serving and shuts the raft node down.

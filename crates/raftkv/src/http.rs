@@ -42,7 +42,26 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/maintain/stats", get(stats))
         .route("/api/maintain/config", post(reload_config))
         .route("/api/maintain/snapshot", post(take_snapshot))
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), refuse_if_failed))
         .with_state(agent)
+}
+
+/// A node whose raft node failed for good answers nothing but 503
+/// `node_failed`: not even a stale read of a state that no longer advances.
+async fn refuse_if_failed(
+    State(agent): State<Arc<Agent>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match agent.raft.failure() {
+        Some(reason) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "node_failed",
+            message: format!("this node failed and stopped ({reason}); ask another node"),
+        }
+        .into_response(),
+        None => next.run(request).await,
+    }
 }
 
 /// An API error: status, machine-readable code, human message.

@@ -31,9 +31,12 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run a server node.
+    /// Run a server node. Exits 0 after Ctrl-C, 2 if it cannot start, and 3
+    /// once its raft node failed for good (a storage failure, say): restart it,
+    /// after fixing the cause.
     Agent(AgentArgs),
-    /// Run a 3-node cluster on loopback in this process, until Ctrl-C.
+    /// Run a 3-node cluster on loopback in this process, until Ctrl-C (exits 3
+    /// if a node fails for good).
     Demo(DemoArgs),
     /// Load a cluster with a closed loop of clients and report throughput and latency.
     Bench(BenchArgs),
@@ -305,10 +308,29 @@ async fn run_agent(args: AgentArgs) -> i32 {
             return 2;
         }
     };
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            0
+        }
+        reason = agent.failed() => {
+            tracing::error!(%reason, "the node failed; exiting so that it can be restarted");
+            NODE_FAILED
+        }
+    };
     agent.shutdown().await;
-    0
+    flush_output();
+    code
+}
+
+/// Exit status of an agent (or demo) whose raft node failed for good.
+const NODE_FAILED: i32 = 3;
+
+/// Whatever is buffered goes out before `process::exit`.
+fn flush_output() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
 }
 
 async fn run_demo(args: DemoArgs) -> i32 {
@@ -362,15 +384,39 @@ async fn run_demo(args: DemoArgs) -> i32 {
     println!("  {exe} get greeting --addr {}", address(args.http_port, 2));
     println!("  curl -s {first}/api/maintain/stats");
     println!("press Ctrl-C to stop");
-    let _ = tokio::signal::ctrl_c().await;
+    // The first node to fail for good stops the whole demo: a cluster that
+    // quietly runs on with a dead member would hide the failure.
+    let (failures, mut failed) = tokio::sync::mpsc::unbounded_channel();
+    for agent in &agents {
+        let (agent, failures) = (agent.clone(), failures.clone());
+        tokio::spawn(async move {
+            let reason = agent.failed().await;
+            let _ = failures.send((agent.id, reason));
+        });
+    }
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        failure = failed.recv() => failure,
+    };
     for agent in &agents {
         agent.shutdown().await;
     }
-    if temporary {
-        let _ = std::fs::remove_dir_all(&root);
-    }
-    println!("raftkv demo: stopped");
-    0
+    let code = match failure {
+        Some((id, reason)) => {
+            eprintln!("raftkv demo: node {id} failed and stopped: {reason}");
+            eprintln!("raftkv demo: stopping the demo; data kept in {}", root.display());
+            NODE_FAILED
+        }
+        None => {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            println!("raftkv demo: stopped");
+            0
+        }
+    };
+    flush_output();
+    code
 }
 
 async fn run_bench(args: BenchArgs) -> i32 {

@@ -142,3 +142,23 @@ pub async fn three_node_cluster(root: &Path) -> Vec<Node> {
     .await;
     nodes
 }
+
+/// POSTs `body` as JSON; the status and the JSON answer (status 0: no answer).
+pub async fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
+    match client().post(format!("http://{}{path}", node.http)).json(&body).send().await {
+        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Waits (bounded) for the node's process to exit on its own; its status.
+pub async fn exit_status(node: &mut Node, what: &str) -> std::process::ExitStatus {
+    let status = eventually(what, async || node.child.as_mut()?.try_wait().unwrap()).await;
+    node.child = None;
+    status
+}
+
+/// The node's log so far (stderr of its process).
+pub fn log_of(node: &Node) -> String {
+    std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default()
+}

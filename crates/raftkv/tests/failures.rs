@@ -1,0 +1,115 @@
+//! Real `raftkv agent` processes meeting failures: a node whose storage fails
+//! exits (non-zero, for a supervisor to restart it) while the others serve on;
+//! a leadership transfer to an unreachable voter is answered as not done; the
+//! leader can remove itself. Every wait is bounded; nothing asserts on timing.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_storage_fails_exits_non_zero_and_the_others_serve_on() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    assert_eq!(set(&nodes[0], "before", "failure").await.status(), 200);
+    let victim = nodes.iter().position(|n| n.id != leader).unwrap();
+    let victim_id = nodes[victim].id;
+    // Its data dir vanishes under it; the next hard-state write (a new term:
+    // leadership is handed to it) cannot be stored.
+    std::fs::remove_dir_all(&nodes[victim].dir).unwrap();
+    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+    let (status, answer) = post(leader_node, "/api/v1/transfer-leader", json!({"id": victim_id})).await;
+    assert_ne!(status, 200, "leadership cannot move to a node that cannot store its term: {answer}");
+
+    let exited = exit_status(&mut nodes[victim], "the failed node to exit").await;
+    assert_eq!(exited.code(), Some(3), "a failed node exits with status 3: {exited}");
+    let log = log_of(&nodes[victim]);
+    assert!(log.contains("storage failed"), "the log says why it stopped:\n{log}");
+    assert!(log.contains("exiting so that it can be restarted"), "{log}");
+
+    // The two others still form a majority and serve reads and writes.
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != victim_id).collect();
+    let leader = leader_of(&survivors).await;
+    let leader_node = survivors.iter().find(|n| n.id == leader).unwrap();
+    let follower = survivors.iter().find(|n| n.id != leader).unwrap();
+    eventually("a write after the failure", async || {
+        (set(follower, "after", "failure").await.status() == 200).then_some(())
+    })
+    .await;
+    for (node, key, value) in [(leader_node, "after", "failure"), (follower, "before", "failure")] {
+        let (status, body) = get_json(node, key, "linearizable").await;
+        assert_eq!((status, body["value"].clone()), (200, json!(value)), "node {}", node.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_unreachable_voter_says_leadership_did_not_move() {
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+    let target = nodes.iter().find(|n| n.id != leader).unwrap();
+    let other = nodes.iter().find(|n| n.id != leader && n.id != target.id).unwrap();
+
+    target.signal("-STOP");
+    // Asked of the leader, and of a follower (forwarded to the leader).
+    for asked in [leader_node, other] {
+        let (status, body) = post(asked, "/api/v1/transfer-leader", json!({"id": target.id})).await;
+        assert_eq!(status, 409, "asked node {}: {body}", asked.id);
+        assert_eq!(body["error"]["code"], "transfer_failed", "asked node {}: {body}", asked.id);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("transfer to node {}", target.id)), "{message}");
+    }
+    target.signal("-CONT");
+
+    // Once it is back, a transfer answers 200 only when the target leads. (The
+    // stopped node may still act on the hand-over it slept through, so the
+    // leader is looked up again.)
+    let leader = leader_of(&refs).await;
+    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+    let target = nodes.iter().find(|n| n.id != leader).unwrap();
+    let (status, body) = eventually("a transfer to a reachable voter", async || {
+        let (status, body) = post(leader_node, "/api/v1/transfer-leader", json!({"id": target.id})).await;
+        // 503: a transfer or an election is still in progress.
+        (status != 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["target"], json!(target.id));
+    let stats = stats(target).await.unwrap();
+    assert_eq!(stats["state"], "Leader", "the target leads once the transfer is answered: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_the_api_answers_success() {
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+    let (status, body) = post(leader_node, "/api/v1/remove", json!({"id": leader})).await;
+    assert_eq!(status, 200, "removing the leader committed: {body}");
+    assert!(body["index"].as_u64().is_some_and(|i| i > 0), "{body}");
+
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = leader_of(&survivors).await;
+    let new_leader_node = survivors.iter().find(|n| n.id == new_leader).unwrap();
+    let members = client()
+        .get(format!("http://{}/api/v1/members", new_leader_node.http))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let ids: Vec<u64> = members["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&leader), "{members}");
+    eventually("a write after the removal", async || {
+        (set(new_leader_node, "after", "removal").await.status() == 200).then_some(())
+    })
+    .await;
+}
