@@ -15,7 +15,7 @@ use raft_core::{
     LogIndex, MembershipChange, Message, NodeId, PersistRequest, ReadMode, Role, SnapshotMeta, Term,
 };
 
-use crate::checker::{Checker, NodeLog};
+use crate::checker::{kind, state_digest, Checker, LogView};
 use crate::kv::{Command, KvStore};
 use crate::linearizability::{check_history, CheckResult, OpInput, OpOutput, Operation};
 
@@ -290,6 +290,14 @@ struct SimNode {
     paused_until: u64,
 }
 
+impl SimNode {
+    /// What this node's clock shows at simulated time `now`.
+    fn local_time(&self, now: u64) -> u64 {
+        let scaled = (now as i128 * (1_000_000 + self.clock_rate_ppm as i128) / 1_000_000) as u64;
+        self.clock_offset_ms + scaled
+    }
+}
+
 struct Client {
     busy: Option<u64>,
     preferred: usize,
@@ -436,7 +444,7 @@ impl Simulation {
         match check_history(&history) {
             CheckResult::Linearizable => {}
             CheckResult::NotLinearizable { key, ops } => {
-                let mut text = format!("linearizability: history of key {key} has no linearization:");
+                let mut text = format!("{}: history of key {key} has no linearization:", kind::LINEARIZABILITY);
                 for op in ops {
                     text.push_str(&format!(
                         "\n    op {} client {} {:?} -> {:?} [{}, {}]",
@@ -451,7 +459,8 @@ impl Simulation {
                 self.checker.violations.push(text);
             }
             CheckResult::Unknown { key } => {
-                self.checker.violations.push(format!("linearizability: check of key {key} exceeded its budget"));
+                let text = format!("{}: check of key {key} exceeded its budget", kind::LINEARIZABILITY);
+                self.checker.violations.push(text);
             }
         }
         self.outcome.violations = std::mem::take(&mut self.checker.violations);
@@ -485,9 +494,7 @@ impl Simulation {
     }
 
     fn local_now(&self, node: usize) -> u64 {
-        let n = &self.nodes[node];
-        let scaled = (self.now as i128 * (1_000_000 + n.clock_rate_ppm as i128) / 1_000_000) as u64;
-        n.clock_offset_ms + scaled
+        self.nodes[node].local_time(self.now)
     }
 
     fn core_config(&self, id: NodeId) -> CoreConfig {
@@ -540,6 +547,7 @@ impl Simulation {
             }
         }
         self.checker.on_restart(id, hard_state);
+        self.observe_state(node, "restarted from its snapshot");
         self.trace(|| format!("n{id} started (incarnation {})", self.nodes[node].incarnation));
     }
 
@@ -698,6 +706,7 @@ impl Simulation {
                         n.last_snapshot_index = meta.last_log_id.index;
                         self.outcome.snapshots_installed += 1;
                         self.trace(|| format!("n{id} restored snapshot {}", meta.last_log_id));
+                        self.observe_state(node, "restored a snapshot");
                         self.answer_ready_reads(node);
                     }
                     Ok((kv, _)) => self.checker.violations.push(format!(
@@ -756,6 +765,7 @@ impl Simulation {
                 }
             }
         }
+        self.observe_state(node, "applied");
         if let Some(pending) = self.nodes[node].pending_writes.remove(&entry.index) {
             match result {
                 Some((op_id, output)) if op_id == pending.op_id => {
@@ -962,13 +972,22 @@ impl Simulation {
     fn check_all(&mut self) {
         for node in &self.nodes {
             if let Some(core) = &node.core {
-                self.checker.check_node(self.now, core);
+                self.checker.check_node(self.now, core, node.local_time(self.now));
             }
         }
+        self.checker.check_leases(self.now);
         if self.checker.has_new_commits() {
-            let logs: Vec<NodeLog> = self.nodes.iter().map(node_log).collect();
-            self.checker.check_commits_protected(self.now, &logs);
+            let memory: Vec<LogView> = self.nodes.iter().map(memory_log).collect();
+            let durable: Vec<LogView> = self.nodes.iter().map(durable_log).collect();
+            self.checker.check_commits_protected(self.now, &memory, &durable);
         }
+    }
+
+    /// Reports the state machine of `node` (after an apply, a restore or a restart).
+    fn observe_state(&mut self, node: usize, how: &str) {
+        let n = &self.nodes[node];
+        let (id, index, digest) = (n.id, n.kv.applied, state_digest(&n.kv));
+        self.checker.on_state_at(self.now, id, index, digest, how);
     }
 
     // ---- Clients -----------------------------------------------------------------
@@ -1254,21 +1273,20 @@ impl Simulation {
 
 /// A node's log as an election would see it: in memory when it runs, on disk when
 /// it is down (what it would restart with).
-fn node_log(node: &SimNode) -> NodeLog {
+fn memory_log(node: &SimNode) -> LogView<'_> {
     match &node.core {
-        Some(core) => {
-            let start = core.log_start();
-            let last = core.last_log_id();
-            let terms = (start.index.0 + 1..=last.index.0).filter_map(|i| core.term_at(LogIndex(i))).collect();
-            NodeLog { id: node.id, start, last, terms }
-        }
-        None => {
-            let start = node.disk.snapshot.as_ref().map_or(LogId::ZERO, |(meta, _)| meta.last_log_id);
-            let entries: Vec<&Entry> = node.disk.log.iter().filter(|e| e.index > start.index).collect();
-            let last = entries.last().map_or(start, |e| e.log_id());
-            NodeLog { id: node.id, start, last, terms: entries.iter().map(|e| e.term).collect() }
-        }
+        Some(core) => LogView::Memory(core),
+        None => durable_log(node),
     }
+}
+
+/// A node's log as a crash would leave it: the synced log after its snapshot.
+fn durable_log(node: &SimNode) -> LogView<'_> {
+    let start = node.disk.snapshot.as_ref().map_or(LogId::ZERO, |(meta, _)| meta.last_log_id);
+    // Entries the snapshot covers may stay behind (a purge keeps trailing ones);
+    // those after it are contiguous.
+    let after = node.disk.log.partition_point(|entry| entry.index <= start.index);
+    LogView::Disk { id: node.id, start, entries: &node.disk.log[after..] }
 }
 
 fn describe_persist(request: &PersistRequest) -> String {
