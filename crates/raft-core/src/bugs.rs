@@ -20,16 +20,28 @@ pub enum InjectedBug {
     CountLearnerInQuorum,
     /// Let a configuration take effect when committed instead of when appended.
     ConfigOnCommit,
+    /// A follower acknowledges an append at once, before the write it vouches for
+    /// is durable.
+    AckAppendBeforePersist,
+    /// The leader counts its own entries in the commit quorum before they are
+    /// durable (its last index instead of its durable index).
+    LeaderCountsUnsyncedSelf,
+    /// A lease lasts the maximum election timeout: longer than the minimum
+    /// election timeout for which followers refuse votes after hearing the leader.
+    LeaseOutlivesVoteGuard,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 6] = [
+    pub const ALL: [InjectedBug; 9] = [
         InjectedBug::CommitOldTermByCount,
         InjectedBug::VoteWithoutLogCheck,
         InjectedBug::VoteBeforePersist,
         InjectedBug::ReadIndexWithoutHeartbeat,
         InjectedBug::CountLearnerInQuorum,
         InjectedBug::ConfigOnCommit,
+        InjectedBug::AckAppendBeforePersist,
+        InjectedBug::LeaderCountsUnsyncedSelf,
+        InjectedBug::LeaseOutlivesVoteGuard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +52,9 @@ impl InjectedBug {
             InjectedBug::ReadIndexWithoutHeartbeat => "read-index-without-heartbeat",
             InjectedBug::CountLearnerInQuorum => "count-learner-in-quorum",
             InjectedBug::ConfigOnCommit => "config-on-commit",
+            InjectedBug::AckAppendBeforePersist => "ack-append-before-persist",
+            InjectedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
+            InjectedBug::LeaseOutlivesVoteGuard => "lease-outlives-vote-guard",
         }
     }
 

@@ -53,7 +53,13 @@ impl Core {
             return false;
         }
         let Some(start) = state.lease_start else { return false };
-        now.max(self.now) < start.saturating_add(self.lease_ms)
+        #[allow(unused_mut)]
+        let mut lease_ms = self.lease_ms;
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::LeaseOutlivesVoteGuard) {
+            lease_ms = self.config.election_timeout_max_ms;
+        }
+        now.max(self.now) < start.saturating_add(lease_ms)
     }
 
     pub(crate) fn committed_in_current_term(&self) -> bool {

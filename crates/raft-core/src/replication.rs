@@ -244,6 +244,10 @@ impl Core {
                 AppendResult::Success { match_index } => match_index,
                 AppendResult::Conflict { .. } | AppendResult::StaleTerm => LogIndex::ZERO,
             };
+            #[cfg(feature = "bug-injection")]
+            if crate::bugs::enabled(crate::bugs::InjectedBug::AckAppendBeforePersist) {
+                return core.send(from, Message::AppendEntriesResponse(response));
+            }
             if core.hard_state_durable() && acknowledged <= core.durable_index {
                 // Promises nothing that is not on disk already (a heartbeat, as a
                 // rule): no need to wait behind unrelated writes.
@@ -352,7 +356,12 @@ impl Core {
     pub(crate) fn maybe_advance_commit(&mut self) {
         let Some(state) = self.leader_state.as_ref() else { return };
         let id = self.id;
-        let durable = self.durable_index;
+        #[allow(unused_mut)]
+        let mut durable = self.durable_index;
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::LeaderCountsUnsyncedSelf) {
+            durable = self.log.last_index();
+        }
         let quorum_index = LogIndex(joint_majority_value(&self.membership, |peer| {
             if peer == id {
                 durable.0
