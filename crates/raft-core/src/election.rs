@@ -92,7 +92,11 @@ impl Core {
         if self.role != Role::Leader {
             if let Some(guard_end) = self.leader_heard_at.map(|heard| heard.saturating_add(self.vote_guard_ms)) {
                 if self.now < guard_end {
-                    self.election_deadline = guard_end;
+                    // Jittered like any election timer, so that followers held
+                    // back together do not campaign together.
+                    let spread =
+                        self.config.election_timeout_max_ms.saturating_sub(self.config.election_timeout_min_ms);
+                    self.election_deadline = guard_end.saturating_add(self.rng.range(0, spread));
                     return;
                 }
             }

@@ -500,6 +500,11 @@ impl Core {
         if request.offset != expected {
             return reply(self, expected, false);
         }
+        if request.offset == 0 {
+            // A new stream: the runtime drops whatever it received before, so
+            // a snapshot awaiting its verdict is abandoned with it.
+            self.checking_snapshot = None;
+        }
         // Both below MAX_WIRE_NUMBER (checked on arrival): no overflow.
         let next = request.offset + request.data.len() as u64;
         self.actions.push(Action::WriteSnapshotChunk {

@@ -236,18 +236,24 @@ pub struct Status {
 }
 
 /// A snapshot arriving from the leader (or received whole, awaiting its verdict).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Receiving {
     serial: u64,
     id: LogId,
+    /// A check may refuse before the last chunk arrived: its verdict waits here.
+    verdict: Option<Result<(), String>>,
 }
 
-/// A snapshot install under way: until the persist that stores it is done the
-/// state machine keeps its state, and work for it waits behind the restore.
-struct Installing {
-    meta: SnapshotMeta,
-    seq: Option<u64>,
-    restore: bool,
+/// Work for the apply side, in order, behind the installs not stored yet.
+enum Gated<R> {
+    /// A snapshot install: until the persist that stores it is done the state
+    /// machine keeps its state, and everything after waits behind its restore.
+    Install {
+        meta: SnapshotMeta,
+        seq: Option<u64>,
+        restore: bool,
+    },
+    Job(ApplyJob<R>),
 }
 
 /// The raft loop's half of the runtime (see the crate's documentation).
@@ -262,8 +268,8 @@ pub struct Driver<R> {
     incoming: Option<Receiving>,
     received: Option<Receiving>,
     next_serial: u64,
-    installing: Option<Installing>,
-    held: Vec<ApplyJob<R>>,
+    /// Installs not stored yet and the work queued behind each, in order.
+    gate: std::collections::VecDeque<Gated<R>>,
     /// Callers waiting for the snapshot being written at an index.
     writing: BTreeMap<LogIndex, Vec<R>>,
     failure: Option<String>,
@@ -283,8 +289,7 @@ impl<R> Driver<R> {
             incoming: None,
             received: None,
             next_serial: 0,
-            installing: None,
-            held: Vec::new(),
+            gate: std::collections::VecDeque::new(),
             writing: BTreeMap::new(),
             failure: None,
             last_leader_contact: None,
@@ -428,29 +433,56 @@ impl<R> Driver<R> {
         if let Err(error) = self.core.handle_persisted(seq) {
             return self.fail(format!("the log writer acknowledged an unknown persist: {error}"));
         }
-        let stored = self.installing.as_ref().is_some_and(|i| i.seq.is_some_and(|at| at <= seq));
-        if !stored {
-            return;
-        }
-        if let Some(installing) = self.installing.take() {
-            if installing.restore {
-                self.effects.push(Effect::Apply(ApplyJob::Restore { meta: installing.meta }));
+        self.release(seq);
+    }
+
+    /// Lets through, in order, the restores of installs stored by `seq` and
+    /// the work queued behind them, up to the first install not stored yet.
+    fn release(&mut self, seq: u64) {
+        while let Some(front) = self.gate.front() {
+            if let Gated::Install { seq: stored, .. } = front {
+                if !stored.is_some_and(|at| at <= seq) {
+                    return;
+                }
+            }
+            match self.gate.pop_front() {
+                Some(Gated::Install { meta, restore: true, .. }) => {
+                    self.effects.push(Effect::Apply(ApplyJob::Restore { meta }))
+                }
+                Some(Gated::Job(job)) => self.effects.push(Effect::Apply(job)),
+                _ => {}
             }
         }
-        for job in std::mem::take(&mut self.held) {
-            self.effects.push(Effect::Apply(job));
+    }
+
+    /// The install of `meta` at the back of the gate (its position), opened
+    /// if the last install there is another.
+    fn install_entry(&mut self, meta: &SnapshotMeta) -> usize {
+        let last = self.gate.iter().rposition(|g| matches!(g, Gated::Install { .. }));
+        match last {
+            Some(at) if matches!(&self.gate[at], Gated::Install { meta: last, .. } if last == meta) => at,
+            _ => {
+                self.gate.push_back(Gated::Install { meta: meta.clone(), seq: None, restore: false });
+                self.gate.len() - 1
+            }
         }
     }
 
     /// The state machine's verdict on the snapshot received whole as `serial`.
     pub fn snapshot_checked(&mut self, serial: u64, verdict: Result<(), String>) {
-        let Some(received) = self.received.filter(|r| r.serial == serial) else { return };
+        if let Some(incoming) = self.incoming.as_mut().filter(|i| i.serial == serial) {
+            // The check ended before the last chunk (it refused early): the
+            // core hears it once the snapshot is received whole.
+            incoming.verdict = Some(verdict);
+            return;
+        }
+        let Some(id) = self.received.as_ref().filter(|r| r.serial == serial).map(|r| r.id) else { return };
         let sound = verdict.is_ok();
         if let Err(reason) = verdict {
             self.received = None;
             self.effects.push(Effect::DiscardReceived { serial, refused: Some(reason) });
         }
-        self.core.handle_snapshot_checked(received.id, sound);
+        self.core.handle_snapshot_checked(id, sound);
     }
 
     /// A chunk read off the snapshot store for a follower.
@@ -595,10 +627,12 @@ impl<R> Driver<R> {
                 self.effects.push(Effect::ReadChunk { to, term, meta, offset })
             }
             Action::WriteSnapshotChunk { meta, offset, data, done } => self.receive_chunk(meta, offset, data, done)?,
-            Action::RestoreSnapshot { meta } => match self.installing.as_mut() {
-                Some(installing) if installing.meta == meta => installing.restore = true,
-                _ => self.installing = Some(Installing { meta, seq: None, restore: true }),
-            },
+            Action::RestoreSnapshot { meta } => {
+                let at = self.install_entry(&meta);
+                if let Gated::Install { restore, .. } = &mut self.gate[at] {
+                    *restore = true;
+                }
+            }
         }
         Ok(())
     }
@@ -626,10 +660,10 @@ impl<R> Driver<R> {
 
     /// Work for the apply side, in order, behind an install's restore.
     fn for_apply(&mut self, job: ApplyJob<R>) {
-        if self.installing.is_some() {
-            self.held.push(job);
-        } else {
+        if self.gate.is_empty() {
             self.effects.push(Effect::Apply(job));
+        } else {
+            self.gate.push_back(Gated::Job(job));
         }
     }
 
@@ -644,21 +678,25 @@ impl<R> Driver<R> {
             }
             self.next_serial += 1;
             let serial = self.next_serial;
-            self.incoming = Some(Receiving { serial, id });
+            self.incoming = Some(Receiving { serial, id, verdict: None });
             self.effects.push(Effect::ReceiveStart { serial, meta });
         }
-        let Some(incoming) = self.incoming else {
+        let Some(incoming) = self.incoming.as_ref() else {
             return Err(format!("snapshot {id} chunk at offset {offset} without a start"));
         };
         if incoming.id != id {
             return Err(format!("snapshot {id} chunk while receiving {}", incoming.id));
         }
-        self.effects.push(Effect::ReceiveChunk { serial: incoming.serial, data, done });
+        let serial = incoming.serial;
+        self.effects.push(Effect::ReceiveChunk { serial, data, done });
         if done {
-            self.incoming = None;
-            self.received = Some(incoming);
-            if !self.config.check_snapshots {
-                self.core.handle_snapshot_checked(id, true);
+            let Some(mut received) = self.incoming.take() else { return Ok(()) };
+            let early = received.verdict.take();
+            self.received = Some(received);
+            match early {
+                Some(verdict) => self.snapshot_checked(serial, verdict),
+                None if !self.config.check_snapshots => self.core.handle_snapshot_checked(id, true),
+                None => {}
             }
         }
         Ok(())
@@ -671,9 +709,9 @@ impl<R> Driver<R> {
         let Some(received) = self.received.take().filter(|received| received.id == id) else {
             return Err(format!("snapshot {id} is to be installed but was not received whole"));
         };
-        match self.installing.as_mut() {
-            Some(installing) if installing.meta == *meta => installing.seq = Some(seq),
-            _ => self.installing = Some(Installing { meta: meta.clone(), seq: Some(seq), restore: false }),
+        let at = self.install_entry(meta);
+        if let Gated::Install { seq: stored, .. } = &mut self.gate[at] {
+            *stored = Some(seq);
         }
         Ok(received.serial)
     }

@@ -384,3 +384,66 @@ fn a_lowered_election_timeout_does_not_let_a_follower_campaign_inside_a_lease() 
     let leader = cluster.leader().expect("a leader once the lease has run out");
     assert_ne!(leader, 1, "node 1 cannot reach a quorum");
 }
+
+/// A follower's side of the snapshot verdict (`handle_snapshot_checked`): a
+/// snapshot received whole is installed only once the runtime calls it sound;
+/// a refused one changes nothing and the leader is told to start over; a new
+/// stream abandons one awaiting its verdict, whose late verdict is ignored.
+#[test]
+fn a_received_snapshot_waits_for_its_verdict_and_a_new_stream_abandons_it() {
+    use raft_core::{Action, Core, CoreConfig, DurableState};
+    let mut core =
+        Core::new(CoreConfig::new(NodeId(2)), DurableState::bootstrap([NodeId(1), NodeId(2)]), 0, 7).unwrap();
+    let snapshot = |index: u64, done: bool| {
+        let meta = SnapshotMeta {
+            last_log_id: LogId::new(Term(1), LogIndex(index)),
+            config: Configuration::new([NodeId(1), NodeId(2)]),
+        };
+        Message::InstallSnapshot(InstallSnapshot { term: Term(1), meta, offset: 0, data: Bytes::from("data"), done })
+    };
+    let answers = |core: &mut Core| -> Vec<(u64, bool)> {
+        let actions: Vec<Action> = core.drain_actions().collect();
+        let mut answers = Vec::new();
+        for action in &actions {
+            if let Action::Persist(request) = action {
+                core.handle_persisted(request.seq).unwrap();
+            }
+        }
+        for action in actions.into_iter().chain(core.drain_actions()) {
+            match action {
+                Action::Send { message: Message::InstallSnapshotResponse(r), .. } => {
+                    answers.push((r.next_offset, r.done))
+                }
+                Action::RestoreSnapshot { .. } => answers.push((u64::MAX, true)),
+                _ => {}
+            }
+        }
+        answers
+    };
+    let a = LogId::new(Term(1), LogIndex(10));
+
+    core.handle_message(1, NodeId(1), snapshot(10, true));
+    assert!(core.is_checking_snapshot(a));
+    assert_eq!(answers(&mut core), vec![], "nothing is answered or restored before the verdict");
+    core.handle_message(2, NodeId(1), snapshot(10, true));
+    assert_eq!(answers(&mut core), vec![], "a resent chunk of the snapshot being checked changes nothing");
+
+    core.handle_snapshot_checked(a, false);
+    assert_eq!(answers(&mut core), vec![(0, false)], "a refusal asks the leader to start over");
+    assert_eq!(core.commit_index(), LogIndex::ZERO);
+    assert_eq!(core.snapshot(), None);
+
+    core.handle_message(3, NodeId(1), snapshot(10, true));
+    assert!(core.is_checking_snapshot(a));
+    core.handle_message(4, NodeId(1), snapshot(20, false));
+    assert!(!core.is_checking_snapshot(a), "a new stream abandons the snapshot awaiting its verdict");
+    let _ = answers(&mut core);
+    core.handle_snapshot_checked(a, true);
+    assert_eq!(answers(&mut core), vec![], "a late verdict on the abandoned snapshot is ignored");
+    assert_eq!(core.snapshot(), None);
+
+    core.handle_message(5, NodeId(1), snapshot(10, true));
+    core.handle_snapshot_checked(a, true);
+    assert_eq!(answers(&mut core), vec![(u64::MAX, true), (4, true)], "a sound one is restored, then acknowledged");
+    assert_eq!(core.snapshot().map(|s| s.last_log_id), Some(a));
+}

@@ -587,7 +587,10 @@ impl Raft {
             Ok(Err(error)) => Err(error),
             Err(_) => Err(RaftError::TransferFailed {
                 target,
-                reason: format!("it did not take over within {wait:?} (unreachable or behind); leadership stays"),
+                reason: format!(
+                    "it did not take over within {wait:?} as far as this node saw (unreachable or behind); \
+                     this node serves again, though a late TimeoutNow may still make the target campaign"
+                ),
             }),
         }
     }

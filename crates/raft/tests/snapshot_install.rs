@@ -108,6 +108,17 @@ async fn a_snapshot_that_cannot_be_stored_stops_the_node_with_its_log_whole() {
 /// changes nothing; the node stays up, and installs the next sound one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_snapshot_changes_nothing_and_the_next_sound_one_installs() {
+    refused_then_sound(false).await;
+}
+
+/// The same when the check refuses at the first bytes, before the rest of
+/// the snapshot arrived: the refusal reaches the core once it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_refused_before_its_end_changes_nothing_and_the_next_sound_one_installs() {
+    refused_then_sound(true).await;
+}
+
+async fn refused_then_sound(early: bool) {
     let mut cluster = Cluster::bootstrap_with(3, true, snapshot_often).await;
     let follower = leave_behind(&mut cluster, 20, 400).await;
     let dir = cluster.dirs[(follower - 1) as usize].path().to_path_buf();
@@ -115,12 +126,16 @@ async fn a_refused_snapshot_changes_nothing_and_the_next_sound_one_installs() {
     let before = (log.first_index().unwrap(), log.last_index().unwrap());
     let recorder = Recorder::default();
     recorder.refuse_snapshots.store(true, Ordering::SeqCst);
+    recorder.refuse_early.store(early, Ordering::SeqCst);
     cluster.start_with(follower, (log.clone(), stable, snapshots.clone()), recorder.clone());
 
     // The leader sends it again after each refusal.
-    while recorder.checks.load(Ordering::SeqCst) < 3 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let refused_thrice = async {
+        while recorder.checks.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(TIMEOUT, refused_thrice).await.expect("the leader sends the refused snapshot again");
     let raft = cluster.raft(follower).clone();
     assert_eq!(raft.failure(), None, "a refused snapshot stopped the node");
     assert!(snapshots.list().unwrap().is_empty(), "a refused snapshot was stored");

@@ -49,7 +49,20 @@ impl ApplyTask {
 
     fn handle(&mut self, job: ApplyJob<Pending>, now: u64) -> Result<(), String> {
         match job {
-            ApplyJob::Batch { entries, replies } => {
+            ApplyJob::Batch { mut entries, replies } => {
+                // Entries a restored snapshot already holds are not applied
+                // again (a guard: the driver orders restores before later work).
+                let applied = self.applier.applied_index();
+                let stale = entries.iter().take_while(|e| e.index <= applied).count();
+                if stale > 0 {
+                    tracing::warn!(%applied, skipped = stale, "entries at or below the applied index skipped");
+                    entries.drain(..stale);
+                }
+                let (replies, covered): (Vec<_>, Vec<_>) = replies.into_iter().partition(|(i, _)| *i > applied);
+                for (_, reply) in covered {
+                    // Applied through the snapshot: done, but its response is not known.
+                    reply.fail(raft_driver::Failure::LeadershipLost);
+                }
                 let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
                 let first = entries[0].index;
                 let responses = self.state_machine.apply(&entries);

@@ -24,6 +24,8 @@ pub struct Recorder {
     pub applied: Arc<Mutex<Vec<(LogIndex, Bytes)>>>,
     /// Received snapshots are refused while this is set.
     pub refuse_snapshots: Arc<AtomicBool>,
+    /// ... and refused at once, before the rest of the snapshot arrived.
+    pub refuse_early: Arc<AtomicBool>,
     /// How many received snapshots were checked.
     pub checks: Arc<AtomicUsize>,
 }
@@ -51,7 +53,12 @@ impl StateMachine for Recorder {
 
     fn snapshot_check(&self) -> Option<raft::SnapshotCheck> {
         let (refuse, checks) = (self.refuse_snapshots.clone(), self.checks.clone());
+        let early = self.refuse_early.clone();
         Some(Arc::new(move |snapshot: &mut dyn std::io::Read| {
+            if refuse.load(Ordering::SeqCst) && early.load(Ordering::SeqCst) {
+                checks.fetch_add(1, Ordering::SeqCst);
+                return Err(std::io::Error::other("refused by the test before reading"));
+            }
             let parsed: Result<Vec<(u64, Vec<u8>)>, _> = serde_json::from_reader(snapshot);
             checks.fetch_add(1, Ordering::SeqCst);
             parsed.map_err(std::io::Error::other)?;
