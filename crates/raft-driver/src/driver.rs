@@ -716,3 +716,36 @@ impl<R> Driver<R> {
         Ok(received.serial)
     }
 }
+
+/// The steps that make a log continue the snapshot a node starts from. A
+/// crash during an install can leave a log that ends before the snapshot (its
+/// purge did not run) and, from damaged stores, entries after it that
+/// disagree with it (another term at its index, or a term lower than its own
+/// right after it). Neither was committed past the snapshot: they are cut, so
+/// that the node never understates what it holds. `term_at` reads the log.
+pub fn reconcile_steps(
+    snapshot: LogId,
+    first: LogIndex,
+    last: LogIndex,
+    term_at: impl Fn(LogIndex) -> Option<Term>,
+) -> Vec<StoreStep> {
+    let held = |index: LogIndex| if first <= index && index <= last { term_at(index) } else { None };
+    let cut_from = if held(snapshot.index).is_some_and(|term| term != snapshot.term) {
+        Some(snapshot.index)
+    } else if held(snapshot.index.next()).is_some_and(|term| term < snapshot.term) {
+        Some(snapshot.index.next())
+    } else {
+        None
+    };
+    let mut steps = Vec::new();
+    let mut last = last;
+    if let Some(from) = cut_from {
+        let from = from.max(first);
+        steps.push(StoreStep::Write(LogWrite { truncate_from: from, entries: Vec::new() }));
+        last = from.prev();
+    }
+    if last < snapshot.index {
+        steps.push(StoreStep::Purge(snapshot.index));
+    }
+    steps
+}

@@ -26,7 +26,7 @@ mod apply;
 mod driver;
 
 pub use apply::{Applier, ApplyEffect, SnapshotPolicy};
-pub use driver::{ApplyJob, Driver, DriverConfig, Effect, LeaderInfo, Status, StoreJob, StoreStep};
+pub use driver::{reconcile_steps, ApplyJob, Driver, DriverConfig, Effect, LeaderInfo, Status, StoreJob, StoreStep};
 
 use std::fmt;
 

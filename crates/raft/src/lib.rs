@@ -135,31 +135,28 @@ fn restore_newest_snapshot(
     Ok(None)
 }
 
-/// Makes the log continue the snapshot the node starts from. A crash during a
-/// snapshot install can leave the log ending before the snapshot (its purge
-/// did not run) and, from older versions or damaged stores, entries after it
-/// that disagree with it (a term lower than the snapshot's, or another term at
-/// its index). Neither was committed past the snapshot: they are cut, with a
-/// warning, so that the node never understates what it holds.
+/// Makes the log continue the snapshot the node starts from
+/// (`raft_driver::reconcile_steps`), with a warning when it cuts anything.
 fn reconcile_log(log: &dyn LogStore, snapshot: &SnapshotMeta) -> Result<(), RaftError> {
     let id = snapshot.last_log_id;
     let (first, last) = (log.first_index()?, log.last_index()?);
-    let disagrees_at = |index: LogIndex, ok: &dyn Fn(Term) -> bool| -> Result<bool, RaftError> {
-        Ok(first <= index && index <= last && log.get(index)?.is_some_and(|entry| !ok(entry.term)))
-    };
-    let cut_from = if disagrees_at(id.index, &|term| term == id.term)? {
-        Some(id.index)
-    } else if disagrees_at(id.index.next(), &|term| term >= id.term)? {
-        Some(id.index.next())
-    } else {
-        None
-    };
-    if let Some(from) = cut_from {
-        tracing::warn!(snapshot = %id, %from, last = %last, "the log disagrees with the snapshot after it; cutting it");
-        log.truncate_suffix(from.max(first))?;
-    }
-    if log.last_index()? < id.index {
-        log.purge_prefix(id.index)?;
+    let terms: std::collections::BTreeMap<LogIndex, Term> = [id.index, id.index.next()]
+        .into_iter()
+        .filter(|index| first <= *index && *index <= last)
+        .map(|index| Ok(log.get(index)?.map(|entry| (index, entry.term))))
+        .collect::<Result<Vec<_>, RaftError>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    for step in raft_driver::reconcile_steps(id, first, last, |index| terms.get(&index).copied()) {
+        match step {
+            raft_driver::StoreStep::Write(write) => {
+                tracing::warn!(snapshot = %id, from = %write.truncate_from, %last, "the log disagrees with the snapshot after it; cutting it");
+                log.truncate_suffix(write.truncate_from)?;
+            }
+            raft_driver::StoreStep::Purge(upto) => log.purge_prefix(upto)?,
+            other => return Err(RaftError::Config(format!("unexpected start-up step {other:?}"))),
+        }
     }
     Ok(())
 }
