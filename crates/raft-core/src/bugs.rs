@@ -29,10 +29,14 @@ pub enum InjectedBug {
     /// A lease lasts the maximum election timeout: longer than the minimum
     /// election timeout for which followers refuse votes after hearing the leader.
     LeaseOutlivesVoteGuard,
+    /// (In the runtime's driver.) A snapshot install keeps the log entries
+    /// that disagree with it: the suffix is neither cut before the snapshot is
+    /// stored nor on start.
+    InstallKeepsConflictingSuffix,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 9] = [
+    pub const ALL: [InjectedBug; 10] = [
         InjectedBug::CommitOldTermByCount,
         InjectedBug::VoteWithoutLogCheck,
         InjectedBug::VoteBeforePersist,
@@ -42,6 +46,7 @@ impl InjectedBug {
         InjectedBug::AckAppendBeforePersist,
         InjectedBug::LeaderCountsUnsyncedSelf,
         InjectedBug::LeaseOutlivesVoteGuard,
+        InjectedBug::InstallKeepsConflictingSuffix,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +60,7 @@ impl InjectedBug {
             InjectedBug::AckAppendBeforePersist => "ack-append-before-persist",
             InjectedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
             InjectedBug::LeaseOutlivesVoteGuard => "lease-outlives-vote-guard",
+            InjectedBug::InstallKeepsConflictingSuffix => "install-keeps-conflicting-suffix",
         }
     }
 

@@ -62,12 +62,17 @@ impl StoreJob {
         let mut steps = Vec::new();
         if let (Some(meta), Some(serial)) = (&request.snapshot, received) {
             let id = meta.last_log_id;
-            steps.push(StoreStep::CutDisagreeing(id));
+            if !keeps_conflicting_suffix() {
+                steps.push(StoreStep::CutDisagreeing(id));
+            }
             steps.push(StoreStep::CommitReceived { serial });
             steps.push(StoreStep::Purge(id.index));
         }
         if let Some(write) = request.log {
-            steps.push(StoreStep::Write(write));
+            let emptied = request.snapshot.is_some() && write.entries.is_empty();
+            if !(emptied && keeps_conflicting_suffix()) {
+                steps.push(StoreStep::Write(write));
+            }
         }
         if let Some(state) = request.hard_state {
             steps.push(StoreStep::HardState(state));
@@ -737,6 +742,7 @@ pub fn reconcile_steps(
     } else {
         None
     };
+    let cut_from = cut_from.filter(|_| !keeps_conflicting_suffix());
     let mut steps = Vec::new();
     let mut last = last;
     if let Some(from) = cut_from {
@@ -748,4 +754,16 @@ pub fn reconcile_steps(
         steps.push(StoreStep::Purge(snapshot.index));
     }
     steps
+}
+
+/// The deliberate bug `InstallKeepsConflictingSuffix` (only with `bug-injection`).
+fn keeps_conflicting_suffix() -> bool {
+    #[cfg(feature = "bug-injection")]
+    {
+        raft_core::bugs::enabled(raft_core::bugs::InjectedBug::InstallKeepsConflictingSuffix)
+    }
+    #[cfg(not(feature = "bug-injection"))]
+    {
+        false
+    }
 }

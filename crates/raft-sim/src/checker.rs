@@ -37,6 +37,9 @@ pub mod kind {
     pub const DURABLE_COMMIT_PROTECTION: &str = "durable commit protection";
     pub const LEASE_EXCLUSIVITY: &str = "lease exclusivity";
     pub const STATE_DIGEST: &str = "state digest";
+    /// A node's disk holds a log that does not continue its snapshot: what it
+    /// would restart with understates what it holds.
+    pub const DURABLE_LOG_CONSISTENCY: &str = "durable log consistency";
     /// Found by the end-of-run history check (`sim.rs`).
     pub const LINEARIZABILITY: &str = "linearizability";
 }
@@ -128,6 +131,31 @@ pub struct Checker {
 impl Checker {
     fn violation(&mut self, now: u64, kind: &str, text: String) {
         self.violations.push(format!("t={now}ms: {kind}: {text}"));
+    }
+
+    /// After a storage step: the log a restart of `node` would work with (its
+    /// disk's, after start-up's repair) must continue its snapshot `snapshot`
+    /// (the entry at its index, if held, has its term; the next one a term no
+    /// lower), or the node would start from a log whose terms go backwards.
+    /// `term_at` reads that log.
+    pub fn on_disk_changed(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        snapshot: Option<LogId>,
+        term_at: impl Fn(LogIndex) -> Option<Term>,
+    ) {
+        let Some(snapshot) = snapshot else { return };
+        let at = term_at(snapshot.index);
+        let next = term_at(snapshot.index.next());
+        if at.is_some_and(|term| term != snapshot.term) || next.is_some_and(|term| term < snapshot.term) {
+            let text = format!(
+                "node {node}'s disk holds snapshot {snapshot} with a log whose entry {} has term {at:?} and entry {} term {next:?}",
+                snapshot.index,
+                snapshot.index.next()
+            );
+            self.violation(now, kind::DURABLE_LOG_CONSISTENCY, text);
+        }
     }
 
     /// Entries a node is about to write, `prev_term` being the term of the entry

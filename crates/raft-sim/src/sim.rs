@@ -11,8 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use bytes::Bytes;
 use raft_core::rng::Rng;
 use raft_core::{
-    Action, Configuration, Core, CoreConfig, DurableState, Entry, EntryPayload, HardState, InstallSnapshot, LogId,
-    LogIndex, MembershipChange, Message, NodeId, PersistRequest, ReadMode, Role, SnapshotMeta, Term,
+    Configuration, Core, CoreConfig, DurableState, Entry, EntryPayload, HardState, InstallSnapshot, LogId, LogIndex,
+    LogWrite, MembershipChange, Message, NodeId, ReadMode, Role, SnapshotMeta, Term,
+};
+use raft_driver::{
+    reconcile_steps, Applier, ApplyEffect, ApplyJob, Driver, DriverConfig, Effect, Failure, SnapshotPolicy, StoreJob,
+    StoreStep,
 };
 
 use crate::checker::{kind, state_digest, Checker, LogView};
@@ -32,6 +36,10 @@ pub struct Faults {
     pub membership: bool,
     pub snapshots: bool,
     pub transfers: bool,
+    /// `reload_config` of timing within its validation bounds.
+    pub reload: bool,
+    /// ENOSPC and EIO at any storage step, snapshot steps included.
+    pub disk_errors: bool,
 }
 
 impl Faults {
@@ -43,6 +51,8 @@ impl Faults {
         membership: false,
         snapshots: false,
         transfers: false,
+        reload: false,
+        disk_errors: false,
     };
     pub const ALL: Faults = Faults {
         network: true,
@@ -52,6 +62,8 @@ impl Faults {
         membership: true,
         snapshots: true,
         transfers: true,
+        reload: true,
+        disk_errors: true,
     };
 
     /// Parses `all`, `none`, or a comma-separated list of fault names.
@@ -71,10 +83,12 @@ impl Faults {
                 "membership" => faults.membership = true,
                 "snapshots" => faults.snapshots = true,
                 "transfers" => faults.transfers = true,
+                "reload" => faults.reload = true,
+                "disk-errors" => faults.disk_errors = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; expected all, none or a list of network, partitions, crashes, \
-                         clock-drift, membership, snapshots, transfers"
+                         clock-drift, membership, snapshots, transfers, reload, disk-errors"
                     ))
                 }
             }
@@ -157,6 +171,8 @@ struct Profile {
     /// Chance (per mille) that a new leader crashes before it can replicate much
     /// (the setup of the paper's figure 8).
     crash_new_leader_per_mille: u64,
+    /// Chance (per ten thousand) that a storage step fails (ENOSPC or EIO).
+    disk_error_per_10k: u64,
 }
 
 impl Profile {
@@ -173,6 +189,7 @@ impl Profile {
             check_quorum: !rng.chance(1, 4),
             crash_after_vote_per_mille: if faults.crashes { [0, 100, 400][rng.range(0, 3) as usize] } else { 0 },
             crash_new_leader_per_mille: if faults.crashes { [0, 200, 500][rng.range(0, 3) as usize] } else { 0 },
+            disk_error_per_10k: if faults.disk_errors { [0, 0, 5, 30][rng.range(0, 4) as usize] } else { 0 },
         }
     }
 }
@@ -185,16 +202,24 @@ enum Event {
         to: NodeId,
         message: Message,
     },
+    /// The log writer finished the store jobs up to `job`.
     PersistDone {
         node: usize,
         incarnation: u64,
-        seq: u64,
+        job: u64,
     },
-    /// The runtime finished checking the content of a snapshot received whole.
+    /// The state machine's check of the snapshot received as `serial` ended.
     SnapshotChecked {
         node: usize,
         incarnation: u64,
-        id: LogId,
+        serial: u64,
+    },
+    /// A captured state was written to the snapshot store (or failed to be).
+    SnapshotWritten {
+        node: usize,
+        incarnation: u64,
+        index: LogIndex,
+        meta: SnapshotMeta,
     },
     ClientIssue(usize),
     /// A client's request reaches its node.
@@ -223,71 +248,124 @@ enum Event {
 struct Disk {
     hard_state: HardState,
     snapshot: Option<(SnapshotMeta, Bytes)>,
-    /// Entries after the snapshot's index (or from 1), contiguous.
+    /// Entries held, contiguous (some may lie at or below the snapshot).
     log: Vec<Entry>,
-    /// Written but not yet synced: lost (or torn) by a crash.
-    unsynced: VecDeque<PersistRequest>,
+    /// Where an empty log continues: one past the last purge.
+    next_when_empty: LogIndex,
+}
+
+/// Store jobs handed to the log writer and not done yet, with the received
+/// snapshots they commit: a crash runs a prefix of their steps.
+struct Queued {
+    number: u64,
+    job: StoreJob,
+    sinks: BTreeMap<u64, (SnapshotMeta, Bytes)>,
 }
 
 impl Disk {
-    fn apply(&mut self, request: &PersistRequest, received: Option<&(SnapshotMeta, Bytes)>) {
-        if let Some(meta) = &request.snapshot {
-            if let Some((received_meta, data)) = received {
-                if received_meta == meta {
+    fn last_index(&self) -> LogIndex {
+        self.log.last().map_or(self.next_when_empty.prev(), |e| e.index)
+    }
+
+    fn first_index(&self) -> LogIndex {
+        self.log.first().map_or(self.next_when_empty, |e| e.index)
+    }
+
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        let first = self.log.first()?.index;
+        self.log.get(index.0.checked_sub(first.0)? as usize).map(|e| e.term)
+    }
+
+    fn truncate_from(&mut self, from: LogIndex) {
+        if from <= self.last_index() {
+            self.log.retain(|entry| entry.index < from);
+            if self.log.is_empty() {
+                self.next_when_empty = from;
+            }
+        }
+    }
+
+    /// Runs one store step as the log writer does; `Err` if the writer would
+    /// refuse it (a runtime bug, never a fault).
+    fn run(&mut self, step: &StoreStep, sinks: &BTreeMap<u64, (SnapshotMeta, Bytes)>) -> Result<(), String> {
+        match step {
+            StoreStep::CutDisagreeing(at) => {
+                if self.last_index() >= at.index && self.term_at(at.index) != Some(at.term) {
+                    self.truncate_from(at.index.max(self.first_index()));
+                }
+            }
+            StoreStep::CommitReceived { serial } => {
+                let Some((meta, data)) = sinks.get(serial) else {
+                    return Err(format!("commit of received snapshot {serial}, which is not held"));
+                };
+                // The store lists the newest first; an older one never replaces it.
+                let newer = self.snapshot.as_ref().is_none_or(|(held, _)| held.last_log_id <= meta.last_log_id);
+                if newer {
                     self.snapshot = Some((meta.clone(), data.clone()));
                 }
             }
-            let index = meta.last_log_id.index;
-            self.log.retain(|entry| entry.index > index);
+            StoreStep::Purge(upto) => {
+                self.log.retain(|entry| entry.index > *upto);
+                if self.log.is_empty() {
+                    self.next_when_empty = self.next_when_empty.max(upto.next());
+                }
+            }
+            StoreStep::Write(write) => {
+                self.truncate_from(write.truncate_from);
+                if let Some(first) = write.entries.first() {
+                    let expected = self.last_index().next();
+                    if first.index != expected {
+                        return Err(format!("append at {} where the log continues at {expected}", first.index));
+                    }
+                    self.log.extend(write.entries.iter().cloned());
+                }
+            }
+            StoreStep::HardState(state) => self.hard_state = *state,
         }
-        if let Some(write) = &request.log {
-            self.log.retain(|entry| entry.index < write.truncate_from);
-            self.log.extend(write.entries.iter().cloned());
-        }
-        if let Some(hard_state) = request.hard_state {
-            self.hard_state = hard_state;
-        }
-    }
-
-    fn purge(&mut self, upto: LogIndex) {
-        self.log.retain(|entry| entry.index > upto);
+        Ok(())
     }
 }
 
-struct PendingWrite {
-    client: usize,
-    op_id: u64,
-}
-
-struct PendingRead {
-    client: usize,
-    op_id: u64,
-    key: u64,
+/// Who waits for an answer from a node's driver.
+#[derive(Clone, Copy, Debug)]
+enum SimReply {
+    Client {
+        client: usize,
+        op_id: u64,
+        key: u64,
+    },
+    /// Membership changes and transfers the chaos asks for: nobody waits.
+    Admin,
 }
 
 struct SimNode {
     id: NodeId,
-    core: Option<Core>,
+    driver: Option<Driver<SimReply>>,
+    applier: Option<Applier<SimReply>>,
     incarnation: u64,
     clock_rate_ppm: i64,
     clock_offset_ms: u64,
     disk: Disk,
+    /// Store jobs not done yet, in order.
+    queued: VecDeque<Queued>,
+    next_job: u64,
     kv: KvStore,
-    /// A snapshot being received: its id and the bytes so far.
-    staged_snapshot: Option<(LogId, Vec<u8>)>,
-    /// A fully received snapshot waiting for its persist.
-    received_snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// Snapshots being received from the leader (uncommitted sinks), by serial.
+    receiving: BTreeMap<u64, (SnapshotMeta, Vec<u8>)>,
+    /// Captured states waiting to be written, by index.
+    captures: BTreeMap<LogIndex, Bytes>,
     /// Snapshots this node can send, by last index.
     snapshots: BTreeMap<LogIndex, Bytes>,
-    pending_writes: BTreeMap<LogIndex, PendingWrite>,
-    pending_reads: BTreeMap<u64, PendingRead>,
-    /// Reads confirmed at an index the state machine has not applied yet.
-    ready_reads: Vec<(LogIndex, u64)>,
     /// Last completion time of a write: writes complete in order.
     disk_busy_until: u64,
-    last_snapshot_index: LogIndex,
     /// A paused node processes nothing before this time.
     paused_until: u64,
+}
+
+impl SimNode {
+    fn core(&self) -> Option<&Core> {
+        self.driver.as_ref().map(|d| d.core())
+    }
 }
 
 impl SimNode {
@@ -323,7 +401,7 @@ pub struct Simulation {
     faults_on: bool,
     pub checker: Checker,
     outcome: Outcome,
-    snapshot_threshold: u64,
+    snapshot_policy: SnapshotPolicy,
     trailing_entries: u64,
     profile: Profile,
 }
@@ -347,7 +425,8 @@ impl Simulation {
             };
             nodes.push(SimNode {
                 id: *id,
-                core: None,
+                driver: None,
+                applier: None,
                 incarnation: 0,
                 clock_rate_ppm,
                 clock_offset_ms: rng.range(0, 10_000),
@@ -355,17 +434,15 @@ impl Simulation {
                     hard_state: durable.hard_state,
                     snapshot: None,
                     log: durable.entries,
-                    unsynced: VecDeque::new(),
+                    next_when_empty: LogIndex(1),
                 },
+                queued: VecDeque::new(),
+                next_job: 0,
                 kv: KvStore::default(),
-                staged_snapshot: None,
-                received_snapshot: None,
+                receiving: BTreeMap::new(),
+                captures: BTreeMap::new(),
                 snapshots: BTreeMap::new(),
-                pending_writes: BTreeMap::new(),
-                pending_reads: BTreeMap::new(),
-                ready_reads: Vec::new(),
                 disk_busy_until: 0,
-                last_snapshot_index: LogIndex::ZERO,
                 paused_until: 0,
             });
         }
@@ -391,7 +468,7 @@ impl Simulation {
             faults_on: true,
             checker: Checker::default(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
-            snapshot_threshold,
+            snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 0, log_bytes: u64::MAX },
             trailing_entries,
             profile,
             cfg,
@@ -522,6 +599,18 @@ impl Simulation {
         let n = &mut self.nodes[node];
         n.incarnation += 1;
         let snapshot_meta = n.disk.snapshot.as_ref().map(|(meta, _)| meta.clone());
+        // Start-up repairs the log behind the snapshot as the runtime does.
+        if let Some(meta) = &snapshot_meta {
+            let (first, last) = (n.disk.first_index(), n.disk.last_index());
+            let disk = &n.disk;
+            let steps = reconcile_steps(meta.last_log_id, first, last, |index| disk.term_at(index));
+            for step in &steps {
+                if let Err(error) = n.disk.run(step, &BTreeMap::new()) {
+                    self.checker.violations.push(format!("node {id} cannot repair its log on start: {error}"));
+                    return;
+                }
+            }
+        }
         let snapshot_index = snapshot_meta.as_ref().map_or(LogIndex::ZERO, |m| m.last_log_id.index);
         n.kv = match &n.disk.snapshot {
             Some((_, data)) => KvStore::decode_snapshot(data).unwrap_or_default(),
@@ -531,7 +620,6 @@ impl Simulation {
         if let Some((meta, data)) = &n.disk.snapshot {
             n.snapshots.insert(meta.last_log_id.index, data.clone());
         }
-        n.last_snapshot_index = snapshot_index;
         let durable = DurableState {
             hard_state: n.disk.hard_state,
             snapshot: snapshot_meta,
@@ -539,7 +627,15 @@ impl Simulation {
         };
         let hard_state = durable.hard_state;
         match Core::new(config, durable, now, seed) {
-            Ok(core) => n.core = Some(core),
+            Ok(core) => {
+                let driver_config = DriverConfig {
+                    trailing_logs: self.trailing_entries,
+                    check_snapshots: true,
+                    transfer_wait_ms: ELECTION_MIN_MS + ELECTION_MAX_MS,
+                };
+                n.driver = Some(Driver::new(core, driver_config));
+                n.applier = Some(Applier::new(snapshot_index, self.snapshot_policy, seed, now));
+            }
             Err(error) => {
                 let text = format!("node {id} cannot restart from its disk: {error}");
                 self.checker.violations.push(text);
@@ -551,105 +647,139 @@ impl Simulation {
         self.trace(|| format!("n{id} started (incarnation {})", self.nodes[node].incarnation));
     }
 
+    /// The process dies: the writer had run some of the queued store steps,
+    /// the next one may be torn; nothing in memory survives.
     fn crash_node(&mut self, node: usize) {
         let id = self.nodes[node].id;
-        if self.nodes[node].core.is_none() {
+        if self.nodes[node].driver.is_none() {
             return;
         }
-        // A prefix of the unsynced writes survives; the next one may be torn.
-        let unsynced: Vec<PersistRequest> = self.nodes[node].disk.unsynced.drain(..).collect();
-        let survive = self.rng.range(0, unsynced.len() as u64 + 1) as usize;
-        let received = self.nodes[node].received_snapshot.clone();
-        for request in &unsynced[..survive] {
-            self.nodes[node].disk.apply(request, received.as_ref());
+        let queued: Vec<Queued> = self.nodes[node].queued.drain(..).collect();
+        let mut sinks = BTreeMap::new();
+        let mut jobs = Vec::new();
+        for q in queued {
+            sinks.extend(q.sinks);
+            jobs.push(q.job);
         }
-        if let Some(torn) = unsynced.get(survive) {
-            if let Some(write) = &torn.log {
-                let keep = self.rng.range(0, write.entries.len() as u64 + 1) as usize;
-                let partial = PersistRequest {
-                    seq: torn.seq,
-                    hard_state: None,
-                    snapshot: None,
-                    log: Some(raft_core::LogWrite {
-                        truncate_from: write.truncate_from,
-                        entries: write.entries[..keep].to_vec(),
-                    }),
-                };
-                if torn.snapshot.is_none() {
-                    self.nodes[node].disk.apply(&partial, None);
-                }
-            }
+        let (steps, _) = StoreJob::merge(jobs);
+        let survive = self.rng.range(0, steps.len() as u64 + 1) as usize;
+        let mut torn = None;
+        if let Some(StoreStep::Write(write)) = steps.get(survive) {
+            let keep = self.rng.range(0, write.entries.len() as u64 + 1) as usize;
+            torn = Some(StoreStep::Write(LogWrite {
+                truncate_from: write.truncate_from,
+                entries: write.entries[..keep].to_vec(),
+            }));
         }
-        let n = &mut self.nodes[node];
-        n.core = None;
-        n.incarnation += 1;
-        n.staged_snapshot = None;
-        n.received_snapshot = None;
-        n.pending_writes.clear();
-        n.pending_reads.clear();
-        n.ready_reads.clear();
-        self.trace(|| format!("n{id} crashed ({survive} of {} unsynced writes kept)", unsynced.len()));
+        let total = steps.len();
+        for step in steps.iter().take(survive).chain(torn.iter()) {
+            self.run_step(node, step, &sinks);
+        }
+        self.go_down(node);
+        self.trace(|| format!("n{id} crashed ({survive} of {total} queued store steps done)"));
     }
 
-    fn with_core<R>(&mut self, node: usize, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
-        let result = self.nodes[node].core.as_mut().map(f);
+    /// Runs a store step on the node's disk, telling the checker what became durable.
+    fn run_step(&mut self, node: usize, step: &StoreStep, sinks: &BTreeMap<u64, (SnapshotMeta, Bytes)>) {
+        let id = self.nodes[node].id;
+        if let Err(error) = self.nodes[node].disk.run(step, sinks) {
+            self.checker.violations.push(format!("node {id}: the log writer refuses a step: {error}"));
+        }
+        if let StoreStep::HardState(state) = step {
+            self.checker.on_hard_state_persisted(self.now, id, *state);
+        } else if let Some(snapshot) = self.nodes[node].disk.snapshot.as_ref().map(|(meta, _)| meta.last_log_id) {
+            // Judge what a restart would work with: the log after start-up's repair.
+            let disk = &self.nodes[node].disk;
+            let (first, mut last) = (disk.first_index(), disk.last_index());
+            let mut purged = LogIndex::ZERO;
+            for step in reconcile_steps(snapshot, first, last, |index| disk.term_at(index)) {
+                match step {
+                    StoreStep::Write(write) => last = last.min(write.truncate_from.prev()),
+                    StoreStep::Purge(upto) => purged = purged.max(upto),
+                    _ => {}
+                }
+            }
+            let term_at = |index: LogIndex| (index > purged && index <= last).then(|| disk.term_at(index)).flatten();
+            self.checker.on_disk_changed(self.now, id, Some(snapshot), term_at);
+        }
+    }
+
+    /// The node's process is gone (crash or fail-stop): only its disk remains.
+    fn go_down(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.driver = None;
+        n.applier = None;
+        n.incarnation += 1;
+        n.queued.clear();
+        n.receiving.clear();
+        n.captures.clear();
+    }
+
+    /// A storage step failed: the node stops, answers what it can, and its
+    /// supervisor restarts it later.
+    fn fail_stop(&mut self, node: usize) {
+        let id = self.nodes[node].id;
+        let Some(driver) = self.nodes[node].driver.as_mut() else { return };
+        let reason = driver.failure().unwrap_or("stopped").to_string();
+        let effects = driver.stop();
+        for effect in effects {
+            self.execute(node, effect);
+        }
+        self.go_down(node);
+        self.trace(|| format!("n{id} fail-stopped: {reason}"));
+        let down = self.rng.range(1, 300);
+        self.schedule(down, Event::Restart(node));
+    }
+
+    fn with_driver<R>(&mut self, node: usize, f: impl FnOnce(&mut Driver<SimReply>) -> R) -> Option<R> {
+        let result = self.nodes[node].driver.as_mut().map(f);
         if result.is_some() {
-            self.process_actions(node);
+            self.run_effects(node);
         }
         result
     }
 
-    fn process_actions(&mut self, node: usize) {
+    /// Carries out the driver's effects until it has none, as the runtime does.
+    fn run_effects(&mut self, node: usize) {
         loop {
-            let actions: Vec<Action> = match self.nodes[node].core.as_mut() {
-                Some(core) => core.drain_actions().collect(),
-                None => return,
-            };
-            if actions.is_empty() {
+            let Some(driver) = self.nodes[node].driver.as_mut() else { return };
+            let effects: Vec<Effect<SimReply>> = driver.effects().collect();
+            let failed = driver.failure().is_some();
+            if effects.is_empty() && !failed {
                 return;
             }
-            for action in actions {
-                self.handle_action(node, action);
+            for effect in effects {
+                self.execute(node, effect);
+            }
+            if self.nodes[node].driver.as_ref().is_some_and(|d| d.failure().is_some()) {
+                return self.fail_stop(node);
             }
         }
     }
 
-    fn handle_action(&mut self, node: usize, action: Action) {
+    fn execute(&mut self, node: usize, effect: Effect<SimReply>) {
         let id = self.nodes[node].id;
-        match action {
-            Action::Persist(request) => {
-                if let Some(write) = &request.log {
-                    let prev_term = self.nodes[node]
-                        .core
-                        .as_ref()
-                        .and_then(|c| c.term_at(write.truncate_from.prev()))
-                        .unwrap_or(Term(0));
-                    self.checker.on_entries_written(self.now, id, prev_term, &write.entries);
+        match effect {
+            Effect::Store(job) => self.queue_store_job(node, job),
+            Effect::Send { to, messages } => {
+                for message in messages {
+                    self.send(id, to, message);
                 }
-                self.trace(|| format!("n{id} persist #{} {}", request.seq, describe_persist(&request)));
-                let mut latency = self.rng.range(1, 4);
-                if self.rng.chance(self.profile.slow_disk_per_mille, 1000) {
-                    latency += self.rng.range(10, 80);
-                }
-                let votes = request.hard_state.is_some_and(|hs| hs.voted_for.is_some());
-                let crash_chance = if votes {
-                    self.profile.crash_after_vote_per_mille
-                } else {
-                    self.profile.crash_after_write_per_mille
-                };
-                if self.faults_on && self.rng.chance(crash_chance, 1000) {
-                    let at = self.rng.range(0, latency + 1);
-                    self.schedule(at, Event::Crash(node));
-                }
-                let n = &mut self.nodes[node];
-                let done_at = n.disk_busy_until.max(self.now + latency);
-                n.disk_busy_until = done_at;
-                let (incarnation, seq) = (n.incarnation, request.seq);
-                n.disk.unsynced.push_back(request);
-                self.schedule(done_at - self.now, Event::PersistDone { node, incarnation, seq });
             }
-            Action::Send { to, message } => self.send(id, to, message),
-            Action::SendSnapshotChunk { to, term, meta, offset } => {
+            Effect::Apply(job) => self.apply_job(node, job),
+            Effect::Fail { reply, failure } => self.answer_failure(reply, failure),
+            Effect::TransferStarted { .. } | Effect::SnapshotTaken { .. } => {}
+            Effect::LeaderChanged(info) => {
+                if info.leader == Some(id) {
+                    self.outcome.elections += 1;
+                    if self.faults_on && self.rng.chance(self.profile.crash_new_leader_per_mille, 1000) {
+                        let at = self.rng.range(0, 5 * HEARTBEAT_MS);
+                        self.schedule(at, Event::Crash(node));
+                    }
+                }
+                self.trace(|| format!("n{id} sees leader {:?} in term {}", info.leader, info.term));
+            }
+            Effect::ReadChunk { to, term, meta, offset } => {
                 let Some(data) = self.nodes[node].snapshots.get(&meta.last_log_id.index).cloned() else {
                     self.trace(|| format!("n{id} has no snapshot {} to send", meta.last_log_id));
                     return;
@@ -658,56 +788,166 @@ impl Simulation {
                 let end = (start + SNAPSHOT_CHUNK_BYTES).min(data.len());
                 let chunk =
                     InstallSnapshot { term, meta, offset, data: data.slice(start..end), done: end == data.len() };
-                self.send(id, to, Message::InstallSnapshot(chunk));
+                if let Some(driver) = self.nodes[node].driver.as_mut() {
+                    driver.chunk_read(to, Message::InstallSnapshot(chunk));
+                }
             }
-            Action::WriteSnapshotChunk { meta, offset, data, done } => {
+            Effect::ReceiveStart { serial, meta } => {
+                self.nodes[node].receiving.insert(serial, (meta, Vec::new()));
+            }
+            Effect::ReceiveChunk { serial, data, done } => {
                 let n = &mut self.nodes[node];
-                if offset == 0 {
-                    n.staged_snapshot = Some((meta.last_log_id, Vec::new()));
-                }
-                match &mut n.staged_snapshot {
-                    Some((staged, buffer)) if *staged == meta.last_log_id && buffer.len() as u64 == offset => {
-                        buffer.extend_from_slice(&data);
-                    }
-                    _ => {
-                        let text = format!("node {id} was told to write snapshot chunk at {offset} out of order");
-                        self.checker.violations.push(text);
-                        return;
-                    }
-                }
+                let Some((_, buffer)) = n.receiving.get_mut(&serial) else {
+                    self.checker.violations.push(format!("node {id} was told to write to a snapshot it does not hold"));
+                    return;
+                };
+                buffer.extend_from_slice(&data);
                 if done {
-                    if let Some((_, buffer)) = n.staged_snapshot.take() {
-                        n.received_snapshot = Some((meta.clone(), Bytes::from(buffer)));
-                    }
                     let incarnation = n.incarnation;
                     let delay = self.rng.range(0, 4);
-                    self.schedule(delay, Event::SnapshotChecked { node, incarnation, id: meta.last_log_id });
+                    self.schedule(delay, Event::SnapshotChecked { node, incarnation, serial });
                 }
             }
-            Action::Apply { entries } => {
+            Effect::DiscardReceived { serial, refused } => {
+                self.nodes[node].receiving.remove(&serial);
+                if let Some(reason) = refused {
+                    self.trace(|| format!("n{id} refused received snapshot {serial}: {reason}"));
+                }
+            }
+            Effect::WriteSnapshot { index, meta } => {
+                let incarnation = self.nodes[node].incarnation;
+                let delay = self.rng.range(1, 6);
+                self.schedule(delay, Event::SnapshotWritten { node, incarnation, index, meta });
+            }
+            Effect::DropCapture { index } => {
+                self.nodes[node].captures.remove(&index);
+            }
+        }
+    }
+
+    /// Hands a store job to the simulated log writer: jobs finish in order,
+    /// after the disk's latency; a crash meanwhile runs a prefix of them.
+    fn queue_store_job(&mut self, node: usize, job: StoreJob) {
+        let id = self.nodes[node].id;
+        let mut sinks = BTreeMap::new();
+        for step in &job.steps {
+            match step {
+                StoreStep::Write(write) => {
+                    let prev_term =
+                        self.nodes[node].core().and_then(|c| c.term_at(write.truncate_from.prev())).unwrap_or(Term(0));
+                    self.checker.on_entries_written(self.now, id, prev_term, &write.entries);
+                }
+                StoreStep::CommitReceived { serial } => match self.nodes[node].receiving.remove(serial) {
+                    Some((meta, data)) => {
+                        sinks.insert(*serial, (meta, Bytes::from(data)));
+                    }
+                    None => {
+                        let text = format!("node {id} must commit received snapshot {serial}, which it does not hold");
+                        self.checker.violations.push(text);
+                    }
+                },
+                _ => {}
+            }
+        }
+        self.trace(|| {
+            format!("n{id} store job {:?}: {:?}", job.seq, job.steps.iter().map(describe_step).collect::<Vec<_>>())
+        });
+        let mut latency = self.rng.range(1, 4);
+        if self.rng.chance(self.profile.slow_disk_per_mille, 1000) {
+            latency += self.rng.range(10, 80);
+        }
+        let votes = job.steps.iter().any(|s| matches!(s, StoreStep::HardState(hs) if hs.voted_for.is_some()));
+        let crash_chance =
+            if votes { self.profile.crash_after_vote_per_mille } else { self.profile.crash_after_write_per_mille };
+        if self.faults_on && self.rng.chance(crash_chance, 1000) {
+            let at = self.rng.range(0, latency + 1);
+            self.schedule(at, Event::Crash(node));
+        }
+        let n = &mut self.nodes[node];
+        let done_at = n.disk_busy_until.max(self.now + latency);
+        n.disk_busy_until = done_at;
+        n.next_job += 1;
+        let (incarnation, number) = (n.incarnation, n.next_job);
+        n.queued.push_back(Queued { number, job, sinks });
+        self.schedule(done_at - self.now, Event::PersistDone { node, incarnation, job: number });
+    }
+
+    /// The writer runs the jobs up to `number` as one merged batch; a step may
+    /// fail (ENOSPC, EIO), after which nothing later runs and the node stops.
+    fn finish_store_jobs(&mut self, node: usize, number: u64) {
+        let mut jobs = Vec::new();
+        let mut sinks = BTreeMap::new();
+        while self.nodes[node].queued.front().is_some_and(|q| q.number <= number) {
+            let Some(q) = self.nodes[node].queued.pop_front() else { break };
+            sinks.extend(q.sinks);
+            jobs.push(q.job);
+        }
+        let (steps, seq) = StoreJob::merge(jobs);
+        for step in &steps {
+            if self.faults_on && self.rng.chance(self.profile.disk_error_per_10k, 10_000) {
+                // EIO may leave the write on disk after all; ENOSPC never does.
+                let eio = self.rng.chance(1, 2);
+                if eio && self.rng.chance(1, 2) {
+                    self.run_step(node, step, &sinks);
+                }
+                let what = if eio { "EIO" } else { "ENOSPC" };
+                let reason = format!("storage failed: {what} at {}", describe_step(step));
+                if let Some(driver) = self.nodes[node].driver.as_mut() {
+                    driver.fail(reason);
+                }
+                return self.run_effects(node);
+            }
+            self.run_step(node, step, &sinks);
+        }
+        if let Some(seq) = seq {
+            self.with_driver(node, |driver| driver.persisted(seq));
+        }
+    }
+
+    /// Work for the apply side, carried out at once (the state machine is quick).
+    fn apply_job(&mut self, node: usize, job: ApplyJob<SimReply>) {
+        let id = self.nodes[node].id;
+        let now = self.local_now(node);
+        match job {
+            ApplyJob::Batch { entries, replies } => {
+                let Some(last) = entries.last().map(|e| e.index) else { return };
+                let mut replies: BTreeMap<LogIndex, SimReply> = replies.into_iter().collect();
+                let mut bytes = 0;
                 for entry in entries {
-                    self.apply_entry(node, entry);
+                    bytes += entry.size_bytes() as u64;
+                    let index = entry.index;
+                    let result = self.apply_entry(node, entry);
+                    if let Some(reply) = replies.remove(&index) {
+                        self.answer_write(reply, index, result);
+                    }
                 }
-                self.answer_ready_reads(node);
-                self.maybe_take_snapshot(node);
+                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                    applier.applied(last, bytes);
+                }
             }
-            Action::RestoreSnapshot { meta } => {
+            ApplyJob::Read { index, reply } => {
+                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                    applier.read(index, reply);
+                }
+            }
+            ApplyJob::Restore { meta } => {
                 let n = &mut self.nodes[node];
-                let restored = match &n.received_snapshot {
-                    Some((received, data)) if *received == meta => {
+                let restored = match &n.disk.snapshot {
+                    Some((stored, data)) if *stored == meta => {
                         KvStore::decode_snapshot(data).map(|kv| (kv, data.clone()))
                     }
-                    _ => Err("no received snapshot matches".to_string()),
+                    _ => Err("the snapshot to restore is not the one stored".to_string()),
                 };
                 match restored {
                     Ok((kv, data)) if kv.applied == meta.last_log_id.index => {
                         n.kv = kv;
                         n.snapshots.insert(meta.last_log_id.index, data);
-                        n.last_snapshot_index = meta.last_log_id.index;
+                        if let Some(applier) = n.applier.as_mut() {
+                            applier.restored(meta.last_log_id.index);
+                        }
                         self.outcome.snapshots_installed += 1;
                         self.trace(|| format!("n{id} restored snapshot {}", meta.last_log_id));
                         self.observe_state(node, "restored a snapshot");
-                        self.answer_ready_reads(node);
                     }
                     Ok((kv, _)) => self.checker.violations.push(format!(
                         "node {id}: snapshot {} holds state applied through {}",
@@ -718,40 +958,59 @@ impl Simulation {
                     }
                 }
             }
-            Action::ReadReady { read_id, index } => {
-                self.trace(|| format!("n{id} read {read_id} ready at {index}"));
-                if self.nodes[node].kv.applied >= index {
-                    self.answer_read(node, read_id);
-                } else {
-                    self.nodes[node].ready_reads.push((index, read_id));
+            ApplyJob::SnapshotFinished { taken } => {
+                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                    applier.snapshot_finished(taken, now);
                 }
             }
-            Action::ReadFailed { read_id, .. } => {
-                if let Some(read) = self.nodes[node].pending_reads.remove(&read_id) {
-                    self.fail_op(read.client, read.op_id);
+            ApplyJob::Snapshot { reply } => {
+                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                    applier.request_snapshot(reply);
                 }
             }
-            Action::LeaderChanged { leader, term } => {
-                if leader == Some(id) {
-                    self.outcome.elections += 1;
-                    if self.faults_on && self.rng.chance(self.profile.crash_new_leader_per_mille, 1000) {
-                        let at = self.rng.range(0, 5 * HEARTBEAT_MS);
-                        self.schedule(at, Event::Crash(node));
+            ApplyJob::Policy(policy) => {
+                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                    applier.set_policy(policy, now);
+                }
+            }
+        }
+        self.poll_applier(node);
+    }
+
+    /// Carries out the apply side's decisions: reads released, captures taken.
+    fn poll_applier(&mut self, node: usize) {
+        let now = self.local_now(node);
+        let Some(applier) = self.nodes[node].applier.as_mut() else { return };
+        applier.poll(now);
+        let effects: Vec<ApplyEffect<SimReply>> = applier.drain().collect();
+        for effect in effects {
+            match effect {
+                ApplyEffect::ReadReady { reply, .. } => {
+                    if let SimReply::Client { client, op_id, key } = reply {
+                        let value = self.nodes[node].kv.get(key);
+                        self.complete_op(client, op_id, OpOutput::Get { value });
                     }
                 }
-                self.trace(|| format!("n{id} sees leader {leader:?} in term {term}"));
+                ApplyEffect::Capture { index, waiters } => {
+                    let data = self.nodes[node].kv.encode_snapshot();
+                    self.nodes[node].captures.insert(index, data);
+                    self.with_driver(node, |driver| driver.snapshot_captured(index, waiters));
+                }
+                ApplyEffect::SnapshotTaken { .. } => {}
+                ApplyEffect::Fail { reply, failure } => self.answer_failure(reply, failure),
             }
         }
     }
 
-    fn apply_entry(&mut self, node: usize, entry: Entry) {
+    /// Applies one committed entry; returns the client's output if it was a command.
+    fn apply_entry(&mut self, node: usize, entry: Entry) -> Option<(u64, OpOutput)> {
         let id = self.nodes[node].id;
         self.checker.on_applied(self.now, id, &entry);
         let n = &mut self.nodes[node];
         if entry.index != n.kv.applied.next() {
             let text = format!("node {id} applies index {} after {}", entry.index, n.kv.applied);
             self.checker.violations.push(text);
-            return;
+            return None;
         }
         n.kv.applied = entry.index;
         let mut result = None;
@@ -761,62 +1020,45 @@ impl Simulation {
                 Err(error) => {
                     let text = format!("node {id} applies undecodable command at {}: {error}", entry.index);
                     self.checker.violations.push(text);
-                    return;
+                    return None;
                 }
             }
         }
         self.observe_state(node, "applied");
-        if let Some(pending) = self.nodes[node].pending_writes.remove(&entry.index) {
-            match result {
-                Some((op_id, output)) if op_id == pending.op_id => {
-                    self.max_acked_index = self.max_acked_index.max(entry.index);
-                    self.complete_op(pending.client, pending.op_id, output);
-                }
-                // Another entry won this index: ours can never commit.
-                _ => self.fail_op(pending.client, pending.op_id),
+        result
+    }
+
+    /// The driver answered a proposal with the entry applied at its index.
+    fn answer_write(&mut self, reply: SimReply, index: LogIndex, result: Option<(u64, OpOutput)>) {
+        let SimReply::Client { client, op_id, .. } = reply else { return };
+        match result {
+            Some((applied, output)) if applied == op_id => {
+                self.max_acked_index = self.max_acked_index.max(index);
+                self.complete_op(client, op_id, output);
             }
+            _ => self
+                .checker
+                .violations
+                .push(format!("client {client} op {op_id} was answered with the entry at {index}, which is another's")),
         }
     }
 
-    fn answer_ready_reads(&mut self, node: usize) {
-        let applied = self.nodes[node].kv.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.nodes[node].ready_reads.drain(..).partition(|(index, _)| *index <= applied);
-        self.nodes[node].ready_reads = waiting;
-        for (_, read_id) in ready {
-            self.answer_read(node, read_id);
-        }
-    }
-
-    fn answer_read(&mut self, node: usize, read_id: u64) {
-        if let Some(read) = self.nodes[node].pending_reads.remove(&read_id) {
-            let value = self.nodes[node].kv.get(read.key);
-            self.complete_op(read.client, read.op_id, OpOutput::Get { value });
-        }
-    }
-
-    fn maybe_take_snapshot(&mut self, node: usize) {
-        let n = &mut self.nodes[node];
-        let Some(core) = n.core.as_mut() else { return };
-        let applied = n.kv.applied;
-        if applied.0 < n.last_snapshot_index.0.saturating_add(self.snapshot_threshold) {
+    /// A failure the driver reported: definite ones leave the history, unknown
+    /// outcomes stay in it as indeterminate.
+    fn answer_failure(&mut self, reply: SimReply, failure: Failure) {
+        let SimReply::Client { client, op_id, .. } = reply else { return };
+        if failure.outcome_unknown() {
+            if self.clients[client].busy == Some(op_id) {
+                self.clients[client].busy = None;
+                let think = self.rng.range(0, 20);
+                self.schedule(think, Event::ClientIssue(client));
+            }
             return;
         }
-        let Some(meta) = core.snapshot_meta_for(applied) else { return };
-        let data = n.kv.encode_snapshot();
-        if core.handle_snapshot_taken(meta.clone()).is_err() {
-            return;
+        if let Failure::NotLeader { leader: Some(leader) } = failure {
+            self.clients[client].preferred = (leader.0 - 1) as usize;
         }
-        // The snapshot file is written and synced before the log is purged.
-        n.disk.snapshot = Some((meta, data.clone()));
-        n.snapshots.insert(applied, data);
-        n.last_snapshot_index = applied;
-        let upto = LogIndex(applied.0.saturating_sub(self.trailing_entries));
-        if upto > core.log_start().index && core.compact_log(upto).is_ok() {
-            n.disk.purge(upto);
-        }
-        let id = n.id;
-        self.trace(|| format!("n{id} took snapshot at {applied}, compacted to {upto}"));
+        self.fail_op(client, op_id);
     }
 
     // ---- Network -----------------------------------------------------------------
@@ -848,10 +1090,18 @@ impl Simulation {
         self.drop_per_mille = 0;
         self.duplicate_per_mille = 0;
         self.delay_ms = (1, 3);
+        let (trailing, policy) = (self.trailing_entries, self.snapshot_policy);
         for node in 0..self.nodes.len() {
             self.nodes[node].paused_until = self.nodes[node].paused_until.min(self.now);
-            if self.nodes[node].core.is_none() {
+            if self.nodes[node].driver.is_none() {
                 self.start_node(node);
+            } else if self.cfg.faults.reload {
+                // The operator puts every node back on the cluster's timing: a
+                // node left with a much shorter timeout and no PreVote keeps
+                // deposing leaders it cannot replace.
+                let config = self.core_config(self.nodes[node].id);
+                let wait = config.election_timeout_min_ms + config.election_timeout_max_ms;
+                self.with_driver(node, |driver| driver.reload(config, trailing, policy, wait));
             }
         }
         self.trace(|| "healed: network whole, every node running".to_string());
@@ -884,7 +1134,8 @@ impl Simulation {
             Event::Tick(node) => {
                 if self.nodes[node].paused_until <= self.now {
                     let now = self.local_now(node);
-                    self.with_core(node, |core| core.handle_tick(now));
+                    self.with_driver(node, |driver| driver.tick(now));
+                    self.poll_applier(node);
                 }
                 self.schedule(TICK_MS, Event::Tick(node));
             }
@@ -895,35 +1146,51 @@ impl Simulation {
                 let node = (to.0 - 1) as usize;
                 let now = self.local_now(node);
                 self.trace(|| format!("n{to} <- n{from} {}", message.kind()));
-                self.with_core(node, |core| core.handle_message(now, from, message));
+                self.with_driver(node, |driver| driver.receive(now, from, message));
             }
-            Event::SnapshotChecked { node, incarnation, id } => {
+            Event::SnapshotChecked { node, incarnation, serial } => {
                 if self.nodes[node].incarnation != incarnation {
                     return;
                 }
-                let sound = match &self.nodes[node].received_snapshot {
-                    Some((meta, data)) if meta.last_log_id == id => KvStore::decode_snapshot(data).is_ok(),
-                    _ => false,
+                let verdict = match self.nodes[node].receiving.get(&serial) {
+                    Some((meta, data)) => match KvStore::decode_snapshot(data) {
+                        Ok(kv) if kv.applied == meta.last_log_id.index => Ok(()),
+                        Ok(kv) => Err(format!("it holds state through {}, not {}", kv.applied, meta.last_log_id)),
+                        Err(error) => Err(error),
+                    },
+                    None => Err("the received data is gone".to_string()),
                 };
-                self.with_core(node, |core| core.handle_snapshot_checked(id, sound));
+                self.with_driver(node, |driver| driver.snapshot_checked(serial, verdict));
             }
-            Event::PersistDone { node, incarnation, seq } => {
+            Event::SnapshotWritten { node, incarnation, index, meta } => {
                 if self.nodes[node].incarnation != incarnation {
                     return;
                 }
-                let id = self.nodes[node].id;
-                while self.nodes[node].disk.unsynced.front().is_some_and(|r| r.seq <= seq) {
-                    let Some(request) = self.nodes[node].disk.unsynced.pop_front() else { break };
-                    let received = self.nodes[node].received_snapshot.clone();
-                    self.nodes[node].disk.apply(&request, received.as_ref());
-                    if let Some(hard_state) = request.hard_state {
-                        self.checker.on_hard_state_persisted(self.now, id, hard_state);
+                let Some(data) = self.nodes[node].captures.remove(&index) else { return };
+                let failed = self.faults_on && self.rng.chance(self.profile.disk_error_per_10k, 10_000);
+                let written = if failed {
+                    Err("no space left on device".to_string())
+                } else {
+                    // Written whole and synced, then listed: a crash before leaves nothing.
+                    let n = &mut self.nodes[node];
+                    let newer = n.disk.snapshot.as_ref().is_none_or(|(held, _)| held.last_log_id <= meta.last_log_id);
+                    if newer {
+                        n.disk.snapshot = Some((meta.clone(), data.clone()));
                     }
+                    n.snapshots.insert(index, data);
+                    Ok(meta)
+                };
+                let id = self.nodes[node].id;
+                self.trace(|| {
+                    format!("n{id} snapshot at {index} written: {:?}", written.as_ref().map(|m| m.last_log_id))
+                });
+                self.with_driver(node, |driver| driver.snapshot_written(index, written));
+            }
+            Event::PersistDone { node, incarnation, job } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return;
                 }
-                let result = self.with_core(node, |core| core.handle_persisted(seq));
-                if let Some(Err(error)) = result {
-                    self.checker.violations.push(format!("node {id}: {error}"));
-                }
+                self.finish_store_jobs(node, job);
             }
             Event::ClientIssue(client) => {
                 if self.faults_on {
@@ -955,14 +1222,14 @@ impl Simulation {
                 self.trace(|| format!("n{id} paused until {until}ms"));
             }
             Event::Crash(node) => {
-                if self.faults_on && self.nodes[node].core.is_some() {
+                if self.faults_on && self.nodes[node].driver.is_some() {
                     self.crash_node(node);
                     let down = if self.rng.chance(1, 2) { self.rng.range(1, 30) } else { self.rng.range(30, 1_000) };
                     self.schedule(down, Event::Restart(node));
                 }
             }
             Event::Restart(node) => {
-                if self.nodes[node].core.is_none() {
+                if self.nodes[node].driver.is_none() {
                     self.start_node(node);
                 }
             }
@@ -971,7 +1238,7 @@ impl Simulation {
 
     fn check_all(&mut self) {
         for node in &self.nodes {
-            if let Some(core) = &node.core {
+            if let Some(core) = node.core() {
                 self.checker.check_node(self.now, core, node.local_time(self.now));
             }
         }
@@ -1044,35 +1311,18 @@ impl Simulation {
         }
         let id = self.nodes[node].id;
         self.trace(|| format!("client {client} op {op_id} {input:?} key {key} ({mode:?}) -> n{id}"));
-        let accepted = match input {
-            OpInput::Get => {
-                self.nodes[node].pending_reads.insert(op_id, PendingRead { client, op_id, key });
-                let now = self.local_now(node);
-                let accepted = self.with_core(node, |core| core.read_index(now, op_id, mode).is_ok()).unwrap_or(false);
-                if !accepted {
-                    self.nodes[node].pending_reads.remove(&op_id);
-                }
-                accepted
-            }
+        self.clients[client].preferred = node;
+        let reply = SimReply::Client { client, op_id, key };
+        let now = self.local_now(node);
+        let running = match input {
+            OpInput::Get => self.with_driver(node, |driver| driver.read(now, mode, reply)),
             input => {
                 let command = Command { op_id, key, input };
-                match self.with_core(node, |core| core.propose(command.encode())) {
-                    Some(Ok(index)) => {
-                        self.nodes[node].pending_writes.insert(index, PendingWrite { client, op_id });
-                        true
-                    }
-                    Some(Err(raft_core::ProposeError::NotLeader { leader: Some(leader) })) => {
-                        self.clients[client].preferred = (leader.0 - 1) as usize;
-                        false
-                    }
-                    _ => false,
-                }
+                self.with_driver(node, |driver| driver.propose(vec![command.encode()], vec![reply]))
             }
         };
-        if accepted {
-            self.clients[client].preferred = node;
-        } else {
-            // Refused before it entered the log or read anything: no effect.
+        if running.is_none() {
+            // The node is down: the request never reached it.
             self.fail_op(client, op_id);
         }
     }
@@ -1107,7 +1357,7 @@ impl Simulation {
     fn leader_node(&self) -> Option<usize> {
         // The live leader with the highest term (an old one may not know yet).
         (0..self.nodes.len())
-            .filter_map(|i| self.nodes[i].core.as_ref().filter(|c| c.is_leader()).map(|c| (c.current_term(), i)))
+            .filter_map(|i| self.nodes[i].core().filter(|c| c.is_leader()).map(|c| (c.current_term(), i)))
             .max()
             .map(|(_, i)| i)
     }
@@ -1163,14 +1413,13 @@ impl Simulation {
             4 if faults.transfers => {
                 if let Some(leader) = self.leader_node() {
                     let voters: Vec<NodeId> = self.nodes[leader]
-                        .core
-                        .as_ref()
+                        .core()
                         .map(|c| c.membership().voters.iter().copied().collect())
                         .unwrap_or_default();
                     if !voters.is_empty() {
                         let target = voters[self.rng.range(0, voters.len() as u64) as usize];
-                        let result = self.with_core(leader, |core| core.transfer_leadership(target));
-                        self.trace(|| format!("transfer leadership to n{target}: {result:?}"));
+                        self.trace(|| format!("transfer leadership to n{target}"));
+                        self.with_driver(leader, |driver| driver.transfer_leadership(target, SimReply::Admin));
                     }
                 }
             }
@@ -1187,8 +1436,33 @@ impl Simulation {
                 self.blocked.clear();
                 self.trace(|| "partitions healed".to_string());
             }
+            7 if faults.reload => self.reload_timing(),
             _ => {}
         }
+    }
+
+    /// `reload_config` on one node (the leader half the time): new heartbeat
+    /// and election timeouts within the validation bounds. Nodes disagree on
+    /// timing until they restart (with the run's base timing).
+    fn reload_timing(&mut self) {
+        let node = match self.leader_node() {
+            Some(leader) if self.rng.chance(1, 2) => leader,
+            _ => self.rng.range(0, self.nodes.len() as u64) as usize,
+        };
+        let id = self.nodes[node].id;
+        let mut config = self.core_config(id);
+        config.election_timeout_min_ms = [60, 100, 150, 220, 300][self.rng.range(0, 5) as usize];
+        config.election_timeout_max_ms = config.election_timeout_min_ms + [30, 100, 200][self.rng.range(0, 3) as usize];
+        config.heartbeat_interval_ms =
+            [10, 20, 40][self.rng.range(0, 3) as usize].min(config.election_timeout_min_ms / 2);
+        let (trailing, policy) = (self.trailing_entries, self.snapshot_policy);
+        let wait = config.election_timeout_min_ms + config.election_timeout_max_ms;
+        let summary = format!(
+            "heartbeat {} ms, election {}..{} ms",
+            config.heartbeat_interval_ms, config.election_timeout_min_ms, config.election_timeout_max_ms
+        );
+        let result = self.with_driver(node, |driver| driver.reload(config, trailing, policy, wait));
+        self.trace(|| format!("n{id} reloaded to {summary}: {result:?}"));
     }
 
     fn isolate(&mut self, isolated: NodeId, ids: &[NodeId]) {
@@ -1202,7 +1476,7 @@ impl Simulation {
 
     fn change_membership(&mut self) {
         let Some(leader) = self.leader_node() else { return };
-        let Some(current) = self.nodes[leader].core.as_ref().map(|c| c.membership().clone()) else { return };
+        let Some(current) = self.nodes[leader].core().map(|c| c.membership().clone()) else { return };
         let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         let outsiders: Vec<NodeId> = all.iter().copied().filter(|id| !current.is_member(*id)).collect();
         let learners: Vec<NodeId> = current.learners.iter().copied().collect();
@@ -1235,11 +1509,12 @@ impl Simulation {
             }
             _ => return,
         };
-        let result = self.with_core(leader, |core| core.propose_membership(change.clone()));
-        if matches!(result, Some(Ok(_))) {
+        self.trace(|| format!("membership change {change:?}"));
+        let before = self.nodes[leader].core().map(|c| c.membership_index());
+        self.with_driver(leader, |driver| driver.change_membership(change, SimReply::Admin));
+        if self.nodes[leader].core().map(|c| c.membership_index()) != before {
             self.outcome.membership_changes += 1;
         }
-        self.trace(|| format!("membership change {change:?}: {result:?}"));
     }
 
     // ---- Liveness ----------------------------------------------------------------
@@ -1248,7 +1523,7 @@ impl Simulation {
     /// every acknowledged write, applied by every member.
     fn converged(&self) -> Result<(), String> {
         let leader = self.leader_node().ok_or("no leader")?;
-        let core = self.nodes[leader].core.as_ref().ok_or("leader down")?;
+        let core = self.nodes[leader].core().ok_or("leader down")?;
         let commit = core.commit_index();
         if commit < self.max_acked_index {
             return Err(format!("leader n{} commit {commit} below acknowledged {}", core.id(), self.max_acked_index));
@@ -1259,7 +1534,7 @@ impl Simulation {
         let members: Vec<NodeId> = core.membership().members().into_iter().collect();
         for id in members {
             let node = &self.nodes[(id.0 - 1) as usize];
-            let Some(member) = node.core.as_ref() else { return Err(format!("member n{id} down")) };
+            let Some(member) = node.core() else { return Err(format!("member n{id} down")) };
             if node.kv.applied != commit {
                 return Err(format!("member n{id} applied {} of {commit}", node.kv.applied));
             }
@@ -1274,7 +1549,7 @@ impl Simulation {
 /// A node's log as an election would see it: in memory when it runs, on disk when
 /// it is down (what it would restart with).
 fn memory_log(node: &SimNode) -> LogView<'_> {
-    match &node.core {
+    match node.core() {
         Some(core) => LogView::Memory(core),
         None => durable_log(node),
     }
@@ -1289,22 +1564,19 @@ fn durable_log(node: &SimNode) -> LogView<'_> {
     LogView::Disk { id: node.id, start, entries: &node.disk.log[after..] }
 }
 
-fn describe_persist(request: &PersistRequest) -> String {
-    let mut parts = Vec::new();
-    if let Some(hs) = request.hard_state {
-        parts.push(format!("term={} vote={:?}", hs.current_term, hs.voted_for.map(|v| v.0)));
+fn describe_step(step: &StoreStep) -> String {
+    match step {
+        StoreStep::CutDisagreeing(at) => format!("cut disagreeing with {at}"),
+        StoreStep::CommitReceived { serial } => format!("commit received snapshot {serial}"),
+        StoreStep::Purge(upto) => format!("purge up to {upto}"),
+        StoreStep::Write(write) => match (write.entries.first(), write.entries.last()) {
+            (Some(first), Some(last)) => format!("write {}..={} from {}", first.index, last.index, write.truncate_from),
+            _ => format!("truncate from {}", write.truncate_from),
+        },
+        StoreStep::HardState(state) => format!("hard state {state:?}"),
     }
-    if let Some(meta) = &request.snapshot {
-        parts.push(format!("snapshot={}", meta.last_log_id));
-    }
-    if let Some(write) = &request.log {
-        let last = write.entries.last().map_or("-".to_string(), |e| e.log_id().to_string());
-        parts.push(format!("log from {} (+{} to {last})", write.truncate_from, write.entries.len()));
-    }
-    parts.join(" ")
 }
 
-/// Runs one seed.
 pub fn run_seed(cfg: SimConfig) -> Outcome {
     Simulation::new(cfg).run()
 }

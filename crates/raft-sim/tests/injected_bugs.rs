@@ -51,7 +51,7 @@ const UNPROTECTED_COMMIT: &[&str] = &[kind::COMMIT_PROTECTION, kind::DURABLE_COM
 #[test]
 fn every_bug_has_a_test() {
     // A new bug in `bugs.rs` needs a test below naming the check that catches it.
-    assert_eq!(InjectedBug::ALL.len(), 9);
+    assert_eq!(InjectedBug::ALL.len(), 10);
 }
 
 #[test]
@@ -99,4 +99,12 @@ fn leader_counting_its_unsynced_entries_is_caught() {
 #[test]
 fn lease_outliving_the_vote_guard_is_caught() {
     assert_caught_as(InjectedBug::LeaseOutlivesVoteGuard, &[kind::LEASE_EXCLUSIVITY]);
+}
+
+/// In the runtime's driver, which the simulator runs: the disk keeps entries
+/// that disagree with an installed snapshot (no cut before it is stored, none
+/// on start), so a restart would begin from a log whose terms go backwards.
+#[test]
+fn an_install_that_keeps_a_conflicting_suffix_is_caught() {
+    assert_caught_as(InjectedBug::InstallKeepsConflictingSuffix, &[kind::DURABLE_LOG_CONSISTENCY]);
 }
