@@ -221,7 +221,7 @@ pub enum Effect<R> {
     },
 }
 
-/// The node's protocol state, for status reports.
+/// A snapshot of the node's protocol state, for `stats` and tests.
 #[derive(Clone, Debug)]
 pub struct Status {
     pub id: NodeId,
@@ -235,8 +235,10 @@ pub struct Status {
     pub membership: Configuration,
     pub membership_index: LogIndex,
     pub voted_for: Option<NodeId>,
-    /// Milliseconds since the leader was last heard (zero on the leader).
-    pub last_contact_ms: Option<Millis>,
+    /// Time since a message from the leader last arrived (zero on the leader,
+    /// `None` if none ever did).
+    pub last_contact: Option<std::time::Duration>,
+    /// The newest snapshot this node holds.
     pub snapshot: Option<LogId>,
 }
 
@@ -586,10 +588,10 @@ impl<R> Driver<R> {
             membership_index: core.membership_index(),
             voted_for: core.hard_state().voted_for,
             snapshot: core.snapshot().map(|s| s.last_log_id),
-            last_contact_ms: if core.is_leader() {
-                Some(0)
+            last_contact: if core.is_leader() {
+                Some(std::time::Duration::ZERO)
             } else {
-                self.last_leader_contact.map(|at| now.saturating_sub(at))
+                self.last_leader_contact.map(|at| std::time::Duration::from_millis(now.saturating_sub(at)))
             },
         }
     }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_core::{Configuration, Core, LogId, LogIndex, MembershipChange, Message, NodeId, ReadMode, Role, Term};
+use raft_core::{Core, LogId, LogIndex, MembershipChange, Message, NodeId, ReadMode};
 use raft_driver::{Applier, ApplyJob, Driver, Effect, Failure};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -39,7 +39,7 @@ use crate::storage::{LogStore, SnapshotSink, SnapshotStore, StableStore};
 use crate::transport::Transport;
 use writer::{WriterEvent, WriterJob};
 
-pub use raft_driver::LeaderInfo;
+pub use raft_driver::{LeaderInfo, Status};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
@@ -75,27 +75,6 @@ pub(crate) enum Request {
         reload: ReloadableConfig,
         reply: Reply<Config>,
     },
-}
-
-/// A snapshot of the node's protocol state, for `stats` and tests.
-#[derive(Clone, Debug)]
-pub struct Status {
-    pub id: NodeId,
-    pub role: Role,
-    pub term: Term,
-    pub leader: Option<NodeId>,
-    pub commit_index: LogIndex,
-    pub last_log_index: LogIndex,
-    pub last_log_term: Term,
-    pub first_log_index: LogIndex,
-    pub membership: Configuration,
-    pub membership_index: LogIndex,
-    pub voted_for: Option<NodeId>,
-    /// Time since a message from the leader last arrived (zero on the leader,
-    /// `None` if none ever did).
-    pub last_contact: Option<Duration>,
-    /// The newest snapshot this node holds.
-    pub snapshot: Option<LogId>,
 }
 
 /// A caller waiting for an answer: the driver's reply value.
@@ -384,24 +363,7 @@ impl RaftLoop {
             Request::Membership { change, reply } => self.driver.change_membership(change, Pending::Write(reply)),
             Request::Transfer { target, reply } => self.driver.transfer_leadership(target, Pending::Transfer(reply)),
             Request::Snapshot { reply } => self.driver.request_snapshot(Pending::Snapshot(reply)),
-            Request::Status { reply } => {
-                let status = self.driver.status(now);
-                let _ = reply.send(Status {
-                    id: status.id,
-                    role: status.role,
-                    term: status.term,
-                    leader: status.leader,
-                    commit_index: status.commit_index,
-                    last_log_index: status.last_log_index,
-                    last_log_term: status.last_log_term,
-                    first_log_index: status.first_log_index,
-                    membership: status.membership,
-                    membership_index: status.membership_index,
-                    voted_for: status.voted_for,
-                    last_contact: status.last_contact_ms.map(Duration::from_millis),
-                    snapshot: status.snapshot,
-                });
-            }
+            Request::Status { reply } => drop(reply.send(self.driver.status(now))),
             Request::Reload { reload, reply } => {
                 let _ = reply.send(self.reload(&reload));
             }
