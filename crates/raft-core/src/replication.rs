@@ -311,7 +311,11 @@ impl Core {
         let Some(state) = self.leader_state.as_mut() else { return };
         let Some(progress) = state.progress.get_mut(&from) else { return };
         progress.recent_active = true;
-        if response.round > progress.acked_round {
+        // A StaleTerm answer in our term answered a request of an older term
+        // (ours before a restart, say): its round number is that term's, and
+        // must not confirm a round of this one (a lease or a read).
+        let answers_this_term = !matches!(response.result, AppendResult::StaleTerm);
+        if answers_this_term && response.round > progress.acked_round {
             progress.acked_round = response.round.min(state.round);
         }
         match response.result {

@@ -21,6 +21,10 @@ pub struct DriverConfig {
     pub check_snapshots: bool,
     /// How long a caller waits for a leadership transfer to complete.
     pub transfer_wait_ms: Millis,
+    /// Random bits that start this run's read ids. A read id must never repeat
+    /// across restarts: a leader's late answer to a read of the previous run
+    /// would otherwise answer a new read with an older index (a stale read).
+    pub read_id_seed: u64,
 }
 
 /// One step of durable work, run in order by the log writer. A step that
@@ -285,12 +289,14 @@ pub struct Driver<R> {
 
 impl<R> Driver<R> {
     pub fn new(core: Core, config: DriverConfig) -> Driver<R> {
+        let next_read_id = (config.read_id_seed % (1 << 61)) + 1;
         Driver {
             core,
             config,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
-            next_read_id: 1,
+            // Below the wire limit, with room for 2^61 reads in this run.
+            next_read_id,
             outbox: BTreeMap::new(),
             effects: Vec::new(),
             incoming: None,

@@ -632,6 +632,7 @@ impl Simulation {
                     trailing_logs: self.trailing_entries,
                     check_snapshots: true,
                     transfer_wait_ms: ELECTION_MIN_MS + ELECTION_MAX_MS,
+                    read_id_seed: seed.rotate_left(29),
                 };
                 n.driver = Some(Driver::new(core, driver_config));
                 n.applier = Some(Applier::new(snapshot_index, self.snapshot_policy, seed, now));

@@ -447,3 +447,38 @@ fn a_received_snapshot_waits_for_its_verdict_and_a_new_stream_abandons_it() {
     assert_eq!(answers(&mut core), vec![(u64::MAX, true), (4, true)], "a sound one is restored, then acknowledged");
     assert_eq!(core.snapshot().map(|s| s.last_log_id), Some(a));
 }
+
+/// A follower that moved to the leader's new term answers a request of the
+/// leader's previous term (delayed, say, while the leader restarted and won
+/// again) with StaleTerm, in the new term and with the old request's round.
+/// That answer must not confirm the new term's round of the same number: it
+/// would hand out a lease, or answer a ReadIndex, that no quorum confirmed.
+#[test]
+fn a_stale_term_answer_never_confirms_a_round() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.run_for(50);
+    // Nobody answers node 1 from now on, except the forged stale answer.
+    for id in [2, 3] {
+        cluster.blocked.insert((NodeId(id), NodeId(1)));
+    }
+    cluster.run_for(ELECTION_MAX_MS / 2);
+    assert!(!cluster.core(1).lease_valid(), "no round was confirmed since answers stopped");
+    cluster.read(1, 7, ReadMode::Linearizable).unwrap();
+    let term = cluster.core(1).current_term();
+    // The round the read waits for is the latest one begun: answer it with StaleTerm.
+    let round = cluster
+        .take_messages(|from, to, m| from.0 == 1 && to.0 == 2 && matches!(m, Message::AppendEntries(_)))
+        .iter()
+        .filter_map(|(_, _, m)| match m {
+            Message::AppendEntries(append) => Some(append.round),
+            _ => None,
+        })
+        .max()
+        .expect("node 1 sent a heartbeat round for the read");
+    let stale = raft_core::AppendEntriesResponse { term, round, result: raft_core::AppendResult::StaleTerm };
+    let now = cluster.now;
+    cluster.with_core(1, |core| core.handle_message(now, NodeId(2), Message::AppendEntriesResponse(stale)));
+    assert!(!cluster.node(1).reads.contains_key(&7), "a StaleTerm answer confirmed a read");
+    assert!(!cluster.core(1).lease_valid(), "a StaleTerm answer renewed the lease");
+}

@@ -41,3 +41,27 @@ fn five_node_clusters_survive_all_faults() {
 fn seven_node_clusters_survive_all_faults() {
     run(3_000_000, 1_000, 7);
 }
+
+/// Seeds that found bugs, kept as regression tests (5 nodes, every fault):
+/// - 65045, 67232: a StaleTerm answer to a request of the leader's previous
+///   term confirmed a heartbeat round of its new term (a lease nobody granted);
+/// - 29075, 60255, 151655, 156529, 194493: read ids restarted at 1 after a
+///   restart, so a leader's late answer to a read of the previous run answered
+///   a new read with an older index (a stale read).
+#[test]
+fn seeds_that_found_bugs_stay_clean() {
+    for seed in [29075, 60255, 65045, 67232, 151655, 156529, 194493] {
+        let plan = RunPlan {
+            first_seed: seed,
+            seeds: 1,
+            nodes: 5,
+            faults: Faults::ALL,
+            faults_text: "all".into(),
+            threads: 1,
+            bug: None,
+        };
+        let (_, failures) = run_plan(&plan, false);
+        let first = failures.first().map(|f| (f.violations.first().cloned(), f.liveness_failure.clone()));
+        assert!(failures.is_empty(), "seed {seed} fails again: {first:?}");
+    }
+}

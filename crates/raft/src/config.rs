@@ -136,8 +136,13 @@ impl Config {
         Config::millis(self.election_timeout_min + self.election_timeout_max)
     }
 
-    pub(crate) fn driver_config(&self, check_snapshots: bool) -> DriverConfig {
-        DriverConfig { trailing_logs: self.trailing_logs, check_snapshots, transfer_wait_ms: self.transfer_wait_ms() }
+    pub(crate) fn driver_config(&self, check_snapshots: bool, read_id_seed: u64) -> DriverConfig {
+        DriverConfig {
+            trailing_logs: self.trailing_logs,
+            check_snapshots,
+            transfer_wait_ms: self.transfer_wait_ms(),
+            read_id_seed,
+        }
     }
 
     pub(crate) fn core_config(&self) -> CoreConfig {

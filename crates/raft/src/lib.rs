@@ -291,7 +291,10 @@ impl Raft {
         let entries = log.get_range(start.next(), last)?;
         let durable = DurableState { hard_state, snapshot, entries };
         let start = Instant::now();
+        // Differs between runs (clock and process): election jitter, and read
+        // ids that never repeat across restarts.
         let seed = config.id.0
+            ^ u64::from(std::process::id()).rotate_left(32)
             ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64);
         let core = Core::new(config.core_config(), durable, 0, seed).map_err(|e| RaftError::Config(e.to_string()))?;
 
@@ -313,7 +316,9 @@ impl Raft {
         let id = config.id;
         let node_transport = transport.clone();
         let task = tokio::spawn(async move {
-            runtime::run(core, &config, stores, Box::new(state_machine), node_transport, channels, start).await;
+            let node =
+                runtime::Node { core, stores, state_machine: Box::new(state_machine), transport: node_transport };
+            runtime::run(node, &config, channels, start, seed).await;
         });
         Ok(Raft {
             inner: Arc::new(Inner {

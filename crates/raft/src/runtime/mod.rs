@@ -204,16 +204,18 @@ struct RaftLoop {
     leader: watch::Sender<LeaderInfo>,
 }
 
+/// What a node runs on.
+pub(crate) struct Node {
+    pub core: Core,
+    pub stores: Stores,
+    pub state_machine: Box<dyn StateMachine>,
+    pub transport: Arc<dyn Transport>,
+}
+
 /// Starts the rooms of one node; returns when the raft loop has stopped.
-pub(crate) async fn run(
-    core: Core,
-    config: &Config,
-    stores: Stores,
-    state_machine: Box<dyn StateMachine>,
-    transport: Arc<dyn Transport>,
-    channels: Channels,
-    start: Instant,
-) {
+/// `seed` differs between runs of the node (read ids must never repeat).
+pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: Instant, seed: u64) {
+    let Node { core, stores, state_machine, transport } = node;
     let Channels { mut requests, mut inbox, mut shutdown, leader, applied, failure: failure_tx } = channels;
     let check = state_machine.snapshot_check();
     let snapshots = stores.snapshots.clone();
@@ -245,7 +247,7 @@ pub(crate) async fn run(
     let apply_task = tokio::spawn(apply_task.run(apply_rx));
 
     let mut raft = RaftLoop {
-        driver: Driver::new(core, config.driver_config(check.is_some())),
+        driver: Driver::new(core, config.driver_config(check.is_some(), seed.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15)),
         id: config.id,
         start,
         direct_sends: transport.queues_without_waiting(),
