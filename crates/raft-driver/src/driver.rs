@@ -775,3 +775,59 @@ fn keeps_conflicting_suffix() -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::EntryPayload;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Noop }
+    }
+
+    fn state(term: u64) -> HardState {
+        HardState { current_term: Term(term), voted_for: None }
+    }
+
+    /// Writes that continue each other become one append; the last hard state
+    /// is written once, but never after a snapshot step queued behind it.
+    #[test]
+    fn merged_jobs_keep_their_meaning() {
+        let write = |from: u64, to: u64| {
+            StoreStep::Write(LogWrite {
+                truncate_from: LogIndex(from),
+                entries: (from..=to).map(|i| entry(i, 1)).collect(),
+            })
+        };
+        let jobs = vec![
+            StoreJob { seq: Some(1), steps: vec![write(5, 6), StoreStep::HardState(state(1))] },
+            StoreJob { seq: Some(2), steps: vec![write(7, 8), StoreStep::HardState(state(2))] },
+            StoreJob { seq: None, steps: vec![StoreStep::Purge(LogIndex(3))] },
+            StoreJob { seq: Some(3), steps: vec![write(8, 9)] },
+        ];
+        let (steps, seq) = StoreJob::merge(jobs);
+        assert_eq!(seq, Some(3));
+        assert_eq!(
+            steps,
+            vec![write(5, 8), StoreStep::HardState(state(2)), StoreStep::Purge(LogIndex(3)), write(8, 9)]
+        );
+    }
+
+    /// Start-up cuts what disagrees with the snapshot and empties a log that
+    /// ends before it; a log that continues it is left alone.
+    #[test]
+    fn reconcile_cuts_what_disagrees_and_empties_a_short_log() {
+        let snapshot = LogId::new(Term(3), LogIndex(8));
+        let terms = |index: LogIndex| Some(if index.0 <= 5 { Term(1) } else { Term(2) });
+        assert_eq!(
+            reconcile_steps(snapshot, LogIndex(1), LogIndex(10), terms),
+            vec![
+                StoreStep::Write(LogWrite { truncate_from: LogIndex(8), entries: Vec::new() }),
+                StoreStep::Purge(LogIndex(8))
+            ]
+        );
+        assert_eq!(reconcile_steps(snapshot, LogIndex(1), LogIndex(5), terms), vec![StoreStep::Purge(LogIndex(8))]);
+        let continues = |index: LogIndex| Some(if index.0 <= 8 { Term(3) } else { Term(4) });
+        assert_eq!(reconcile_steps(snapshot, LogIndex(1), LogIndex(10), continues), vec![]);
+    }
+}
