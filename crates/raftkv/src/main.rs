@@ -309,8 +309,8 @@ async fn run_agent(args: AgentArgs) -> i32 {
         }
     };
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("shutting down");
+        signal = stop_requested() => {
+            tracing::info!(signal, "shutting down");
             0
         }
         reason = agent.failed() => {
@@ -321,6 +321,31 @@ async fn run_agent(args: AgentArgs) -> i32 {
     agent.shutdown().await;
     flush_output();
     code
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C, or SIGTERM (what a
+/// supervisor such as systemd sends), so that either ends in a clean shutdown.
+async fn stop_requested() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = terminate.recv() => "terminate",
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the process cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupt"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
 }
 
 /// Exit status of an agent (or demo) whose raft node failed for good.
@@ -395,7 +420,7 @@ async fn run_demo(args: DemoArgs) -> i32 {
         });
     }
     let failure = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
+        _ = stop_requested() => None,
         failure = failed.recv() => failure,
     };
     for agent in &agents {

@@ -1,7 +1,8 @@
 //! Real `raftkv agent` processes meeting failures: a node whose storage fails
 //! exits (non-zero, for a supervisor to restart it) while the others serve on;
 //! a leadership transfer to an unreachable voter is answered as not done; the
-//! leader can remove itself. Every wait is bounded; nothing asserts on timing.
+//! leader can remove itself; SIGTERM, as a supervisor sends it, stops a node
+//! cleanly. Every wait is bounded; nothing asserts on timing.
 
 mod common;
 
@@ -112,4 +113,25 @@ async fn removing_the_leader_through_the_api_answers_success() {
         (set(new_leader_node, "after", "removal").await.status() == 200).then_some(())
     })
     .await;
+}
+
+/// A supervisor stops a service with SIGTERM: the agent shuts down cleanly
+/// (status 0, its log says so) and restarts from its data with what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut nodes = three_node_cluster(root.path()).await;
+    assert_eq!(set(&nodes[0], "kept", "across a restart").await.status(), 200);
+    nodes[2].signal("-TERM");
+    let exited = exit_status(&mut nodes[2], "the node to stop on SIGTERM").await;
+    assert_eq!(exited.code(), Some(0), "SIGTERM is a clean stop: {exited}");
+    let log = log_of(&nodes[2]);
+    assert!(log.contains("shutting down") && log.contains("terminate"), "{log}");
+    nodes[2].start(&[]);
+    let (status, body) = eventually("the restarted node to serve a linearizable read", async || {
+        let (status, body) = get_json(&nodes[2], "kept", "linearizable").await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!((status, body["value"].clone()), (200, json!("across a restart")));
 }
