@@ -225,6 +225,19 @@ pub enum Effect<R> {
     },
 }
 
+impl<R> Effect<R> {
+    /// Whether this effect only answers a caller (all that may happen after a failure).
+    pub fn answers(&self) -> bool {
+        matches!(
+            self,
+            Effect::Fail { .. }
+                | Effect::TransferStarted { .. }
+                | Effect::SnapshotTaken { .. }
+                | Effect::LeaderChanged(_)
+        )
+    }
+}
+
 /// A snapshot of the node's protocol state, for `stats` and tests.
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -343,17 +356,17 @@ impl<R> Driver<R> {
                 self.effects.push(Effect::Send { to, messages });
             }
         } else {
-            // Only answers go out after a failure: nothing is stored, sent or applied.
+            // Only answers go out after a failure: nothing is stored, sent or
+            // applied; callers whose work is dropped are answered as in `stop`.
             self.outbox.clear();
-            self.effects.retain(|effect| {
-                matches!(
-                    effect,
-                    Effect::Fail { .. }
-                        | Effect::TransferStarted { .. }
-                        | Effect::SnapshotTaken { .. }
-                        | Effect::LeaderChanged(_)
-                )
-            });
+            let effects = std::mem::take(&mut self.effects);
+            for effect in effects {
+                match effect {
+                    Effect::Apply(job) => self.refuse_job(job),
+                    answer if answer.answers() => self.effects.push(answer),
+                    _ => {}
+                }
+            }
         }
         self.effects.drain(..)
     }
@@ -574,8 +587,36 @@ impl<R> Driver<R> {
                 effects.push(Effect::Fail { reply, failure: not_done() });
             }
         }
+        // Work held behind an install that never finished.
+        for gated in std::mem::take(&mut self.gate) {
+            if let Gated::Job(job) = gated {
+                self.refuse_job(job);
+            }
+        }
+        effects.append(&mut self.effects);
         effects.push(Effect::LeaderChanged(LeaderInfo { leader: None, term: self.core.current_term() }));
         effects
+    }
+
+    /// Answers the callers of apply work that will not run: writes may have
+    /// committed (unknown), reads and snapshot requests were not done.
+    fn refuse_job(&mut self, job: ApplyJob<R>) {
+        let reason = self.failure.clone().unwrap_or_else(|| "shut down".to_string());
+        let not_done = match &self.failure {
+            Some(reason) => Failure::Failed { reason: reason.clone() },
+            None => Failure::Shutdown,
+        };
+        match job {
+            ApplyJob::Batch { replies, .. } => {
+                for (_, reply) in replies {
+                    self.effects.push(Effect::Fail { reply, failure: Failure::Stopped { reason: reason.clone() } });
+                }
+            }
+            ApplyJob::Read { reply, .. } | ApplyJob::Snapshot { reply } => {
+                self.effects.push(Effect::Fail { reply, failure: not_done })
+            }
+            ApplyJob::Restore { .. } | ApplyJob::SnapshotFinished { .. } | ApplyJob::Policy(_) => {}
+        }
     }
 
     pub fn status(&self, now: Millis) -> Status {
@@ -811,6 +852,23 @@ mod tests {
             steps,
             vec![write(5, 8), StoreStep::HardState(state(2)), StoreStep::Purge(LogIndex(3)), write(8, 9)]
         );
+    }
+
+    /// After a failure nothing is stored, sent or applied, but every caller
+    /// whose work is dropped is answered: not done, or unknown for writes.
+    #[test]
+    fn after_a_failure_dropped_work_is_answered_not_lost() {
+        use raft_core::{Core, CoreConfig, DurableState};
+        let core = Core::new(CoreConfig::new(NodeId(1)), DurableState::bootstrap([NodeId(1)]), 0, 1).unwrap();
+        let config = DriverConfig { trailing_logs: 0, check_snapshots: false, transfer_wait_ms: 0, read_id_seed: 1 };
+        let mut driver: Driver<u32> = Driver::new(core, config);
+        driver.tick(10_000);
+        driver.request_snapshot(7);
+        driver.fail("disk full".to_string());
+        let effects: Vec<Effect<u32>> = driver.effects().collect();
+        assert!(effects.iter().all(Effect::answers), "{effects:?}");
+        let refused = effects.iter().any(|e| matches!(e, Effect::Fail { reply: 7, failure: Failure::Failed { .. } }));
+        assert!(refused, "{effects:?}");
     }
 
     /// Start-up cuts what disagrees with the snapshot and empties a log that

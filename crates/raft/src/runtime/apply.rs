@@ -38,8 +38,18 @@ impl ApplyTask {
             };
             let now = millis_since(self.start);
             if let Some(job) = job {
-                if let Err(reason) = self.handle(job, now) {
-                    let _ = self.events.send(LoopEvent::Fatal(reason));
+                // A failed restore or a panicking state machine leaves a state
+                // nothing may be applied to or read from: the node stops, and
+                // the work queued behind is refused, never carried out.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(job, now)));
+                let failed = match handled {
+                    Ok(Ok(())) => None,
+                    Ok(Err(reason)) => Some(reason),
+                    Err(_) => Some("the state machine panicked".to_string()),
+                };
+                if let Some(reason) = failed {
+                    let _ = self.events.send(LoopEvent::Fatal(reason.clone()));
+                    return refuse_all(jobs, &reason).await;
                 }
             }
             wake_at = self.applier.poll(now);
@@ -103,6 +113,24 @@ impl ApplyTask {
                 ApplyEffect::SnapshotTaken { reply, id } => reply.snapshot_taken(id),
                 ApplyEffect::Fail { reply, failure } => reply.fail(failure),
             }
+        }
+    }
+}
+
+/// After the state machine failed: every caller still queued is told the
+/// node failed, until the raft loop closes the channel.
+async fn refuse_all(mut jobs: mpsc::UnboundedReceiver<ApplyJob<Pending>>, reason: &str) {
+    let failure = || raft_driver::Failure::Failed { reason: reason.to_string() };
+    while let Some(job) = jobs.recv().await {
+        match job {
+            // Committed, but its response was never computed: unknown to the caller.
+            ApplyJob::Batch { replies, .. } => {
+                for (_, reply) in replies {
+                    reply.fail(raft_driver::Failure::Stopped { reason: reason.to_string() });
+                }
+            }
+            ApplyJob::Read { reply, .. } | ApplyJob::Snapshot { reply } => reply.fail(failure()),
+            ApplyJob::Restore { .. } | ApplyJob::SnapshotFinished { .. } | ApplyJob::Policy(_) => {}
         }
     }
 }

@@ -273,10 +273,20 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
             event = writer_events.recv() => match event {
                 Some(WriterEvent::Persisted(seq)) => {
                     let mut seq = seq;
-                    while let Ok(WriterEvent::Persisted(next)) = writer_events.try_recv() {
-                        seq = seq.max(next);
+                    let mut failed = None;
+                    while let Ok(event) = writer_events.try_recv() {
+                        match event {
+                            WriterEvent::Persisted(next) => seq = seq.max(next),
+                            WriterEvent::Failed(error) => {
+                                failed = Some(error);
+                                break;
+                            }
+                        }
                     }
                     raft.driver.persisted(seq);
+                    if let Some(error) = failed {
+                        raft.driver.fail(format!("storage failed: {error}"));
+                    }
                 }
                 // A node that cannot persist must stop: continuing could
                 // acknowledge what the disk lost.
@@ -405,14 +415,15 @@ impl RaftLoop {
         }
     }
 
-    /// Carries out what the driver decided in this wake-up.
+    /// Carries out what the driver decided in this wake-up. Once the node
+    /// failed only answers go out: nothing more is stored, sent or applied.
     fn carry_out(&mut self) {
         let effects: Vec<Effect<Pending>> = self.driver.effects().collect();
         for effect in effects {
-            self.execute(effect);
-            if self.driver.failure().is_some() {
-                return;
+            if self.driver.failure().is_some() && !effect.answers() {
+                continue;
             }
+            self.execute(effect);
         }
     }
 
