@@ -10,7 +10,7 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub id: NodeId,
-    /// How often a leader sends heartbeats (DESIGN.md default 100 ms).
+    /// How often a leader sends heartbeats (default 100 ms).
     pub heartbeat_interval_ms: u64,
     /// Election timeouts are drawn uniformly from `[min, max)` (paper §5.2).
     pub election_timeout_min_ms: u64,
@@ -31,7 +31,7 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// DESIGN.md defaults for node `id`.
+    /// The defaults for node `id`.
     pub fn new(id: NodeId) -> CoreConfig {
         CoreConfig {
             id,

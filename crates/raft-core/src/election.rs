@@ -60,7 +60,7 @@ impl Core {
                     self.send(from, Message::AppendEntriesResponse(response));
                 }
                 // A node restarted with a stale term learns the current term from the
-                // rejection (canonical/raft #279, survey bug 3).
+                // rejection (canonical/raft #279).
                 Message::RequestVote(request) => {
                     let response = RequestVoteResponse { term: current, granted: false, pre_vote: request.pre_vote };
                     self.send(from, Message::RequestVoteResponse(response));
@@ -259,7 +259,7 @@ impl Core {
         self.leader_state = Some(state);
         self.set_leader(Some(self.id));
         // A new leader commits a no-op of its own term: only then can it count
-        // replicas to commit (§5.4.2) and serve reads (§6.4, survey bug 8).
+        // replicas to commit (§5.4.2) and serve reads (§6.4).
         let entry = Entry { term: self.hard_state.current_term, index: next, payload: EntryPayload::Noop };
         self.append_entry(entry);
         self.request_broadcast();

@@ -13,7 +13,7 @@ pub enum ProposeError {
     TransferInProgress { target: NodeId },
     /// A membership change at `index` has not committed yet: one at a time.
     ConfigChangePending { index: LogIndex },
-    /// The leader has not committed an entry of its own `term` yet (survey bug 11).
+    /// The leader has not committed an entry of its own `term` yet (thesis §4.1: one change at a time, after the first commit of a term).
     NoCommitInTerm { term: Term },
     /// The requested membership change is not valid for the current configuration.
     InvalidMembershipChange { reason: &'static str, node: Option<NodeId> },

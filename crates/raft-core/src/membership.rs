@@ -1,5 +1,5 @@
 //! Proposals, membership changes (single-server and joint consensus, thesis
-//! ch. 4, seed 003) and leadership transfer (thesis §3.10).
+//! ch. 4) and leadership transfer (thesis §3.10).
 
 use std::collections::BTreeSet;
 
@@ -64,8 +64,9 @@ impl Core {
     }
 
     /// Proposes a membership change. One change at a time, and only after the
-    /// leader committed an entry of its term (survey bug 11: otherwise two
-    /// configurations could each commit with disjoint majorities).
+    /// leader committed an entry of its term (otherwise two configurations
+    /// could each commit with disjoint majorities: the single-server change
+    /// bug Ongaro reported on raft-dev in 2015, against thesis §4.1).
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
         if !self.committed_in_current_term() {

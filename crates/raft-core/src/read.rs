@@ -73,7 +73,7 @@ impl Core {
         let read = PendingRead { read_id, origin, index: commit_index, round: state.round + 1 };
         if !committed {
             // A new leader does not know the commit index until its no-op commits
-            // (survey bug 8): the read waits.
+            // (thesis §6.4): the read waits.
             state.reads_waiting_commit.push(read);
             return;
         }

@@ -418,7 +418,7 @@ impl Core {
     }
 
     /// Keeps one progress entry per member other than us; replication to removed
-    /// nodes stops at once (survey bug 22).
+    /// nodes stops at once.
     pub(crate) fn sync_progress_with_membership(&mut self) {
         let members = self.membership.members();
         let next = self.log.last_index().next();

@@ -100,7 +100,7 @@ pub struct HardState {
 ///
 /// A joint configuration C(old,new) has a non-empty `voters_outgoing`; decisions
 /// then need a majority of `voters` *and* a majority of `voters_outgoing`
-/// (seed 003, thesis §4.3). Learners replicate but never vote or count.
+/// (thesis §4.2.1). Learners replicate but never vote or count.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Configuration {
     pub voters: BTreeSet<NodeId>,
@@ -157,7 +157,7 @@ impl fmt::Display for Configuration {
     }
 }
 
-/// What an entry carries (seed 001: CONFIGURATION / DATA / NOOP).
+/// What an entry carries (configuration, data, or a no-op).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryPayload {
     /// Appended by every new leader so that it can commit in its own term (§5.4.2).
@@ -193,7 +193,7 @@ impl Entry {
 }
 
 /// What a snapshot covers: everything up to and including `last_log_id`, and the
-/// configuration in force at that index (seed 003).
+/// configuration in force at that index (thesis §4.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub last_log_id: LogId,

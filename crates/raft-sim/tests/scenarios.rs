@@ -1,4 +1,4 @@
-//! Scenario tests for historical Raft bugs (the survey's section (c)), driven by
+//! Scenario tests for historical bugs of real Raft implementations, driven by
 //! hand through `raft_sim::harness::Cluster`: elections, replication, reads and
 //! membership. Each test names its bug and the issue it comes from.
 

@@ -1,5 +1,5 @@
 //! Scenario tests for defences found by review of the core rather than taken
-//! from the survey: hostile or malformed input, duplicated and stale answers,
+//! from other implementations' bug reports: hostile or malformed input, duplicated and stale answers,
 //! a single voter's durability, and progress tracking that must not waste work.
 
 use bytes::Bytes;

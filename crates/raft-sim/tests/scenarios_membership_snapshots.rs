@@ -1,6 +1,5 @@
 //! Scenario tests for historical Raft bugs around membership changes, quorums
-//! and snapshots (the survey's section (c), items 2, 4, 13, 14, 17 and 18),
-//! driven by hand through `raft_sim::harness::Cluster`. Each test names its bug
+//! and snapshots in real Raft implementations, driven by hand through `raft_sim::harness::Cluster`. Each test names its bug
 //! and the issue it comes from.
 //!
 //! Where the harness has no shortcut for a starting state (a joint founding
@@ -447,7 +446,7 @@ fn joint_entry_commits_with_a_majority_of_each_half_counting_new_members() {
     cluster.assert_same_state(&[3, 4]);
 }
 
-/// Bug 14 (learners never count; survey bug 14, quorum miscounts): with voters
+/// Bug 14 (learners never count: quorum miscounts): with voters
 /// {1,2,3} and learners {4,5}, cut off voters 2 and 3. The leader and both
 /// learners hold a new entry, three of five members, but only one of three
 /// voters: it must not commit. Healing commits it.

@@ -323,7 +323,7 @@ async fn snapshots_on_demand_and_a_reloaded_policy() {
     cluster.shutdown().await;
 }
 
-/// The survey's large-snapshot case: a follower offline while the cluster
+/// A large snapshot in chunks: a follower offline while the cluster
 /// writes 50,000 entries with a snapshot every 1,000 comes back behind the
 /// leader's log, receives the snapshot in several chunks, and converges. Its
 /// link is cut in the middle of the install; the transfer resumes from the last

@@ -227,7 +227,7 @@ async fn get_key(
     headers: HeaderMap,
     raw_body: Bytes,
 ) -> Result<Response, ApiError> {
-    // The key comes in the query, or in a JSON body as seed 000's client sends it.
+    // The key comes in the query, or in a JSON body as hashicorp-style clients send it.
     let key = match query.key {
         Some(key) => key,
         None if !raw_body.is_empty() => {
@@ -398,7 +398,7 @@ async fn transfer_leader(State(agent): State<Arc<Agent>>, raw_body: Bytes) -> Re
     }
 }
 
-/// Every field of hashicorp/raft's `Stats()` (seed 000), values as strings.
+/// Every field of hashicorp/raft's `Stats()`, values as strings.
 async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
     let book = agent.book.clone();
     agent.raft.stats(|id| book.get(id)).await.map(Json).map_err(raft_error)

@@ -1,4 +1,4 @@
-//! Real `raftkv agent` processes on loopback: seed 000's walkthrough (bootstrap,
+//! Real `raftkv agent` processes on loopback: the operator's walkthrough (bootstrap,
 //! join, stats, writes through a follower, kill -9 of the leader, restart),
 //! bad input on every endpoint, and no stale linearizable read from a paused
 //! old leader. Every wait is bounded; nothing asserts on timing.
@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_000_walkthrough_on_real_processes() {
+async fn walkthrough_on_real_processes() {
     let root = tempfile::TempDir::new().unwrap();
     let mut nodes = three_node_cluster(root.path()).await;
     let stats1 = stats(&nodes[0]).await.unwrap();
@@ -27,7 +27,7 @@ async fn seed_000_walkthrough_on_real_processes() {
     assert_eq!(response.status(), 200);
     let index = response.json::<Value>().await.unwrap()["index"].as_u64().unwrap();
     assert!(index > 0);
-    // Every node answers, with the key in a JSON body as seed 000's client sends it.
+    // Every node answers, with the key in a JSON body as hashicorp-style clients send it.
     for node in &nodes {
         let body = client()
             .get(format!("http://{}/api/v1/get", node.http))
