@@ -516,10 +516,15 @@ impl Core {
         match self.role {
             Role::Leader => true,
             Role::PreCandidate | Role::Candidate => false,
-            Role::Follower | Role::Learner => {
-                self.leader_heard_at.is_some_and(|heard| self.now < heard.saturating_add(self.vote_guard_ms))
-            }
+            Role::Follower | Role::Learner => self.vote_guard_end().is_some_and(|end| self.now < end),
         }
+    }
+
+    /// Until when this node neither votes for another nor campaigns itself:
+    /// the longest election timeout it had after last hearing a leader, whose
+    /// lease it may have confirmed.
+    pub(crate) fn vote_guard_end(&self) -> Option<Millis> {
+        self.leader_heard_at.map(|heard| heard.saturating_add(self.vote_guard_ms))
     }
 
     /// Records the known leader and tells the runtime when it changed (a term

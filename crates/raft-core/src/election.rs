@@ -90,7 +90,7 @@ impl Core {
         // vote counts for ourselves, so do not campaign in it either (a timer
         // redrawn from a lowered timeout by `reload_config` fires early).
         if self.role != Role::Leader {
-            if let Some(guard_end) = self.leader_heard_at.map(|heard| heard.saturating_add(self.vote_guard_ms)) {
+            if let Some(guard_end) = self.vote_guard_end() {
                 if self.now < guard_end {
                     // Jittered like any election timer, so that followers held
                     // back together do not campaign together.

@@ -153,6 +153,21 @@ pub enum ApplyJob<R> {
     Policy(SnapshotPolicy),
 }
 
+impl<R> ApplyJob<R> {
+    /// The callers of this work, each with its answer, when it will not run
+    /// because the node stopped: writes may have committed (unknown), reads
+    /// and snapshot requests were not done.
+    pub fn refused(self, failure: Option<&str>) -> Vec<(R, Failure)> {
+        match self {
+            ApplyJob::Batch { replies, .. } => {
+                replies.into_iter().map(|(_, reply)| (reply, Failure::stopped(failure))).collect()
+            }
+            ApplyJob::Read { reply, .. } | ApplyJob::Snapshot { reply } => vec![(reply, Failure::not_done(failure))],
+            ApplyJob::Restore { .. } | ApplyJob::SnapshotFinished { .. } | ApplyJob::Policy(_) => Vec::new(),
+        }
+    }
+}
+
 /// Who leads, as last known by this node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaderInfo {
@@ -569,23 +584,18 @@ impl<R> Driver<R> {
     /// The node stops (shut down, or after a failure): every caller still
     /// waiting is answered, writes with an unknown outcome.
     pub fn stop(&mut self) -> Vec<Effect<R>> {
-        let reason = self.failure.clone().unwrap_or_else(|| "shut down".to_string());
+        let failure = self.failure.clone();
+        let failure = failure.as_deref();
         let mut effects = Vec::new();
         // A proposal may be on followers already and commit under the next leader.
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-            effects.push(Effect::Fail { reply, failure: Failure::Stopped { reason: reason.clone() } });
+            effects.push(Effect::Fail { reply, failure: Failure::stopped(failure) });
         }
-        let not_done = || match &self.failure {
-            Some(reason) => Failure::Failed { reason: reason.clone() },
-            None => Failure::Shutdown,
-        };
-        for (_, reply) in std::mem::take(&mut self.reads) {
-            effects.push(Effect::Fail { reply, failure: not_done() });
-        }
-        for (_, waiters) in std::mem::take(&mut self.writing) {
-            for reply in waiters {
-                effects.push(Effect::Fail { reply, failure: not_done() });
-            }
+        let waiting = std::mem::take(&mut self.reads)
+            .into_values()
+            .chain(std::mem::take(&mut self.writing).into_values().flatten());
+        for reply in waiting {
+            effects.push(Effect::Fail { reply, failure: Failure::not_done(failure) });
         }
         // Work held behind an install that never finished.
         for gated in std::mem::take(&mut self.gate) {
@@ -598,24 +608,10 @@ impl<R> Driver<R> {
         effects
     }
 
-    /// Answers the callers of apply work that will not run: writes may have
-    /// committed (unknown), reads and snapshot requests were not done.
+    /// Answers the callers of apply work that will not run (`ApplyJob::refused`).
     fn refuse_job(&mut self, job: ApplyJob<R>) {
-        let reason = self.failure.clone().unwrap_or_else(|| "shut down".to_string());
-        let not_done = match &self.failure {
-            Some(reason) => Failure::Failed { reason: reason.clone() },
-            None => Failure::Shutdown,
-        };
-        match job {
-            ApplyJob::Batch { replies, .. } => {
-                for (_, reply) in replies {
-                    self.effects.push(Effect::Fail { reply, failure: Failure::Stopped { reason: reason.clone() } });
-                }
-            }
-            ApplyJob::Read { reply, .. } | ApplyJob::Snapshot { reply } => {
-                self.effects.push(Effect::Fail { reply, failure: not_done })
-            }
-            ApplyJob::Restore { .. } | ApplyJob::SnapshotFinished { .. } | ApplyJob::Policy(_) => {}
+        for (reply, failure) in job.refused(self.failure.as_deref()) {
+            self.effects.push(Effect::Fail { reply, failure });
         }
     }
 

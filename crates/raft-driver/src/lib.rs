@@ -67,6 +67,20 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A write the node took but will not finish, because it stopped (with
+    /// `failure`, or shut down): it may be on followers and commit anyway.
+    pub fn stopped(failure: Option<&str>) -> Failure {
+        Failure::Stopped { reason: failure.unwrap_or("shut down").to_string() }
+    }
+
+    /// Anything else the stopped node will not do: definitely not done.
+    pub fn not_done(failure: Option<&str>) -> Failure {
+        match failure {
+            Some(reason) => Failure::Failed { reason: reason.to_string() },
+            None => Failure::Shutdown,
+        }
+    }
+
     /// Whether a write that failed so may still take effect.
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, Failure::LeadershipLost | Failure::Stopped { .. })

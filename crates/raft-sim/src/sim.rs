@@ -254,12 +254,15 @@ struct Disk {
     next_when_empty: LogIndex,
 }
 
+/// Received snapshots not committed yet, by serial: their meta and bytes.
+type Sinks = BTreeMap<u64, (SnapshotMeta, Bytes)>;
+
 /// Store jobs handed to the log writer and not done yet, with the received
 /// snapshots they commit: a crash runs a prefix of their steps.
 struct Queued {
     number: u64,
     job: StoreJob,
-    sinks: BTreeMap<u64, (SnapshotMeta, Bytes)>,
+    sinks: Sinks,
 }
 
 impl Disk {
@@ -287,7 +290,7 @@ impl Disk {
 
     /// Runs one store step as the log writer does; `Err` if the writer would
     /// refuse it (a runtime bug, never a fault).
-    fn run(&mut self, step: &StoreStep, sinks: &BTreeMap<u64, (SnapshotMeta, Bytes)>) -> Result<(), String> {
+    fn run(&mut self, step: &StoreStep, sinks: &Sinks) -> Result<(), String> {
         match step {
             StoreStep::CutDisagreeing(at) => {
                 if self.last_index() >= at.index && self.term_at(at.index) != Some(at.term) {
@@ -655,14 +658,7 @@ impl Simulation {
         if self.nodes[node].driver.is_none() {
             return;
         }
-        let queued: Vec<Queued> = self.nodes[node].queued.drain(..).collect();
-        let mut sinks = BTreeMap::new();
-        let mut jobs = Vec::new();
-        for q in queued {
-            sinks.extend(q.sinks);
-            jobs.push(q.job);
-        }
-        let (steps, _) = StoreJob::merge(jobs);
+        let (steps, _, sinks) = self.take_store_jobs(node, u64::MAX);
         let survive = self.rng.range(0, steps.len() as u64 + 1) as usize;
         let mut torn = None;
         if let Some(StoreStep::Write(write)) = steps.get(survive) {
@@ -680,8 +676,22 @@ impl Simulation {
         self.trace(|| format!("n{id} crashed ({survive} of {total} queued store steps done)"));
     }
 
+    /// The queued store jobs up to `number`, merged as the log writer merges
+    /// what queued while it was busy, with the received snapshots they commit.
+    fn take_store_jobs(&mut self, node: usize, number: u64) -> (Vec<StoreStep>, Option<u64>, Sinks) {
+        let mut jobs = Vec::new();
+        let mut sinks = BTreeMap::new();
+        while self.nodes[node].queued.front().is_some_and(|q| q.number <= number) {
+            let Some(q) = self.nodes[node].queued.pop_front() else { break };
+            sinks.extend(q.sinks);
+            jobs.push(q.job);
+        }
+        let (steps, seq) = StoreJob::merge(jobs);
+        (steps, seq, sinks)
+    }
+
     /// Runs a store step on the node's disk, telling the checker what became durable.
-    fn run_step(&mut self, node: usize, step: &StoreStep, sinks: &BTreeMap<u64, (SnapshotMeta, Bytes)>) {
+    fn run_step(&mut self, node: usize, step: &StoreStep, sinks: &Sinks) {
         let id = self.nodes[node].id;
         if let Err(error) = self.nodes[node].disk.run(step, sinks) {
             self.checker.violations.push(format!("node {id}: the log writer refuses a step: {error}"));
@@ -876,14 +886,7 @@ impl Simulation {
     /// The writer runs the jobs up to `number` as one merged batch; a step may
     /// fail (ENOSPC, EIO), after which nothing later runs and the node stops.
     fn finish_store_jobs(&mut self, node: usize, number: u64) {
-        let mut jobs = Vec::new();
-        let mut sinks = BTreeMap::new();
-        while self.nodes[node].queued.front().is_some_and(|q| q.number <= number) {
-            let Some(q) = self.nodes[node].queued.pop_front() else { break };
-            sinks.extend(q.sinks);
-            jobs.push(q.job);
-        }
-        let (steps, seq) = StoreJob::merge(jobs);
+        let (steps, seq, sinks) = self.take_store_jobs(node, number);
         for step in &steps {
             if self.faults_on && self.rng.chance(self.profile.disk_error_per_10k, 10_000) {
                 // EIO may leave the write on disk after all; ENOSPC never does.
@@ -1091,7 +1094,6 @@ impl Simulation {
         self.drop_per_mille = 0;
         self.duplicate_per_mille = 0;
         self.delay_ms = (1, 3);
-        let (trailing, policy) = (self.trailing_entries, self.snapshot_policy);
         for node in 0..self.nodes.len() {
             self.nodes[node].paused_until = self.nodes[node].paused_until.min(self.now);
             if self.nodes[node].driver.is_none() {
@@ -1101,8 +1103,7 @@ impl Simulation {
                 // node left with a much shorter timeout and no PreVote keeps
                 // deposing leaders it cannot replace.
                 let config = self.core_config(self.nodes[node].id);
-                let wait = config.election_timeout_min_ms + config.election_timeout_max_ms;
-                self.with_driver(node, |driver| driver.reload(config, trailing, policy, wait));
+                self.reload(node, config);
             }
         }
         self.trace(|| "healed: network whole, every node running".to_string());
@@ -1456,14 +1457,19 @@ impl Simulation {
         config.election_timeout_max_ms = config.election_timeout_min_ms + [30, 100, 200][self.rng.range(0, 3) as usize];
         config.heartbeat_interval_ms =
             [10, 20, 40][self.rng.range(0, 3) as usize].min(config.election_timeout_min_ms / 2);
-        let (trailing, policy) = (self.trailing_entries, self.snapshot_policy);
-        let wait = config.election_timeout_min_ms + config.election_timeout_max_ms;
         let summary = format!(
             "heartbeat {} ms, election {}..{} ms",
             config.heartbeat_interval_ms, config.election_timeout_min_ms, config.election_timeout_max_ms
         );
-        let result = self.with_driver(node, |driver| driver.reload(config, trailing, policy, wait));
+        let result = self.reload(node, config);
         self.trace(|| format!("n{id} reloaded to {summary}: {result:?}"));
+    }
+
+    /// `reload_config` of `node`'s timing, keeping the run's snapshot settings.
+    fn reload(&mut self, node: usize, config: CoreConfig) -> Option<Result<(), String>> {
+        let (trailing, policy) = (self.trailing_entries, self.snapshot_policy);
+        let wait = config.election_timeout_min_ms + config.election_timeout_max_ms;
+        self.with_driver(node, |driver| driver.reload(config, trailing, policy, wait))
     }
 
     fn isolate(&mut self, isolated: NodeId, ids: &[NodeId]) {

@@ -136,8 +136,9 @@ fn restore_newest_snapshot(
 }
 
 /// Makes the log continue the snapshot the node starts from
-/// (`raft_driver::reconcile_steps`), with a warning when it cuts anything.
-fn reconcile_log(log: &dyn LogStore, snapshot: &SnapshotMeta) -> Result<(), RaftError> {
+/// (`raft_driver::reconcile_steps`, run by the log writer's own step runner),
+/// with a warning when it changes anything.
+fn reconcile_log(log: &dyn LogStore, stable: &dyn StableStore, snapshot: &SnapshotMeta) -> Result<(), RaftError> {
     let id = snapshot.last_log_id;
     let (first, last) = (log.first_index()?, log.last_index()?);
     let terms: std::collections::BTreeMap<LogIndex, Term> = [id.index, id.index.next()]
@@ -148,16 +149,11 @@ fn reconcile_log(log: &dyn LogStore, snapshot: &SnapshotMeta) -> Result<(), Raft
         .into_iter()
         .flatten()
         .collect();
-    for step in raft_driver::reconcile_steps(id, first, last, |index| terms.get(&index).copied()) {
-        match step {
-            raft_driver::StoreStep::Write(write) => {
-                tracing::warn!(snapshot = %id, from = %write.truncate_from, %last, "the log disagrees with the snapshot after it; cutting it");
-                log.truncate_suffix(write.truncate_from)?;
-            }
-            raft_driver::StoreStep::Purge(upto) => log.purge_prefix(upto)?,
-            other => return Err(RaftError::Config(format!("unexpected start-up step {other:?}"))),
-        }
+    let steps = raft_driver::reconcile_steps(id, first, last, |index| terms.get(&index).copied());
+    if steps.iter().any(|step| matches!(step, raft_driver::StoreStep::Write(_))) {
+        tracing::warn!(snapshot = %id, %first, %last, "the log disagrees with the snapshot after it; cutting it");
     }
+    runtime::run_steps(log, stable, steps, &mut Default::default())?;
     Ok(())
 }
 
@@ -235,7 +231,7 @@ impl Raft {
         }
         let snapshot = restore_newest_snapshot(snapshots, log, state_machine)?;
         if let Some(snapshot) = &snapshot {
-            reconcile_log(log, snapshot)?;
+            reconcile_log(log, stable, snapshot)?;
         }
         let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
         let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
@@ -279,7 +275,7 @@ impl Raft {
         let hard_state = stable.hard_state()?;
         let snapshot = restore_newest_snapshot(snapshots.as_ref(), log.as_ref(), &mut state_machine)?;
         if let Some(snapshot) = &snapshot {
-            reconcile_log(log.as_ref(), snapshot)?;
+            reconcile_log(log.as_ref(), stable.as_ref(), snapshot)?;
         }
         let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
         let (first, last) = (log.first_index()?, log.last_index()?);
@@ -352,15 +348,12 @@ impl Raft {
 
     /// A request that never reached the raft loop: definitely not carried out.
     fn not_running(&self) -> RaftError {
-        match self.failure() {
-            Some(reason) => RaftError::Failed { reason },
-            None => RaftError::Shutdown,
-        }
+        raft_driver::Failure::not_done(self.failure().as_deref()).into()
     }
 
     /// A request the raft loop took but never answered.
     fn stopped_in_flight(&self) -> RaftError {
-        RaftError::Stopped { reason: self.failure().unwrap_or_else(|| "shut down".to_string()) }
+        raft_driver::Failure::stopped(self.failure().as_deref()).into()
     }
 
     /// Why the node stopped for good, if it did: a storage failure or a

@@ -120,17 +120,9 @@ impl ApplyTask {
 /// After the state machine failed: every caller still queued is told the
 /// node failed, until the raft loop closes the channel.
 async fn refuse_all(mut jobs: mpsc::UnboundedReceiver<ApplyJob<Pending>>, reason: &str) {
-    let failure = || raft_driver::Failure::Failed { reason: reason.to_string() };
     while let Some(job) = jobs.recv().await {
-        match job {
-            // Committed, but its response was never computed: unknown to the caller.
-            ApplyJob::Batch { replies, .. } => {
-                for (_, reply) in replies {
-                    reply.fail(raft_driver::Failure::Stopped { reason: reason.to_string() });
-                }
-            }
-            ApplyJob::Read { reply, .. } | ApplyJob::Snapshot { reply } => reply.fail(failure()),
-            ApplyJob::Restore { .. } | ApplyJob::SnapshotFinished { .. } | ApplyJob::Policy(_) => {}
+        for (reply, failure) in job.refused(Some(reason)) {
+            reply.fail(failure);
         }
     }
 }

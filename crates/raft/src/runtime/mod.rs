@@ -37,6 +37,7 @@ use crate::error::RaftError;
 use crate::state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 use crate::storage::{LogStore, SnapshotSink, SnapshotStore, StableStore};
 use crate::transport::Transport;
+pub(crate) use writer::run_steps;
 use writer::{WriterEvent, WriterJob};
 
 pub use raft_driver::{LeaderInfo, Status};
@@ -573,10 +574,7 @@ impl RaftLoop {
 
 /// Answers a request the raft loop never took, after it stopped.
 fn refuse(request: Request, failure: Option<&str>) {
-    let failure = match failure {
-        Some(reason) => Failure::Failed { reason: reason.to_string() },
-        None => Failure::Shutdown,
-    };
+    let failure = Failure::not_done(failure);
     match request {
         Request::Propose { reply, .. } | Request::Membership { reply, .. } => Pending::Write(reply).fail(failure),
         Request::Read { reply, .. } => Pending::Read(reply).fail(failure),

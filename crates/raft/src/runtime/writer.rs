@@ -10,7 +10,7 @@ use raft_driver::{StoreJob, StoreStep};
 use tokio::sync::mpsc;
 
 use super::Stores;
-use crate::storage::{SnapshotSink, StorageError};
+use crate::storage::{LogStore, SnapshotSink, StableStore, StorageError};
 
 /// A store job and the received snapshots its `CommitReceived` steps commit.
 pub(crate) struct WriterJob {
@@ -40,7 +40,7 @@ pub(crate) fn log_writer(
             queued.push(job);
         }
         let (steps, seq) = StoreJob::merge(queued);
-        let event = match run_steps(&stores, steps, &mut sinks) {
+        let event = match run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks) {
             Err(error) => WriterEvent::Failed(error),
             Ok(()) => match seq {
                 Some(seq) => WriterEvent::Persisted(seq),
@@ -56,11 +56,11 @@ pub(crate) fn log_writer(
 
 /// Runs steps in order; each is durable when it returns.
 pub(crate) fn run_steps(
-    stores: &Stores,
+    log: &dyn LogStore,
+    stable: &dyn StableStore,
     steps: Vec<StoreStep>,
     sinks: &mut BTreeMap<u64, Box<dyn SnapshotSink>>,
 ) -> Result<(), StorageError> {
-    let log = &stores.log;
     for step in steps {
         match step {
             StoreStep::CutDisagreeing(at) => {
@@ -88,7 +88,7 @@ pub(crate) fn run_steps(
                     log.append(&write.entries)?;
                 }
             }
-            StoreStep::HardState(state) => stores.stable.set_hard_state(state)?,
+            StoreStep::HardState(state) => stable.set_hard_state(state)?,
         }
     }
     Ok(())
@@ -102,7 +102,7 @@ mod tests {
     use raft_core::{Configuration, Entry, EntryPayload, LogId, PersistRequest, SnapshotMeta, Term};
 
     use super::*;
-    use crate::storage::{LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotInfo};
+    use crate::storage::{MemLogStore, MemSnapshotStore, MemStableStore, SnapshotInfo};
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Command(Bytes::from("x")) }
@@ -156,14 +156,14 @@ mod tests {
     fn an_install_cuts_the_disagreeing_suffix_before_storing_and_purges_after() {
         let (stores, _, steps) = install(3);
         let mut sinks: BTreeMap<u64, Box<dyn SnapshotSink>> = BTreeMap::from([(1, Box::new(FailingSink) as _)]);
-        assert!(run_steps(&stores, steps, &mut sinks).is_err());
+        assert!(run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks).is_err());
         assert!(stores.snapshots.list().unwrap().is_empty());
         assert_eq!(stores.log.first_index().unwrap(), LogIndex(1), "nothing purged behind an unstored snapshot");
         assert_eq!(stores.log.last_index().unwrap(), LogIndex(7), "entries from the snapshot's index on are cut");
 
         let (stores, meta, steps) = install(3);
         let mut sinks = BTreeMap::from([(1, stores.snapshots.create(meta.clone()).unwrap())]);
-        run_steps(&stores, steps, &mut sinks).unwrap();
+        run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks).unwrap();
         assert_eq!(stores.snapshots.list().unwrap()[0].meta, meta);
         assert_eq!(stores.log.first_index().unwrap(), LogIndex(9));
         assert_eq!(stores.log.last_index().unwrap(), LogIndex(8));
@@ -175,7 +175,7 @@ mod tests {
     fn an_install_keeps_a_log_that_continues_the_snapshot() {
         let (stores, meta, steps) = install(2);
         let mut sinks = BTreeMap::from([(1, stores.snapshots.create(meta).unwrap())]);
-        run_steps(&stores, steps, &mut sinks).unwrap();
+        run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks).unwrap();
         assert_eq!(stores.log.first_index().unwrap(), LogIndex(9));
         assert_eq!(stores.log.last_index().unwrap(), LogIndex(10));
     }
