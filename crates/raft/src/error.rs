@@ -51,19 +51,13 @@ pub enum RaftError {
 
 impl From<ProposeError> for RaftError {
     fn from(error: ProposeError) -> RaftError {
-        match error {
-            ProposeError::NotLeader { leader } => RaftError::NotLeader { leader },
-            other => RaftError::Refused(other),
-        }
+        raft_driver::Failure::from(error).into()
     }
 }
 
 impl From<ReadError> for RaftError {
     fn from(error: ReadError) -> RaftError {
-        match error {
-            ReadError::NoLeader => RaftError::NotLeader { leader: None },
-            other => RaftError::Read(other),
-        }
+        raft_driver::Failure::from(error).into()
     }
 }
 
