@@ -194,6 +194,12 @@ pub enum Effect<R> {
         reply: R,
         wait_ms: Millis,
     },
+    /// A leadership transfer asked of the node that already leads: done, as
+    /// etcd's move-leader answers, so that a caller retrying a transfer whose
+    /// first answer it lost is told the truth.
+    AlreadyLeads {
+        reply: R,
+    },
     /// The snapshot the caller asked for is stored.
     SnapshotTaken {
         reply: R,
@@ -247,6 +253,7 @@ impl<R> Effect<R> {
             self,
             Effect::Fail { .. }
                 | Effect::TransferStarted { .. }
+                | Effect::AlreadyLeads { .. }
                 | Effect::SnapshotTaken { .. }
                 | Effect::LeaderChanged(_)
         )
@@ -442,6 +449,10 @@ impl<R> Driver<R> {
     }
 
     pub fn transfer_leadership(&mut self, target: NodeId, reply: R) {
+        if target == self.core.id() && self.core.role() == Role::Leader {
+            self.effects.push(Effect::AlreadyLeads { reply });
+            return;
+        }
         match self.core.transfer_leadership(target) {
             Ok(()) => self.effects.push(Effect::TransferStarted { reply, wait_ms: self.config.transfer_wait_ms }),
             Err(error) => self.effects.push(Effect::Fail { reply, failure: error.into() }),
@@ -865,6 +876,41 @@ mod tests {
         assert!(effects.iter().all(Effect::answers), "{effects:?}");
         let refused = effects.iter().any(|e| matches!(e, Effect::Fail { reply: 7, failure: Failure::Failed { .. } }));
         assert!(refused, "{effects:?}");
+    }
+
+    /// A transfer to the node that leads is done at once (a retry whose first
+    /// answer was lost learns the truth); asked of a node that does not lead,
+    /// it is refused as not done.
+    #[test]
+    fn a_transfer_to_the_leader_itself_is_done() {
+        use raft_core::{Core, CoreConfig, DurableState};
+        let core = Core::new(CoreConfig::new(NodeId(1)), DurableState::bootstrap([NodeId(1)]), 0, 1).unwrap();
+        let config = DriverConfig { trailing_logs: 0, check_snapshots: false, transfer_wait_ms: 0, read_id_seed: 1 };
+        let mut driver: Driver<u32> = Driver::new(core, config);
+        driver.transfer_leadership(NodeId(1), 1);
+        let effects: Vec<Effect<u32>> = driver.effects().collect();
+        let refused =
+            effects.iter().any(|e| matches!(e, Effect::Fail { reply: 1, failure: Failure::NotLeader { .. } }));
+        assert!(refused, "a follower does not lead: {effects:?}");
+
+        let mut now = 0;
+        while driver.core().role() != Role::Leader {
+            assert!(now < 100_000, "a single voter elects itself");
+            now += 100;
+            driver.tick(now);
+            let stored: Vec<u64> = driver
+                .effects()
+                .filter_map(|e| match e {
+                    Effect::Store(StoreJob { seq: Some(seq), .. }) => Some(seq),
+                    _ => None,
+                })
+                .collect();
+            stored.into_iter().for_each(|seq| driver.persisted(seq));
+        }
+        driver.effects().for_each(drop);
+        driver.transfer_leadership(NodeId(1), 2);
+        let effects: Vec<Effect<u32>> = driver.effects().collect();
+        assert!(matches!(effects.as_slice(), [Effect::AlreadyLeads { reply: 2 }]), "{effects:?}");
     }
 
     /// Start-up cuts what disagrees with the snapshot and empties a log that

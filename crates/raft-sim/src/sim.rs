@@ -779,7 +779,7 @@ impl Simulation {
             }
             Effect::Apply(job) => self.apply_job(node, job),
             Effect::Fail { reply, failure } => self.answer_failure(reply, failure),
-            Effect::TransferStarted { .. } | Effect::SnapshotTaken { .. } => {}
+            Effect::TransferStarted { .. } | Effect::AlreadyLeads { .. } | Effect::SnapshotTaken { .. } => {}
             Effect::LeaderChanged(info) => {
                 if info.leader == Some(id) {
                     self.outcome.elections += 1;

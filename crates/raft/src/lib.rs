@@ -556,13 +556,15 @@ impl Raft {
     }
 
     /// Hands leadership to `target` (thesis §3.10) and resolves once `target`
-    /// leads. Fails with `TransferFailed` when another node took over, or when
+    /// leads (at once when asked of `target` while it leads). Fails with `TransferFailed` when another node took over, or when
     /// `target` did not within about two election timeouts (unreachable, or
     /// too far behind): the leader then resumes serving.
     pub async fn leadership_transfer(&self, target: NodeId) -> Result<(), RaftError> {
         let mut leader = self.inner.leader.clone();
         let before = leader.borrow_and_update().term;
-        let wait = self.request(|reply| Request::Transfer { target, reply }).await?;
+        let Some(wait) = self.request(|reply| Request::Transfer { target, reply }).await? else {
+            return Ok(()); // `target` is this node, and it leads
+        };
         let moved = tokio::time::timeout(wait, async {
             loop {
                 let now = *leader.borrow_and_update();

@@ -67,22 +67,33 @@ async fn a_transfer_to_an_unreachable_voter_says_leadership_did_not_move() {
     }
     target.signal("-CONT");
 
-    // Once it is back, a transfer answers 200 only when the target leads. (The
-    // stopped node may still act on the hand-over it slept through, so the
-    // leader is looked up again.)
-    let leader = leader_of(&refs).await;
-    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
-    let target = nodes.iter().find(|n| n.id != leader).unwrap();
-    let (status, body) = eventually("a transfer to a reachable voter", async || {
+    // Once it is back, a transfer answers 200 only when the target leads. The
+    // stopped node may still act on the TimeoutNow it slept through and take
+    // over: a transfer then answers 409 (another node took over) or 503 (an
+    // election is under way), truthfully, so the leader is looked up again.
+    let (target, body) = eventually("a transfer to a reachable voter", async || {
+        let leader = leader_of(&refs).await;
+        let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+        let target = nodes.iter().find(|n| n.id != leader).unwrap();
         let (status, body) = post(leader_node, "/api/v1/transfer-leader", json!({"id": target.id})).await;
-        // 503: a transfer or an election is still in progress.
-        (status != 503).then_some((status, body))
+        match status {
+            200 => Some((target, body)),
+            409 if body["error"]["code"] == "transfer_failed" => None,
+            503 => None,
+            _ => panic!("a transfer to a reachable voter answered {status}: {body}"),
+        }
     })
     .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["target"], json!(target.id));
     let stats = stats(target).await.unwrap();
     assert_eq!(stats["state"], "Leader", "the target leads once the transfer is answered: {stats}");
+
+    // Asking for the leader that already leads is done at once, wherever asked:
+    // a caller that lost the first answer and retries is told the truth.
+    for asked in &nodes {
+        let (status, body) = post(asked, "/api/v1/transfer-leader", json!({"id": target.id})).await;
+        assert_eq!((status, body["target"].clone()), (200, json!(target.id)), "asked node {}: {body}", asked.id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

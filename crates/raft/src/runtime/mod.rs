@@ -61,10 +61,11 @@ pub(crate) enum Request {
         change: MembershipChange,
         reply: Reply<(LogIndex, Bytes)>,
     },
-    /// Answered with how long the transfer may take once it started.
+    /// Answered with how long the transfer may take once it started, or
+    /// `None` when the target is this node and it leads.
     Transfer {
         target: NodeId,
-        reply: Reply<Duration>,
+        reply: Reply<Option<Duration>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -82,7 +83,7 @@ pub(crate) enum Request {
 pub(crate) enum Pending {
     Write(Reply<(LogIndex, Bytes)>),
     Read(Reply<LogIndex>),
-    Transfer(Reply<Duration>),
+    Transfer(Reply<Option<Duration>>),
     Snapshot(Reply<LogId>),
 }
 
@@ -118,7 +119,7 @@ impl Pending {
         }
     }
 
-    fn transfer_started(self, wait: Duration) {
+    fn transfer_started(self, wait: Option<Duration>) {
         match self {
             Pending::Transfer(reply) => drop(reply.send(Ok(wait))),
             other => other.mismatch("a transfer's answer"),
@@ -449,7 +450,8 @@ impl RaftLoop {
                 let _ = self.apply.send(job);
             }
             Effect::Fail { reply, failure } => reply.fail(failure),
-            Effect::TransferStarted { reply, wait_ms } => reply.transfer_started(Duration::from_millis(wait_ms)),
+            Effect::TransferStarted { reply, wait_ms } => reply.transfer_started(Some(Duration::from_millis(wait_ms))),
+            Effect::AlreadyLeads { reply } => reply.transfer_started(None),
             Effect::SnapshotTaken { reply, id } => reply.snapshot_taken(id),
             Effect::LeaderChanged(info) => {
                 tracing::info!(node = %self.id, leader = ?info.leader.map(|l| l.0), term = %info.term, "leader changed");
