@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 use raftkv::store::{Command, Kv};
+use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 
 fn main() {
     let keys: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);

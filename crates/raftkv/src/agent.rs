@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use raft::storage::{FileStableStore, LogStore, StableStore, Wal, WalOptions};
-use raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
-use raft::{Config, NodeId, Raft, RaftError};
+use raftkv_raft::storage::{FileStableStore, LogStore, StableStore, Wal, WalOptions};
+use raftkv_raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
+use raftkv_raft::{Config, NodeId, Raft, RaftError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
@@ -64,7 +64,7 @@ pub enum AgentError {
     #[error("{0}")]
     Config(String),
     #[error("storage in {dir}: {source}")]
-    Storage { dir: PathBuf, source: raft::storage::StorageError },
+    Storage { dir: PathBuf, source: raftkv_raft::storage::StorageError },
     #[error("raft: {0}")]
     Raft(#[from] RaftError),
     #[error("cannot listen on {addr}: {source}")]
@@ -112,7 +112,7 @@ pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError>
     }
 }
 
-fn storage(dir: &std::path::Path) -> impl Fn(raft::storage::StorageError) -> AgentError + '_ {
+fn storage(dir: &std::path::Path) -> impl Fn(raftkv_raft::storage::StorageError) -> AgentError + '_ {
     move |source| AgentError::Storage { dir: dir.to_path_buf(), source }
 }
 
@@ -199,8 +199,8 @@ impl Agent {
                 book.insert(NodeId(peer), &record.raft_addr);
             })
         };
-        let snapshots: Arc<dyn raft::storage::SnapshotStore> =
-            Arc::new(raft::storage::FileSnapshotStore::open(dir.join("snapshots"), 2).map_err(storage(&dir))?);
+        let snapshots: Arc<dyn raftkv_raft::storage::SnapshotStore> =
+            Arc::new(raftkv_raft::storage::FileSnapshotStore::open(dir.join("snapshots"), 2).map_err(storage(&dir))?);
         let raft = Raft::new(config.raft.clone(), machine, log, stable, snapshots, transport)?;
 
         let raft_listener = TcpListener::bind(config.raft_addr)
@@ -329,7 +329,7 @@ impl Agent {
     }
 
     /// Runs a write: here if this node leads, else on the leader (one hop).
-    pub async fn write(&self, command: Command) -> Result<(raft::LogIndex, Outcome), WriteError> {
+    pub async fn write(&self, command: Command) -> Result<(raftkv_raft::LogIndex, Outcome), WriteError> {
         let timeout = self.config.request_timeout;
         let (index, response) = match self.raft.leader().leader {
             Some(leader) if leader == self.id => self.raft.apply(command.encode(), timeout).await?,
@@ -409,7 +409,7 @@ fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std:
 struct Forward {
     command: bytes::Bytes,
     queued: std::time::Instant,
-    reply: oneshot::Sender<Result<(raft::LogIndex, bytes::Bytes), WriteError>>,
+    reply: oneshot::Sender<Result<(raftkv_raft::LogIndex, bytes::Bytes), WriteError>>,
 }
 
 /// Most forwarded batches in flight to one leader; while they are, new writes
@@ -586,7 +586,9 @@ async fn forward_batches(target: ForwardTarget, mut queue: mpsc::UnboundedReceiv
             let mut results = results.into_iter();
             for forward in batch {
                 let answer = match results.next() {
-                    Some(result) if result.error_code == 0 => Ok((raft::LogIndex(result.index), result.response)),
+                    Some(result) if result.error_code == 0 => {
+                        Ok((raftkv_raft::LogIndex(result.index), result.response))
+                    }
                     Some(result) => Err(classify_result_failure(tonic::Status::new(
                         tonic::Code::from(result.error_code),
                         result.error_message,
@@ -879,7 +881,7 @@ impl proto::internal_server::Internal for InternalService {
             }
             Some(proto::admin_request::Op::TransferTo(target)) => {
                 transfer(agent, (target != 0).then_some(NodeId(target))).await?;
-                raft::LogIndex::ZERO
+                raftkv_raft::LogIndex::ZERO
             }
             None => return Err(tonic::Status::invalid_argument("admin request without an operation")),
         };
@@ -889,7 +891,10 @@ impl proto::internal_server::Internal for InternalService {
 
 /// Adds a node as a voter: on the leader, record its addresses then add it;
 /// elsewhere, ask the leader.
-pub(crate) async fn add_member(agent: &Agent, request: proto::JoinRequest) -> Result<raft::LogIndex, tonic::Status> {
+pub(crate) async fn add_member(
+    agent: &Agent,
+    request: proto::JoinRequest,
+) -> Result<raftkv_raft::LogIndex, tonic::Status> {
     if request.id == 0 || request.raft_addr.is_empty() {
         return Err(tonic::Status::invalid_argument("join needs a positive id and a raft address"));
     }
@@ -914,7 +919,7 @@ pub(crate) async fn add_member(agent: &Agent, request: proto::JoinRequest) -> Re
             let forwarded = proto::JoinRequest { header: Some(agent.header()), ..request };
             let mut call = tonic::Request::new(forwarded);
             call.set_timeout(timeout);
-            Ok(raft::LogIndex(client.join(call).await?.into_inner().index))
+            Ok(raftkv_raft::LogIndex(client.join(call).await?.into_inner().index))
         }
         None => Err(tonic::Status::unavailable("no leader is known")),
     }
@@ -1049,7 +1054,7 @@ mod tests {
     async fn forward(
         forwarder: &mpsc::UnboundedSender<Forward>,
         command: &[u8],
-    ) -> Result<(raft::LogIndex, bytes::Bytes), WriteError> {
+    ) -> Result<(raftkv_raft::LogIndex, bytes::Bytes), WriteError> {
         let (reply, answer) = oneshot::channel();
         let command = bytes::Bytes::copy_from_slice(command);
         forwarder.send(Forward { command, queued: std::time::Instant::now(), reply }).unwrap();

@@ -290,7 +290,7 @@ fn retryable(error: &WriteError) -> bool {
         WriteError::Unknown(_)
             | WriteError::NotSent(_)
             | WriteError::NoLeader
-            | WriteError::Raft(raft::RaftError::LeadershipLost | raft::RaftError::Timeout(_))
-            | WriteError::Raft(raft::RaftError::NotLeader { .. })
+            | WriteError::Raft(raftkv_raft::RaftError::LeadershipLost | raftkv_raft::RaftError::Timeout(_))
+            | WriteError::Raft(raftkv_raft::RaftError::NotLeader { .. })
     )
 }

@@ -275,7 +275,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
             let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
             let (mut ops, mut errors) = (0u64, BTreeMap::<u16, u64>::new());
             // Per-client choices, reproducible from the client number.
-            let mut rng = raft_core::rng::Rng::new(client as u64 + 1);
+            let mut rng = raftkv_core::rng::Rng::new(client as u64 + 1);
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) || issued.fetch_add(1, Ordering::Relaxed) >= limit {
                     break;

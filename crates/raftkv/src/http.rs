@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use raft::{NodeId, ProposeError, RaftError, ReadMode};
+use raftkv_raft::{NodeId, ProposeError, RaftError, ReadMode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -425,7 +425,7 @@ async fn reload_config(
 ) -> Result<Json<Value>, ApiError> {
     let body = body(payload)?;
     let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
-    let reload = raft::ReloadableConfig {
+    let reload = raftkv_raft::ReloadableConfig {
         trailing_logs: body.trailing_logs,
         snapshot_threshold: body.snapshot_threshold,
         snapshot_interval: ms(body.snapshot_interval_ms),

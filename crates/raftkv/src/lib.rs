@@ -1,4 +1,4 @@
-//! raftkv: a replicated key-value store on the `raft` crate. `agent` runs a
+//! raftkv: a replicated key-value store on the `raftkv-raft` crate. `agent` runs a
 //! server node, `http` is its API, `store` the replicated state.
 
 pub mod agent;

@@ -285,7 +285,7 @@ async fn main() {
 }
 
 async fn run_agent(args: AgentArgs) -> i32 {
-    let mut raft = raft::Config::new(raft::NodeId(args.id));
+    let mut raft = raftkv_raft::Config::new(raftkv_raft::NodeId(args.id));
     raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     raft.election_timeout_min = Duration::from_millis(args.election_timeout_ms);
     raft.election_timeout_max = Duration::from_millis(2 * args.election_timeout_ms);
@@ -374,7 +374,7 @@ async fn run_demo(args: DemoArgs) -> i32 {
             data_dir: root.join(format!("node{id}")),
             bootstrap: i == 0,
             join: if i == 0 { Vec::new() } else { vec![address(args.raft_port, 0).to_string()] },
-            raft: raft::Config::new(raft::NodeId(id)),
+            raft: raftkv_raft::Config::new(raftkv_raft::NodeId(id)),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(10),
         };

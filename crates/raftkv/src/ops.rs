@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use raft::storage::{FileSnapshotStore, FileStableStore, StableStore, Wal, WalOptions};
-use raft::{Configuration, NodeId, Raft};
+use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, StableStore, Wal, WalOptions};
+use raftkv_raft::{Configuration, NodeId, Raft};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

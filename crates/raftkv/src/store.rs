@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
-use raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
+use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter, Members, StagingHeader};
@@ -178,7 +178,7 @@ impl Captured {
     }
 }
 
-impl raft::SnapshotSource for Captured {
+impl raftkv_raft::SnapshotSource for Captured {
     fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.write_image(out)
     }
@@ -268,13 +268,13 @@ impl StateMachine for KvMachine {
     }
 
     /// O(1): the persistent maps are shared, not copied.
-    fn snapshot(&mut self) -> Box<dyn raft::SnapshotSource> {
+    fn snapshot(&mut self) -> Box<dyn raftkv_raft::SnapshotSource> {
         Box::new(self.kv.read().capture(ImageKind::Snapshot, None))
     }
 
     /// A snapshot from the leader must be a whole, intact raft snapshot image
     /// (magic, format, bounded lengths, checksum) before it is stored.
-    fn snapshot_check(&self) -> Option<raft::SnapshotCheck> {
+    fn snapshot_check(&self) -> Option<raftkv_raft::SnapshotCheck> {
         Some(Arc::new(|snapshot: &mut dyn std::io::Read| {
             let (header, _) = image::verify(snapshot)?;
             if header.kind != ImageKind::Snapshot {
@@ -391,7 +391,7 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
 
 #[cfg(test)]
 mod tests {
-    use raft::Term;
+    use raftkv_raft::Term;
 
     use super::*;
 
@@ -437,7 +437,7 @@ mod tests {
         let set = |i: u64, key: &str, value: &str| entry(i, &Command::Set { key: key.into(), value: value.into() });
         let register = Command::RegisterPeer { id: 2, raft_addr: "127.0.0.1:9002".into(), http_addr: "h".into() };
         machine.apply(&[set(1, "a", "1"), set(2, "b", "2"), entry(3, &register)]);
-        let capture = raft::StateMachine::snapshot(&mut machine);
+        let capture = raftkv_raft::StateMachine::snapshot(&mut machine);
         // Writes after the capture do not leak into it.
         machine.apply(&[set(4, "a", "changed"), set(5, "c", "3")]);
         let mut bytes = Vec::new();
@@ -445,14 +445,14 @@ mod tests {
 
         let restored = Kv::default();
         let mut other = restored.state_machine(|_, _| {});
-        raft::StateMachine::restore(&mut other, &mut bytes.as_slice()).unwrap();
+        raftkv_raft::StateMachine::restore(&mut other, &mut bytes.as_slice()).unwrap();
         let state = restored.read();
         assert_eq!(state.applied, LogIndex(3));
         assert_eq!(state.data.get("a"), Some(&Value { value: "1".into(), index: LogIndex(1) }));
         assert_eq!(state.data.get("c"), None);
         assert_eq!(state.peers[&2].raft_addr, "127.0.0.1:9002");
         drop(state);
-        assert!(raft::StateMachine::restore(&mut other, &mut &b"{not json"[..]).is_err());
+        assert!(raftkv_raft::StateMachine::restore(&mut other, &mut &b"{not json"[..]).is_err());
     }
 
     #[test]
@@ -540,11 +540,11 @@ mod tests {
         ];
         outcomes(&mut machine, 1, &before);
         let mut bytes = Vec::new();
-        raft::StateMachine::snapshot(&mut machine).write_to(&mut bytes).unwrap();
+        raftkv_raft::StateMachine::snapshot(&mut machine).write_to(&mut bytes).unwrap();
 
         let other = Kv::default();
         let mut restored = other.state_machine(|_, _| {});
-        raft::StateMachine::restore(&mut restored, &mut bytes.as_slice()).unwrap();
+        raftkv_raft::StateMachine::restore(&mut restored, &mut bytes.as_slice()).unwrap();
         let after = [chunk("r", 1, &[("c", "3")]), Command::RestoreCommit { id: "r".into(), chunks: 2, keys: 3 }];
         assert_eq!(outcomes(&mut restored, 4, &after)[1], Outcome::Restored { keys: 3 });
         assert_eq!(outcomes(&mut machine, 4, &after)[1], Outcome::Restored { keys: 3 });

@@ -129,7 +129,7 @@ async fn bad_input_gets_the_documented_error_and_the_node_stays_healthy() {
     assert_eq!(response.json::<Value>().await.unwrap()["current"], "v1");
 
     // A raft peer from another cluster is refused with a clear error.
-    use raft::transport::grpc::{proto, PROTOCOL_VERSION};
+    use raftkv_raft::transport::grpc::{proto, PROTOCOL_VERSION};
     let mut peer = proto::raft_client::RaftClient::connect(format!("http://{}", node.raft)).await.unwrap();
     let batch = proto::Batch {
         header: Some(proto::Header {

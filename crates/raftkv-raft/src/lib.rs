@@ -1,0 +1,625 @@
+//! Raft with the batteries included: the `Raft` handle runs a node of a
+//! replicated state machine on tokio, around the pure protocol core
+//! (`raftkv-core`), with durable storage (`storage`) and a pluggable transport
+//! (`transport`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), raftkv_raft::RaftError> {
+//! use std::io::{Read, Write};
+//! use std::sync::Arc;
+//! use raftkv_raft::storage::{MemLogStore, MemSnapshotStore, MemStableStore};
+//! use raftkv_raft::transport::MemNetwork;
+//! use raftkv_raft::{Config, NodeId, Raft, SnapshotSource, StateMachine};
+//!
+//! struct Counter(u64);
+//! struct Captured(u64);
+//! impl SnapshotSource for Captured {
+//!     fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
+//!         out.write_all(&self.0.to_be_bytes())
+//!     }
+//! }
+//! impl StateMachine for Counter {
+//!     fn apply(&mut self, entries: &[raftkv_raft::Entry]) -> Vec<bytes::Bytes> {
+//!         entries.iter().map(|_| { self.0 += 1; bytes::Bytes::from(self.0.to_string()) }).collect()
+//!     }
+//!     fn snapshot(&mut self) -> Box<dyn SnapshotSource> {
+//!         Box::new(Captured(self.0))
+//!     }
+//!     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
+//!         let mut bytes = [0; 8];
+//!         snapshot.read_exact(&mut bytes)?;
+//!         self.0 = u64::from_be_bytes(bytes);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let network = MemNetwork::new();
+//! let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
+//! Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)])?;
+//! let snapshots = Arc::new(MemSnapshotStore::new(2));
+//! let transport = Arc::new(network.transport(NodeId(1)));
+//! let raft = Raft::new(Config::new(NodeId(1)), Counter(0), log, stable, snapshots, transport)?;
+//! network.register(NodeId(1), raft.inbox());
+//! let (index, response) = raft.apply(bytes::Bytes::from("tick"), std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod storage;
+pub mod transport;
+
+mod config;
+mod error;
+mod locks;
+mod runtime;
+mod state_machine;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use config::{Config, ReloadableConfig};
+pub use error::RaftError;
+pub use raftkv_core::{
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
+    ReadError, ReadMode, Role, SnapshotMeta, Term,
+};
+pub use runtime::{LeaderInfo, Status};
+pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
+
+use raftkv_core::{Core, DurableState};
+use runtime::{Request, Stores};
+use storage::{LogStore, SnapshotStore, StableStore};
+use transport::{Inbox, Transport};
+
+/// Queue bound between the handle and the raft loop; callers wait when full.
+const REQUEST_QUEUE: usize = 1 << 16;
+
+/// What `Raft::recover_cluster` changed.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The configuration in force before, and the index it was written at.
+    pub previous: Configuration,
+    pub previous_index: LogIndex,
+    pub configuration: Configuration,
+    /// The snapshot that now holds the state and `configuration`: it ends at
+    /// the node's last entry.
+    pub snapshot: LogId,
+}
+
+/// Restores the newest readable snapshot into `state_machine` and returns its
+/// metadata. A newest snapshot that cannot be read is skipped for an older one
+/// only while the log still holds every entry after the older one: otherwise
+/// the node would start without entries it may have acknowledged, and start-up
+/// is refused with what to do.
+fn restore_newest_snapshot(
+    snapshots: &dyn SnapshotStore,
+    log: &dyn LogStore,
+    state_machine: &mut dyn StateMachine,
+) -> Result<Option<SnapshotMeta>, RaftError> {
+    let first = log.first_index()?;
+    let mut skipped: Option<(String, String)> = None;
+    for info in snapshots.list()? {
+        if let Some((newest, why)) = &skipped {
+            if first > info.meta.last_log_id.index.next() {
+                return Err(RaftError::Config(format!(
+                    "snapshot {newest} cannot be read ({why}) and the log starts at {first}, after the older \
+                     snapshot {} ends at {}: starting from it would lose entries. Restore the snapshot \
+                     file from a backup, or move this node's data aside and let it rejoin the cluster",
+                    info.id, info.meta.last_log_id.index
+                )));
+            }
+        }
+        let opened = snapshots.open(&info.id).map_err(|e| e.to_string()).and_then(|(info, mut reader)| {
+            state_machine.restore(&mut reader).map(|()| info).map_err(|e| format!("restoring it failed: {e}"))
+        });
+        match opened {
+            Ok(info) => return Ok(Some(info.meta)),
+            Err(why) => {
+                tracing::warn!(%why, id = info.id, "cannot use a snapshot; trying the next older one");
+                if skipped.is_none() {
+                    skipped = Some((info.id.clone(), why));
+                }
+            }
+        }
+    }
+    if let Some((newest, why)) = skipped {
+        if first > LogIndex(1) {
+            return Err(RaftError::Config(format!(
+                "snapshot {newest} cannot be read ({why}), no older one can, and the log starts at {first}: \
+                 restore the snapshot file from a backup, or move this node's data aside and let it rejoin"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Makes the log continue the snapshot the node starts from
+/// (`raftkv_driver::reconcile_steps`, run by the log writer's own step runner),
+/// with a warning when it changes anything.
+fn reconcile_log(log: &dyn LogStore, stable: &dyn StableStore, snapshot: &SnapshotMeta) -> Result<(), RaftError> {
+    let id = snapshot.last_log_id;
+    let (first, last) = (log.first_index()?, log.last_index()?);
+    let terms: std::collections::BTreeMap<LogIndex, Term> = [id.index, id.index.next()]
+        .into_iter()
+        .filter(|index| first <= *index && *index <= last)
+        .map(|index| Ok(log.get(index)?.map(|entry| (index, entry.term))))
+        .collect::<Result<Vec<_>, RaftError>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let steps = raftkv_driver::reconcile_steps(id, first, last, |index| terms.get(&index).copied());
+    if steps.iter().any(|step| matches!(step, raftkv_driver::StoreStep::Write(_))) {
+        tracing::warn!(snapshot = %id, %first, %last, "the log disagrees with the snapshot after it; cutting it");
+    }
+    runtime::run_steps(log, stable, steps, &mut Default::default())?;
+    Ok(())
+}
+
+/// A handle to a running Raft node. Cheap to clone; every clone drives the same
+/// node. Methods that need the leader return `RaftError::NotLeader` elsewhere.
+#[derive(Clone)]
+pub struct Raft {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    requests: mpsc::Sender<Request>,
+    inbox: Inbox,
+    leader: watch::Receiver<LeaderInfo>,
+    applied: watch::Receiver<LogIndex>,
+    transport: Arc<dyn Transport>,
+    shutdown: watch::Sender<bool>,
+    failure: watch::Receiver<Option<String>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Raft {
+    /// Whether the stores hold any state (a node that ran before restarts from
+    /// it; a new one must be bootstrapped or join a cluster).
+    pub fn has_existing_state(log: &dyn LogStore, stable: &dyn StableStore) -> Result<bool, RaftError> {
+        Ok(log.last_index()? > LogIndex::ZERO || stable.hard_state()?.current_term > Term(0))
+    }
+
+    /// Writes the founding configuration of a new cluster (identical on every
+    /// founder, hashicorp's `BootstrapCluster`). Refuses stores that hold state.
+    pub fn bootstrap_cluster(
+        log: &dyn LogStore,
+        stable: &dyn StableStore,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), RaftError> {
+        if Raft::has_existing_state(log, stable)? {
+            return Err(RaftError::Config("cannot bootstrap: this node already has raft state".to_string()));
+        }
+        let durable = DurableState::bootstrap(voters);
+        log.append(&durable.entries)?;
+        stable.set_hard_state(durable.hard_state)?;
+        Ok(())
+    }
+
+    /// Rewrites the configuration of a **stopped** node after a loss of quorum
+    /// (hashicorp's `RecoverCluster`, like its peers.json). The node's newest
+    /// snapshot and whole log are applied to `state_machine` (a fresh
+    /// instance), which is then stored as a snapshot at the node's last entry
+    /// with `configuration` as its membership, and the log is emptied: the
+    /// next start elects a leader among the servers left. Run it on every
+    /// survivor with the same configuration; entries a survivor holds that the
+    /// old cluster had not committed become committed. Ids stay real (the
+    /// snapshot ends at an entry the node has), so survivors with different
+    /// logs reconcile through ordinary replication and InstallSnapshot.
+    /// Servers not in `configuration` must not be started again with their
+    /// old data.
+    pub fn recover_cluster(
+        log: &dyn LogStore,
+        stable: &dyn StableStore,
+        snapshots: &dyn SnapshotStore,
+        state_machine: &mut dyn StateMachine,
+        configuration: Configuration,
+    ) -> Result<Recovery, RaftError> {
+        if configuration.voters.is_empty() || configuration.is_joint() {
+            return Err(RaftError::Config(
+                "a recovered configuration needs at least one voter and no outgoing set".into(),
+            ));
+        }
+        if let Some(both) = configuration.voters.intersection(&configuration.learners).next() {
+            return Err(RaftError::Config(format!("node {both} cannot be both a voter and a nonvoter")));
+        }
+        if !Raft::has_existing_state(log, stable)? {
+            return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
+        }
+        let snapshot = restore_newest_snapshot(snapshots, log, state_machine)?;
+        if let Some(snapshot) = &snapshot {
+            reconcile_log(log, stable, snapshot)?;
+        }
+        let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
+        let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
+        let last = log.last_index()?;
+        let mut next = tail.index.next();
+        while next <= last {
+            let upto = LogIndex((next.0 + 4095).min(last.0));
+            let entries = log.get_range(next, upto)?;
+            for entry in &entries {
+                if let EntryPayload::Config(config) = &entry.payload {
+                    previous = Some((config.clone(), entry.index));
+                }
+            }
+            state_machine.apply(&entries);
+            tail = entries.last().map_or(tail, |e| e.log_id());
+            next = upto.next();
+        }
+        if tail.index == LogIndex::ZERO {
+            return Err(RaftError::Config("no entries to recover from".into()));
+        }
+        let meta = SnapshotMeta { last_log_id: tail, config: configuration.clone() };
+        runtime::snapshots::write_snapshot(snapshots, meta, state_machine.snapshot())?;
+        log.purge_prefix(tail.index)?;
+        let (previous, previous_index) = previous.unwrap_or_default();
+        Ok(Recovery { previous, previous_index, configuration, snapshot: tail })
+    }
+
+    /// Starts a node from its stores. Must be called inside a tokio runtime.
+    /// Restores the newest readable snapshot into the state machine and replays
+    /// the log after it.
+    pub fn new(
+        config: Config,
+        state_machine: impl StateMachine,
+        log: Arc<dyn LogStore>,
+        stable: Arc<dyn StableStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Raft, RaftError> {
+        config.validate().map_err(RaftError::Config)?;
+        let mut state_machine = state_machine;
+        let hard_state = stable.hard_state()?;
+        let snapshot = restore_newest_snapshot(snapshots.as_ref(), log.as_ref(), &mut state_machine)?;
+        if let Some(snapshot) = &snapshot {
+            reconcile_log(log.as_ref(), stable.as_ref(), snapshot)?;
+        }
+        let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
+        let (first, last) = (log.first_index()?, log.last_index()?);
+        if first > start.next() {
+            return Err(RaftError::Config(format!(
+                "the log starts at {first} but the newest snapshot ends at {start}: entries are missing"
+            )));
+        }
+        let entries = log.get_range(start.next(), last)?;
+        let durable = DurableState { hard_state, snapshot, entries };
+        let start = Instant::now();
+        // Differs between runs (clock and process): election jitter, and read
+        // ids that never repeat across restarts.
+        let seed = config.id.0
+            ^ u64::from(std::process::id()).rotate_left(32)
+            ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64);
+        let core = Core::new(config.core_config(), durable, 0, seed).map_err(|e| RaftError::Config(e.to_string()))?;
+
+        let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+        let (inbox, inbox_rx) = Inbox::channel();
+        let (leader_tx, leader) = watch::channel(LeaderInfo::default());
+        let (applied_tx, applied) = watch::channel(LogIndex::ZERO);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (failure_tx, failure) = watch::channel(None);
+        let channels = runtime::Channels {
+            requests,
+            inbox: inbox_rx,
+            shutdown: shutdown_rx,
+            leader: leader_tx,
+            applied: applied_tx,
+            failure: failure_tx,
+        };
+        let stores = Stores { log, stable, snapshots };
+        let id = config.id;
+        let node_transport = transport.clone();
+        let task = tokio::spawn(async move {
+            let node =
+                runtime::Node { core, stores, state_machine: Box::new(state_machine), transport: node_transport };
+            runtime::run(node, &config, channels, start, seed).await;
+        });
+        Ok(Raft {
+            inner: Arc::new(Inner {
+                id,
+                requests: requests_tx,
+                inbox,
+                leader,
+                applied,
+                transport,
+                shutdown,
+                failure,
+                task: std::sync::Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Where the transport delivers messages for this node.
+    pub fn inbox(&self) -> Inbox {
+        self.inner.inbox.clone()
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(runtime::Reply<T>) -> Request) -> Result<T, RaftError> {
+        let (reply, response) = oneshot::channel();
+        self.inner.requests.send(make(reply)).await.map_err(|_| self.not_running())?;
+        response.await.map_err(|_| self.stopped_in_flight())?
+    }
+
+    /// A request that never reached the raft loop: definitely not carried out.
+    fn not_running(&self) -> RaftError {
+        raftkv_driver::Failure::not_done(self.failure().as_deref()).into()
+    }
+
+    /// A request the raft loop took but never answered.
+    fn stopped_in_flight(&self) -> RaftError {
+        raftkv_driver::Failure::stopped(self.failure().as_deref()).into()
+    }
+
+    /// Why the node stopped for good, if it did: a storage failure or a
+    /// snapshot it could not keep. The node no longer serves anything; its
+    /// owner should report the reason and restart it (a process exits non-zero
+    /// so that its supervisor does). `None` while it runs or after a clean
+    /// `shutdown`.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves with the reason once the node stops for good (see `failure`);
+    /// never resolves for a node that runs or was shut down cleanly.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.clone();
+        loop {
+            if let Some(reason) = failure.borrow_and_update().clone() {
+                return reason;
+            }
+            if failure.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    async fn with_timeout<T>(
+        timeout: Duration,
+        future: impl std::future::Future<Output = Result<T, RaftError>>,
+    ) -> Result<T, RaftError> {
+        tokio::time::timeout(timeout, future).await.map_err(|_| RaftError::Timeout(timeout))?
+    }
+
+    /// Replicates `command` and applies it; resolves with its index and the
+    /// state machine's response. After `LeadershipLost` or `Timeout` the command
+    /// may or may not have been applied.
+    pub async fn apply(&self, command: Bytes, timeout: Duration) -> Result<(LogIndex, Bytes), RaftError> {
+        Raft::with_timeout(timeout, self.request(|reply| Request::Propose { command, reply })).await
+    }
+
+    /// Applies several commands; they share log writes and messages with each
+    /// other and with concurrent callers.
+    pub async fn apply_batch(
+        &self,
+        commands: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Vec<(LogIndex, Bytes)>, RaftError> {
+        self.apply_each(commands, timeout).await.into_iter().collect()
+    }
+
+    /// Proposes several commands together and answers each on its own: one
+    /// may fail (or have an unknown outcome) while others applied. The timeout
+    /// covers the whole batch.
+    pub async fn apply_each(
+        &self,
+        commands: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Vec<Result<(LogIndex, Bytes), RaftError>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, response) = oneshot::channel();
+            let sent = self.inner.requests.send(Request::Propose { command, reply }).await;
+            pending.push(sent.ok().map(|()| response));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut results = Vec::with_capacity(pending.len());
+        for response in pending {
+            results.push(match response {
+                None => Err(self.not_running()),
+                Some(response) => match tokio::time::timeout_at(deadline, response).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(self.stopped_in_flight()),
+                    Err(_) => Err(RaftError::Timeout(timeout)),
+                },
+            });
+        }
+        results
+    }
+
+    /// Resolves once everything committed before the call is applied here
+    /// (hashicorp's `Barrier`): an empty entry goes through the log.
+    pub async fn barrier(&self, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.apply(Bytes::new(), timeout).await.map(|(index, _)| index)
+    }
+
+    /// Returns an index at which a linearizable read may be served, once this
+    /// node's state machine has applied it. `ReadMode::Lease` answers at once
+    /// while the leader's lease holds. On a follower the leader is asked.
+    pub async fn read_index(&self, mode: ReadMode, timeout: Duration) -> Result<LogIndex, RaftError> {
+        Raft::with_timeout(timeout, self.request(|reply| Request::Read { mode, reply })).await
+    }
+
+    /// `read_index` with a heartbeat round (ReadIndex); then read the state machine.
+    pub async fn linearizable_read(&self, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.read_index(ReadMode::Linearizable, timeout).await
+    }
+
+    /// Confirms that this node is still the leader (a heartbeat round).
+    pub async fn verify_leader(&self, timeout: Duration) -> Result<(), RaftError> {
+        if self.leader().leader != Some(self.id()) {
+            return Err(RaftError::NotLeader { leader: self.leader().leader });
+        }
+        self.linearizable_read(timeout).await.map(|_| ())
+    }
+
+    /// The leader as last known, and its term.
+    pub fn leader(&self) -> LeaderInfo {
+        *self.inner.leader.borrow()
+    }
+
+    /// The leader's id and address (hashicorp's `LeaderWithID`), as far as
+    /// known; the address comes from the transport.
+    pub fn leader_with_address(&self) -> Option<(NodeId, Option<String>)> {
+        let leader = self.leader().leader?;
+        Some((leader, self.inner.transport.address_of(leader)))
+    }
+
+    /// A watch of the leader; it always holds the latest value.
+    pub fn leader_watch(&self) -> watch::Receiver<LeaderInfo> {
+        self.inner.leader.clone()
+    }
+
+    /// Highest index the state machine has applied.
+    pub fn applied_index(&self) -> LogIndex {
+        *self.inner.applied.borrow()
+    }
+
+    /// A watch of the applied index.
+    pub fn applied_watch(&self) -> watch::Receiver<LogIndex> {
+        self.inner.applied.clone()
+    }
+
+    pub async fn status(&self) -> Result<Status, RaftError> {
+        let (reply, response) = oneshot::channel();
+        self.inner.requests.send(Request::Status { reply }).await.map_err(|_| self.not_running())?;
+        response.await.map_err(|_| self.not_running())
+    }
+
+    /// hashicorp/raft's `Stats()`: the same field names, values as strings.
+    /// `address_of` names each server's address in `latest_configuration`.
+    pub async fn stats(
+        &self,
+        address_of: impl Fn(NodeId) -> Option<String>,
+    ) -> Result<std::collections::BTreeMap<&'static str, String>, RaftError> {
+        let status = self.status().await?;
+        let applied = self.applied_index();
+        let server = |id: &NodeId, suffrage: &str| {
+            format!("{{Suffrage:{suffrage} ID:{} Address:{}}}", id.0, address_of(*id).unwrap_or_default())
+        };
+        let mut servers: Vec<String> = status.membership.voters.iter().map(|id| server(id, "Voter")).collect();
+        servers.extend(status.membership.learners.iter().map(|id| server(id, "Nonvoter")));
+        let state = match status.role {
+            Role::Leader => "Leader",
+            Role::Candidate | Role::PreCandidate => "Candidate",
+            Role::Follower | Role::Learner => "Follower",
+        };
+        let last_contact = match status.last_contact {
+            Some(d) if d.is_zero() => "0".to_string(),
+            Some(d) => format!("{d:?}"),
+            None => "never".to_string(),
+        };
+        let num_peers = status.membership.voters.iter().filter(|id| **id != self.id()).count();
+        Ok(std::collections::BTreeMap::from([
+            ("applied_index", applied.0.to_string()),
+            ("commit_index", status.commit_index.0.to_string()),
+            ("fsm_pending", status.commit_index.0.saturating_sub(applied.0).to_string()),
+            ("last_contact", last_contact),
+            ("last_log_index", status.last_log_index.0.to_string()),
+            ("last_log_term", status.last_log_term.0.to_string()),
+            ("last_snapshot_index", status.snapshot.map_or(0, |s| s.index.0).to_string()),
+            ("last_snapshot_term", status.snapshot.map_or(0, |s| s.term.0).to_string()),
+            ("latest_configuration", format!("[{}]", servers.join(" "))),
+            ("latest_configuration_index", status.membership_index.0.to_string()),
+            ("num_peers", num_peers.to_string()),
+            ("protocol_version", transport::grpc::PROTOCOL_VERSION.to_string()),
+            ("protocol_version_max", transport::grpc::PROTOCOL_VERSION.to_string()),
+            ("protocol_version_min", transport::grpc::PROTOCOL_VERSION.to_string()),
+            ("snapshot_version_max", "1".to_string()),
+            ("snapshot_version_min", "1".to_string()),
+            ("state", state.to_string()),
+            ("term", status.term.0.to_string()),
+        ]))
+    }
+
+    /// Proposes a membership change; resolves once it is committed and applied here.
+    pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<LogIndex, RaftError> {
+        let result = self.request(|reply| Request::Membership { change, reply });
+        Raft::with_timeout(timeout, result).await.map(|(index, _)| index)
+    }
+
+    pub async fn add_voter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::AddVoter(id), timeout).await
+    }
+
+    pub async fn add_nonvoter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::AddLearner(id), timeout).await
+    }
+
+    pub async fn remove_server(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
+        self.change_membership(MembershipChange::RemoveServer(id), timeout).await
+    }
+
+    /// Hands leadership to `target` (thesis §3.10) and resolves once `target`
+    /// leads (at once when asked of `target` while it leads). Fails with `TransferFailed` when another node took over, or when
+    /// `target` did not within about two election timeouts (unreachable, or
+    /// too far behind): the leader then resumes serving.
+    pub async fn leadership_transfer(&self, target: NodeId) -> Result<(), RaftError> {
+        let mut leader = self.inner.leader.clone();
+        let before = leader.borrow_and_update().term;
+        let Some(wait) = self.request(|reply| Request::Transfer { target, reply }).await? else {
+            return Ok(()); // `target` is this node, and it leads
+        };
+        let moved = tokio::time::timeout(wait, async {
+            loop {
+                let now = *leader.borrow_and_update();
+                match now.leader {
+                    Some(new) if now.term > before => return Ok(new),
+                    _ => {}
+                }
+                if leader.changed().await.is_err() {
+                    return Err(self.not_running());
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(Ok(new)) if new == target => Ok(()),
+            Ok(Ok(new)) => Err(RaftError::TransferFailed { target, reason: format!("node {new} took over instead") }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(RaftError::TransferFailed {
+                target,
+                reason: format!(
+                    "it did not take over within {wait:?} as far as this node saw (unreachable or behind); \
+                     this node serves again, though a late TimeoutNow may still make the target campaign"
+                ),
+            }),
+        }
+    }
+
+    /// Takes a snapshot of the state machine now (hashicorp's `Snapshot`) and
+    /// compacts the log behind it, keeping `trailing_logs`; resolves with the
+    /// snapshot's last entry once it is stored. A snapshot already being written
+    /// finishes first. Fails with `NothingNewToSnapshot` when nothing was applied
+    /// since the newest snapshot.
+    pub async fn snapshot(&self) -> Result<LogId, RaftError> {
+        self.request(|reply| Request::Snapshot { reply }).await
+    }
+
+    /// Changes the settings in `reload` while the node runs (hashicorp's
+    /// `ReloadConfig`), after checking the combination; returns the settings
+    /// now in force. Leases stay safe while nodes are reloaded one by one (see
+    /// `Core::reload_config`), provided every node started with the same
+    /// `election_timeout_min`.
+    pub async fn reload_config(&self, reload: ReloadableConfig) -> Result<Config, RaftError> {
+        self.request(|reply| Request::Reload { reload, reply }).await
+    }
+
+    /// Stops the node: writes in flight fail with `Stopped` (their outcome is
+    /// unknown), later requests with `Shutdown`; the log writer finishes what
+    /// it was given, the tasks end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let task = locks::lock(&self.inner.task).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(runtime::SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!(node = %self.inner.id, "raft tasks did not stop within the grace period");
+            }
+        }
+    }
+}

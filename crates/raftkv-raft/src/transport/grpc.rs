@@ -1,0 +1,529 @@
+//! The gRPC transport (tonic): `GrpcTransport` sends batches of messages to
+//! peers' `Raft.Send`; `RaftService` receives them for one node. Every batch
+//! carries a header with the protocol version and cluster id; a mismatch is
+//! refused with `FAILED_PRECONDITION` and a message that says which side has what.
+//!
+//! Addresses: membership names nodes by id. The `AddressBook` maps ids to raft
+//! addresses; the application fills it (at join, from its own records), and
+//! every received header adds the sender's address, so a node learns the
+//! addresses of the nodes that talk to it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use raftkv_core::{
+    AppendEntries, AppendEntriesResponse, AppendResult, Configuration, Entry, EntryPayload, InstallSnapshot,
+    InstallSnapshotResponse, LogId, LogIndex, Message, NodeId, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::locks::lock;
+
+use super::{Inbox, SendFuture, Transport, TransportError};
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    tonic::include_proto!("raftkv.raft.v1");
+}
+
+use proto::raft_client::RaftClient;
+use proto::raft_message::Kind;
+
+/// Bumped when the messages change incompatibly; peers must match.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+type ChangeCallback = Box<dyn Fn(&BTreeMap<NodeId, String>) + Send + Sync>;
+
+/// Node id -> raft address ("host:port"). Clones share the book.
+#[derive(Clone, Default)]
+pub struct AddressBook {
+    addresses: Arc<RwLock<BTreeMap<NodeId, String>>>,
+    on_change: Arc<Mutex<Option<ChangeCallback>>>,
+}
+
+impl AddressBook {
+    pub fn new() -> AddressBook {
+        AddressBook::default()
+    }
+
+    /// Calls `callback` with the whole book whenever an address is added or
+    /// changes (to persist it, say).
+    pub fn on_change(&self, callback: impl Fn(&BTreeMap<NodeId, String>) + Send + Sync + 'static) {
+        *lock(&self.on_change) = Some(Box::new(callback));
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<NodeId, String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records `address` for `id`; returns whether it was news.
+    pub fn insert(&self, id: NodeId, address: &str) -> bool {
+        let snapshot = {
+            let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+            if addresses.get(&id).is_some_and(|a| a == address) {
+                return false;
+            }
+            addresses.insert(id, address.to_string());
+            addresses.clone()
+        };
+        if let Some(callback) = lock(&self.on_change).as_ref() {
+            callback(&snapshot);
+        }
+        true
+    }
+}
+
+/// Who this node is on the wire.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub id: NodeId,
+    /// The address other nodes reach this node's raft service at.
+    pub advertise_addr: String,
+}
+
+/// Batches queued for one peer's stream before new ones are dropped (Raft
+/// resends what matters).
+const STREAM_QUEUE: usize = 4096;
+
+pub struct GrpcTransport {
+    identity: Identity,
+    book: AddressBook,
+    clients: Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
+    /// The open stream to each peer: its address and the queue feeding it.
+    streams: Mutex<BTreeMap<NodeId, (String, tokio::sync::mpsc::Sender<proto::Batch>)>>,
+}
+
+impl GrpcTransport {
+    pub fn new(identity: Identity, book: AddressBook) -> GrpcTransport {
+        GrpcTransport { identity, book, clients: Mutex::new(BTreeMap::new()), streams: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The queue of the stream to `to`, opening a stream if none is open (or the
+    /// last one ended, or the peer's address changed).
+    fn stream(&self, to: NodeId) -> Result<tokio::sync::mpsc::Sender<proto::Batch>, TransportError> {
+        let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
+        let mut streams = lock(&self.streams);
+        if let Some((known, queue)) = streams.get(&to) {
+            if *known == address && !queue.is_closed() {
+                return Ok(queue.clone());
+            }
+        }
+        let mut client = self.client(to)?;
+        let (queue, batches) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(async move {
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(batches);
+            if let Err(status) = client.stream(outgoing).await {
+                tracing::debug!(peer = %to, code = ?status.code(), message = status.message(), "raft stream ended");
+            }
+        });
+        streams.insert(to, (address, queue.clone()));
+        Ok(queue)
+    }
+
+    fn client(&self, to: NodeId) -> Result<RaftClient<Channel>, TransportError> {
+        let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
+        let mut clients = lock(&self.clients);
+        if let Some((known, client)) = clients.get(&to) {
+            if *known == address {
+                return Ok(client.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| TransportError::Unreachable(to, format!("bad address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        clients.insert(to, (address, client.clone()));
+        Ok(client)
+    }
+}
+
+impl Transport for GrpcTransport {
+    /// Queues the batch on the peer's stream and returns: sends are pipelined,
+    /// in order, with no round trip per batch.
+    fn send(&self, to: NodeId, messages: Vec<Message>) -> SendFuture<'_> {
+        let header = proto::Header {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.identity.cluster_id.clone(),
+            from: self.identity.id.0,
+            to: to.0,
+            from_addr: self.identity.advertise_addr.clone(),
+        };
+        let batch = proto::Batch { header: Some(header), messages: messages.iter().map(to_proto).collect() };
+        let result = self.stream(to).and_then(|queue| match queue.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                Err(TransportError::Unreachable(to, "stream queue full; batch dropped".to_string()))
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(batch)) => {
+                // The stream ended (peer restarted, say): open a new one once.
+                lock(&self.streams).remove(&to);
+                self.stream(to)?.try_send(batch).map_err(|e| TransportError::Unreachable(to, e.to_string()))
+            }
+        });
+        Box::pin(async move { result })
+    }
+
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        self.book.get(id)
+    }
+
+    /// `send` puts the batch on the peer's stream queue and returns.
+    fn queues_without_waiting(&self) -> bool {
+        true
+    }
+}
+
+/// The receiving side for one node: checks headers and hands messages to its inbox.
+pub struct RaftService {
+    identity: Identity,
+    inbox: Inbox,
+    book: AddressBook,
+}
+
+impl RaftService {
+    pub fn new(identity: Identity, inbox: Inbox, book: AddressBook) -> RaftService {
+        RaftService { identity, inbox, book }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_server(self) -> proto::raft_server::RaftServer<RaftService> {
+        proto::raft_server::RaftServer::new(self).max_decoding_message_size(64 << 20)
+    }
+
+    fn check_header(&self, header: Option<&proto::Header>) -> Result<NodeId, tonic::Status> {
+        let refuse = |message: String| Err(tonic::Status::failed_precondition(message));
+        let Some(header) = header else { return refuse("raft RPC without a header".to_string()) };
+        if header.protocol_version != PROTOCOL_VERSION {
+            return refuse(format!(
+                "raft protocol version mismatch: peer speaks {}, node {} speaks {PROTOCOL_VERSION}",
+                header.protocol_version, self.identity.id
+            ));
+        }
+        if header.cluster_id != self.identity.cluster_id {
+            return refuse(format!(
+                "cluster id mismatch: peer {} belongs to cluster {:?}, node {} to cluster {:?}",
+                header.from, header.cluster_id, self.identity.id, self.identity.cluster_id
+            ));
+        }
+        if header.to != self.identity.id.0 {
+            return refuse(format!("message for node {} reached node {}", header.to, self.identity.id));
+        }
+        if header.from == self.identity.id.0 {
+            return refuse(format!("peer claims to be this node ({})", self.identity.id));
+        }
+        Ok(NodeId(header.from))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::Batch>>,
+    ) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.receive(batch)?;
+        }
+        Ok(tonic::Response::new(proto::Ack {}))
+    }
+
+    async fn send(&self, request: tonic::Request<proto::Batch>) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
+        self.receive(request.into_inner())?;
+        Ok(tonic::Response::new(proto::Ack {}))
+    }
+}
+
+impl RaftService {
+    /// Checks a batch's header and hands its messages to the node.
+    fn receive(&self, batch: proto::Batch) -> Result<(), tonic::Status> {
+        let from = self.check_header(batch.header.as_ref())?;
+        if let Some(header) = &batch.header {
+            if !header.from_addr.is_empty() {
+                self.book.insert(from, &header.from_addr);
+            }
+        }
+        let mut messages = Vec::with_capacity(batch.messages.len());
+        for (i, message) in batch.messages.into_iter().enumerate() {
+            let message = from_proto(message)
+                .map_err(|reason| tonic::Status::invalid_argument(format!("message {i} from node {from}: {reason}")))?;
+            messages.push(message);
+        }
+        for message in messages {
+            self.inbox.deliver(from, message);
+        }
+        Ok(())
+    }
+}
+
+// ---- Conversions ----------------------------------------------------------------
+
+fn log_id_to_proto(id: LogId) -> Option<proto::LogId> {
+    Some(proto::LogId { term: id.term.0, index: id.index.0 })
+}
+
+fn log_id_from_proto(id: Option<proto::LogId>, field: &str) -> Result<LogId, String> {
+    let id = id.ok_or_else(|| format!("missing {field}"))?;
+    Ok(LogId::new(Term(id.term), LogIndex(id.index)))
+}
+
+fn config_to_proto(config: &Configuration) -> proto::Configuration {
+    let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|id| id.0).collect();
+    proto::Configuration {
+        voters: ids(&config.voters),
+        voters_outgoing: ids(&config.voters_outgoing),
+        learners: ids(&config.learners),
+    }
+}
+
+fn config_from_proto(config: proto::Configuration) -> Configuration {
+    let ids = |list: Vec<u64>| list.into_iter().map(NodeId).collect();
+    Configuration {
+        voters: ids(config.voters),
+        voters_outgoing: ids(config.voters_outgoing),
+        learners: ids(config.learners),
+    }
+}
+
+fn entry_to_proto(entry: &Entry) -> proto::Entry {
+    use proto::entry::Payload;
+    let payload = match &entry.payload {
+        EntryPayload::Noop => Payload::Noop(true),
+        EntryPayload::Command(data) => Payload::Command(data.clone()),
+        EntryPayload::Config(config) => Payload::Config(config_to_proto(config)),
+    };
+    proto::Entry { term: entry.term.0, index: entry.index.0, payload: Some(payload) }
+}
+
+fn entry_from_proto(entry: proto::Entry) -> Result<Entry, String> {
+    use proto::entry::Payload;
+    let payload = match entry.payload.ok_or_else(|| format!("entry {} without payload", entry.index))? {
+        Payload::Noop(_) => EntryPayload::Noop,
+        Payload::Command(data) => EntryPayload::Command(data),
+        Payload::Config(config) => EntryPayload::Config(config_from_proto(config)),
+    };
+    Ok(Entry { term: Term(entry.term), index: LogIndex(entry.index), payload })
+}
+
+fn meta_to_proto(meta: &SnapshotMeta) -> proto::SnapshotMeta {
+    proto::SnapshotMeta { last_log_id: log_id_to_proto(meta.last_log_id), config: Some(config_to_proto(&meta.config)) }
+}
+
+pub fn to_proto(message: &Message) -> proto::RaftMessage {
+    let kind = match message {
+        Message::RequestVote(m) => Kind::RequestVote(proto::RequestVote {
+            term: m.term.0,
+            last_log_id: log_id_to_proto(m.last_log_id),
+            pre_vote: m.pre_vote,
+            leadership_transfer: m.leadership_transfer,
+        }),
+        Message::RequestVoteResponse(m) => Kind::RequestVoteResponse(proto::RequestVoteResponse {
+            term: m.term.0,
+            granted: m.granted,
+            pre_vote: m.pre_vote,
+        }),
+        Message::AppendEntries(m) => Kind::AppendEntries(proto::AppendEntries {
+            term: m.term.0,
+            prev_log_id: log_id_to_proto(m.prev_log_id),
+            entries: m.entries.iter().map(entry_to_proto).collect(),
+            leader_commit: m.leader_commit.0,
+            round: m.round,
+        }),
+        Message::AppendEntriesResponse(m) => {
+            use proto::append_entries_response::Result as R;
+            let result = match m.result {
+                AppendResult::Success { match_index } => R::SuccessMatchIndex(match_index.0),
+                AppendResult::Conflict { rejected, hint } => {
+                    R::Conflict(proto::Conflict { rejected: rejected.0, hint: log_id_to_proto(hint) })
+                }
+                AppendResult::StaleTerm => R::StaleTerm(true),
+            };
+            Kind::AppendEntriesResponse(proto::AppendEntriesResponse {
+                term: m.term.0,
+                round: m.round,
+                result: Some(result),
+            })
+        }
+        Message::InstallSnapshot(m) => Kind::InstallSnapshot(proto::InstallSnapshot {
+            term: m.term.0,
+            meta: Some(meta_to_proto(&m.meta)),
+            offset: m.offset,
+            data: m.data.clone(),
+            done: m.done,
+        }),
+        Message::InstallSnapshotResponse(m) => Kind::InstallSnapshotResponse(proto::InstallSnapshotResponse {
+            term: m.term.0,
+            snapshot: log_id_to_proto(m.snapshot),
+            next_offset: m.next_offset,
+            done: m.done,
+        }),
+        Message::TimeoutNow { term } => Kind::TimeoutNow(proto::TimeoutNow { term: term.0 }),
+        Message::ReadIndexRequest { term, read_id } => {
+            Kind::ReadIndexRequest(proto::ReadIndexRequest { term: term.0, read_id: *read_id })
+        }
+        Message::ReadIndexResponse { term, read_id, index } => Kind::ReadIndexResponse(proto::ReadIndexResponse {
+            term: term.0,
+            read_id: *read_id,
+            index: index.map(|i| i.0),
+        }),
+    };
+    proto::RaftMessage { kind: Some(kind) }
+}
+
+/// Decodes a message; every required field must be present. (The core then
+/// checks the numbers themselves.)
+pub fn from_proto(message: proto::RaftMessage) -> Result<Message, String> {
+    let kind = message.kind.ok_or("message without a kind")?;
+    Ok(match kind {
+        Kind::RequestVote(m) => Message::RequestVote(RequestVote {
+            term: Term(m.term),
+            last_log_id: log_id_from_proto(m.last_log_id, "last_log_id")?,
+            pre_vote: m.pre_vote,
+            leadership_transfer: m.leadership_transfer,
+        }),
+        Kind::RequestVoteResponse(m) => Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(m.term),
+            granted: m.granted,
+            pre_vote: m.pre_vote,
+        }),
+        Kind::AppendEntries(m) => Message::AppendEntries(AppendEntries {
+            term: Term(m.term),
+            prev_log_id: log_id_from_proto(m.prev_log_id, "prev_log_id")?,
+            entries: m.entries.into_iter().map(entry_from_proto).collect::<Result<_, _>>()?,
+            leader_commit: LogIndex(m.leader_commit),
+            round: m.round,
+        }),
+        Kind::AppendEntriesResponse(m) => {
+            use proto::append_entries_response::Result as R;
+            let result = match m.result.ok_or("append response without a result")? {
+                R::SuccessMatchIndex(index) => AppendResult::Success { match_index: LogIndex(index) },
+                R::Conflict(c) => AppendResult::Conflict {
+                    rejected: LogIndex(c.rejected),
+                    hint: log_id_from_proto(c.hint, "conflict hint")?,
+                },
+                R::StaleTerm(_) => AppendResult::StaleTerm,
+            };
+            Message::AppendEntriesResponse(AppendEntriesResponse { term: Term(m.term), round: m.round, result })
+        }
+        Kind::InstallSnapshot(m) => {
+            let meta = m.meta.ok_or("snapshot chunk without metadata")?;
+            Message::InstallSnapshot(InstallSnapshot {
+                term: Term(m.term),
+                meta: SnapshotMeta {
+                    last_log_id: log_id_from_proto(meta.last_log_id, "snapshot last_log_id")?,
+                    config: config_from_proto(meta.config.ok_or("snapshot without configuration")?),
+                },
+                offset: m.offset,
+                data: m.data,
+                done: m.done,
+            })
+        }
+        Kind::InstallSnapshotResponse(m) => Message::InstallSnapshotResponse(InstallSnapshotResponse {
+            term: Term(m.term),
+            snapshot: log_id_from_proto(m.snapshot, "snapshot id")?,
+            next_offset: m.next_offset,
+            done: m.done,
+        }),
+        Kind::TimeoutNow(m) => Message::TimeoutNow { term: Term(m.term) },
+        Kind::ReadIndexRequest(m) => Message::ReadIndexRequest { term: Term(m.term), read_id: m.read_id },
+        Kind::ReadIndexResponse(m) => {
+            Message::ReadIndexResponse { term: Term(m.term), read_id: m.read_id, index: m.index.map(LogIndex) }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn every_message_kind_round_trips() {
+        let mut config = Configuration::new([NodeId(1), NodeId(2)]);
+        config.learners.insert(NodeId(5));
+        let entries = vec![
+            Entry { term: Term(2), index: LogIndex(5), payload: EntryPayload::Noop },
+            Entry { term: Term(2), index: LogIndex(6), payload: EntryPayload::Command(Bytes::from("x")) },
+            Entry { term: Term(2), index: LogIndex(7), payload: EntryPayload::Config(config.clone()) },
+        ];
+        let id = LogId::new(Term(2), LogIndex(4));
+        let messages = vec![
+            Message::RequestVote(RequestVote {
+                term: Term(3),
+                last_log_id: id,
+                pre_vote: true,
+                leadership_transfer: true,
+            }),
+            Message::RequestVoteResponse(RequestVoteResponse { term: Term(3), granted: true, pre_vote: false }),
+            Message::AppendEntries(AppendEntries {
+                term: Term(2),
+                prev_log_id: id,
+                entries,
+                leader_commit: LogIndex(3),
+                round: 9,
+            }),
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(2),
+                round: 9,
+                result: AppendResult::Success { match_index: LogIndex(7) },
+            }),
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(2),
+                round: 1,
+                result: AppendResult::Conflict { rejected: LogIndex(4), hint: id },
+            }),
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(2),
+                round: 0,
+                result: AppendResult::StaleTerm,
+            }),
+            Message::InstallSnapshot(InstallSnapshot {
+                term: Term(2),
+                meta: SnapshotMeta { last_log_id: id, config },
+                offset: 16,
+                data: Bytes::from_static(b"chunk"),
+                done: true,
+            }),
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: Term(2),
+                snapshot: id,
+                next_offset: 21,
+                done: true,
+            }),
+            Message::TimeoutNow { term: Term(2) },
+            Message::ReadIndexRequest { term: Term(2), read_id: 77 },
+            Message::ReadIndexResponse { term: Term(2), read_id: 77, index: Some(LogIndex(6)) },
+            Message::ReadIndexResponse { term: Term(2), read_id: 78, index: None },
+        ];
+        for message in messages {
+            assert_eq!(from_proto(to_proto(&message)).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_errors_not_defaults() {
+        assert!(from_proto(proto::RaftMessage { kind: None }).is_err());
+        let vote = proto::RequestVote { term: 1, last_log_id: None, pre_vote: false, leadership_transfer: false };
+        assert!(from_proto(proto::RaftMessage { kind: Some(Kind::RequestVote(vote)) }).is_err());
+        let entry = proto::Entry { term: 1, index: 1, payload: None };
+        let append = proto::AppendEntries {
+            term: 1,
+            prev_log_id: Some(proto::LogId { term: 0, index: 0 }),
+            entries: vec![entry],
+            leader_commit: 0,
+            round: 0,
+        };
+        assert!(from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) }).is_err());
+    }
+}

@@ -1,0 +1,452 @@
+//! Clusters of `Raft` nodes in one process over the in-memory transport:
+//! replication, forwarding errors, failover, reads, membership changes and
+//! restarts from durable stores. Waits are bounded; nothing asserts on timing.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use raftkv_raft::{Config, NodeId, Raft, RaftError, ReadMode};
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_followers_name_the_leader() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..100 {
+        let (index, response) = cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        assert_eq!(response, Bytes::from(index.0.to_string()), "the state machine's response comes back");
+    }
+    let expected: Vec<Bytes> = (0..100).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 100).await, expected, "node {id}");
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    match cluster.raft(follower).apply(command(0), TIMEOUT).await {
+        Err(RaftError::NotLeader { leader: Some(named) }) => assert_eq!(named, NodeId(leader)),
+        other => panic!("apply on a follower: {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_all_apply_once_in_one_order() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let raft = cluster.raft(leader).clone();
+    let tasks: Vec<_> = (0..64)
+        .map(|client| {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    raft.apply(command(client * 1000 + i), TIMEOUT).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let on_leader = cluster.wait_applied(leader, 64 * 20).await;
+    assert_eq!(on_leader.len(), 64 * 20);
+    let mut distinct = on_leader.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64 * 20, "a command applied twice");
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 64 * 20).await, on_leader, "node {id} applied another order");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_is_replaced_and_catches_up_after_healing() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let old = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(old).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.network.isolate(NodeId(old));
+    // A write to the isolated leader cannot commit.
+    let stranded = cluster.raft(old).apply(command(99), Duration::from_millis(500)).await;
+    assert!(stranded.is_err(), "isolated leader committed a write: {stranded:?}");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = cluster.leader_among(&others).await;
+    cluster.raft(new).apply(command(2), TIMEOUT).await.unwrap();
+    cluster.network.heal();
+    let expected = vec![command(1), command(2)];
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 2).await, expected, "node {id}");
+    }
+    assert_eq!(cluster.leader_among(&[1, 2, 3]).await, new);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_every_node_see_acknowledged_writes() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let (index, _) = cluster.raft(leader).apply(command(7), TIMEOUT).await.unwrap();
+    for id in 1..=3 {
+        for mode in [ReadMode::Linearizable, ReadMode::Lease] {
+            let read = cluster.raft(id).read_index(mode, TIMEOUT).await.unwrap();
+            assert!(read >= index, "node {id} {mode:?} read at {read}, before the write at {index}");
+            assert!(cluster.raft(id).applied_index() >= read, "node {id} answered before applying {read}");
+        }
+    }
+    cluster.raft(leader).verify_leader(TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_two_failures_but_not_three() {
+    let mut cluster = Cluster::bootstrap(5, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3, 4, 5]).await;
+    let followers: Vec<u64> = (1..=5).filter(|id| *id != leader).collect();
+    cluster.stop(followers[0]).await;
+    cluster.stop(followers[1]).await;
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.stop(followers[2]).await;
+    let result = cluster.raft(leader).apply(command(2), Duration::from_millis(1500)).await;
+    assert!(result.is_err(), "committed without a quorum: {result:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_grows_to_three_by_adding_voters() {
+    let mut cluster = Cluster::new(false);
+    let stores = cluster.stores();
+    Raft::bootstrap_cluster(stores.0.as_ref(), stores.1.as_ref(), [NodeId(1)]).unwrap();
+    cluster.start(1, stores);
+    cluster.leader_among(&[1]).await;
+    cluster.raft(1).apply(command(1), TIMEOUT).await.unwrap();
+    for id in [2, 3] {
+        let stores = cluster.stores();
+        assert!(!Raft::has_existing_state(stores.0.as_ref(), stores.1.as_ref()).unwrap());
+        cluster.start(id, stores);
+        cluster.raft(1).add_voter(NodeId(id), TIMEOUT).await.unwrap();
+    }
+    let status = cluster.raft(1).status().await.unwrap();
+    assert_eq!(status.membership.voters.len(), 3);
+    cluster.raft(1).apply(command(2), TIMEOUT).await.unwrap();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 2).await, vec![command(1), command(2)], "node {id}");
+    }
+    // Removing the leader: it steps down once the change commits, and still
+    // answers that the change was made; the others go on.
+    cluster.raft(1).remove_server(NodeId(1), TIMEOUT).await.expect("the removal committed");
+    let leader = cluster.leader_among(&[2, 3]).await;
+    cluster.raft(leader).apply(command(3), TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_cluster_restarts_with_every_acknowledged_write() {
+    let mut cluster = Cluster::bootstrap(3, true).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..50 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    // Stop everyone, then start again from the same stores.
+    let mut stopped = Vec::new();
+    for id in 1..=3 {
+        stopped.push((id, cluster.stop(id).await));
+    }
+    for (id, node) in stopped {
+        assert!(Raft::has_existing_state(node.log.as_ref(), node.stable.as_ref()).unwrap());
+        let Node { log, stable, .. } = node;
+        // Reopen the files, as a restarted process would.
+        drop((log, stable));
+        let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
+        cluster.start(id, open_durable(&dir));
+    }
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(50), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=50).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 51).await, expected, "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfer_moves_the_leader() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.raft(leader).leadership_transfer(NodeId(target)).await.unwrap();
+    let mut watch = cluster.raft(target).leader_watch();
+    tokio::time::timeout(TIMEOUT, watch.wait_for(|info| info.leader == Some(NodeId(target))))
+        .await
+        .expect("the transfer completes")
+        .unwrap();
+    cluster.raft(target).apply(command(2), TIMEOUT).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// A transfer to a voter that cannot take over (cut off here) fails and says
+/// so; the leader keeps leading and serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfer_to_an_unreachable_voter_fails() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.network.isolate(NodeId(target));
+    let result = cluster.raft(leader).leadership_transfer(NodeId(target)).await;
+    assert!(matches!(&result, Err(RaftError::TransferFailed { target: t, .. }) if *t == NodeId(target)), "{result:?}");
+    assert_eq!(cluster.raft(leader).leader().leader, Some(NodeId(leader)));
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.expect("the leader serves again");
+    cluster.network.heal();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_requests_instead_of_hanging() {
+    let cluster = Cluster::bootstrap(1, false).await;
+    cluster.leader_among(&[1]).await;
+    let raft = cluster.raft(1).clone();
+    raft.shutdown().await;
+    assert!(matches!(raft.apply(command(1), TIMEOUT).await, Err(RaftError::Shutdown)));
+    assert!(matches!(raft.linearizable_read(TIMEOUT).await, Err(RaftError::Shutdown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_gets_a_snapshot_in_chunks_and_converges() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::INFO).try_init();
+    let mut cluster = Cluster::bootstrap_with(3, true, snapshot_often).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let stopped = cluster.stop(lagging).await;
+    drop(stopped);
+    for i in 0..400 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let status = cluster.raft(leader).status().await.unwrap();
+    assert!(status.snapshot.is_some(), "the leader took no snapshot");
+    assert!(status.first_log_index.0 > 2, "the leader's log was not compacted: {status:?}");
+    // The follower comes back behind the leader's first index: only a snapshot helps.
+    let dir = cluster.dirs[(lagging - 1) as usize].path().to_path_buf();
+    cluster.start(lagging, open_durable(&dir));
+    let expected: Vec<Bytes> = (0..400).map(command).collect();
+    assert_eq!(cluster.wait_applied(lagging, 400).await, expected);
+    let follower = cluster.raft(lagging).status().await.unwrap();
+    assert!(follower.snapshot.is_some(), "the follower caught up without a snapshot");
+    cluster.raft(leader).apply(command(400), TIMEOUT).await.unwrap();
+    assert_eq!(cluster.wait_applied(lagging, 401).await.len(), 401);
+
+    // Everyone restarts from their snapshot plus the log after it.
+    let mut stopped = Vec::new();
+    for id in 1..=3 {
+        stopped.push(id);
+        cluster.stop(id).await;
+    }
+    for id in stopped {
+        let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
+        cluster.start(id, open_durable(&dir));
+    }
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(401), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=401).map(command).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.wait_applied(id, 402).await, expected, "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
+/// `Raft::snapshot` takes one on demand and compacts the log; asking again with
+/// nothing new applied says so. `reload_config` refuses bad combinations and
+/// changes the snapshot policy at runtime: with a threshold of 10 and a one-hour
+/// interval no snapshot is taken at 50 entries, but the log is not left to grow
+/// past `snapshot_log_bytes` (2 KiB here) of entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_on_demand_and_a_reloaded_policy() {
+    fn config(id: NodeId) -> Config {
+        Config { snapshot_log_bytes: 2048, ..Config::fast(id) }
+    }
+    let cluster = Cluster::bootstrap_with(1, true, config).await;
+    cluster.leader_among(&[1]).await;
+    let raft = cluster.raft(1);
+    for i in 0..30 {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let taken = raft.snapshot().await.unwrap();
+    assert!(taken.index.0 >= 30, "{taken:?}");
+    let status = raft.status().await.unwrap();
+    assert_eq!(status.snapshot, Some(taken));
+    match raft.snapshot().await {
+        Err(RaftError::NothingNewToSnapshot { index }) => assert_eq!(index, taken.index),
+        other => panic!("second snapshot with nothing new: {other:?}"),
+    }
+
+    let bad = raftkv_raft::ReloadableConfig {
+        election_timeout_min: Some(Duration::from_millis(500)),
+        election_timeout_max: Some(Duration::from_millis(400)),
+        ..Default::default()
+    };
+    match raft.reload_config(bad).await {
+        Err(RaftError::Config(reason)) => assert!(reason.contains("election_timeout_max"), "{reason}"),
+        other => panic!("invalid timeouts accepted: {other:?}"),
+    }
+    let zero = raftkv_raft::ReloadableConfig { snapshot_threshold: Some(0), ..Default::default() };
+    assert!(matches!(raft.reload_config(zero).await, Err(RaftError::Config(_))));
+
+    let policy = raftkv_raft::ReloadableConfig {
+        snapshot_threshold: Some(10),
+        snapshot_interval: Some(Duration::from_secs(3600)),
+        trailing_logs: Some(0),
+        ..Default::default()
+    };
+    let now = raft.reload_config(policy).await.unwrap();
+    assert_eq!((now.snapshot_threshold, now.trailing_logs), (10, 0));
+    // 50 entries of about 30 bytes: past the threshold, under 2 KiB.
+    for i in 30..80 {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    assert_eq!(raft.status().await.unwrap().snapshot, Some(taken), "the interval holds back a snapshot");
+    for i in 80..200 {
+        raft.apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let mut forced = None;
+    for _ in 0..500 {
+        let status = raft.status().await.unwrap();
+        if status.snapshot != Some(taken) {
+            forced = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let forced = forced.expect("a log grown past snapshot_log_bytes is snapshotted");
+    let forced_at = forced.snapshot.unwrap().index;
+    assert!(forced_at.0 >= taken.index.0 + 50, "{forced:?}");
+    // trailing_logs 0: the log is purged up to the snapshot.
+    assert_eq!(forced.first_log_index, forced_at.next(), "{forced:?}");
+    cluster.shutdown().await;
+}
+
+/// A large snapshot in chunks: a follower offline while the cluster
+/// writes 50,000 entries with a snapshot every 1,000 comes back behind the
+/// leader's log, receives the snapshot in several chunks, and converges. Its
+/// link is cut in the middle of the install; the transfer resumes from the last
+/// acknowledged chunk instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_a_50000_entry_snapshot_in_chunks_resumed_after_a_cut() {
+    fn config(id: NodeId) -> Config {
+        Config {
+            snapshot_threshold: 1000,
+            snapshot_interval: Duration::from_millis(10),
+            trailing_logs: 1000,
+            snapshot_chunk_bytes: 64 << 10,
+            ..Config::fast(id)
+        }
+    }
+    const WRITES: usize = 50_000;
+    let mut cluster = Cluster::bootstrap_with(3, true, config).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    drop(cluster.stop(lagging).await);
+    for chunk in (0..WRITES).collect::<Vec<_>>().chunks(500) {
+        let commands = chunk.iter().map(|i| command(*i)).collect();
+        cluster.raft(leader).apply_batch(commands, TIMEOUT).await.unwrap();
+    }
+    // Let the leader's snapshots catch up with its writes, so that the install
+    // below is not replaced by a newer snapshot halfway (which restarts it).
+    let mut status = cluster.raft(leader).status().await.unwrap();
+    for _ in 0..1000 {
+        if status.snapshot.is_some_and(|s| s.index.0 + 1000 > status.commit_index.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = cluster.raft(leader).status().await.unwrap();
+    }
+    assert!(status.first_log_index.0 > 10_000, "the leader's log was not compacted: {status:?}");
+
+    // Watch the chunks to the lagging node; after the third, cut its links.
+    let chunks: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let filter: raftkv_raft::transport::MessageFilter = {
+        let (chunks, cut) = (chunks.clone(), cut.clone());
+        Arc::new(move |from, to, message| {
+            use std::sync::atomic::Ordering;
+            if cut.load(Ordering::SeqCst) && (from.0 == lagging || to.0 == lagging) {
+                return false;
+            }
+            if let raftkv_raft::Message::InstallSnapshot(install) = message {
+                if to.0 == lagging {
+                    let mut chunks = chunks.lock().unwrap();
+                    chunks.push(install.offset);
+                    if chunks.len() == 3 {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            true
+        })
+    };
+    cluster.network.set_filter(Some(filter));
+    let dir = cluster.dirs[(lagging - 1) as usize].path().to_path_buf();
+    cluster.start(lagging, open_durable(&dir));
+    for _ in 0..1000 {
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cut.load(std::sync::atomic::Ordering::SeqCst), "the install never reached a third chunk");
+    // Long enough for the leader to notice the stall and retry into the void.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let expected: Vec<Bytes> = (0..WRITES).map(command).collect();
+    assert_eq!(cluster.wait_applied(lagging, WRITES).await, expected);
+    let follower = cluster.raft(lagging).status().await.unwrap();
+    let installed = follower.snapshot.expect("the follower caught up through a snapshot");
+    let offsets = chunks.lock().unwrap().clone();
+    assert!(offsets.len() > 3, "one install in several chunks: {offsets:?}");
+    // Chunks may be resent (a retry while the follower starts, or after the
+    // cut), but never from the start once the third chunk went out.
+    assert!(!offsets[3..].contains(&0), "the transfer started over after the cut: offsets {offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1] >= w[0]), "chunks went backwards: {offsets:?}");
+    cluster.raft(leader).apply(command(WRITES), TIMEOUT).await.unwrap();
+    assert_eq!(cluster.wait_applied(lagging, WRITES + 1).await.len(), WRITES + 1);
+    assert!(installed.index.0 > 10_000, "{installed:?}");
+    cluster.shutdown().await;
+}
+
+/// Quorum loss: two of three nodes are gone for good. `recover_cluster` on the
+/// stopped survivor makes it a one-node cluster that leads with every
+/// committed entry; refused on a configuration without voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_cluster_turns_a_survivor_into_a_working_cluster() {
+    let mut cluster = Cluster::bootstrap_with(3, true, snapshot_often).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..120 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wait_applied(survivor, 120).await;
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    let dir = cluster.dirs[(survivor - 1) as usize].path().to_path_buf();
+    let (log, stable, snapshots) = open_durable(&dir);
+    let empty = raftkv_raft::Configuration::default();
+    let mut machine = Recorder::default();
+    assert!(Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), &mut machine, empty).is_err());
+    let alone = raftkv_raft::Configuration::new([NodeId(survivor)]);
+    let recovery =
+        Raft::recover_cluster(log.as_ref(), stable.as_ref(), snapshots.as_ref(), &mut machine, alone.clone()).unwrap();
+    assert_eq!(machine.commands().len(), 120, "the whole log went into the recovery snapshot");
+    assert_eq!(log.first_index().unwrap(), recovery.snapshot.index.next(), "the log is emptied");
+    assert_eq!(recovery.previous.voters.len(), 3, "{recovery:?}");
+    assert_eq!(recovery.configuration, alone);
+    drop((log, stable, snapshots));
+
+    cluster.start(survivor, open_durable(&dir));
+    assert_eq!(cluster.leader_among(&[survivor]).await, survivor);
+    cluster.raft(survivor).apply(command(120), TIMEOUT).await.unwrap();
+    let expected: Vec<Bytes> = (0..=120).map(command).collect();
+    assert_eq!(cluster.wait_applied(survivor, 121).await, expected);
+    let status = cluster.raft(survivor).status().await.unwrap();
+    assert_eq!(status.membership, alone);
+    cluster.shutdown().await;
+}
