@@ -1,7 +1,7 @@
 //! Errors of the `Raft` handle. Each says what the caller can do next: retry
 //! at the leader, wait, or treat the outcome as unknown.
 
-use raftkv_core::{LogIndex, NodeId, ProposeError, ReadError};
+use raftkv_core::{LogId, LogIndex, NodeId, ProposeError, ReadError, Term};
 
 use crate::storage::StorageError;
 
@@ -34,13 +34,28 @@ pub enum RaftError {
     Refused(ProposeError),
     #[error("read failed: {0}")]
     Read(ReadError),
+    /// A store call failed, or the stores hold state the node cannot start
+    /// from (`StorageError::Inconsistent`): the error names the file, offset
+    /// or indexes concerned.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// A configuration (`Config`, `ReloadableConfig`, or a membership given to
+    /// `recover_cluster`) is invalid; nothing changed.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Taking or storing a snapshot failed; nothing changed.
-    #[error("snapshot failed: {0}")]
-    Snapshot(String),
+    /// Taking, writing or restoring a snapshot failed (`op`); `snapshot` is
+    /// the last entry it covers, when known. Nothing changed.
+    #[error(
+        "{op} snapshot{} failed: {reason}",
+        snapshot.map(|s| format!(" at index {} (term {})", s.index, s.term)).unwrap_or_default()
+    )]
+    Snapshot { op: SnapshotOp, snapshot: Option<LogId>, reason: String },
+    /// `bootstrap_cluster` on stores that already hold raft state.
+    #[error("cannot bootstrap: this node already has raft state (term {term}, last log index {last_index})")]
+    AlreadyBootstrapped { term: Term, last_index: LogIndex },
+    /// `recover_cluster` found nothing to recover.
+    #[error("nothing to recover: {reason}")]
+    NothingToRecover { reason: String },
     /// `snapshot` was asked for, but nothing was applied since the newest one.
     #[error("nothing new to snapshot: the newest snapshot covers index {index}")]
     NothingNewToSnapshot { index: LogIndex },
@@ -65,7 +80,23 @@ impl RaftError {
     /// Whether a write that failed with this error may still take effect
     /// (commit and apply later): the caller must not report it as not done.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, RaftError::LeadershipLost | RaftError::Timeout(_) | RaftError::Stopped { .. })
+        // Every variant is named, so that a new one is decided here.
+        match self {
+            RaftError::LeadershipLost | RaftError::Timeout(_) | RaftError::Stopped { .. } => true,
+            RaftError::NotLeader { .. }
+            | RaftError::Shutdown
+            | RaftError::Failed { .. }
+            | RaftError::TransferFailed { .. }
+            | RaftError::Refused(_)
+            | RaftError::Read(_)
+            | RaftError::Storage(_)
+            | RaftError::Config(_)
+            | RaftError::Snapshot { .. }
+            | RaftError::AlreadyBootstrapped { .. }
+            | RaftError::NothingToRecover { .. }
+            | RaftError::NothingNewToSnapshot { .. }
+            | RaftError::Overwritten { .. } => false,
+        }
     }
 }
 
@@ -82,7 +113,29 @@ impl From<raftkv_driver::Failure> for RaftError {
             Failure::Read(error) => RaftError::Read(error),
             Failure::Overwritten { index } => RaftError::Overwritten { index },
             Failure::NothingNewToSnapshot { index } => RaftError::NothingNewToSnapshot { index },
-            Failure::Snapshot { reason } => RaftError::Snapshot(reason),
+            Failure::Snapshot { reason } => RaftError::Snapshot { op: SnapshotOp::Take, snapshot: None, reason },
         }
+    }
+}
+
+/// What a failed snapshot operation was doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotOp {
+    /// Capturing the state machine and storing it (`Raft::snapshot`).
+    Take,
+    /// Writing a snapshot to the store.
+    Write,
+    /// Reading a stored snapshot back into the state machine (at start-up,
+    /// or in `recover_cluster`).
+    Restore,
+}
+
+impl std::fmt::Display for SnapshotOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotOp::Take => "taking a",
+            SnapshotOp::Write => "writing",
+            SnapshotOp::Restore => "restoring",
+        })
     }
 }

@@ -60,7 +60,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Config, ReloadableConfig};
-pub use error::RaftError;
+pub use error::{RaftError, SnapshotOp};
 pub use raftkv_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
     ReadError, ReadMode, Role, SnapshotMeta, Term,
@@ -70,7 +70,7 @@ pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 
 use raftkv_core::{Core, DurableState};
 use runtime::{Request, Stores};
-use storage::{LogStore, SnapshotStore, StableStore};
+use storage::{LogStore, SnapshotStore, StableStore, StorageError};
 use transport::{Inbox, Transport};
 
 /// Queue bound between the handle and the raft loop; callers wait when full.
@@ -99,37 +99,49 @@ fn restore_newest_snapshot(
     state_machine: &mut dyn StateMachine,
 ) -> Result<Option<SnapshotMeta>, RaftError> {
     let first = log.first_index()?;
-    let mut skipped: Option<(String, String)> = None;
+    // The newest snapshot, if it was skipped, and why.
+    let mut skipped: Option<(LogId, String)> = None;
     for info in snapshots.list()? {
         if let Some((newest, why)) = &skipped {
             if first > info.meta.last_log_id.index.next() {
-                return Err(RaftError::Config(format!(
-                    "snapshot {newest} cannot be read ({why}) and the log starts at {first}, after the older \
-                     snapshot {} ends at {}: starting from it would lose entries. Restore the snapshot \
-                     file from a backup, or move this node's data aside and let it rejoin the cluster",
-                    info.id, info.meta.last_log_id.index
-                )));
+                return Err(RaftError::Snapshot {
+                    op: SnapshotOp::Restore,
+                    snapshot: Some(*newest),
+                    reason: format!(
+                        "it cannot be read ({why}), and the log starts at {first}, after the older snapshot {} \
+                         ends at {}: starting from it would lose entries. Restore the newest snapshot's file from a \
+                         backup, or move this node's data aside and let it rejoin the cluster",
+                        info.id, info.meta.last_log_id.index
+                    ),
+                });
             }
         }
-        let opened = snapshots.open(&info.id).map_err(|e| e.to_string()).and_then(|(info, mut reader)| {
-            state_machine.restore(&mut reader).map(|()| info).map_err(|e| format!("restoring it failed: {e}"))
-        });
+        let opened = snapshots.open(&info.id).map_err(|e| format!("reading {}: {e}", info.id)).and_then(
+            |(opened, mut reader)| match state_machine.restore(&mut reader) {
+                Ok(()) => Ok(opened),
+                Err(e) => Err(format!("the state machine refused {}: {e}", opened.id)),
+            },
+        );
         match opened {
             Ok(info) => return Ok(Some(info.meta)),
             Err(why) => {
                 tracing::warn!(%why, id = info.id, "cannot use a snapshot; trying the next older one");
                 if skipped.is_none() {
-                    skipped = Some((info.id.clone(), why));
+                    skipped = Some((info.meta.last_log_id, why));
                 }
             }
         }
     }
     if let Some((newest, why)) = skipped {
         if first > LogIndex(1) {
-            return Err(RaftError::Config(format!(
-                "snapshot {newest} cannot be read ({why}), no older one can, and the log starts at {first}: \
-                 restore the snapshot file from a backup, or move this node's data aside and let it rejoin"
-            )));
+            return Err(RaftError::Snapshot {
+                op: SnapshotOp::Restore,
+                snapshot: Some(newest),
+                reason: format!(
+                    "it cannot be read ({why}), no older snapshot can either, and the log starts at {first}: restore \
+                     the snapshot file from a backup, or move this node's data aside and let it rejoin"
+                ),
+            });
         }
     }
     Ok(None)
@@ -191,7 +203,8 @@ impl Raft {
         voters: impl IntoIterator<Item = NodeId>,
     ) -> Result<(), RaftError> {
         if Raft::has_existing_state(log, stable)? {
-            return Err(RaftError::Config("cannot bootstrap: this node already has raft state".to_string()));
+            let (term, last_index) = (stable.hard_state()?.current_term, log.last_index()?);
+            return Err(RaftError::AlreadyBootstrapped { term, last_index });
         }
         let durable = DurableState::bootstrap(voters);
         log.append(&durable.entries)?;
@@ -227,7 +240,7 @@ impl Raft {
             return Err(RaftError::Config(format!("node {both} cannot be both a voter and a nonvoter")));
         }
         if !Raft::has_existing_state(log, stable)? {
-            return Err(RaftError::Config("no raft state to recover: this node never ran".into()));
+            return Err(RaftError::NothingToRecover { reason: "this node holds no raft state: it never ran".into() });
         }
         let snapshot = restore_newest_snapshot(snapshots, log, state_machine)?;
         if let Some(snapshot) = &snapshot {
@@ -250,10 +263,13 @@ impl Raft {
             next = upto.next();
         }
         if tail.index == LogIndex::ZERO {
-            return Err(RaftError::Config("no entries to recover from".into()));
+            return Err(RaftError::NothingToRecover {
+                reason: "neither a snapshot nor log entries to rebuild the state from".into(),
+            });
         }
         let meta = SnapshotMeta { last_log_id: tail, config: configuration.clone() };
-        runtime::snapshots::write_snapshot(snapshots, meta, state_machine.snapshot())?;
+        runtime::snapshots::write_snapshot(snapshots, meta, state_machine.snapshot())
+            .map_err(|e| RaftError::Snapshot { op: SnapshotOp::Write, snapshot: Some(tail), reason: e.to_string() })?;
         log.purge_prefix(tail.index)?;
         let (previous, previous_index) = previous.unwrap_or_default();
         Ok(Recovery { previous, previous_index, configuration, snapshot: tail })
@@ -271,6 +287,7 @@ impl Raft {
         transport: Arc<dyn Transport>,
     ) -> Result<Raft, RaftError> {
         config.validate().map_err(RaftError::Config)?;
+        config.core_config().validate().map_err(|e| RaftError::Config(e.to_string()))?;
         let mut state_machine = state_machine;
         let hard_state = stable.hard_state()?;
         let snapshot = restore_newest_snapshot(snapshots.as_ref(), log.as_ref(), &mut state_machine)?;
@@ -280,19 +297,30 @@ impl Raft {
         let start = snapshot.as_ref().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
         let (first, last) = (log.first_index()?, log.last_index()?);
         if first > start.next() {
-            return Err(RaftError::Config(format!(
-                "the log starts at {first} but the newest snapshot ends at {start}: entries are missing"
-            )));
+            return Err(RaftError::Storage(StorageError::Inconsistent {
+                what: format!(
+                    "the log starts at {first} but the newest snapshot ends at {start}: entries {}..{} are missing",
+                    start.next(),
+                    first.prev()
+                ),
+            }));
         }
         let entries = log.get_range(start.next(), last)?;
         let durable = DurableState { hard_state, snapshot, entries };
+        let start_index = start;
         let start = Instant::now();
         // Differs between runs (clock and process): election jitter, and read
         // ids that never repeat across restarts.
         let seed = config.id.0
             ^ u64::from(std::process::id()).rotate_left(32)
             ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64);
-        let core = Core::new(config.core_config(), durable, 0, seed).map_err(|e| RaftError::Config(e.to_string()))?;
+        // The configuration was checked above: what is left to refuse is the
+        // stored state.
+        let core = Core::new(config.core_config(), durable, 0, seed).map_err(|e| {
+            RaftError::Storage(StorageError::Inconsistent {
+                what: format!("{e} (snapshot ends at {start_index}, log {first}..={last})"),
+            })
+        })?;
 
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
         let (inbox, inbox_rx) = Inbox::channel();

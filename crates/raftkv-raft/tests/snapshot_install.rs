@@ -15,8 +15,8 @@ use raftkv_raft::storage::{
 };
 use raftkv_raft::transport::MemNetwork;
 use raftkv_raft::{
-    Config, Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Raft, SnapshotMeta, StateMachine,
-    Term,
+    Config, Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Raft, RaftError, SnapshotMeta,
+    SnapshotOp, StateMachine, Term,
 };
 
 /// A snapshot store whose commits fail, as on a full disk.
@@ -283,6 +283,10 @@ async fn a_damaged_newest_snapshot_falls_back_only_when_the_log_covers_the_gap()
     let refused = start(damaged_newest(11)).err().expect("start-up must refuse: entries 6..=10 are nowhere");
     let message = refused.to_string();
     assert!(message.contains("cannot be read") && message.contains("would lose entries"), "{message}");
+    assert!(
+        matches!(refused, RaftError::Snapshot { op: SnapshotOp::Restore, snapshot: Some(id), .. } if id.index == LogIndex(10)),
+        "{refused:?}"
+    );
 
     let (raft, recorder) = start(damaged_newest(6)).expect("the log covers everything after the older snapshot");
     leads(&raft).await;

@@ -55,6 +55,10 @@ pub enum StorageError {
     InvalidArgument { op: &'static str, reason: String },
     #[error("{what} not found")]
     NotFound { what: String },
+    /// The stores disagree in a way no crash leaves behind (entries missing
+    /// between the snapshot and the log, say): the node cannot start from them.
+    #[error("inconsistent stored state: {what}")]
+    Inconsistent { what: String },
 }
 
 impl StorageError {
