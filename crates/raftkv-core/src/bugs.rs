@@ -82,6 +82,11 @@ pub fn enabled(bug: InjectedBug) -> bool {
     ACTIVE.with(|active| active.get() == Some(bug))
 }
 
+/// Whether any deliberate bug is on for this thread.
+pub fn any_enabled() -> bool {
+    ACTIVE.with(|active| active.get().is_some())
+}
+
 /// How many times an injected bug changed a decision (to tell "not triggered"
 /// from "triggered but not caught").
 pub static TRIGGERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

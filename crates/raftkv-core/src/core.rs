@@ -183,7 +183,7 @@ pub(crate) struct PendingPersist {
 }
 
 impl PendingPersist {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.hard_state && self.snapshot.is_none() && self.log_from.is_none()
     }
 }
@@ -419,7 +419,22 @@ impl Core {
     /// a heartbeat round for reads, one persist, one apply) first.
     pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
         self.flush();
+        #[cfg(any(test, feature = "invariants"))]
+        self.assert_invariants();
         self.actions.drain(..)
+    }
+
+    /// Panics on a broken invariant (`invariants` feature and unit tests),
+    /// unless a deliberate bug is on: the simulator reports those itself.
+    #[cfg(any(test, feature = "invariants"))]
+    fn assert_invariants(&self) {
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::any_enabled() {
+            return;
+        }
+        if let Err(violation) = self.check_invariants() {
+            panic!("raftkv-core invariant broken: {violation}");
+        }
     }
 
     // ---- Inputs ----------------------------------------------------------------
@@ -456,6 +471,7 @@ impl Core {
             if id.index <= self.log.start().index || self.log.matches(id) {
                 self.durable_index = id.index;
             }
+            assert!(self.durable_index <= self.log.last_index(), "node {}: durable index past the log", self.id);
         }
         while self.gated.front().is_some_and(|(s, _, _)| *s <= seq) {
             if let Some((_, to, message)) = self.gated.pop_front() {
@@ -624,10 +640,18 @@ impl Core {
         }
     }
 
+    /// Raises the commit index (it never goes down) to `index`, which the log
+    /// must hold: nothing is committed that this node does not have.
     pub(crate) fn set_commit_index(&mut self, index: LogIndex) {
         if index <= self.commit_index {
             return;
         }
+        assert!(
+            index <= self.log.last_index(),
+            "node {}: commit index {index} past the last index {}",
+            self.id,
+            self.log.last_index()
+        );
         self.commit_index = index;
         #[cfg(feature = "bug-injection")]
         if crate::bugs::enabled(crate::bugs::InjectedBug::ConfigOnCommit) {

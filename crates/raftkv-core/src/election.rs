@@ -109,6 +109,7 @@ impl Core {
         if !self.membership.is_voter(self.id) {
             return;
         }
+        assert!(self.role != Role::Leader, "node {}: a leader campaigns", self.id);
         self.fail_forwarded_reads();
         let term = match kind {
             Campaign::PreVote => {
@@ -220,6 +221,7 @@ impl Core {
 
     /// Steps down (or stays) as a follower in `term`, which must not be lower.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.hard_state.current_term, "node {}: term {term} would go back", self.id);
         if term > self.hard_state.current_term {
             self.hard_state.current_term = term;
             self.hard_state.voted_for = None;
@@ -242,6 +244,18 @@ impl Core {
     }
 
     pub(crate) fn become_leader(&mut self) {
+        // Won an election of this term with our own vote, durable (§5.2), and
+        // holding nothing of a later term: the no-op below keeps terms ordered.
+        let term = self.hard_state.current_term;
+        assert!(
+            self.role == Role::Candidate && self.hard_state.voted_for == Some(self.id) && self.hard_state_durable(),
+            "node {}: leads term {term} as {:?} with vote {:?} (durable: {})",
+            self.id,
+            self.role,
+            self.hard_state.voted_for,
+            self.hard_state_durable()
+        );
+        assert!(self.log.last_log_id().term <= term, "node {}: leads term {term} over a later log", self.id);
         self.role = Role::Leader;
         self.votes.clear();
         let now = self.now;

@@ -5,11 +5,41 @@
 //! `read_index`, ...) and drains `Action`s (persist, send, apply, answer reads).
 //! It has no I/O, no clock, no threads and no entropy of its own; the same inputs
 //! and seed give the same actions, which is what lets `raftkv-sim` replay any run.
+//!
+//! # Invariants and assertions
+//!
+//! What the protocol relies on is checked at three levels, all of them on in
+//! release builds (CI and the simulator run `--release`, where `debug_assert!`
+//! would be gone):
+//!
+//! - **Plain `assert!`** where state changes, for checks that cost O(1): the
+//!   commit index never passes the last index nor goes back (an install lands
+//!   only past it), entries at or below it are never truncated, appends are
+//!   contiguous and their terms never go down along the log (§5.3), terms
+//!   never go back, a leader never campaigns and leads only with its own
+//!   durable vote of its term over a log of no later term (§5.2, §5.4), the
+//!   durable index stays within the log. They stay on in production: a core
+//!   that broke one would go on replicating a state it cannot vouch for.
+//! - **`Core::check_invariants`** checks the whole state (the list is in
+//!   `invariants.rs`): O(log length + peers + queued work), returning an
+//!   `InvariantViolation`. **`Core::check_invariants_per_step`** checks the
+//!   part that costs O(1) per peer. `raftkv-sim` runs the per-step check
+//!   after every input of every node and the full one when a node starts and
+//!   after every 16th input, and reports a violation with its seed and node;
+//!   its hand-driven harness runs the full check after every input.
+//! - The **`invariants` feature** (and this crate's own unit tests) make
+//!   `drain_actions` run the full check and panic on a violation, for test
+//!   builds of embedders that do not call it themselves.
+//!
+//! None of them can be reached by hostile input: malformed messages are
+//! dropped on arrival and runtime misuse is an `InputError`, so an assertion
+//! fires only on a state the core itself produced, which is a bug.
 
 mod config;
 mod core;
 mod election;
 mod error;
+mod invariants;
 mod log;
 mod membership;
 mod message;
@@ -26,6 +56,7 @@ pub mod bugs;
 pub use crate::config::{ConfigError, CoreConfig};
 pub use crate::core::{Action, Core, DurableState, LogWrite, PersistRequest, ReadMode, Role};
 pub use crate::error::{InputError, ProposeError, ReadError};
+pub use crate::invariants::InvariantViolation;
 pub use crate::membership::MembershipChange;
 pub use crate::message::{
     AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse, Message, ReadId,

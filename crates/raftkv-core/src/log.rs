@@ -74,9 +74,14 @@ impl RaftLog {
         &self.entries[lo as usize..hi as usize]
     }
 
-    /// Appends one entry; the caller guarantees it is the next index.
+    /// Appends one entry; the caller guarantees it is the next index and that
+    /// its term is no lower than the last one (terms never go down along a
+    /// log: a leader appends in its own term, the highest it has seen, and a
+    /// follower only a well-formed leader's entries after a matching one).
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index().next(), "log append must be contiguous");
+        let last = self.last_log_id();
+        assert!(entry.term >= last.term, "log append of term {} after {last}: terms must not go down", entry.term);
         self.entries.push(entry);
     }
 
@@ -87,7 +92,8 @@ impl RaftLog {
         self.entries.truncate(keep);
     }
 
-    /// Forgets entries up to and including `upto`, which must be held.
+    /// Forgets entries up to and including `upto`, if held (callers compact
+    /// only what is applied, hence committed).
     pub fn compact_to(&mut self, upto: LogIndex) {
         if upto <= self.start.index {
             return;
@@ -98,6 +104,12 @@ impl RaftLog {
         let drop = (upto.0 - self.start.index.0) as usize;
         self.entries.drain(..drop);
         self.start = LogId::new(term, upto);
+    }
+
+    /// The entries themselves, for tests that need a log the core would never build.
+    #[cfg(test)]
+    pub fn entries_mut_for_tests(&mut self) -> &mut Vec<Entry> {
+        &mut self.entries
     }
 
     /// Replaces the whole log with a snapshot's compaction point.

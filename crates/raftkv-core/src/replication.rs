@@ -230,11 +230,16 @@ impl Core {
         self.leader_heard_at = Some(self.now);
         self.reset_election_timer();
 
-        // Reject malformed input instead of trusting it.
-        let contiguous = request.entries.iter().enumerate().all(|(i, entry)| {
-            entry.index.0 == request.prev_log_id.index.0 + 1 + i as u64 && entry.term <= request.term
+        // Reject malformed input instead of trusting it: a leader's entries are
+        // contiguous, of its term at most, and their terms never go down along
+        // its log (from the previous entry's on).
+        let mut previous_term = request.prev_log_id.term;
+        let well_formed = request.entries.iter().enumerate().all(|(i, entry)| {
+            let ordered = previous_term <= entry.term;
+            previous_term = entry.term;
+            entry.index.0 == request.prev_log_id.index.0 + 1 + i as u64 && ordered && entry.term <= request.term
         });
-        if !contiguous {
+        if !well_formed {
             return;
         }
         let last_new = LogIndex(request.prev_log_id.index.0 + request.entries.len() as u64);
@@ -479,6 +484,10 @@ impl Core {
 
         let id = request.meta.last_log_id;
         let term = self.hard_state.current_term;
+        if id.term > term {
+            // Malformed: a leader's snapshot holds entries of its term at most.
+            return;
+        }
         let reply = |core: &mut Core, next_offset: u64, done: bool| {
             let response = InstallSnapshotResponse { term, snapshot: id, next_offset, done };
             core.send_after_persist(from, Message::InstallSnapshotResponse(response));
@@ -564,6 +573,13 @@ impl Core {
     /// divergent or short log) discard the whole log.
     fn install_snapshot(&mut self, meta: crate::types::SnapshotMeta) {
         let id = meta.last_log_id;
+        // Callers install only past the commit index: it never goes back.
+        assert!(
+            id.index > self.commit_index,
+            "node {}: install of {id} at or below commit {}",
+            self.id,
+            self.commit_index
+        );
         // Entries committed before the snapshot go to the state machine first, so
         // that the restore lands after them in the action order.
         self.emit_apply();

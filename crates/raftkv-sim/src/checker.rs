@@ -2,7 +2,8 @@
 //! and openraft's fuzzer list): election safety, log matching, leader
 //! completeness, state machine safety, monotonic terms and commit indexes, one
 //! vote per term, commit protection (in memory and on disk), lease exclusivity
-//! and equal state-machine digests at equal applied indexes.
+//! and equal state-machine digests at equal applied indexes; and each node's
+//! own invariants (`Core::check_invariants`) after every input it handles.
 //!
 //! The checker sees nodes only through what they expose or write; it never
 //! reaches into the protocol's private state.
@@ -42,6 +43,11 @@ pub mod kind {
     pub const DURABLE_LOG_CONSISTENCY: &str = "durable log consistency";
     /// Found by the end-of-run history check (`sim.rs`).
     pub const LINEARIZABILITY: &str = "linearizability";
+    /// A node's own state breaks an invariant of the core
+    /// (`Core::check_invariants`), after an input it handled.
+    pub const CORE_INVARIANT: &str = "core invariant";
+    /// The simulated code panicked (a failed assertion in the core, say).
+    pub const PANIC: &str = "panic";
 }
 
 /// The kind of a violation message: the text before the first `": "`, after
@@ -249,6 +255,15 @@ impl Checker {
 
     pub fn max_applied_index(&self) -> LogIndex {
         LogIndex(self.applied.keys().next_back().copied().unwrap_or(0))
+    }
+
+    /// The core's own invariants, after `core` handled an input: all of them
+    /// if `full`, else those that need no walk along the log.
+    pub fn check_core_invariants(&mut self, now: u64, core: &Core, full: bool) {
+        let checked = if full { core.check_invariants() } else { core.check_invariants_per_step() };
+        if let Err(violation) = checked {
+            self.violation(now, kind::CORE_INVARIANT, violation.to_string());
+        }
     }
 
     /// The per-step checks on one live node, whose clock shows `local_now`.

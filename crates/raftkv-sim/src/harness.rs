@@ -182,7 +182,11 @@ impl Cluster {
                 })
                 .collect();
         }
-        node.core = Some(Core::new(node.config.clone(), durable, now, node.id.0).expect("valid test configuration"));
+        let core = Core::new(node.config.clone(), durable, now, node.id.0).expect("valid test configuration");
+        if let Err(violation) = core.check_invariants() {
+            panic!("at {now}ms, on start: {violation}");
+        }
+        node.core = Some(core);
     }
 
     /// Crashes a node: unsynced writes are lost.
@@ -246,12 +250,16 @@ impl Cluster {
         }
     }
 
-    /// Drains actions of node `id` until it has none.
+    /// Drains actions of node `id` until it has none, then checks the core's
+    /// invariants (a test fails at the first input that breaks one).
     pub fn process(&mut self, id: NodeId) {
         loop {
             let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else { return };
             let actions: Vec<Action> = core.drain_actions().collect();
             if actions.is_empty() {
+                if let Err(violation) = core.check_invariants() {
+                    panic!("at {}ms: {violation}", self.now);
+                }
                 return;
             }
             for action in actions {

@@ -143,6 +143,9 @@ const HEARTBEAT_MS: u64 = 20;
 const ELECTION_MIN_MS: u64 = 150;
 const ELECTION_MAX_MS: u64 = 300;
 const TICK_MS: u64 = 5;
+/// A node's whole-state invariants, walks along its log included, are checked
+/// on start and after every this many inputs; the rest after every input.
+const FULL_CHECK_EVERY: u64 = 16;
 const CLIENT_TIMEOUT_MS: u64 = 800;
 const SNAPSHOT_CHUNK_BYTES: usize = 48;
 /// Clock rates differ by at most ±1% (10,000 parts per million).
@@ -363,6 +366,8 @@ struct SimNode {
     disk_busy_until: u64,
     /// A paused node processes nothing before this time.
     paused_until: u64,
+    /// Inputs handled since the last full check of the core's invariants.
+    inputs_since_full_check: u64,
 }
 
 impl SimNode {
@@ -447,6 +452,7 @@ impl Simulation {
                 snapshots: BTreeMap::new(),
                 disk_busy_until: 0,
                 paused_until: 0,
+                inputs_since_full_check: 0,
             });
         }
         let (snapshot_threshold, trailing_entries) =
@@ -647,6 +653,8 @@ impl Simulation {
             }
         }
         self.checker.on_restart(id, hard_state);
+        self.nodes[node].inputs_since_full_check = FULL_CHECK_EVERY;
+        self.check_core_invariants(node);
         self.observe_state(node, "restarted from its snapshot");
         self.trace(|| format!("n{id} started (incarnation {})", self.nodes[node].incarnation));
     }
@@ -742,12 +750,29 @@ impl Simulation {
         self.schedule(down, Event::Restart(node));
     }
 
+    /// Hands `node`'s driver one input, carries out what follows, and checks
+    /// the core's invariants on the state it was left in.
     fn with_driver<R>(&mut self, node: usize, f: impl FnOnce(&mut Driver<SimReply>) -> R) -> Option<R> {
         let result = self.nodes[node].driver.as_mut().map(f);
         if result.is_some() {
             self.run_effects(node);
+            self.check_core_invariants(node);
         }
         result
+    }
+
+    /// The core's invariants after an input: the per-step ones every time,
+    /// all of them every `FULL_CHECK_EVERY` inputs.
+    fn check_core_invariants(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.inputs_since_full_check += 1;
+        let full = n.inputs_since_full_check >= FULL_CHECK_EVERY;
+        if full {
+            n.inputs_since_full_check = 0;
+        }
+        if let Some(core) = n.core() {
+            self.checker.check_core_invariants(self.now, core, full);
+        }
     }
 
     /// Carries out the driver's effects until it has none, as the runtime does.
@@ -1584,6 +1609,17 @@ fn describe_step(step: &StoreStep) -> String {
     }
 }
 
+/// Runs one seed. A panic in the simulated code (a failed assertion in the
+/// core, say) is a violation of that seed like any other, so that a run over
+/// many seeds names the seed to replay.
 pub fn run_seed(cfg: SimConfig) -> Outcome {
-    Simulation::new(cfg).run()
+    let seed = cfg.seed;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Simulation::new(cfg).run())).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        Outcome { seed, violations: vec![format!("{}: {message}", kind::PANIC)], ..Outcome::default() }
+    })
 }
