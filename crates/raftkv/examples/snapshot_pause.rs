@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use raftkv::store::{Command, Kv};
+use raftkv::state::{Command, Kv};
 use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 
 fn main() {

@@ -275,13 +275,13 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
             let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
             let (mut ops, mut errors) = (0u64, BTreeMap::<u16, u64>::new());
             // Per-client choices, reproducible from the client number.
-            let mut rng = raftkv_core::rng::Rng::new(client as u64 + 1);
+            let mut rng = fastrand::Rng::with_seed(client as u64 + 1);
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) || issued.fetch_add(1, Ordering::Relaxed) >= limit {
                     break;
                 }
-                let key = format!("key-{}", rng.next_u64() % config.keys.max(1));
-                let op = config.mix.pick(rng.next_u64());
+                let key = format!("key-{}", rng.u64(..config.keys.max(1)));
+                let op = config.mix.pick(rng.u64(..));
                 let sent = Instant::now();
                 match conn.run(op, &key).await {
                     Ok(()) => {

@@ -71,19 +71,22 @@ async fn a_transfer_to_an_unreachable_voter_says_leadership_did_not_move() {
     // stopped node may still act on the TimeoutNow it slept through and take
     // over: a transfer then answers 409 (another node took over) or 503 (an
     // election is under way), truthfully, so the leader is looked up again.
-    let (target, body) = eventually("a transfer to a reachable voter", async || {
+    let mut answers = Vec::new();
+    let (target, body) = loop {
+        assert!(answers.len() < 200, "no transfer to a reachable voter succeeded: {answers:#?}");
         let leader = leader_of(&refs).await;
         let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
         let target = nodes.iter().find(|n| n.id != leader).unwrap();
         let (status, body) = post(leader_node, "/api/v1/transfer-leader", json!({"id": target.id})).await;
         match status {
-            200 => Some((target, body)),
-            409 if body["error"]["code"] == "transfer_failed" => None,
-            503 => None,
+            200 => break (target, body),
+            409 if body["error"]["code"] == "transfer_failed" => {}
+            503 => {}
             _ => panic!("a transfer to a reachable voter answered {status}: {body}"),
         }
-    })
-    .await;
+        answers.push((leader, target.id, status, body));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(body["target"], json!(target.id));
     let stats = stats(target).await.unwrap();
     assert_eq!(stats["state"], "Leader", "the target leads once the transfer is answered: {stats}");

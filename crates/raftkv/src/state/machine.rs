@@ -1,6 +1,5 @@
-//! The replicated key-value state: an ordered map, the commands that change it
-//! (encoded into log entries) and their results, and the cluster's peer
-//! records (id -> addresses), which travel through the log too.
+//! The replicated key-value state (an ordered map and the peer records) and
+//! the state machine that applies commands to it, snapshots and restores it.
 //!
 //! A backup is restored into a live cluster through the log, so that every
 //! node replaces its state at the same index and a crash at any point leaves
@@ -15,107 +14,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
-use serde::{Deserialize, Serialize};
 
-use crate::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter, Members, StagingHeader};
-
-/// A write, as stored in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Command {
-    Set {
-        key: String,
-        value: String,
-    },
-    Delete {
-        key: String,
-    },
-    /// Set `key` to `value` if its current value is `expected` (`None`: absent).
-    Cas {
-        key: String,
-        expected: Option<String>,
-        value: String,
-    },
-    /// Records where node `id` listens, before it is added as a voter.
-    RegisterPeer {
-        id: u64,
-        raft_addr: String,
-        http_addr: String,
-    },
-    /// Starts restore `id`, replacing any other restore in progress.
-    RestoreBegin {
-        id: String,
-    },
-    /// Chunk `seq` (from 0) of restore `id`: key/value pairs.
-    RestoreChunk {
-        id: String,
-        seq: u64,
-        pairs: Vec<(String, String)>,
-    },
-    /// Replaces the state with restore `id`'s, if it received `chunks` chunks
-    /// holding `keys` keys.
-    RestoreCommit {
-        id: String,
-        chunks: u64,
-        keys: u64,
-    },
-    /// Drops restore `id`.
-    RestoreAbort {
-        id: String,
-    },
-}
-
-impl Command {
-    pub fn encode(&self) -> Bytes {
-        // Serializing these plain types cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn decode(data: &[u8]) -> Result<Command, String> {
-        serde_json::from_slice(data).map_err(|e| format!("undecodable command: {e}"))
-    }
-}
-
-/// The outcome of a command, as returned through `Raft::apply`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Outcome {
-    Done,
-    Deleted {
-        existed: bool,
-    },
-    CasFailed {
-        current: Option<String>,
-    },
-    /// The entry could not be decoded (only a bug or a foreign writer does this).
-    Invalid {
-        reason: String,
-    },
-    /// A restore replaced the state with `keys` keys.
-    Restored {
-        keys: u64,
-    },
-    /// A restore step did not apply; the state is unchanged.
-    RestoreFailed {
-        reason: String,
-    },
-}
-
-impl Outcome {
-    pub fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn decode(data: &[u8]) -> Result<Outcome, String> {
-        serde_json::from_slice(data).map_err(|e| format!("undecodable result: {e}"))
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
-    pub raft_addr: String,
-    pub http_addr: String,
-}
+use crate::state::command::{Answer, Command, Peer};
+use crate::state::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter, Members, StagingHeader};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
@@ -252,14 +153,14 @@ impl StateMachine for KvMachine {
             };
             if data.is_empty() {
                 // A barrier.
-                responses.push(Outcome::Done.encode());
+                responses.push(Answer::Done.encode());
                 continue;
             }
             let outcome = match Command::decode(data) {
                 Ok(command) => apply(&mut state, command, entry.index, &self.on_peer),
                 Err(reason) => {
                     tracing::error!(index = %entry.index, %reason, "skipping an undecodable log entry");
-                    Outcome::Invalid { reason }
+                    Answer::Invalid { reason }
                 }
             };
             responses.push(outcome.encode());
@@ -318,41 +219,41 @@ impl StateMachine for KvMachine {
     }
 }
 
-fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerCallback) -> Outcome {
+fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerCallback) -> Answer {
     match command {
         Command::Set { key, value } => {
             state.data.insert(key, Value { value, index });
-            Outcome::Done
+            Answer::Done
         }
-        Command::Delete { key } => Outcome::Deleted { existed: state.data.remove(&key).is_some() },
+        Command::Delete { key } => Answer::Deleted { existed: state.data.remove(&key).is_some() },
         Command::Cas { key, expected, value } => {
             let current = state.data.get(&key).map(|v| v.value.clone());
             if current == expected {
                 state.data.insert(key, Value { value, index });
-                Outcome::Done
+                Answer::Done
             } else {
-                Outcome::CasFailed { current }
+                Answer::CasFailed { current }
             }
         }
         Command::RegisterPeer { id, raft_addr, http_addr } => {
             let peer = Peer { raft_addr, http_addr };
             on_peer(id, &peer);
             state.peers.insert(id, peer);
-            Outcome::Done
+            Answer::Done
         }
         Command::RestoreBegin { id } => {
             state.staging = Some(Staging { id, next_seq: 0, data: imbl::OrdMap::new() });
-            Outcome::Done
+            Answer::Done
         }
         Command::RestoreChunk { id, seq, pairs } => {
             let Some(staging) = state.staging.as_mut().filter(|s| s.id == id) else {
-                return Outcome::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
+                return Answer::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
             };
             if seq < staging.next_seq {
-                return Outcome::Done; // a chunk sent again after an unknown outcome
+                return Answer::Done; // a chunk sent again after an unknown outcome
             }
             if seq > staging.next_seq {
-                return Outcome::RestoreFailed {
+                return Answer::RestoreFailed {
                     reason: format!("restore {id}: chunk {seq} arrived, chunk {} expected", staging.next_seq),
                 };
             }
@@ -360,18 +261,18 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
             for (key, value) in pairs {
                 staging.data.insert(key, Value { value, index });
             }
-            Outcome::Done
+            Answer::Done
         }
         Command::RestoreCommit { id, chunks, keys } => {
             if let Some((_, keys)) = state.last_restore.as_ref().filter(|(done, _)| *done == id) {
-                return Outcome::Restored { keys: *keys };
+                return Answer::Restored { keys: *keys };
             }
             let Some(staging) = state.staging.take_if(|s| s.id == id) else {
-                return Outcome::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
+                return Answer::RestoreFailed { reason: format!("restore {id} is not in progress (superseded?)") };
             };
             let received = staging.data.len() as u64;
             if staging.next_seq != chunks || received != keys {
-                return Outcome::RestoreFailed {
+                return Answer::RestoreFailed {
                     reason: format!(
                         "restore {id}: {} of {chunks} chunks and {received} of {keys} keys arrived",
                         staging.next_seq
@@ -380,11 +281,11 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
             }
             state.data = staging.data;
             state.last_restore = Some((id, keys));
-            Outcome::Restored { keys }
+            Answer::Restored { keys }
         }
         Command::RestoreAbort { id } => {
             state.staging.take_if(|s| s.id == id);
-            Outcome::Done
+            Answer::Done
         }
     }
 }
@@ -412,16 +313,16 @@ mod tests {
             Command::Delete { key: "b".into() },
         ];
         let entries: Vec<Entry> = commands.iter().enumerate().map(|(i, c)| entry(i as u64 + 1, c)).collect();
-        let outcomes: Vec<Outcome> = machine.apply(&entries).iter().map(|r| Outcome::decode(r).unwrap()).collect();
+        let outcomes: Vec<Answer> = machine.apply(&entries).iter().map(|r| Answer::decode(r).unwrap()).collect();
         assert_eq!(
             outcomes,
             vec![
-                Outcome::Done,
-                Outcome::CasFailed { current: Some("1".into()) },
-                Outcome::Done,
-                Outcome::Done,
-                Outcome::Deleted { existed: true },
-                Outcome::Deleted { existed: false },
+                Answer::Done,
+                Answer::CasFailed { current: Some("1".into()) },
+                Answer::Done,
+                Answer::Done,
+                Answer::Deleted { existed: true },
+                Answer::Deleted { existed: false },
             ]
         );
         let state = kv.read();
@@ -460,14 +361,14 @@ mod tests {
         let kv = Kv::default();
         let mut machine = kv.state_machine(|_, _| {});
         let bad = Entry { term: Term(1), index: LogIndex(1), payload: EntryPayload::Command(Bytes::from("{")) };
-        let outcome = Outcome::decode(&machine.apply(&[bad])[0]).unwrap();
-        assert!(matches!(outcome, Outcome::Invalid { .. }));
+        let outcome = Answer::decode(&machine.apply(&[bad])[0]).unwrap();
+        assert!(matches!(outcome, Answer::Invalid { .. }));
         assert!(kv.read().data.is_empty());
     }
 
-    fn outcomes(machine: &mut KvMachine, first: u64, commands: &[Command]) -> Vec<Outcome> {
+    fn outcomes(machine: &mut KvMachine, first: u64, commands: &[Command]) -> Vec<Answer> {
         let entries: Vec<Entry> = commands.iter().enumerate().map(|(i, c)| entry(first + i as u64, c)).collect();
-        machine.apply(&entries).iter().map(|r| Outcome::decode(r).unwrap()).collect()
+        machine.apply(&entries).iter().map(|r| Answer::decode(r).unwrap()).collect()
     }
 
     fn chunk(id: &str, seq: u64, pairs: &[(&str, &str)]) -> Command {
@@ -482,16 +383,16 @@ mod tests {
         let set = Command::Set { key: "old".into(), value: "1".into() };
         let begin = Command::RestoreBegin { id: "r1".into() };
         let done = outcomes(&mut machine, 1, &[set, begin, chunk("r1", 0, &[("a", "1")])]);
-        assert!(done.iter().all(|o| *o == Outcome::Done), "{done:?}");
+        assert!(done.iter().all(|o| *o == Answer::Done), "{done:?}");
         // A repeated chunk (outcome unknown, sent again) is ignored; a gap fails.
         let results = outcomes(&mut machine, 4, &[chunk("r1", 0, &[("a", "1")]), chunk("r1", 2, &[("c", "3")])]);
-        assert_eq!(results[0], Outcome::Done);
-        assert!(matches!(&results[1], Outcome::RestoreFailed { reason } if reason.contains("chunk 1 expected")));
+        assert_eq!(results[0], Answer::Done);
+        assert!(matches!(&results[1], Answer::RestoreFailed { reason } if reason.contains("chunk 1 expected")));
         assert!(kv.read().data.contains_key("old"), "nothing is replaced before the commit");
 
         // A commit that does not match what arrived fails and drops the staging.
         let short = Command::RestoreCommit { id: "r1".into(), chunks: 2, keys: 2 };
-        assert!(matches!(&outcomes(&mut machine, 6, &[short])[0], Outcome::RestoreFailed { .. }));
+        assert!(matches!(&outcomes(&mut machine, 6, &[short])[0], Answer::RestoreFailed { .. }));
         assert!(kv.read().staging.is_none());
         assert!(kv.read().data.contains_key("old"));
 
@@ -504,8 +405,8 @@ mod tests {
             Command::RestoreCommit { id: "r2".into(), chunks: 2, keys: 3 },
         ];
         let results = outcomes(&mut machine, 7, &commands);
-        assert_eq!(results[3], Outcome::Restored { keys: 3 });
-        assert_eq!(results[4], Outcome::Restored { keys: 3 }, "a repeated commit answers as the first");
+        assert_eq!(results[3], Answer::Restored { keys: 3 });
+        assert_eq!(results[4], Answer::Restored { keys: 3 }, "a repeated commit answers as the first");
         let state = kv.read();
         let keys: Vec<&String> = state.data.keys().collect();
         assert_eq!(keys, ["a", "b", "c"]);
@@ -523,7 +424,7 @@ mod tests {
             Command::RestoreAbort { id: "old".into() },
         ];
         let results = outcomes(&mut machine, 1, &commands);
-        assert!(matches!(&results[2], Outcome::RestoreFailed { reason } if reason.contains("not in progress")));
+        assert!(matches!(&results[2], Answer::RestoreFailed { reason } if reason.contains("not in progress")));
         assert_eq!(kv.read().staging.as_ref().map(|s| s.id.as_str()), Some("new"), "an old abort leaves the new one");
     }
 
@@ -546,8 +447,8 @@ mod tests {
         let mut restored = other.state_machine(|_, _| {});
         raftkv_raft::StateMachine::restore(&mut restored, &mut bytes.as_slice()).unwrap();
         let after = [chunk("r", 1, &[("c", "3")]), Command::RestoreCommit { id: "r".into(), chunks: 2, keys: 3 }];
-        assert_eq!(outcomes(&mut restored, 4, &after)[1], Outcome::Restored { keys: 3 });
-        assert_eq!(outcomes(&mut machine, 4, &after)[1], Outcome::Restored { keys: 3 });
+        assert_eq!(outcomes(&mut restored, 4, &after)[1], Answer::Restored { keys: 3 });
+        assert_eq!(outcomes(&mut machine, 4, &after)[1], Answer::Restored { keys: 3 });
         let (a, b) = (kv.read(), other.read());
         assert_eq!(a.data, b.data);
         assert!(!b.data.contains_key("live"));

@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Peer;
+use crate::state::command::Peer;
 
 const MAGIC: &[u8; 8] = b"RKVIMG01";
 const END: &[u8; 8] = b"RKVEND01";

@@ -1,0 +1,80 @@
+//! The layout of a node's data directory and the names it keeps in its
+//! stable store: one place for what the agent, the backup upload and the
+//! offline tools all touch.
+//!
+//! ```text
+//! DATA_DIR/LOCK                 advisory lock, held while an agent runs
+//! DATA_DIR/log/                 the write-ahead log
+//! DATA_DIR/stable               hard state, cluster id, address book
+//! DATA_DIR/snapshots/           the newest snapshots
+//! DATA_DIR/restore-ID.upload    a backup being uploaded (removed at start)
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::agent::config::AgentError;
+
+/// The stable-store key of the cluster id this node belongs to.
+pub const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
+/// The stable-store key of the address book (JSON: node id -> raft address).
+pub const PEERS_KEY: &str = "raftkv.peers";
+
+const UPLOAD_PREFIX: &str = "restore-";
+const UPLOAD_SUFFIX: &str = ".upload";
+
+pub fn log_dir(dir: &Path) -> PathBuf {
+    dir.join("log")
+}
+
+pub fn stable_file(dir: &Path) -> PathBuf {
+    dir.join("stable")
+}
+
+pub fn snapshot_dir(dir: &Path) -> PathBuf {
+    dir.join("snapshots")
+}
+
+/// Where the backup upload `id` is spooled.
+pub fn upload_file(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{UPLOAD_PREFIX}{id}{UPLOAD_SUFFIX}"))
+}
+
+/// Takes the data dir's lock (`LOCK`, an advisory file lock the OS releases
+/// when the process ends, even by SIGKILL).
+pub fn lock(dir: &Path) -> Result<File, AgentError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AgentError::Config(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Config(format!(
+            "{} is in use by a running raftkv agent (lock held on {})",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(AgentError::Config(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// Removes uploads a crash left behind.
+pub fn remove_stale_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(UPLOAD_PREFIX) && name.ends_with(UPLOAD_SUFFIX) {
+            if let Err(error) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(%error, file = %name, "cannot remove a stale restore upload");
+            }
+        }
+    }
+}
+
+pub fn storage_error(dir: &Path) -> impl Fn(raftkv_raft::storage::StorageError) -> AgentError + '_ {
+    move |source| AgentError::Storage { dir: dir.to_path_buf(), source }
+}

@@ -1,0 +1,307 @@
+//! `Agent`: one running node and the operations the API asks of it.
+//!
+//! `route` is the one place that decides whether an operation runs here or
+//! on the leader. Writes and admin operations (join, remove, transfer) ask
+//! it; restores are writes. Reads never move: every node confirms its read
+//! index with the leader (ReadIndex, thesis §6.4) and serves from its own
+//! state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv_raft::transport::grpc::AddressBook;
+use raftkv_raft::{LogIndex, NodeId, Raft, ReadMode};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::config::AgentConfig;
+use crate::agent::forward::{self, Forward};
+use crate::agent::outcome::{Failure, Kind, Outcome};
+use crate::agent::request::{AdminDone, AdminOp, Member};
+use crate::agent::wire::{self, Peers};
+use crate::state::{Answer, Command, Kv};
+
+/// A running agent.
+pub struct Agent {
+    pub id: NodeId,
+    pub config: AgentConfig,
+    pub cluster_id: String,
+    pub raft: Raft,
+    pub kv: Kv,
+    pub book: AddressBook,
+    pub(crate) peers: Peers,
+    /// One batching forwarder per leader address.
+    forwarders: Mutex<BTreeMap<String, mpsc::UnboundedSender<Forward>>>,
+    /// What serves this node (RPC, HTTP, background work), stopped together.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held while the agent runs, so that offline tools refuse the data dir.
+    _lock: std::fs::File,
+    /// Held by the restore this node coordinates (one at a time).
+    pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
+    /// Started without state and without `--bootstrap`: not a member yet.
+    pub(crate) needs_join: bool,
+}
+
+/// Where an operation that must run on the leader runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Here,
+    Leader { id: NodeId, address: String },
+}
+
+impl Agent {
+    pub(crate) fn new(
+        config: AgentConfig,
+        cluster_id: String,
+        raft: Raft,
+        kv: Kv,
+        book: AddressBook,
+        peers: Peers,
+        lock: std::fs::File,
+    ) -> Agent {
+        Agent {
+            id: NodeId(config.id),
+            config,
+            cluster_id,
+            raft,
+            kv,
+            book,
+            peers,
+            forwarders: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            _lock: lock,
+            restoring: Arc::new(tokio::sync::Mutex::new(())),
+            needs_join: false,
+        }
+    }
+
+    /// Keeps `task` running while the agent serves; `shutdown` and a fatal
+    /// failure of the raft node stop it.
+    pub fn hold(&self, task: tokio::task::JoinHandle<()>) {
+        if self.raft.failure().is_some() {
+            task.abort();
+            return;
+        }
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+    }
+
+    /// Stops everything this agent holds (not the raft node).
+    pub(crate) fn stop_serving(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Resolves with the reason once the raft node stopped for good because it
+    /// cannot go on (a storage failure, say); by then this node no longer
+    /// serves. Never resolves while it runs or after a clean shutdown.
+    pub async fn failed(&self) -> String {
+        self.raft.failed().await
+    }
+
+    /// Stops serving and shuts the raft node down.
+    pub async fn shutdown(&self) {
+        self.stop_serving();
+        self.raft.shutdown().await;
+    }
+
+    /// The one decision "serve here or forward to the leader".
+    pub fn route(&self) -> Result<Route, Failure> {
+        match self.raft.leader().leader {
+            Some(leader) if leader == self.id => Ok(Route::Here),
+            Some(leader) => match self.book.get(leader) {
+                Some(address) => Ok(Route::Leader { id: leader, address }),
+                None => {
+                    Err(Failure::no_leader(format!("node {leader} leads, but node {} has no address for it", self.id)))
+                }
+            },
+            None => Err(Failure::no_leader("no leader is known")),
+        }
+    }
+
+    /// What a node that was asked to run an operation as leader answers when
+    /// it does not lead (it never forwards again: one hop at most).
+    pub fn not_leader(&self) -> Failure {
+        match self.route() {
+            Ok(Route::Leader { id, address }) => {
+                Failure::no_leader(format!("node {} does not lead; node {id} at {address} does", self.id))
+            }
+            Ok(Route::Here) => Failure::internal(Outcome::NotDone, "asked to forward while leading"),
+            Err(failure) => failure,
+        }
+    }
+
+    /// Runs a write: here if this node leads, else on the leader.
+    pub async fn write(&self, command: Command) -> Result<(LogIndex, Answer), Failure> {
+        let timeout = self.config.request_timeout;
+        let (index, response) = match self.route()? {
+            Route::Here => self.raft.apply(command.encode(), timeout).await?,
+            Route::Leader { address, .. } => self.forward(&address, command).await?,
+        };
+        let answer = Answer::decode(&response)
+            .map_err(|e| Failure::internal(Outcome::Done, format!("the write applied at index {}: {e}", index.0)))?;
+        Ok((index, answer))
+    }
+
+    async fn forward(&self, address: &str, command: Command) -> forward::Forwarded {
+        let forwarder = self.forwarder(address)?;
+        let (reply, answer) = oneshot::channel();
+        let queued = Forward { command: command.encode(), queued: Instant::now(), reply };
+        if forwarder.send(queued).is_err() {
+            return Err(Failure::not_done(Kind::NotSent, "the write forwarder stopped; the write was not sent"));
+        }
+        // The forwarder answers within about two timeouts (queued, then sent);
+        // this bound only guards against a forwarder that never does.
+        let bound = 2 * self.config.request_timeout + Duration::from_secs(2);
+        match tokio::time::timeout(bound, answer).await {
+            Ok(Ok(forwarded)) => forwarded,
+            Ok(Err(_)) => Err(Failure::unknown(Kind::OutcomeUnknown, "the forwarder dropped the write in flight")),
+            Err(_) => Err(Failure::unknown(Kind::Timeout, "no answer from the write forwarder")),
+        }
+    }
+
+    /// The forwarder to the leader at `address`, started on first use.
+    fn forwarder(&self, address: &str) -> Result<mpsc::UnboundedSender<Forward>, Failure> {
+        let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(forwarder) = forwarders.get(address).filter(|f| !f.is_closed()) {
+            return Ok(forwarder.clone());
+        }
+        let target = forward::Target::new(address, self.peers.sender.clone(), self.config.request_timeout)?;
+        let forwarder = forward::start(target);
+        forwarders.insert(address.to_string(), forwarder.clone());
+        Ok(forwarder)
+    }
+
+    /// Waits until a read may be served here at `mode` (`None`: a stale read,
+    /// at once). A read changes nothing, so its failures are all not done.
+    pub async fn read_barrier(&self, mode: Option<ReadMode>) -> Result<(), Failure> {
+        if let Some(mode) = mode {
+            self.raft
+                .read_index(mode, self.config.request_timeout)
+                .await
+                .map_err(|e| Failure::from(e).changed_nothing())?;
+        }
+        Ok(())
+    }
+
+    /// Runs a membership or leadership operation: here if this node leads,
+    /// else on the leader.
+    pub async fn admin(&self, op: AdminOp) -> Result<AdminDone, Failure> {
+        check(&op)?;
+        match self.route()? {
+            Route::Here => self.admin_here(op).await,
+            Route::Leader { address, .. } => self.peers.admin(&address, op, self.config.request_timeout).await,
+        }
+    }
+
+    /// Runs an admin operation on this node, which must lead.
+    pub(crate) async fn admin_here(&self, op: AdminOp) -> Result<AdminDone, Failure> {
+        check(&op)?;
+        let timeout = self.config.request_timeout;
+        match op {
+            AdminOp::Join(member) => self.add_voter(member).await.map(AdminDone::Changed),
+            AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, timeout).await?)),
+            AdminOp::Transfer(target) => {
+                let target = match target {
+                    Some(target) => target,
+                    None => self.first_other_voter().await?,
+                };
+                self.raft.leadership_transfer(target).await?;
+                Ok(AdminDone::Transferred(target))
+            }
+        }
+    }
+
+    /// Records the member's addresses in the replicated peers, then adds it
+    /// as a voter (unless it is one already).
+    async fn add_voter(&self, member: Member) -> Result<LogIndex, Failure> {
+        let timeout = self.config.request_timeout;
+        let register =
+            Command::RegisterPeer { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
+        self.raft.apply(register.encode(), timeout).await?;
+        let status = self.raft.status().await?;
+        if status.membership.voters.contains(&member.id) {
+            return Ok(status.membership_index);
+        }
+        Ok(self.raft.add_voter(member.id, timeout).await?)
+    }
+
+    async fn first_other_voter(&self) -> Result<NodeId, Failure> {
+        let status = self.raft.status().await?;
+        let other = status.membership.voters.iter().copied().find(|v| *v != self.id);
+        other.ok_or_else(|| Failure::not_done(Kind::Refused, "no other voter to hand leadership to"))
+    }
+
+    /// Asks the cluster to add this node as a voter: any of `targets` says
+    /// which node leads, and the leader adds it.
+    pub(crate) async fn join(&self, targets: &[String]) -> Result<(), String> {
+        let member = Member {
+            id: self.id,
+            raft_addr: self.config.raft_addr.to_string(),
+            http_addr: self.config.http_addr.to_string(),
+        };
+        let mut last_error = String::from("no --join address given");
+        for attempt in 0..30 {
+            for target in targets {
+                let joined = match wire::cluster_info(target).await {
+                    Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
+                    Ok(info) => {
+                        let leader = info.leader_raft_addr;
+                        let op = AdminOp::Join(member.clone());
+                        let done = self.peers.admin(&leader, op, Duration::from_secs(10)).await;
+                        done.map(|done| tracing::info!(via = %target, %leader, ?done, "joined the cluster"))
+                            .map_err(|failure| format!("leader {leader}: {failure}"))
+                    }
+                    Err(error) => Err(format!("{target}: {error}")),
+                };
+                match joined {
+                    Ok(()) => return Ok(()),
+                    Err(error) => {
+                        tracing::warn!(attempt, %error, "join attempt failed");
+                        last_error = error;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last_error)
+    }
+
+    /// Once this node leads, records its own addresses in the replicated peer
+    /// list (a bootstrapped node has no one to register it).
+    pub(crate) async fn register_self(self: Arc<Agent>) {
+        let mut leader = self.raft.leader_watch();
+        loop {
+            let leads = leader.borrow().leader == Some(self.id);
+            if self.kv.read().peers.contains_key(&self.id.0) {
+                return;
+            }
+            if leads {
+                let command = Command::RegisterPeer {
+                    id: self.id.0,
+                    raft_addr: self.config.raft_addr.to_string(),
+                    http_addr: self.config.http_addr.to_string(),
+                };
+                if self.raft.apply(command.encode(), self.config.request_timeout).await.is_ok() {
+                    return;
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(1), leader.changed()).await.is_ok_and(|r| r.is_err()) {
+                return;
+            }
+        }
+    }
+}
+
+/// Refuses an admin operation that can never succeed, before it goes anywhere.
+fn check(op: &AdminOp) -> Result<(), Failure> {
+    match op {
+        AdminOp::Join(member) if member.id.0 == 0 || member.raft_addr.is_empty() => {
+            Err(Failure::bad_request("join needs a positive id and a raft address"))
+        }
+        AdminOp::Remove(NodeId(0)) | AdminOp::Transfer(Some(NodeId(0))) => {
+            Err(Failure::bad_request("node ids are positive integers"))
+        }
+        _ => Ok(()),
+    }
+}

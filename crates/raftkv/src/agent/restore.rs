@@ -1,0 +1,184 @@
+//! Restoring a backup into the live cluster, through the log (see
+//! `state::machine` for the commands' meaning): begin, the chunks in order,
+//! commit. The API spools the upload into the file a `Restore` names; the
+//! whole file is checked before anything is proposed, so a damaged backup
+//! leaves the cluster's data as it was.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::agent::config::Limits;
+use crate::agent::datadir;
+use crate::agent::node::Agent;
+use crate::agent::outcome::{Failure, Kind, Outcome};
+use crate::state::image::{self, ImageHeader, ImageReader};
+use crate::state::{Answer, Command};
+
+/// Payload bytes of key/value pairs per `RestoreChunk` entry.
+const CHUNK_BYTES: usize = 256 << 10;
+/// Tries per restore entry whose outcome was not known (they are idempotent).
+const ATTEMPTS: usize = 5;
+
+/// The one restore this node coordinates: its id and its upload file, which
+/// is removed however the restore ends.
+pub struct Restore {
+    _running: tokio::sync::OwnedMutexGuard<()>,
+    pub id: String,
+    pub upload: PathBuf,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.upload);
+    }
+}
+
+/// What a restore that committed did.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    /// Index of the commit entry.
+    pub index: u64,
+    pub keys: u64,
+    /// Where the backup was taken: its index and term.
+    pub backup_index: u64,
+    pub backup_term: u64,
+}
+
+impl Agent {
+    /// Reserves this node's restore slot (one at a time) and names the file
+    /// the upload goes to.
+    pub fn begin_restore(&self) -> Result<Restore, Failure> {
+        let Ok(running) = self.restoring.clone().try_lock_owned() else {
+            return Err(Failure::not_done(Kind::RestoreRunning, "a restore is already running on this node"));
+        };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let id = format!("{}-{nanos:x}", self.id);
+        let upload = datadir::upload_file(&self.config.data_dir, &id);
+        Ok(Restore { _running: running, id, upload })
+    }
+
+    /// Checks the uploaded backup, then replaces the cluster's keys with its
+    /// own. Once checked, the restore runs to its commit (or abort) even if
+    /// the caller goes away.
+    pub async fn restore(self: &Arc<Agent>, restore: Restore) -> Result<Restored, Failure> {
+        let path = restore.upload.clone();
+        let limits = self.config.limits;
+        let checked = tokio::task::spawn_blocking(move || check_backup(&path, limits))
+            .await
+            .map_err(|e| Failure::internal(Outcome::NotDone, format!("checking the backup: {e}")))?;
+        let (header, size) = checked.map_err(|e| Failure::bad_request(format!("backup refused: {e}")))?;
+        tracing::info!(id = %restore.id, index = header.index, keys = header.keys, bytes = size, "restoring a backup");
+        let agent = self.clone();
+        let task = tokio::spawn(async move {
+            let result = propose(&agent, &restore.id, &restore.upload, header.keys).await;
+            if result.is_err() {
+                // Best effort: free the staging map on every node.
+                let _ = agent.write(Command::RestoreAbort { id: restore.id.clone() }).await;
+            }
+            drop(restore);
+            result
+        });
+        let (index, keys) =
+            task.await.map_err(|e| Failure::internal(Outcome::Unknown, format!("the restore task failed: {e}")))??;
+        Ok(Restored { index, keys, backup_index: header.index, backup_term: header.term })
+    }
+}
+
+/// Reads the whole backup: format, counts and checksum, and every key and value
+/// within this server's limits (the same as for writes).
+fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("reopening the upload: {e}"))?;
+    let within_limits = |n: u64, record: &image::Record| {
+        if record.key.is_empty() || record.key.len() > limits.max_key_bytes {
+            return Err(format!("record {n}: key of {} bytes (limit {})", record.key.len(), limits.max_key_bytes));
+        }
+        if record.value.len() > limits.max_value_bytes {
+            return Err(format!(
+                "record {n} ({:?}): value of {} bytes (limit {})",
+                record.key,
+                record.value.len(),
+                limits.max_value_bytes
+            ));
+        }
+        Ok(())
+    };
+    image::verify_each(file, within_limits).map_err(|e| e.to_string())
+}
+
+/// Begin, chunks, commit; returns the commit's index and the keys restored.
+async fn propose(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<(u64, u64), Failure> {
+    write_idempotent(agent, Command::RestoreBegin { id: id.to_string() }).await?;
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>(2);
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let send = |chunk| tx.blocking_send(chunk).is_ok();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return send(Err(format!("reopening the upload: {e}"))),
+        };
+        let mut reader = match ImageReader::open(std::io::BufReader::with_capacity(1 << 16, file)) {
+            Ok(reader) => reader,
+            Err(e) => return send(Err(e.to_string())),
+        };
+        let (mut pairs, mut bytes) = (Vec::new(), 0);
+        for _ in 0..keys {
+            match reader.next_record() {
+                Ok(Some(record)) => {
+                    bytes += record.key.len() + record.value.len() + 16;
+                    pairs.push((record.key, record.value));
+                    if bytes >= CHUNK_BYTES {
+                        if !send(Ok(std::mem::take(&mut pairs))) {
+                            return false;
+                        }
+                        bytes = 0;
+                    }
+                }
+                Ok(None) => return send(Err("the backup ended early".into())),
+                Err(e) => return send(Err(e.to_string())),
+            }
+        }
+        pairs.is_empty() || send(Ok(pairs))
+    });
+    let mut seq = 0;
+    while let Some(chunk) = rx.recv().await {
+        let pairs =
+            chunk.map_err(|e| Failure::internal(Outcome::NotDone, format!("reading the checked backup: {e}")))?;
+        write_idempotent(agent, Command::RestoreChunk { id: id.to_string(), seq, pairs }).await?;
+        seq += 1;
+    }
+    let commit = Command::RestoreCommit { id: id.to_string(), chunks: seq, keys };
+    match write_idempotent(agent, commit).await? {
+        (index, Answer::Restored { keys }) => Ok((index, keys)),
+        (_, other) => Err(Failure::internal(Outcome::NotDone, format!("restore {id} did not commit: {other:?}"))),
+    }
+}
+
+/// Proposes a restore entry, again if it was not done or its outcome is not
+/// known (each is idempotent); a refusal by the state machine ends the restore.
+async fn write_idempotent(agent: &Agent, command: Command) -> Result<(u64, Answer), Failure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match agent.write(command.clone()).await {
+            Ok((index, Answer::RestoreFailed { reason })) => {
+                let message = format!("restore stopped at index {}: {reason}", index.0);
+                return Err(Failure::not_done(Kind::RestoreFailed, message));
+            }
+            Ok((index, answer)) => return Ok((index.0, answer)),
+            Err(failure) if attempt < ATTEMPTS && retryable(&failure) => {
+                tracing::warn!(%attempt, %failure, "restore step failed, trying again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// A step worth another try: leadership or the connection to the leader
+/// moved under it. Others (bad input, a failed node) will fail again.
+fn retryable(failure: &Failure) -> bool {
+    matches!(failure.kind, Kind::OutcomeUnknown | Kind::Timeout | Kind::NotSent | Kind::NoLeader)
+}

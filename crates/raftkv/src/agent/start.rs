@@ -1,0 +1,189 @@
+//! Start-up: open the data dir, then bootstrap a new cluster, resume, or
+//! (a new node) learn the cluster's id; serve raft and the internal RPC on
+//! the raft address. Joining comes after, once the caller serves its API
+//! too (`Agent::join_if_new`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, LogStore, SnapshotStore, StableStore, Wal, WalOptions};
+use raftkv_raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
+use raftkv_raft::{NodeId, Raft};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::agent::config::{AgentConfig, AgentError};
+use crate::agent::datadir::{self, storage_error};
+use crate::agent::node::Agent;
+use crate::agent::service::InternalService;
+use crate::agent::wire::{self, proto, Peers, Sender};
+use crate::state::{Kv, Peer};
+
+impl Agent {
+    /// Starts the node and serves raft and the internal RPC; a node with no
+    /// state and no `--bootstrap` has learnt its cluster's id but is not a
+    /// member until `join_if_new`.
+    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        if config.raft_addr.ip().is_unspecified() {
+            return Err(AgentError::Config(format!(
+                "--raft-addr {}: local bind address is not advertisable (give an address other nodes can reach)",
+                config.raft_addr
+            )));
+        }
+        if config.id == 0 {
+            return Err(AgentError::Config("--id must be a positive integer".to_string()));
+        }
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let lock = datadir::lock(&dir)?;
+        datadir::remove_stale_uploads(&dir);
+        let log: Arc<dyn LogStore> =
+            Arc::new(Wal::open(datadir::log_dir(&dir), WalOptions::default()).map_err(storage_error(&dir))?);
+        let stable: Arc<dyn StableStore> =
+            Arc::new(FileStableStore::open(datadir::stable_file(&dir)).map_err(storage_error(&dir))?);
+        let existing = Raft::has_existing_state(log.as_ref(), stable.as_ref())?;
+        let id = NodeId(config.id);
+        let raft_addr = config.raft_addr.to_string();
+
+        let cluster_id = match stable.get(datadir::CLUSTER_ID_KEY).map_err(storage_error(&dir))? {
+            Some(bytes) if existing => String::from_utf8_lossy(&bytes).into_owned(),
+            _ if existing => {
+                return Err(AgentError::Config(format!("{} has raft state but no cluster id", dir.display())))
+            }
+            _ if config.bootstrap => {
+                let cluster_id = new_cluster_id();
+                Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [id])?;
+                stable.set(datadir::CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage_error(&dir))?;
+                tracing::info!(%cluster_id, "bootstrapped a new cluster");
+                cluster_id
+            }
+            _ if !config.join.is_empty() => {
+                let cluster_id = ask_cluster_id(&config.join).await?;
+                stable.set(datadir::CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage_error(&dir))?;
+                cluster_id
+            }
+            _ => {
+                return Err(AgentError::Config(format!(
+                    "{} holds no raft state: pass --bootstrap to start a new cluster or --join ADDR to join one",
+                    dir.display()
+                )))
+            }
+        };
+
+        let book = address_book(stable.clone(), id, &raft_addr).map_err(storage_error(&dir))?;
+        let identity = Identity { cluster_id: cluster_id.clone(), id, advertise_addr: raft_addr.clone() };
+        let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
+        let kv = Kv::default();
+        let machine = {
+            let book = book.clone();
+            kv.state_machine(move |peer, record: &Peer| {
+                book.insert(NodeId(peer), &record.raft_addr);
+            })
+        };
+        let snapshots: Arc<dyn SnapshotStore> =
+            Arc::new(FileSnapshotStore::open(datadir::snapshot_dir(&dir), 2).map_err(storage_error(&dir))?);
+        let raft = Raft::new(config.raft.clone(), machine, log, stable, snapshots, transport)?;
+
+        let listener = TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
+        let peers = Peers::new(Sender { cluster_id: cluster_id.clone(), id });
+        let needs_join = !existing && !config.bootstrap;
+        let mut agent = Agent::new(config, cluster_id, raft.clone(), kv, book.clone(), peers, lock);
+        agent.needs_join = needs_join;
+        let agent = Arc::new(agent);
+
+        let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();
+        let internal = proto::internal_server::InternalServer::new(InternalService::new(agent.clone()))
+            .max_decoding_message_size(wire::MAX_MESSAGE);
+        agent.hold(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(raft_service)
+                .add_service(internal)
+                .serve_with_incoming(nodelay(TcpListenerStream::new(listener)))
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "raft server stopped");
+            }
+        }));
+        agent.hold(tokio::spawn(agent.clone().register_self()));
+        // A node that failed for good stops serving at once; the process owner
+        // decides what comes next (`raftkv agent` exits).
+        let failed = agent.clone();
+        tokio::spawn(async move {
+            let reason = failed.failed().await;
+            tracing::error!(id = %failed.id, %reason, "the raft node failed and stopped; this node stops serving");
+            failed.stop_serving();
+        });
+        Ok(agent)
+    }
+
+    /// A node that started without state and without `--bootstrap` asks the
+    /// cluster to add it; any other returns at once.
+    pub async fn join_if_new(&self) -> Result<(), AgentError> {
+        if !self.needs_join {
+            return Ok(());
+        }
+        self.join(&self.config.join).await.map_err(AgentError::Join)
+    }
+}
+
+fn new_cluster_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:016x}{:08x}", nanos as u64, std::process::id())
+}
+
+/// The address book, loaded from the stable store and saved back on every
+/// change (it is how a restarted node finds the others).
+fn address_book(
+    stable: Arc<dyn StableStore>,
+    id: NodeId,
+    raft_addr: &str,
+) -> Result<AddressBook, raftkv_raft::storage::StorageError> {
+    let book = AddressBook::new();
+    if let Some(bytes) = stable.get(datadir::PEERS_KEY)? {
+        let peers: BTreeMap<u64, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+        for (peer, address) in peers {
+            book.insert(NodeId(peer), &address);
+        }
+    }
+    book.insert(id, raft_addr);
+    book.on_change(move |all| {
+        let peers: BTreeMap<u64, &String> = all.iter().map(|(id, a)| (id.0, a)).collect();
+        let encoded = serde_json::to_vec(&peers).unwrap_or_default();
+        if let Err(error) = stable.set(datadir::PEERS_KEY, &encoded) {
+            tracing::warn!(%error, "cannot persist the address book");
+        }
+    });
+    book.insert(id, raft_addr);
+    Ok(book)
+}
+
+async fn ask_cluster_id(targets: &[String]) -> Result<String, AgentError> {
+    let mut last_error = String::new();
+    for attempt in 0..30 {
+        for target in targets {
+            match wire::cluster_info(target).await {
+                Ok(info) => return Ok(info.cluster_id),
+                Err(error) => last_error = format!("{target}: {error}"),
+            }
+            tracing::warn!(attempt, error = %last_error, "cannot reach a member to join");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(AgentError::Join(format!("no member answered: {last_error}")))
+}
+
+/// Accepted connections with Nagle's algorithm off: raft acknowledgements and
+/// forwarded answers are small writes that must not wait for a delayed ACK
+/// (about 40 ms on Linux).
+fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(incoming, |accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}

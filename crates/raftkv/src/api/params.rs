@@ -1,0 +1,43 @@
+//! Checks of what a request carries, before anything runs: the JSON body,
+//! keys and values within the limits, the read consistency.
+
+use axum::extract::rejection::JsonRejection;
+use axum::Json;
+use raftkv_raft::ReadMode;
+
+use crate::agent::Limits;
+use crate::api::error::ApiError;
+
+/// The JSON body, or a 400 that says what is wrong with it.
+pub fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+pub fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    let limit = limits.max_key_bytes;
+    if key.len() > limit {
+        return Err(ApiError::bad_request(format!("key of {} bytes exceeds the limit of {limit}", key.len())));
+    }
+    Ok(())
+}
+
+pub fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
+    let limit = limits.max_value_bytes;
+    if value.len() > limit {
+        return Err(ApiError::bad_request(format!("value of {} bytes exceeds the limit of {limit}", value.len())));
+    }
+    Ok(())
+}
+
+/// `?consistency=`: linearizable (the default), lease, or stale (`None`).
+pub fn consistency(raw: Option<&str>) -> Result<Option<ReadMode>, ApiError> {
+    match raw.unwrap_or("linearizable") {
+        "linearizable" => Ok(Some(ReadMode::Linearizable)),
+        "lease" => Ok(Some(ReadMode::Lease)),
+        "stale" => Ok(None),
+        other => Err(ApiError::bad_request(format!("consistency must be linearizable, lease or stale, not {other:?}"))),
+    }
+}

@@ -1,0 +1,236 @@
+//! The command line: what each command takes (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "raftkv", version, about = "A replicated key-value store on Raft")]
+pub struct Cli {
+    /// Log format of the agent.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Run a server node. Exits 0 after Ctrl-C, 2 if it cannot start, and 3
+    /// once its raft node failed for good (a storage failure, say): restart it,
+    /// after fixing the cause.
+    Agent(AgentArgs),
+    /// Run a 3-node cluster on loopback in this process, until Ctrl-C (exits 3
+    /// if a node fails for good).
+    Demo(DemoArgs),
+    /// Load a cluster with a closed loop of clients and report throughput and latency.
+    Bench(BenchArgs),
+    /// Set a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a key.
+    Get {
+        key: String,
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set KEY to VALUE if it currently holds EXPECTED (--absent: if it does not exist).
+    Cas {
+        key: String,
+        value: String,
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys under a prefix.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the cluster's members.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a node's raft statistics.
+    Stats {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add node ID (listening for raft at RAFT_ADDR) as a voter.
+    Join {
+        id: u64,
+        raft_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove node ID from the cluster.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Hand leadership to node ID (or to another voter).
+    TransferLeader {
+        id: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Back up, restore or check the whole state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Offline: make a stopped node start as part of a smaller cluster after a
+    /// loss of quorum (rewrites its configuration to the servers in PEERS).
+    Recover {
+        /// The stopped node's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// JSON: [{"id": 1, "address": "127.0.0.1:9001", "non_voter": false}, ...]
+        #[arg(long)]
+        peers: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Download a consistent backup of the cluster's keys into FILE.
+    Save {
+        file: PathBuf,
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace the cluster's keys with those of the backup FILE (through raft).
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check a backup FILE and print its index, term, configuration, size and key count.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: u64,
+    /// Where the HTTP API listens.
+    #[arg(long)]
+    pub http_addr: SocketAddr,
+    /// Where raft and internal RPCs listen; other nodes connect here, so it must
+    /// be an address they can reach (not 0.0.0.0).
+    #[arg(long)]
+    pub raft_addr: SocketAddr,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Start a new cluster with this node as its only voter.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Raft address of a member to join through (repeat to try several).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Timeout of one client request, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the nodes keep their data (kept; rerunning resumes). Default: a
+    /// temporary directory removed on exit.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// HTTP ports are this and the next two.
+    #[arg(long, default_value_t = 8001)]
+    pub http_port: u16,
+    /// Raft ports are this and the next two.
+    #[arg(long, default_value_t = 9001)]
+    pub raft_port: u16,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Nodes to load (comma-separated; clients spread over them): HTTP
+    /// addresses for raftkv, client addresses for etcd.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8001")]
+    pub target: Vec<String>,
+    /// The system under test.
+    #[arg(long, value_enum, default_value_t = BenchSystem::Raftkv)]
+    pub system: BenchSystem,
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds to run (unless --requests is given).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 128)]
+    pub value_size: usize,
+    /// Weights of writes, reads and compare-and-swaps, as write:read:cas.
+    #[arg(long, default_value = "100:0:0")]
+    pub mix: crate::bench::Mix,
+    /// Read consistency: linearizable, lease (raftkv) or stale.
+    #[arg(long, default_value = "linearizable")]
+    pub consistency: String,
+    /// Print only the JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchSystem {
+    Raftkv,
+    Etcd,
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// HTTP address of any node.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub addr: String,
+    /// Print the server's JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,23 @@
+//! One raftkv server: an agent and its HTTP API, started together.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::agent::{Agent, AgentConfig, AgentError};
+
+/// Starts a node: binds the HTTP address, starts the agent (raft and the
+/// internal RPC), serves the API, then joins the cluster if the node is new.
+/// Returns once it serves as a member.
+pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+    let http = config.http_addr;
+    let listener = TcpListener::bind(http).await.map_err(|source| AgentError::Listen { addr: http, source })?;
+    let agent = Agent::start(config).await?;
+    crate::api::serve(&agent, listener);
+    if let Err(error) = agent.join_if_new().await {
+        agent.shutdown().await;
+        return Err(error);
+    }
+    tracing::info!(id = %agent.id, http = %http, raft = %agent.config.raft_addr, "agent serving");
+    Ok(agent)
+}

@@ -1,0 +1,12 @@
+//! The replicated state, the bottom layer: what a command is and how it is
+//! encoded in the log (`command`), the key-value map and the state machine
+//! that applies commands, snapshots and restores it (`machine`), and the one
+//! binary format of snapshots and backups (`image`). Nothing here knows about
+//! the network or the other nodes.
+
+pub mod command;
+pub mod image;
+pub mod machine;
+
+pub use command::{Answer, Command, Peer};
+pub use machine::{Kv, KvMachine, KvState, Value};
