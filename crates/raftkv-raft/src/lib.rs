@@ -52,6 +52,7 @@ mod error;
 mod locks;
 mod runtime;
 mod state_machine;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +68,7 @@ pub use raftkv_core::{
 };
 pub use runtime::{LeaderInfo, Status};
 pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
+pub use stats::Stats;
 
 use raftkv_core::{Core, DurableState};
 use runtime::{Request, Stores};
@@ -519,50 +521,27 @@ impl Raft {
         response.await.map_err(|_| self.not_running())
     }
 
-    /// hashicorp/raft's `Stats()`: the same field names, values as strings.
-    /// `address_of` names each server's address in `latest_configuration`.
+    /// The node's state for operators, typed (serializes with serde): the
+    /// servers' addresses and the protocol version come from the transport.
+    pub async fn statistics(&self) -> Result<Stats, RaftError> {
+        let transport = self.inner.transport.clone();
+        self.statistics_with(|id| transport.address_of(id)).await
+    }
+
+    /// `statistics` with each server's address from `address_of`.
+    pub async fn statistics_with(&self, address_of: impl Fn(NodeId) -> Option<String>) -> Result<Stats, RaftError> {
+        let status = self.status().await?;
+        let protocol_version = self.inner.transport.protocol_version();
+        Ok(Stats::new(&status, self.applied_index(), protocol_version, address_of))
+    }
+
+    /// hashicorp/raft's `Stats()`: the same field names, values as strings
+    /// (`Stats::to_map` of `statistics_with(address_of)`).
     pub async fn stats(
         &self,
         address_of: impl Fn(NodeId) -> Option<String>,
     ) -> Result<std::collections::BTreeMap<&'static str, String>, RaftError> {
-        let status = self.status().await?;
-        let applied = self.applied_index();
-        let server = |id: &NodeId, suffrage: &str| {
-            format!("{{Suffrage:{suffrage} ID:{} Address:{}}}", id.0, address_of(*id).unwrap_or_default())
-        };
-        let mut servers: Vec<String> = status.membership.voters.iter().map(|id| server(id, "Voter")).collect();
-        servers.extend(status.membership.learners.iter().map(|id| server(id, "Nonvoter")));
-        let state = match status.role {
-            Role::Leader => "Leader",
-            Role::Candidate | Role::PreCandidate => "Candidate",
-            Role::Follower | Role::Learner => "Follower",
-        };
-        let last_contact = match status.last_contact {
-            Some(d) if d.is_zero() => "0".to_string(),
-            Some(d) => format!("{d:?}"),
-            None => "never".to_string(),
-        };
-        let num_peers = status.membership.voters.iter().filter(|id| **id != self.id()).count();
-        Ok(std::collections::BTreeMap::from([
-            ("applied_index", applied.0.to_string()),
-            ("commit_index", status.commit_index.0.to_string()),
-            ("fsm_pending", status.commit_index.0.saturating_sub(applied.0).to_string()),
-            ("last_contact", last_contact),
-            ("last_log_index", status.last_log_index.0.to_string()),
-            ("last_log_term", status.last_log_term.0.to_string()),
-            ("last_snapshot_index", status.snapshot.map_or(0, |s| s.index.0).to_string()),
-            ("last_snapshot_term", status.snapshot.map_or(0, |s| s.term.0).to_string()),
-            ("latest_configuration", format!("[{}]", servers.join(" "))),
-            ("latest_configuration_index", status.membership_index.0.to_string()),
-            ("num_peers", num_peers.to_string()),
-            ("protocol_version", transport::grpc::PROTOCOL_VERSION.to_string()),
-            ("protocol_version_max", transport::grpc::PROTOCOL_VERSION.to_string()),
-            ("protocol_version_min", transport::grpc::PROTOCOL_VERSION.to_string()),
-            ("snapshot_version_max", "1".to_string()),
-            ("snapshot_version_min", "1".to_string()),
-            ("state", state.to_string()),
-            ("term", status.term.0.to_string()),
-        ]))
+        Ok(self.statistics_with(address_of).await?.to_map())
     }
 
     /// Proposes a membership change; resolves once it is committed and applied here.

@@ -165,5 +165,12 @@ async fn a_peer_from_another_cluster_is_refused_with_a_clear_error() {
     assert_eq!(client.send(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     agreed_leader(&[&nodes[0]]).await;
     nodes[0].raft.apply(Bytes::from("still fine"), TIMEOUT).await.unwrap();
+    // The stats name the transport's protocol and the servers' addresses.
+    let stats = nodes[0].raft.statistics().await.unwrap();
+    assert_eq!(stats.protocol_version, Some(PROTOCOL_VERSION));
+    assert_eq!(stats.latest_configuration[0].address.as_deref(), Some(addresses[0].as_str()));
+    let map = nodes[0].raft.stats(|_| None).await.unwrap();
+    assert_eq!(map["protocol_version"], PROTOCOL_VERSION.to_string());
+    assert_eq!(map["state"], "Leader");
     nodes[0].raft.shutdown().await;
 }

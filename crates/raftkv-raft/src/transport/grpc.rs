@@ -181,6 +181,10 @@ impl Transport for GrpcTransport {
     fn queues_without_waiting(&self) -> bool {
         true
     }
+
+    fn protocol_version(&self) -> Option<u32> {
+        Some(PROTOCOL_VERSION)
+    }
 }
 
 /// The receiving side for one node: checks headers and hands messages to its inbox.

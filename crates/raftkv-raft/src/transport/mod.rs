@@ -38,6 +38,14 @@ pub trait Transport: Send + Sync + 'static {
     fn queues_without_waiting(&self) -> bool {
         false
     }
+
+    /// The wire protocol version this transport speaks, if it has a wire
+    /// format (`Raft::stats` reports it). The default, `None`, suits
+    /// in-process transports; the gRPC transport says
+    /// `grpc::PROTOCOL_VERSION`.
+    fn protocol_version(&self) -> Option<u32> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
