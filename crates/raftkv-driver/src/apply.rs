@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use raftkv_core::rng::Rng;
 use raftkv_core::{LogId, LogIndex, Millis};
 
-use crate::Failure;
+use crate::failure::Failure;
 
 /// When snapshots are taken on their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use raftkv_core::{
 };
 
 use crate::apply::SnapshotPolicy;
-use crate::Failure;
+use crate::failure::Failure;
 
 /// Settings of the driver itself (the core has its own).
 #[derive(Clone, Debug)]

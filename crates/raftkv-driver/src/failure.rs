@@ -1,0 +1,105 @@
+//! `Failure`: why a request failed, as the driver knows it.
+
+use std::fmt;
+
+use raftkv_core::{LogIndex, NodeId, ProposeError, ReadError};
+
+/// Why a request failed, as the driver knows it. The executor maps it to its
+/// own error type; each says whether the operation may still take effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// Leadership was lost after the write was proposed: it may still commit.
+    LeadershipLost,
+    /// The node stopped with the write in flight: it may still commit.
+    Stopped {
+        reason: String,
+    },
+    /// The node had stopped for good before the request was taken.
+    Failed {
+        reason: String,
+    },
+    /// The node was shut down before the request was taken.
+    Shutdown,
+    Refused(ProposeError),
+    Read(ReadError),
+    /// The entry proposed at `index` was replaced by another leader's.
+    Overwritten {
+        index: LogIndex,
+    },
+    NothingNewToSnapshot {
+        index: LogIndex,
+    },
+    /// Taking or storing a snapshot failed; nothing changed.
+    Snapshot {
+        reason: String,
+    },
+}
+
+impl Failure {
+    /// A write the node took but will not finish, because it stopped (with
+    /// `failure`, or shut down): it may be on followers and commit anyway.
+    pub fn stopped(failure: Option<&str>) -> Failure {
+        Failure::Stopped { reason: failure.unwrap_or("shut down").to_string() }
+    }
+
+    /// Anything else the stopped node will not do: definitely not done.
+    pub fn not_done(failure: Option<&str>) -> Failure {
+        match failure {
+            Some(reason) => Failure::Failed { reason: reason.to_string() },
+            None => Failure::Shutdown,
+        }
+    }
+
+    /// Whether a write that failed so may still take effect.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Failure::LeadershipLost | Failure::Stopped { .. })
+    }
+}
+
+impl From<ProposeError> for Failure {
+    fn from(error: ProposeError) -> Failure {
+        match error {
+            ProposeError::NotLeader { leader } => Failure::NotLeader { leader },
+            other => Failure::Refused(other),
+        }
+    }
+}
+
+impl From<ReadError> for Failure {
+    fn from(error: ReadError) -> Failure {
+        match error {
+            ReadError::NoLeader => Failure::NotLeader { leader: None },
+            other => Failure::Read(other),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotLeader { leader } => {
+                write!(f, "not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| format!("node {l}")))
+            }
+            Failure::LeadershipLost => {
+                write!(f, "leadership lost while the request was in flight; its outcome is unknown")
+            }
+            Failure::Stopped { reason } => {
+                write!(f, "the node stopped while the request was in flight ({reason}); its outcome is unknown")
+            }
+            Failure::Failed { reason } => write!(f, "the node failed and stopped: {reason}"),
+            Failure::Shutdown => write!(f, "raft node is shut down"),
+            Failure::Refused(error) => write!(f, "request refused: {error}"),
+            Failure::Read(error) => write!(f, "read failed: {error}"),
+            Failure::Overwritten { index } => write!(f, "entry at index {index} was overwritten by a newer leader"),
+            Failure::NothingNewToSnapshot { index } => {
+                write!(f, "nothing new to snapshot: the newest snapshot covers index {index}")
+            }
+            Failure::Snapshot { reason } => write!(f, "snapshot failed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
