@@ -1,26 +1,42 @@
-//! The gRPC transport (tonic): `GrpcTransport` sends batches of messages to
-//! peers' `Raft.Send`; `RaftService` receives them for one node. Every batch
-//! carries a header with the protocol version and cluster id; a mismatch is
-//! refused with `FAILED_PRECONDITION` and a message that says which side has what.
+//! The gRPC transport (tonic), and the wire pieces every node-to-node gRPC
+//! service of a raftkv node shares.
+//!
+//! - `GrpcTransport` sends batches of messages over one long-lived `Raft.Stream`
+//!   per peer; `RaftService` receives them for one node.
+//! - [`WireHeader`] and [`check`] (module `header`): who sends, to whom, in
+//!   which cluster, speaking which [`PROTOCOL_VERSION`]. Every request is
+//!   stamped with it in gRPC metadata and checked by the receiver before it
+//!   touches the payload; a stream is checked once, when it opens. An
+//!   application's own services beside the raft service stamp and check the
+//!   same header (see the module doc of `header` for why metadata).
+//! - [`Channels`] (module `channels`): one channel per peer address, shared by
+//!   the transport and any client of the same peers.
 //!
 //! Addresses: membership names nodes by id. The `AddressBook` maps ids to raft
 //! addresses; the application fills it (at join, from its own records), and
-//! every received header adds the sender's address, so a node learns the
+//! every accepted header with a sender address adds it, so a node learns the
 //! addresses of the nodes that talk to it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use raftkv_core::{
     AppendEntries, AppendEntriesResponse, AppendResult, Configuration, Entry, EntryPayload, InstallSnapshot,
     InstallSnapshotResponse, LogId, LogIndex, Message, NodeId, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
 };
-use tonic::transport::{Channel, Endpoint};
 
 use crate::locks::lock;
 
 use super::{Inbox, SendFuture, Transport, TransportError};
+
+mod channels;
+mod header;
+
+pub use channels::{is_connect_error, CachedChannel, ChannelError, ChannelOptions, Channels};
+pub use header::{
+    check, check_metadata, CheckedHeader, Stamp, WireHeader, CLUSTER_ID_KEY, FROM_ADDR_KEY, FROM_KEY, PROTOCOL_KEY,
+    PROTOCOL_VERSION, TO_KEY,
+};
 
 /// Generated protobuf and gRPC code.
 pub mod proto {
@@ -30,8 +46,8 @@ pub mod proto {
 use proto::raft_client::RaftClient;
 use proto::raft_message::Kind;
 
-/// Bumped when the messages change incompatibly; peers must match.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest raft message either way (a batch of appends, a snapshot chunk).
+const MAX_MESSAGE: usize = 64 << 20;
 
 type ChangeCallback = Box<dyn Fn(&BTreeMap<NodeId, String>) + Send + Sync>;
 
@@ -87,6 +103,23 @@ pub struct Identity {
     pub advertise_addr: String,
 }
 
+impl Identity {
+    pub fn new(cluster_id: impl Into<String>, id: NodeId, advertise_addr: impl Into<String>) -> Identity {
+        Identity { cluster_id: cluster_id.into(), id, advertise_addr: advertise_addr.into() }
+    }
+
+    /// The header this node stamps on requests to `to` (`None`: the
+    /// receiver's id is not known, as for a request sent to an address).
+    pub fn header(&self, to: Option<NodeId>) -> WireHeader {
+        WireHeader::new(self, to)
+    }
+
+    /// Checks a request's header against this node (see [`check`]).
+    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<CheckedHeader, tonic::Status> {
+        check(self, request)
+    }
+}
+
 /// Batches queued for one peer's stream before new ones are dropped (Raft
 /// resends what matters).
 const STREAM_QUEUE: usize = 4096;
@@ -94,14 +127,29 @@ const STREAM_QUEUE: usize = 4096;
 pub struct GrpcTransport {
     identity: Identity,
     book: AddressBook,
-    clients: Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>,
+    channels: Channels,
     /// The open stream to each peer: its address and the queue feeding it.
     streams: Mutex<BTreeMap<NodeId, (String, tokio::sync::mpsc::Sender<proto::Batch>)>>,
 }
 
 impl GrpcTransport {
     pub fn new(identity: Identity, book: AddressBook) -> GrpcTransport {
-        GrpcTransport { identity, book, clients: Mutex::new(BTreeMap::new()), streams: Mutex::new(BTreeMap::new()) }
+        GrpcTransport::with_channels(identity, book, Channels::default())
+    }
+
+    /// A transport whose connections come from `channels` (shared with the
+    /// application's own clients of the same peers, say).
+    pub fn with_channels(identity: Identity, book: AddressBook, channels: Channels) -> GrpcTransport {
+        GrpcTransport { identity, book, channels, streams: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The channel cache the transport connects through.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
     }
 
     /// The queue of the stream to `to`, opening a stream if none is open (or the
@@ -114,36 +162,23 @@ impl GrpcTransport {
                 return Ok(queue.clone());
             }
         }
-        let mut client = self.client(to)?;
+        let channel = self.channels.get(&address).map_err(|e| TransportError::Unreachable(to, e.to_string()))?;
+        let mut client = RaftClient::new(channel.channel())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         let (queue, batches) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(batches));
+        self.identity.header(Some(to)).stamp(&mut request);
+        let channels = self.channels.clone();
         tokio::spawn(async move {
-            let outgoing = tokio_stream::wrappers::ReceiverStream::new(batches);
-            if let Err(status) = client.stream(outgoing).await {
+            if let Err(status) = client.stream(request).await {
                 tracing::debug!(peer = %to, code = ?status.code(), message = status.message(), "raft stream ended");
+                // The next stream starts from a fresh connection.
+                channels.evict_on_connect_error(&channel, &status);
             }
         });
         streams.insert(to, (address, queue.clone()));
         Ok(queue)
-    }
-
-    fn client(&self, to: NodeId) -> Result<RaftClient<Channel>, TransportError> {
-        let address = self.book.get(to).ok_or(TransportError::UnknownPeer(to))?;
-        let mut clients = lock(&self.clients);
-        if let Some((known, client)) = clients.get(&to) {
-            if *known == address {
-                return Ok(client.clone());
-            }
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| TransportError::Unreachable(to, format!("bad address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10));
-        let client = RaftClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        clients.insert(to, (address, client.clone()));
-        Ok(client)
     }
 }
 
@@ -151,14 +186,7 @@ impl Transport for GrpcTransport {
     /// Queues the batch on the peer's stream and returns: sends are pipelined,
     /// in order, with no round trip per batch.
     fn send(&self, to: NodeId, messages: Vec<Message>) -> SendFuture<'_> {
-        let header = proto::Header {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: self.identity.cluster_id.clone(),
-            from: self.identity.id.0,
-            to: to.0,
-            from_addr: self.identity.advertise_addr.clone(),
-        };
-        let batch = proto::Batch { header: Some(header), messages: messages.iter().map(to_proto).collect() };
+        let batch = proto::Batch { messages: messages.iter().map(to_proto).collect() };
         let result = self.stream(to).and_then(|queue| match queue.try_send(batch) {
             Ok(()) => Ok(()),
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -201,62 +229,28 @@ impl RaftService {
 
     /// The tonic service to add to a server.
     pub fn into_server(self) -> proto::raft_server::RaftServer<RaftService> {
-        proto::raft_server::RaftServer::new(self).max_decoding_message_size(64 << 20)
+        proto::raft_server::RaftServer::new(self).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    fn check_header(&self, header: Option<&proto::Header>) -> Result<NodeId, tonic::Status> {
-        let refuse = |message: String| Err(tonic::Status::failed_precondition(message));
-        let Some(header) = header else { return refuse("raft RPC without a header".to_string()) };
-        if header.protocol_version != PROTOCOL_VERSION {
-            return refuse(format!(
-                "raft protocol version mismatch: peer speaks {}, node {} speaks {PROTOCOL_VERSION}",
-                header.protocol_version, self.identity.id
-            ));
+    /// Checks a request's header (see [`check`]), which for raft messages must
+    /// name this node as the receiver, and learns the sender's address.
+    /// Returns the sender.
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let header = check(&self.identity, request)?;
+        if header.to.is_none() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "raft messages from node {} name no receiver ({TO_KEY}); this is node {}",
+                header.from, self.identity.id
+            )));
         }
-        if header.cluster_id != self.identity.cluster_id {
-            return refuse(format!(
-                "cluster id mismatch: peer {} belongs to cluster {:?}, node {} to cluster {:?}",
-                header.from, header.cluster_id, self.identity.id, self.identity.cluster_id
-            ));
+        if let Some(address) = &header.from_addr {
+            self.book.insert(header.from, address);
         }
-        if header.to != self.identity.id.0 {
-            return refuse(format!("message for node {} reached node {}", header.to, self.identity.id));
-        }
-        if header.from == self.identity.id.0 {
-            return refuse(format!("peer claims to be this node ({})", self.identity.id));
-        }
-        Ok(NodeId(header.from))
-    }
-}
-
-#[tonic::async_trait]
-impl proto::raft_server::Raft for RaftService {
-    async fn stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<proto::Batch>>,
-    ) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
-        let mut batches = request.into_inner();
-        while let Some(batch) = batches.message().await? {
-            self.receive(batch)?;
-        }
-        Ok(tonic::Response::new(proto::Ack {}))
+        Ok(header.from)
     }
 
-    async fn send(&self, request: tonic::Request<proto::Batch>) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
-        self.receive(request.into_inner())?;
-        Ok(tonic::Response::new(proto::Ack {}))
-    }
-}
-
-impl RaftService {
-    /// Checks a batch's header and hands its messages to the node.
-    fn receive(&self, batch: proto::Batch) -> Result<(), tonic::Status> {
-        let from = self.check_header(batch.header.as_ref())?;
-        if let Some(header) = &batch.header {
-            if !header.from_addr.is_empty() {
-                self.book.insert(from, &header.from_addr);
-            }
-        }
+    /// Hands a batch's messages to the node, all or none.
+    fn receive(&self, from: NodeId, batch: proto::Batch) -> Result<(), tonic::Status> {
         let mut messages = Vec::with_capacity(batch.messages.len());
         for (i, message) in batch.messages.into_iter().enumerate() {
             let message = from_proto(message)
@@ -267,6 +261,27 @@ impl RaftService {
             self.inbox.deliver(from, message);
         }
         Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::Batch>>,
+    ) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
+        let from = self.admit(&request)?;
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.receive(from, batch)?;
+        }
+        Ok(tonic::Response::new(proto::Ack {}))
+    }
+
+    async fn send(&self, request: tonic::Request<proto::Batch>) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
+        let from = self.admit(&request)?;
+        self.receive(from, request.into_inner())?;
+        Ok(tonic::Response::new(proto::Ack {}))
     }
 }
 
