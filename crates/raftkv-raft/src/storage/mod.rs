@@ -9,8 +9,17 @@
 //!
 //! The contract all three share: a method that returns `Ok` after a write has made
 //! it durable (it survives a crash of the process or the machine). A store that
-//! cannot trust its disk any more (a failed fsync) refuses every later write with
-//! [`StorageError::Poisoned`] rather than acknowledge something it may lose.
+//! cannot trust its disk any more (a failed fsync: the page cache may hold what
+//! the disk lost) refuses every later write with [`StorageError::Poisoned`]
+//! rather than acknowledge something it may lose. A full disk (ENOSPC) is
+//! reported ([`StorageError::is_out_of_space`]), the partial bytes are cut off
+//! again, and the store stays usable once space is freed.
+//!
+//! The on-disk stores: [`wal`] (the log; its module doc describes the format,
+//! group commit, crash safety and recovery), [`stable`] (hard state and named
+//! values, one file replaced atomically), [`snapshot`] (one directory per
+//! snapshot); all reach the file system through [`vfs`], where [`fault`]
+//! injects EIO, ENOSPC and counts fsyncs for the tests.
 
 use std::io::{self, Read};
 use std::path::PathBuf;
