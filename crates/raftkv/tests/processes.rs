@@ -129,18 +129,11 @@ async fn bad_input_gets_the_documented_error_and_the_node_stays_healthy() {
     assert_eq!(response.json::<Value>().await.unwrap()["current"], "v1");
 
     // A raft peer from another cluster is refused with a clear error.
-    use raftkv_raft::transport::grpc::{proto, PROTOCOL_VERSION};
+    use raftkv_raft::transport::grpc::{proto, Identity};
     let mut peer = proto::raft_client::RaftClient::connect(format!("http://{}", node.raft)).await.unwrap();
-    let batch = proto::Batch {
-        header: Some(proto::Header {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: "some-other-cluster".to_string(),
-            from: 7,
-            to: 1,
-            from_addr: "127.0.0.1:1".to_string(),
-        }),
-        messages: vec![],
-    };
+    let stranger = Identity::new("some-other-cluster", raftkv_raft::NodeId(7), "127.0.0.1:1");
+    let mut batch = tonic::Request::new(proto::Batch { messages: vec![] });
+    stranger.header(Some(raftkv_raft::NodeId(1))).stamp(&mut batch);
     let status = peer.send(batch).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("cluster id mismatch"), "{}", status.message());

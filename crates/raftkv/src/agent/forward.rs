@@ -9,16 +9,15 @@
 //! failure of the call (a broken connection, a reply that cannot be read, a
 //! timeout) leaves its outcome unknown.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_raft::LogIndex;
+use raftkv_raft::transport::grpc::{CachedChannel, Channels};
+use raftkv_raft::{LogIndex, NodeId};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::outcome::{Failure, Kind, Outcome};
-use crate::agent::wire::proto::internal_client::InternalClient;
 use crate::agent::wire::{self, proto, Sender};
 
 /// Most forwarded batches in flight to one leader; while they are, new writes
@@ -45,23 +44,16 @@ pub struct Forward {
 /// The leader a forwarder sends to, and the limits of its calls.
 pub struct Target {
     pub address: String,
-    pub endpoint: Endpoint,
+    pub leader: NodeId,
+    /// Where connections come from. A write is sent only over a connection
+    /// known to be up (`Channels::connect`), and a connection is evicted
+    /// after any failure of a call on it, so that the next batch connects
+    /// explicitly again instead of letting the channel reconnect behind it.
+    pub channels: Channels,
     /// Largest message either way (the request we encode, the reply we decode).
     pub max_message: usize,
     pub sender: Sender,
     pub timeout: Duration,
-}
-
-impl Target {
-    pub fn new(address: &str, sender: Sender, timeout: Duration) -> Result<Target, Failure> {
-        Ok(Target {
-            address: address.to_string(),
-            endpoint: wire::endpoint(address)?,
-            max_message: wire::MAX_MESSAGE,
-            sender,
-            timeout,
-        })
-    }
 }
 
 /// Starts a forwarder to `target`; writes sent to the returned queue are
@@ -72,17 +64,9 @@ pub fn start(target: Target) -> mpsc::UnboundedSender<Forward> {
     tx
 }
 
-/// The forwarder's connection to the leader, opened explicitly (so that a
-/// write is sent only over a connection known to be up) and forgotten after
-/// any failure of a call on it (so that the next batch connects explicitly
-/// again instead of letting the channel reconnect behind the request).
-type Connection = Arc<Mutex<Option<(u64, InternalClient<Channel>)>>>;
-
 async fn forward_batches(target: Target, mut queue: mpsc::UnboundedReceiver<Forward>) {
-    let Target { address, endpoint, max_message, sender, timeout } = target;
+    let Target { address, leader, channels, max_message, sender, timeout } = target;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let connection: Connection = Arc::new(Mutex::new(None));
-    let mut connections = 0u64;
     let budget = BATCH_BYTES.min(max_message.saturating_sub(HEADER_BYTES));
     // A write that did not fit the last batch opens the next.
     let mut carried: Option<Forward> = None;
@@ -131,68 +115,54 @@ async fn forward_batches(target: Target, mut queue: mpsc::UnboundedReceiver<Forw
             continue;
         }
         let batch = fresh;
-        let open = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (id, client) = match open {
-            Some(open) => open,
-            None => match tokio::time::timeout(wire::CONNECT_TIMEOUT + Duration::from_millis(100), endpoint.connect())
-                .await
-            {
-                Ok(Ok(channel)) => {
-                    connections += 1;
-                    let client = InternalClient::new(channel)
-                        .max_decoding_message_size(max_message)
-                        .max_encoding_message_size(max_message);
-                    *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some((connections, client.clone()));
-                    (connections, client)
+        let channel = match channels.connect(&address).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::debug!(leader = %address, %error, "cannot connect to the leader");
+                let message = format!("{error}; the write was not sent to the leader");
+                for forward in batch {
+                    let _ = forward.reply.send(Err(Failure::not_done(Kind::NotSent, message.clone())));
                 }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(error)) => error.to_string(),
-                        _ => format!("no connection within {:?}", wire::CONNECT_TIMEOUT),
-                    };
-                    tracing::debug!(leader = %address, %error, "cannot connect to the leader");
-                    let message = format!("cannot connect to the leader at {address} ({error}); it was not sent");
-                    for forward in batch {
-                        let _ = forward.reply.send(Err(Failure::not_done(Kind::NotSent, message.clone())));
-                    }
-                    continue;
-                }
-            },
+                continue;
+            }
         };
-        let call =
-            Call { address: address.clone(), sender: sender.clone(), timeout, connection: connection.clone(), id };
+        let call = Call { leader, sender: sender.clone(), timeout, max_message, channels: channels.clone(), channel };
         tokio::spawn(async move {
             let _slot = slot;
-            call.send(client, batch).await;
+            call.send(batch).await;
         });
     }
 }
 
-/// One `ApplyBatch` call on connection `id`.
+/// One `ApplyBatch` call on a connection known to be up.
 struct Call {
-    address: String,
+    leader: NodeId,
     sender: Sender,
     timeout: Duration,
-    connection: Connection,
-    id: u64,
+    max_message: usize,
+    channels: Channels,
+    channel: CachedChannel,
 }
 
 impl Call {
-    async fn send(self, mut client: InternalClient<Channel>, batch: Vec<Forward>) {
+    async fn send(self, batch: Vec<Forward>) {
+        let address = self.channel.address().to_string();
+        let mut client = wire::client(self.channel.channel())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
         let commands = batch.iter().map(|f| f.command.clone()).collect();
-        let request = self.sender.request(proto::ApplyBatchRequest { commands }, self.timeout);
+        let request = self.sender.request(proto::ApplyBatchRequest { commands }, Some(self.leader), self.timeout);
         // The server enforces the deadline; this bounds a dead connection too.
         let sent = tokio::time::timeout(self.timeout + Duration::from_secs(1), client.apply_batch(request)).await;
         let response = match sent {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
-                self.forget();
-                let failure = wire::call_failure(&self.address, &status);
-                return answer_all(batch, &failure);
+                self.channels.evict(&self.channel);
+                return answer_all(batch, &wire::call_failure(&address, &status));
             }
             Err(_) => {
-                self.forget();
-                let message = format!("the leader at {} did not answer within {:?}", self.address, self.timeout);
+                self.channels.evict(&self.channel);
+                let message = format!("the leader at {address} did not answer within {:?}", self.timeout);
                 return answer_all(batch, &Failure::unknown(Kind::Timeout, message));
             }
         };
@@ -210,14 +180,6 @@ impl Call {
             let _ = forward.reply.send(answer);
         }
     }
-
-    /// Forgets this connection (not a newer one) after a failure on it.
-    fn forget(&self) {
-        let mut open = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        if open.as_ref().is_some_and(|(open, _)| *open == self.id) {
-            *open = None;
-        }
-    }
 }
 
 fn answer_all(batch: Vec<Forward>, failure: &Failure) {
@@ -233,7 +195,6 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use raftkv_raft::NodeId;
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
 
@@ -316,10 +277,15 @@ mod tests {
 
     /// A forwarder to `address` whose messages hold at most `max_message` bytes.
     fn forwarder(address: &str, max_message: usize) -> mpsc::UnboundedSender<Forward> {
-        let sender = Sender { cluster_id: "test".into(), id: NodeId(1) };
-        let mut target = Target::new(address, sender, Duration::from_secs(5)).unwrap();
-        target.max_message = max_message;
-        start(target)
+        let identity = raftkv_raft::transport::grpc::Identity::new("test", NodeId(1), "127.0.0.1:1");
+        start(Target {
+            address: address.to_string(),
+            leader: NodeId(2),
+            channels: wire::channels(),
+            max_message,
+            sender: Sender { identity },
+            timeout: Duration::from_secs(5),
+        })
     }
 
     async fn forward(forwarder: &mpsc::UnboundedSender<Forward>, command: &[u8]) -> Forwarded {

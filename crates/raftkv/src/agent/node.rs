@@ -136,15 +136,15 @@ impl Agent {
         let timeout = self.config.request_timeout;
         let (index, response) = match self.route()? {
             Route::Here => self.raft.apply(command.encode(), timeout).await?,
-            Route::Leader { address, .. } => self.forward(&address, command).await?,
+            Route::Leader { id, address } => self.forward(id, &address, command).await?,
         };
         let answer = Answer::decode(&response)
             .map_err(|e| Failure::internal(Outcome::Done, format!("the write applied at index {}: {e}", index.0)))?;
         Ok((index, answer))
     }
 
-    async fn forward(&self, address: &str, command: Command) -> forward::Forwarded {
-        let forwarder = self.forwarder(address)?;
+    async fn forward(&self, leader: NodeId, address: &str, command: Command) -> forward::Forwarded {
+        let forwarder = self.forwarder(leader, address);
         let (reply, answer) = oneshot::channel();
         let queued = Forward { command: command.encode(), queued: Instant::now(), reply };
         if forwarder.send(queued).is_err() {
@@ -161,15 +161,22 @@ impl Agent {
     }
 
     /// The forwarder to the leader at `address`, started on first use.
-    fn forwarder(&self, address: &str) -> Result<mpsc::UnboundedSender<Forward>, Failure> {
+    fn forwarder(&self, leader: NodeId, address: &str) -> mpsc::UnboundedSender<Forward> {
         let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(forwarder) = forwarders.get(address).filter(|f| !f.is_closed()) {
-            return Ok(forwarder.clone());
+            return forwarder.clone();
         }
-        let target = forward::Target::new(address, self.peers.sender.clone(), self.config.request_timeout)?;
+        let target = forward::Target {
+            address: address.to_string(),
+            leader,
+            channels: self.peers.channels.clone(),
+            max_message: wire::MAX_MESSAGE,
+            sender: self.peers.sender.clone(),
+            timeout: self.config.request_timeout,
+        };
         let forwarder = forward::start(target);
         forwarders.insert(address.to_string(), forwarder.clone());
-        Ok(forwarder)
+        forwarder
     }
 
     /// Waits until a read may be served here at `mode` (`None`: a stale read,
@@ -190,7 +197,9 @@ impl Agent {
         check(&op)?;
         match self.route()? {
             Route::Here => self.admin_here(op).await,
-            Route::Leader { address, .. } => self.peers.admin(&address, op, self.config.request_timeout).await,
+            Route::Leader { id, address } => {
+                self.peers.admin(&address, Some(id), op, self.config.request_timeout).await
+            }
         }
     }
 
@@ -246,9 +255,9 @@ impl Agent {
                 let joined = match wire::cluster_info(target).await {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
                     Ok(info) => {
-                        let leader = info.leader_raft_addr;
+                        let (leader, to) = (info.leader_raft_addr, Some(NodeId(info.leader_id)));
                         let op = AdminOp::Join(member.clone());
-                        let done = self.peers.admin(&leader, op, Duration::from_secs(10)).await;
+                        let done = self.peers.admin(&leader, to, op, Duration::from_secs(10)).await;
                         done.map(|done| tracing::info!(via = %target, %leader, ?done, "joined the cluster"))
                             .map_err(|failure| format!("leader {leader}: {failure}"))
                     }

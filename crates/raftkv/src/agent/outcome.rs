@@ -50,6 +50,9 @@ pub enum Kind {
     Refused,
     /// Leadership did not move to the node asked for.
     TransferFailed,
+    /// The leader cannot take this membership change yet (another one has not
+    /// committed, or it has not committed in its term): retry shortly.
+    NotReady,
     /// The node is shutting down.
     ShuttingDown,
     /// The node failed for good and serves nothing.
@@ -70,7 +73,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::BadRequest,
         Kind::TooLarge,
         Kind::NoLeader,
@@ -78,6 +81,7 @@ impl Kind {
         Kind::LeadershipTransfer,
         Kind::Refused,
         Kind::TransferFailed,
+        Kind::NotReady,
         Kind::ShuttingDown,
         Kind::NodeFailed,
         Kind::Timeout,
@@ -97,6 +101,7 @@ impl Kind {
             Kind::LeadershipTransfer => "leadership_transfer",
             Kind::Refused => "refused",
             Kind::TransferFailed => "transfer_failed",
+            Kind::NotReady => "not_ready",
             Kind::ShuttingDown => "shutting_down",
             Kind::NodeFailed => "node_failed",
             Kind::Timeout => "timeout",
@@ -178,6 +183,9 @@ impl From<RaftError> for Failure {
             // make the target campaign.
             RaftError::TransferFailed { .. } => (Kind::TransferFailed, Outcome::Unknown),
             RaftError::Refused(ProposeError::TransferInProgress { .. }) => (Kind::LeadershipTransfer, Outcome::NotDone),
+            RaftError::Refused(ProposeError::ConfigChangePending { .. } | ProposeError::NoCommitInTerm { .. }) => {
+                (Kind::NotReady, Outcome::NotDone)
+            }
             RaftError::Refused(_) => (Kind::Refused, Outcome::NotDone),
             RaftError::Config(_) => (Kind::BadRequest, Outcome::NotDone),
             RaftError::NothingNewToSnapshot { .. } => (Kind::NothingNew, Outcome::NotDone),

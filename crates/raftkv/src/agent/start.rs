@@ -73,7 +73,7 @@ impl Agent {
         };
 
         let book = address_book(stable.clone(), id, &raft_addr).map_err(storage_error(&dir))?;
-        let identity = Identity { cluster_id: cluster_id.clone(), id, advertise_addr: raft_addr.clone() };
+        let identity = Identity::new(cluster_id.clone(), id, raft_addr.clone());
         let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
         let kv = Kv::default();
         let machine = {
@@ -89,7 +89,7 @@ impl Agent {
         let listener = TcpListener::bind(config.raft_addr)
             .await
             .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
-        let peers = Peers::new(Sender { cluster_id: cluster_id.clone(), id });
+        let peers = Peers { sender: Sender { identity: identity.clone() }, channels: wire::channels() };
         let needs_join = !existing && !config.bootstrap;
         let mut agent = Agent::new(config, cluster_id, raft.clone(), kv, book.clone(), peers, lock);
         agent.needs_join = needs_join;

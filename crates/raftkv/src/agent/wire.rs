@@ -9,12 +9,10 @@
 //! transport knows: a call that could not connect was not sent (not done);
 //! anything after the request left may have been carried out (unknown).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use raftkv_raft::transport::grpc::{is_connect_error, ChannelOptions, Channels, Identity};
 use raftkv_raft::{LogIndex, NodeId};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::agent::request::{AdminDone, AdminOp, Member};
@@ -27,122 +25,89 @@ use proto::internal_client::InternalClient;
 
 /// Largest internal message: a forwarded batch of large writes.
 pub const MAX_MESSAGE: usize = 64 << 20;
-/// How long a caller tries to open a connection to another node.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Version of the internal protocol; a node refuses calls of another.
-pub const PROTOCOL_VERSION: u32 = 2;
-const VERSION_KEY: &str = "raftkv-internal-version";
-const CLUSTER_KEY: &str = "raftkv-cluster-id";
-const FROM_KEY: &str = "raftkv-from";
-
-/// Who sends internal calls: stamped on every request, checked on receipt.
+/// Who sends internal calls: this node's identity, stamped on every request
+/// by the transport's one wire edge and checked on receipt by the same.
 #[derive(Clone, Debug)]
 pub struct Sender {
-    pub cluster_id: String,
-    pub id: NodeId,
+    pub identity: Identity,
 }
 
 impl Sender {
-    pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+    /// A request to node `to` (when known), with a deadline.
+    pub fn request<T>(&self, message: T, to: Option<NodeId>, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(timeout);
-        let metadata = request.metadata_mut();
-        metadata.insert(VERSION_KEY, PROTOCOL_VERSION.into());
-        metadata.insert(FROM_KEY, self.id.0.into());
-        // A cluster id is ASCII hex (see `datadir`); one that is not cannot be
-        // stamped, and the receiver then refuses the call as from no cluster.
-        if let Ok(value) = self.cluster_id.parse() {
-            metadata.insert(CLUSTER_KEY, value);
-        }
+        self.identity.header(to).stamp(&mut request);
         request
     }
 
-    /// Whether `request` comes from a node of this node's cluster speaking
+    /// Whether `request` comes from another node of this cluster speaking
     /// this protocol; a refusal says who is who.
     pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, Failure> {
-        let metadata = request.metadata();
-        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let refuse = |message: String| Err(Failure::not_done(Kind::Refused, message));
-        let version = text(VERSION_KEY);
-        if version != PROTOCOL_VERSION.to_string() {
-            return refuse(format!(
-                "internal protocol version mismatch: the caller speaks {version:?}, node {} speaks {PROTOCOL_VERSION}",
-                self.id
-            ));
+        match self.identity.check(request) {
+            Ok(header) => Ok(header.from),
+            Err(status) => Err(Failure::not_done(Kind::Refused, status.message())),
         }
-        let Ok(from) = text(FROM_KEY).parse::<u64>() else {
-            return refuse(format!("internal call to node {} without a valid sender id", self.id));
-        };
-        let cluster = text(CLUSTER_KEY);
-        if cluster.is_empty() || cluster != self.cluster_id {
-            return refuse(format!(
-                "cluster id mismatch: node {from} belongs to cluster {cluster:?}, node {} to cluster {:?}",
-                self.id, self.cluster_id
-            ));
-        }
-        Ok(NodeId(from))
     }
 }
 
-/// The endpoint of a node's internal service (and raft transport).
-pub fn endpoint(address: &str) -> Result<Endpoint, Failure> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Failure::not_done(Kind::NotSent, format!("bad node address {address:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true))
+/// The channels internal calls use, apart from raft's (a forwarded batch of
+/// megabytes must not queue a heartbeat behind it on one connection).
+pub fn channels() -> Channels {
+    Channels::new(ChannelOptions::default())
 }
 
 /// What a failed call's gRPC status says of its outcome (see the module doc).
 pub fn call_failure(address: &str, status: &tonic::Status) -> Failure {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.downcast_ref::<tonic::ConnectError>().is_some() {
-            return Failure::not_done(
-                Kind::NotSent,
-                format!("cannot reach node {address} ({}); the request was not sent", status.message()),
-            );
-        }
-        source = error.source();
+    if is_connect_error(status) {
+        return Failure::not_done(
+            Kind::NotSent,
+            format!("cannot reach node {address} ({}); the request was not sent", status.message()),
+        );
     }
     let kind = if status.code() == tonic::Code::DeadlineExceeded { Kind::Timeout } else { Kind::OutcomeUnknown };
     Failure::unknown(kind, format!("the call to {address} failed after it was sent: {}", status.message()))
 }
 
-/// Clients of other nodes' internal service, one per address.
+/// A client of the internal service on `channel`.
+pub fn client(channel: tonic::transport::Channel) -> InternalClient<tonic::transport::Channel> {
+    InternalClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// The calling side of admin operations.
 pub struct Peers {
     pub sender: Sender,
-    clients: Mutex<BTreeMap<String, InternalClient<Channel>>>,
+    pub channels: Channels,
 }
 
 impl Peers {
-    pub fn new(sender: Sender) -> Peers {
-        Peers { sender, clients: Mutex::new(BTreeMap::new()) }
-    }
-
-    fn client(&self, address: &str) -> Result<InternalClient<Channel>, Failure> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
+    /// Runs an admin operation on the node at `address` (the leader, `to`).
+    pub async fn admin(
+        &self,
+        address: &str,
+        to: Option<NodeId>,
+        op: AdminOp,
+        timeout: Duration,
+    ) -> Result<AdminDone, Failure> {
+        let cached = self
+            .channels
+            .get(address)
+            .map_err(|e| Failure::not_done(Kind::NotSent, format!("{e}; the request was not sent")))?;
+        let request = self.sender.request(admin_to_proto(op), to, timeout);
+        match client(cached.channel()).admin(request).await {
+            Ok(response) => admin_answer_from_proto(response.into_inner()),
+            Err(status) => {
+                self.channels.evict_on_connect_error(&cached, &status);
+                Err(call_failure(address, &status))
+            }
         }
-        let client = InternalClient::new(endpoint(address)?.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        clients.insert(address.to_string(), client.clone());
-        Ok(client)
-    }
-
-    /// Runs an admin operation on the node at `address` (the leader).
-    pub async fn admin(&self, address: &str, op: AdminOp, timeout: Duration) -> Result<AdminDone, Failure> {
-        let mut client = self.client(address)?;
-        let request = self.sender.request(admin_to_proto(op), timeout);
-        let response = client.admin(request).await.map_err(|status| call_failure(address, &status))?;
-        admin_answer_from_proto(response.into_inner())
     }
 }
 
-/// Asks any member at `address` which cluster it belongs to (before joining:
-/// the caller has no cluster id yet, so this call carries none).
+/// Asks any member at `address` which cluster it belongs to and who leads
+/// (before joining: the caller has no cluster id yet, so this call carries
+/// none and is the one call served without a check).
 pub async fn cluster_info(address: &str) -> Result<proto::ClusterInfoResponse, String> {
     let mut client = InternalClient::connect(format!("http://{address}")).await.map_err(|e| e.to_string())?;
     let answer = client.cluster_info(proto::ClusterInfoRequest {}).await.map_err(|s| s.message().to_string())?;
@@ -169,6 +134,7 @@ impl From<Kind> for proto::Kind {
             Kind::LeadershipTransfer => proto::Kind::LeadershipTransfer,
             Kind::Refused => proto::Kind::Refused,
             Kind::TransferFailed => proto::Kind::TransferFailed,
+            Kind::NotReady => proto::Kind::NotReady,
             Kind::ShuttingDown => proto::Kind::ShuttingDown,
             Kind::NodeFailed => proto::Kind::NodeFailed,
             Kind::Timeout => proto::Kind::Timeout,
@@ -289,16 +255,14 @@ mod tests {
 
     #[test]
     fn the_header_check_refuses_strangers() {
-        let ours = Sender { cluster_id: "abc".into(), id: NodeId(1) };
-        let request = |sender: &Sender| sender.request((), Duration::from_secs(1));
-        assert_eq!(ours.check(&request(&Sender { cluster_id: "abc".into(), id: NodeId(2) })), Ok(NodeId(2)));
-        for stranger in
-            [Sender { cluster_id: "xyz".into(), id: NodeId(2) }, Sender { cluster_id: String::new(), id: NodeId(2) }]
-        {
+        let sender = |cluster: &str, id: u64| Sender { identity: Identity::new(cluster, NodeId(id), "127.0.0.1:1") };
+        let ours = sender("abc", 1);
+        let request = |from: &Sender| from.request((), Some(NodeId(1)), Duration::from_secs(1));
+        assert_eq!(ours.check(&request(&sender("abc", 2))), Ok(NodeId(2)));
+        for stranger in [sender("xyz", 2), sender("", 2)] {
             let refused = ours.check(&request(&stranger)).unwrap_err();
             assert_eq!((refused.kind, refused.outcome), (Kind::Refused, Outcome::NotDone), "{refused}");
         }
-        let unstamped = tonic::Request::new(());
-        assert!(ours.check(&unstamped).is_err());
+        assert!(ours.check(&tonic::Request::new(())).is_err());
     }
 }

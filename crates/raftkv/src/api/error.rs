@@ -7,7 +7,8 @@
 //! (`refused`, `transfer_failed`, `cas_mismatch`, `restore_running`,
 //! `restore_failed`, `nothing_new`), 413 a write too large to forward, 500 a
 //! bug, 503 not done and worth retrying soon (`no_leader`, `not_sent`,
-//! `leadership_transfer`, `shutting_down`, `node_failed`; with `Retry-After`),
+//! `not_ready`, `leadership_transfer`, `shutting_down`, `node_failed`; with
+//! `Retry-After`),
 //! 504 no answer in time (`timeout`, `outcome_unknown`).
 
 use axum::http::{header, StatusCode};
@@ -49,9 +50,12 @@ impl From<Failure> for ApiError {
             Kind::Refused | Kind::TransferFailed | Kind::NothingNew | Kind::RestoreRunning | Kind::RestoreFailed => {
                 StatusCode::CONFLICT
             }
-            Kind::NoLeader | Kind::NotSent | Kind::LeadershipTransfer | Kind::ShuttingDown | Kind::NodeFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Kind::NoLeader
+            | Kind::NotSent
+            | Kind::NotReady
+            | Kind::LeadershipTransfer
+            | Kind::ShuttingDown
+            | Kind::NodeFailed => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout | Kind::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -135,9 +135,13 @@ pub async fn three_node_cluster(root: &Path) -> Vec<Node> {
     for node in &mut nodes[1..] {
         node.start(&["--join", &join]);
     }
+    // Three voters in a configuration that committed (one appended but not
+    // committed yet would refuse the next membership change).
     eventually("three voters", async || {
         let stats = stats(&nodes[0]).await?;
-        (stats["num_peers"] == "2").then_some(())
+        let number = |field: &str| stats[field].as_str().and_then(|v| v.parse::<u64>().ok());
+        let committed = number("commit_index")? >= number("latest_configuration_index")?;
+        (stats["num_peers"] == "2" && committed).then_some(())
     })
     .await;
     nodes
