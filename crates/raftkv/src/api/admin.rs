@@ -103,7 +103,8 @@ fn unexpected(done: AdminDone) -> ApiError {
 /// Every field of hashicorp/raft's `Stats()`, values as strings.
 pub async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
     let book = agent.book.clone();
-    agent.raft.stats(|id| book.get(id)).await.map(Json).map_err(|e| Failure::from(e).changed_nothing().into())
+    let stats = agent.raft.statistics_with(|id| book.get(id)).await.map_err(|e| Failure::from(e).changed_nothing())?;
+    Ok(Json(stats.to_map()))
 }
 
 #[derive(Deserialize)]
