@@ -21,7 +21,8 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use raftkv_core::{Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, SnapshotMeta, Term};
 
-use super::{LogStore, SnapshotStore, StableStore, StorageError};
+use crate::storage::error::StorageError;
+use crate::storage::traits::{LogStore, SnapshotInfo, SnapshotStore, StableStore};
 
 fn entry(term: u64, index: u64) -> Entry {
     let payload = match index % 3 {
@@ -162,7 +163,7 @@ fn meta(term: u64, index: u64) -> SnapshotMeta {
     SnapshotMeta { last_log_id: LogId::new(Term(term), LogIndex(index)), config }
 }
 
-fn write_snapshot(store: &impl SnapshotStore, term: u64, index: u64, data: &[u8]) -> super::SnapshotInfo {
+fn write_snapshot(store: &impl SnapshotStore, term: u64, index: u64, data: &[u8]) -> SnapshotInfo {
     let mut sink = store.create(meta(term, index)).expect("create");
     // Write in uneven pieces, as a state machine streaming its state would.
     for piece in data.chunks(777) {
@@ -171,7 +172,7 @@ fn write_snapshot(store: &impl SnapshotStore, term: u64, index: u64, data: &[u8]
     sink.commit().expect("commit")
 }
 
-fn read_snapshot(store: &impl SnapshotStore, id: &str) -> (super::SnapshotInfo, Vec<u8>) {
+fn read_snapshot(store: &impl SnapshotStore, id: &str) -> (SnapshotInfo, Vec<u8>) {
     let (info, mut reader) = store.open(id).expect("open");
     let mut data = Vec::new();
     reader.read_to_end(&mut data).expect("read");

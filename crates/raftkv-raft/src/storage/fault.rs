@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::vfs::{StdFs, Vfs, VfsFile};
+use crate::storage::vfs::{StdFs, Vfs, VfsFile};
 
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;

@@ -10,9 +10,9 @@ use raftkv_core::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 
 use crate::locks::lock;
 
-use super::{
-    check_contiguous, snapshot_id, LogStore, Result, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore,
-    StorageError,
+use crate::storage::error::{Result, StorageError};
+use crate::storage::traits::{
+    check_contiguous, snapshot_id, LogStore, SnapshotInfo, SnapshotSink, SnapshotStore, StableStore,
 };
 
 #[derive(Debug)]

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use raftkv_core::{Configuration, LogId, LogIndex, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
-use super::vfs::{create_dir_durably, read_all, StdFs, Vfs, VfsFile};
-use super::{snapshot_id, Result, SnapshotInfo, SnapshotSink, SnapshotStore, StorageError};
+use crate::storage::error::{Result, StorageError};
+use crate::storage::traits::{snapshot_id, SnapshotInfo, SnapshotSink, SnapshotStore};
+use crate::storage::vfs::{create_dir_durably, read_all, StdFs, Vfs, VfsFile};
 
 const META_FILE: &str = "meta.json";
 const DATA_FILE: &str = "data";

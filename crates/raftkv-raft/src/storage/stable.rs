@@ -15,9 +15,10 @@ use raftkv_core::HardState;
 
 use crate::locks::lock;
 
-use super::memory::{hard_state_from, hard_state_values};
-use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs};
-use super::{Result, StableStore, StorageError};
+use crate::storage::error::{Result, StorageError};
+use crate::storage::memory::{hard_state_from, hard_state_values};
+use crate::storage::traits::StableStore;
+use crate::storage::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs};
 
 const MAGIC: &[u8; 8] = b"RKVSTAB1";
 const FILE_NAME: &str = "stable";

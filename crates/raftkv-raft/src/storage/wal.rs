@@ -76,9 +76,10 @@ use raftkv_core::{Entry, LogIndex, Term};
 
 use crate::locks::lock;
 
-use super::codec::{decode_entry, encode_entry, encoded_entry_len};
-use super::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs, VfsFile};
-use super::{check_contiguous, LogStore, Result, StorageError};
+use crate::storage::codec::{decode_entry, encode_entry, encoded_entry_len};
+use crate::storage::error::{Result, StorageError};
+use crate::storage::traits::{check_contiguous, LogStore};
+use crate::storage::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs, VfsFile};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"RKVWAL01";
 const MANIFEST_MAGIC: &[u8; 8] = b"RKVWALM1";
