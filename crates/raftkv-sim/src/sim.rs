@@ -477,7 +477,12 @@ impl Simulation {
             faults_on: true,
             checker: Checker::default(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
-            snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 0, log_bytes: u64::MAX },
+            // The shortest interval the runtime accepts (its `snapshot_interval`
+            // must be positive). With none, a capture refused because a newer
+            // snapshot was installed under it (its restore still queued) is
+            // retried at once, forever: seed 29986 on 3 nodes recursed until
+            // the stack overflowed.
+            snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 1, log_bytes: u64::MAX },
             trailing_entries,
             profile,
             cfg,

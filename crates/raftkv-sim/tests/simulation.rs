@@ -65,3 +65,24 @@ fn seeds_that_found_bugs_stay_clean() {
         assert!(failures.is_empty(), "seed {seed} fails again: {first:?}");
     }
 }
+
+/// Seed 29986 on 3 nodes: a snapshot capture refused because a newer snapshot
+/// was installed under it (its restore still queued behind the install's
+/// write) was retried at once under a zero snapshot interval, forever, until
+/// the simulator's stack overflowed. The simulator now runs the shortest
+/// interval the runtime accepts.
+#[test]
+fn seed_whose_capture_retries_overflowed_the_stack_stays_clean() {
+    let plan = RunPlan {
+        first_seed: 29986,
+        seeds: 1,
+        nodes: 3,
+        faults: Faults::ALL,
+        faults_text: "all".into(),
+        threads: 1,
+        bug: None,
+    };
+    let (_, failures) = run_plan(&plan, false);
+    let first = failures.first().map(|f| (f.violations.first().cloned(), f.liveness_failure.clone()));
+    assert!(failures.is_empty(), "seed 29986 fails again: {first:?}");
+}
