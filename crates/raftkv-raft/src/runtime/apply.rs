@@ -10,8 +10,8 @@ use raftkv_core::LogIndex;
 use raftkv_driver::{Applier, ApplyEffect, ApplyJob};
 use tokio::sync::{mpsc, watch};
 
-use super::snapshots::restore;
-use super::{millis_since, LoopEvent, Pending};
+use crate::runtime::events::{millis_since, LoopEvent, Pending};
+use crate::runtime::snapshots::restore;
 use crate::state_machine::StateMachine;
 use crate::storage::SnapshotStore;
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use raftkv_core::{InstallSnapshot, LogId, Message, NodeId, SnapshotMeta, Term};
 use tokio::sync::mpsc;
 
-use super::LoopEvent;
+use crate::runtime::events::LoopEvent;
 use crate::state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 use crate::storage::{SnapshotInfo, SnapshotStore, StorageError};
 

@@ -1,16 +1,24 @@
-//! The log writer: one OS thread (storage calls block) that runs the driver's
-//! store jobs in order, merging what queued while it was busy into one append
+//! The log writer: one OS thread (storage calls block) that owns the node's
+//! `Stores` and runs the driver's store jobs in order, merging what queued while it was busy into one append
 //! and one fsync, and reports the highest sequence done. A failed step stops
 //! it before anything later runs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use raftkv_core::LogIndex;
 use raftkv_driver::{StoreJob, StoreStep};
 use tokio::sync::mpsc;
 
-use super::Stores;
-use crate::storage::{LogStore, SnapshotSink, StableStore, StorageError};
+use crate::storage::{LogStore, SnapshotSink, SnapshotStore, StableStore, StorageError};
+
+/// The stores of one node. The log writer owns them once the node runs; the
+/// raft loop keeps its own handle on the snapshot store.
+pub(crate) struct Stores {
+    pub log: Arc<dyn LogStore>,
+    pub stable: Arc<dyn StableStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+}
 
 /// A store job and the received snapshots its `CommitReceived` steps commit.
 pub(crate) struct WriterJob {
