@@ -1,6 +1,8 @@
 //! The wire header: who sends a request, to whom, in which cluster, speaking
 //! which protocol version. Every node-to-node gRPC request carries one, the
-//! raft transport's and any service an application serves beside it.
+//! raft transport's and any service an application serves beside it. A
+//! node's [`Identity`] (who it is on the wire) lives here too: headers are
+//! stamped from it and checked against it.
 //!
 //! ## Why request metadata, not a proto message
 //! The header travels as gRPC request metadata (HTTP/2 headers), not as a
@@ -38,7 +40,31 @@
 use raftkv_core::NodeId;
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 
-use super::Identity;
+/// Who this node is on the wire.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub id: NodeId,
+    /// The address other nodes reach this node's raft service at.
+    pub advertise_addr: String,
+}
+
+impl Identity {
+    pub fn new(cluster_id: impl Into<String>, id: NodeId, advertise_addr: impl Into<String>) -> Identity {
+        Identity { cluster_id: cluster_id.into(), id, advertise_addr: advertise_addr.into() }
+    }
+
+    /// The header this node stamps on requests to `to` (`None`: the
+    /// receiver's id is not known, as for a request sent to an address).
+    pub fn header(&self, to: Option<NodeId>) -> WireHeader {
+        WireHeader::new(self, to)
+    }
+
+    /// Checks a request's header against this node (see [`check`]).
+    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<CheckedHeader, tonic::Status> {
+        check(self, request)
+    }
+}
 
 /// Bumped when the messages change incompatibly; peers must match. One
 /// version covers the raft RPCs and the header; an application's own RPCs

@@ -3,7 +3,7 @@
 //!
 //! - `GrpcTransport` sends batches of messages over one long-lived `Raft.Stream`
 //!   per peer; `RaftService` receives them for one node.
-//! - [`WireHeader`] and [`check`] (module `header`): who sends, to whom, in
+//! - [`Identity`], [`WireHeader`] and [`check`] (module `header`): who sends, to whom, in
 //!   which cluster, speaking which [`PROTOCOL_VERSION`]. Every request is
 //!   stamped with it in gRPC metadata and checked by the receiver before it
 //!   touches the payload; a stream is checked once, when it opens. An
@@ -34,8 +34,8 @@ mod header;
 
 pub use channels::{is_connect_error, CachedChannel, ChannelError, ChannelOptions, Channels};
 pub use header::{
-    check, check_metadata, CheckedHeader, Stamp, WireHeader, CLUSTER_ID_KEY, FROM_ADDR_KEY, FROM_KEY, PROTOCOL_KEY,
-    PROTOCOL_VERSION, TO_KEY,
+    check, check_metadata, CheckedHeader, Identity, Stamp, WireHeader, CLUSTER_ID_KEY, FROM_ADDR_KEY, FROM_KEY,
+    PROTOCOL_KEY, PROTOCOL_VERSION, TO_KEY,
 };
 
 /// Generated protobuf and gRPC code.
@@ -91,32 +91,6 @@ impl AddressBook {
             callback(&snapshot);
         }
         true
-    }
-}
-
-/// Who this node is on the wire.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub cluster_id: String,
-    pub id: NodeId,
-    /// The address other nodes reach this node's raft service at.
-    pub advertise_addr: String,
-}
-
-impl Identity {
-    pub fn new(cluster_id: impl Into<String>, id: NodeId, advertise_addr: impl Into<String>) -> Identity {
-        Identity { cluster_id: cluster_id.into(), id, advertise_addr: advertise_addr.into() }
-    }
-
-    /// The header this node stamps on requests to `to` (`None`: the
-    /// receiver's id is not known, as for a request sent to an address).
-    pub fn header(&self, to: Option<NodeId>) -> WireHeader {
-        WireHeader::new(self, to)
-    }
-
-    /// Checks a request's header against this node (see [`check`]).
-    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<CheckedHeader, tonic::Status> {
-        check(self, request)
     }
 }
 
