@@ -535,15 +535,6 @@ impl Raft {
         Ok(Stats::new(&status, self.applied_index(), protocol_version, address_of))
     }
 
-    /// hashicorp/raft's `Stats()`: the same field names, values as strings
-    /// (`Stats::to_map` of `statistics_with(address_of)`).
-    pub async fn stats(
-        &self,
-        address_of: impl Fn(NodeId) -> Option<String>,
-    ) -> Result<std::collections::BTreeMap<&'static str, String>, RaftError> {
-        Ok(self.statistics_with(address_of).await?.to_map())
-    }
-
     /// Proposes a membership change; resolves once it is committed and applied here.
     pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<LogIndex, RaftError> {
         let result = self.request(|reply| Request::Membership { change, reply });

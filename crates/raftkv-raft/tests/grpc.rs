@@ -216,7 +216,7 @@ async fn headers_are_checked_on_real_calls_and_refusals_say_why() {
     let stats = nodes[0].raft.statistics().await.unwrap();
     assert_eq!(stats.protocol_version, Some(PROTOCOL_VERSION));
     assert_eq!(stats.latest_configuration[0].address.as_deref(), Some(addresses[0].as_str()));
-    let map = nodes[0].raft.stats(|id| nodes[0].book.get(id)).await.unwrap();
+    let map = nodes[0].raft.statistics_with(|id| nodes[0].book.get(id)).await.unwrap().to_map();
     assert_eq!(map["protocol_version"], PROTOCOL_VERSION.to_string());
     assert_eq!(map["state"], "Leader");
     nodes[0].raft.shutdown().await;

@@ -40,7 +40,7 @@ pub trait Transport: Send + Sync + 'static {
     }
 
     /// The wire protocol version this transport speaks, if it has a wire
-    /// format (`Raft::stats` reports it). The default, `None`, suits
+    /// format (`Raft::statistics` reports it). The default, `None`, suits
     /// in-process transports; the gRPC transport says
     /// `grpc::PROTOCOL_VERSION`.
     fn protocol_version(&self) -> Option<u32> {
