@@ -15,9 +15,10 @@
 //!   index within the log, the compaction point covered by a snapshot that
 //!   this node holds and that matches its log (figure 13);
 //! - roles and terms (§5.2): only a leader has leader state and names itself
-//!   leader; leaders and candidates voted for themselves in their term; a
-//!   leader's term and vote are durable, its last entry is of its term (it
-//!   appended a no-op, §5.4.2, and never truncates: Leader Append-Only);
+//!   leader; leaders and candidates voted for themselves in their term, and
+//!   only a campaigning node holds votes, its own among them; a leader's term
+//!   and vote are durable, its last entry is of its term (it appended a no-op,
+//!   §5.4.2, and never truncates: Leader Append-Only);
 //! - membership (thesis §4.1): the configuration in force is the newest in the
 //!   log, or the compaction point's (from an entry at or before it) when the
 //!   log holds none;
@@ -27,6 +28,12 @@
 //! - persistence: sequence numbers ordered, messages held only behind persists
 //!   not yet done;
 //! - reads forwarded to a leader: only by a follower of that leader.
+//!
+//! Not an invariant: a last log term no higher than the current term, except
+//! on a leader. The runtime writes a persist's log before its hard state, so a
+//! crash between the two restarts a node with entries of a term its hard state
+//! never reached (harmless: that term's leader was elected by a durable
+//! majority, so none is left to elect this node in that term).
 
 use std::fmt;
 
