@@ -208,6 +208,12 @@ pub fn check_metadata(identity: &Identity, metadata: &MetadataMap) -> Result<Che
             header.cluster_id, identity.cluster_id
         ));
     }
+    if from.0 == 0 || header.to.is_some_and(|to| to.0 == 0) {
+        return refuse(format!(
+            "node ids are positive: a request from node {from} to {:?} (this is node {me})",
+            header.to
+        ));
+    }
     if let Some(to) = header.to {
         if to != me {
             return refuse(format!("node {from} addressed node {to}, but this is node {me}"));
@@ -388,6 +394,15 @@ mod tests {
         assert!(status.message().contains("from node 1"), "{}", status.message());
         let status = refused(&stamped(&WireHeader::new(&identity("prod", 1), None)));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn node_id_zero_is_refused_as_sender_or_receiver() {
+        let status = refused(&stamped(&WireHeader::new(&identity("prod", 0), Some(NodeId(1)))));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("node ids are positive"), "{}", status.message());
+        let status = refused(&stamped(&WireHeader::new(&identity("prod", 2), Some(NodeId(0)))));
+        assert!(status.message().contains("node ids are positive"), "{}", status.message());
     }
 
     #[test]

@@ -77,12 +77,27 @@ impl AddressBook {
         self.addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Records `address` for `id`; returns whether it was news.
+    /// Records `address` for a node the book does not know yet (what a
+    /// sender says of itself): a header never re-points a known node, or one
+    /// request could cut a voter off. Returns whether it was news. Addresses
+    /// longer than `MAX_ADDRESS` are ignored.
+    pub fn learn(&self, id: NodeId, address: &str) -> bool {
+        const MAX_ADDRESS: usize = 256;
+        address.len() <= MAX_ADDRESS && self.record(id, address, false)
+    }
+
+    /// Records `address` for `id` (from a trusted source: configuration, the
+    /// replicated peer records); returns whether it was news.
     pub fn insert(&self, id: NodeId, address: &str) -> bool {
+        self.record(id, address, true)
+    }
+
+    fn record(&self, id: NodeId, address: &str, replace: bool) -> bool {
         let snapshot = {
             let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
-            if addresses.get(&id).is_some_and(|a| a == address) {
-                return false;
+            match addresses.get(&id) {
+                Some(known) if known == address || !replace => return false,
+                _ => {}
             }
             addresses.insert(id, address.to_string());
             addresses.clone()
@@ -218,7 +233,7 @@ impl RaftService {
             )));
         }
         if let Some(address) = &header.from_addr {
-            self.book.insert(header.from, address);
+            self.book.learn(header.from, address);
         }
         Ok(header.from)
     }
@@ -440,6 +455,21 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    /// What a sender says of itself only fills a gap: one forged header must
+    /// not cut a known node off by re-pointing its address.
+    #[test]
+    fn headers_teach_unknown_addresses_and_never_re_point_known_ones() {
+        let book = AddressBook::new();
+        assert!(book.learn(NodeId(2), "10.0.0.2:7000"));
+        assert!(!book.learn(NodeId(2), "10.9.9.9:1"));
+        assert!(!book.learn(NodeId(3), &"x".repeat(300)));
+        assert_eq!(book.get(NodeId(2)).as_deref(), Some("10.0.0.2:7000"));
+        assert_eq!(book.get(NodeId(3)), None);
+        // Trusted sources (the replicated peer records) still move it.
+        assert!(book.insert(NodeId(2), "10.0.0.22:7000"));
+        assert_eq!(book.get(NodeId(2)).as_deref(), Some("10.0.0.22:7000"));
+    }
 
     #[test]
     fn every_message_kind_round_trips() {
