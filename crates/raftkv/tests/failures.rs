@@ -149,3 +149,92 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
     .await;
     assert_eq!((status, body["value"].clone()), (200, json!("across a restart")));
 }
+
+/// Joins that would hurt the cluster are refused before anything changes: an
+/// existing member's id at another address (it would hand that voter's place
+/// to whatever listens there) and an address where no node of this cluster
+/// answers (an unreachable voter shrinks the margin, or stops a small
+/// cluster). A retried join of a member as it is answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_that_would_hurt_the_cluster_are_refused() {
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let silent = format!("127.0.0.1:{}", free_port());
+    for (asked, body) in [
+        (follower, json!({"id": 3, "raft_addr": silent})),
+        (follower, json!({"id": 8, "raft_addr": silent})),
+        (&nodes[0], json!({"id": 9, "raft_addr": nodes[1].raft})),
+    ] {
+        let (status, answer) = post(asked, "/api/v1/join", body.clone()).await;
+        assert_eq!(status, 409, "{body}: {answer}");
+        assert_eq!(
+            (answer["error"]["code"].clone(), answer["error"]["outcome"].clone()),
+            (json!("refused"), json!("not_done"))
+        );
+    }
+    let members = client().get(format!("http://{}/api/v1/members", nodes[0].http)).send().await.unwrap();
+    let members = members.json::<serde_json::Value>().await.unwrap();
+    let listed: Vec<(u64, String)> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["raft_addr"].as_str().unwrap().to_string()))
+        .collect();
+    let expected: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.raft.clone())).collect();
+    assert_eq!(listed, expected, "{members}");
+    let (status, answer) = post(follower, "/api/v1/join", json!({"id": 3, "raft_addr": nodes[2].raft})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(set(follower, "after", "joins").await.status(), 200);
+}
+
+/// The internal service takes work only from members, only client commands,
+/// within the same limits as the HTTP API; a refusal is typed and not done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_service_refuses_strangers_and_commands_clients_may_not_send() {
+    use raftkv::agent::wire::proto::{self, internal_client::InternalClient};
+    use raftkv_raft::transport::grpc::Identity;
+    use raftkv_raft::NodeId;
+
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = nodes.iter().find(|n| n.id == 1).unwrap();
+    assert_eq!(leader_of(&refs).await, 1);
+    let mut internal = InternalClient::connect(format!("http://{}", leader.raft)).await.unwrap();
+    let cluster_id = internal.cluster_info(proto::ClusterInfoRequest {}).await.unwrap().into_inner().cluster_id;
+    let batch = |from: u64, commands: Vec<&str>| {
+        let mut request = tonic::Request::new(proto::ApplyBatchRequest {
+            commands: commands.into_iter().map(|c| bytes::Bytes::from(c.to_string())).collect(),
+        });
+        Identity::new(cluster_id.clone(), NodeId(from), "127.0.0.1:1").header(Some(NodeId(1))).stamp(&mut request);
+        request
+    };
+    let set = r#"{"op":"set","key":"forged","value":"x"}"#;
+    for from in [99, 0] {
+        let answer = internal.apply_batch(batch(from, vec![set])).await.unwrap().into_inner();
+        let refused = answer.refused.clone().unwrap_or_else(|| panic!("node {from} is no member: {answer:?}"));
+        assert_eq!(refused.outcome, proto::Outcome::NotDone as i32, "{refused:?}");
+    }
+    let register = r#"{"op":"register_peer","id":7,"raft_addr":"127.0.0.1:1","http_addr":""}"#;
+    let empty_key = r#"{"op":"set","key":"","value":"x"}"#;
+    let answer = internal.apply_batch(batch(2, vec![register, empty_key, set])).await.unwrap().into_inner();
+    assert!(answer.refused.is_none(), "{answer:?}");
+    let kinds: Vec<Option<i32>> = answer
+        .results
+        .iter()
+        .map(|r| match &r.result {
+            Some(proto::apply_result::Result::Failure(failure)) => Some(failure.kind),
+            _ => None,
+        })
+        .collect();
+    let bad = Some(proto::Kind::BadRequest as i32);
+    assert_eq!(kinds, vec![bad, bad, None], "{answer:?}");
+    let (status, body) = get_json(leader, "forged", "linearizable").await;
+    assert_eq!((status, body["value"].clone()), (200, json!("x")), "a member's valid write goes through");
+    let members = client().get(format!("http://{}/api/v1/members", leader.http)).send().await.unwrap();
+    let members = members.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+}

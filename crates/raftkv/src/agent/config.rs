@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use raftkv_raft::{Config, RaftError};
 
+use crate::state::Limits;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub id: u64,
@@ -17,19 +19,6 @@ pub struct AgentConfig {
     pub raft: Config,
     pub limits: Limits,
     pub request_timeout: Duration,
-}
-
-/// Bounds on what a client may write (and a backup may hold).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_key_bytes: 4 << 10, max_value_bytes: 1 << 20 }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,7 @@ pub mod service;
 pub mod start;
 pub mod wire;
 
-pub use config::{AgentConfig, AgentError, Limits};
+pub use config::{AgentConfig, AgentError};
 pub use node::{Agent, Route};
 pub use outcome::{Failure, Kind, Outcome};
 pub use request::{AdminDone, AdminOp, Member};

@@ -30,8 +30,9 @@ pub struct Agent {
     pub kv: Kv,
     pub book: AddressBook,
     pub(crate) peers: Peers,
-    /// One batching forwarder per leader address.
-    forwarders: Mutex<BTreeMap<String, mpsc::UnboundedSender<Forward>>>,
+    /// One batching forwarder per leader (id and address: a node that takes
+    /// over a removed node's address is another leader).
+    forwarders: Mutex<BTreeMap<(NodeId, String), mpsc::UnboundedSender<Forward>>>,
     /// What serves this node (RPC, HTTP, background work), stopped together.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Held while the agent runs, so that offline tools refuse the data dir.
@@ -163,7 +164,8 @@ impl Agent {
     /// The forwarder to the leader at `address`, started on first use.
     fn forwarder(&self, leader: NodeId, address: &str) -> mpsc::UnboundedSender<Forward> {
         let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(forwarder) = forwarders.get(address).filter(|f| !f.is_closed()) {
+        let key = (leader, address.to_string());
+        if let Some(forwarder) = forwarders.get(&key).filter(|f| !f.is_closed()) {
             return forwarder.clone();
         }
         let target = forward::Target {
@@ -175,7 +177,7 @@ impl Agent {
             timeout: self.config.request_timeout,
         };
         let forwarder = forward::start(target);
-        forwarders.insert(address.to_string(), forwarder.clone());
+        forwarders.insert(key, forwarder.clone());
         forwarder
     }
 
@@ -221,18 +223,62 @@ impl Agent {
         }
     }
 
-    /// Records the member's addresses in the replicated peers, then adds it
-    /// as a voter (unless it is one already).
+    /// Adds `member` as a voter: once it answers at its address as a node of
+    /// this cluster, its addresses go into the replicated peers, then the
+    /// configuration. A member already in the configuration at the same
+    /// address is done at once (a retried join); one at another address is
+    /// refused, not re-pointed (that would hand its place to whatever listens
+    /// there).
     async fn add_voter(&self, member: Member) -> Result<LogIndex, Failure> {
         let timeout = self.config.request_timeout;
+        let status = self.raft.status().await?;
+        let (voter, learner) =
+            (status.membership.voters.contains(&member.id), status.membership.learners.contains(&member.id));
+        if voter || learner {
+            let known = self.kv.read().peers.get(&member.id.0).map(|p| p.raft_addr.clone());
+            let known = known.or_else(|| self.book.get(member.id));
+            if known.as_deref() != Some(member.raft_addr.as_str()) {
+                return Err(Failure::not_done(
+                    Kind::Refused,
+                    format!(
+                        "node {} is already a member at {}; remove it before adding a node with its id at {}",
+                        member.id,
+                        known.as_deref().unwrap_or("an unknown address"),
+                        member.raft_addr
+                    ),
+                ));
+            }
+            if voter {
+                return Ok(status.membership_index);
+            }
+        }
+        self.probe(&member).await?;
         let register =
             Command::RegisterPeer { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
         self.raft.apply(register.encode(), timeout).await?;
-        let status = self.raft.status().await?;
-        if status.membership.voters.contains(&member.id) {
-            return Ok(status.membership_index);
-        }
         Ok(self.raft.add_voter(member.id, timeout).await?)
+    }
+
+    /// Whether the member itself answers at its address, as a node of this
+    /// cluster: a voter that cannot be reached would only shrink the
+    /// cluster's margin (with two voters, one unreachable one stops it), and
+    /// a second id for a node already in the cluster would give it two votes.
+    async fn probe(&self, member: &Member) -> Result<(), Failure> {
+        let refuse = |why: String| {
+            Failure::not_done(
+                Kind::Refused,
+                format!("node {} at {} cannot be added: {why}", member.id, member.raft_addr),
+            )
+        };
+        let info =
+            wire::cluster_info(&member.raft_addr).await.map_err(|e| refuse(format!("it does not answer ({e})")))?;
+        if info.cluster_id != self.cluster_id {
+            return Err(refuse(format!("it belongs to cluster {:?}, not {:?}", info.cluster_id, self.cluster_id)));
+        }
+        if info.node_id != member.id.0 {
+            return Err(refuse(format!("node {} answers there", info.node_id)));
+        }
+        Ok(())
     }
 
     async fn first_other_voter(&self) -> Result<NodeId, Failure> {

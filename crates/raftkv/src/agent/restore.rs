@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::agent::config::Limits;
 use crate::agent::datadir;
 use crate::agent::node::Agent;
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::state::image::{self, ImageHeader, ImageReader};
-use crate::state::{Answer, Command};
+use crate::state::{Answer, Command, Limits};
 
 /// Payload bytes of key/value pairs per `RestoreChunk` entry.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -92,24 +91,27 @@ impl Agent {
 fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("reopening the upload: {e}"))?;
     let within_limits = |n: u64, record: &image::Record| {
-        if record.key.is_empty() || record.key.len() > limits.max_key_bytes {
-            return Err(format!("record {n}: key of {} bytes (limit {})", record.key.len(), limits.max_key_bytes));
-        }
-        if record.value.len() > limits.max_value_bytes {
-            return Err(format!(
-                "record {n} ({:?}): value of {} bytes (limit {})",
-                record.key,
-                record.value.len(),
-                limits.max_value_bytes
-            ));
-        }
-        Ok(())
+        limits.check_key(&record.key).map_err(|e| format!("record {n}: {e}"))?;
+        limits.check_value(&record.value).map_err(|e| format!("record {n} ({:?}): {e}", record.key))
     };
     image::verify_each(file, within_limits).map_err(|e| e.to_string())
 }
 
 /// Begin, chunks, commit; returns the commit's index and the keys restored.
+/// Until the commit is proposed the cluster's keys are untouched, so a
+/// failure before it is not done, whatever the step's own outcome; the
+/// commit's failure keeps its outcome.
 async fn propose(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<(u64, u64), Failure> {
+    let staged = stage(agent, id, path, keys).await.map_err(Failure::changed_nothing)?;
+    let commit = Command::RestoreCommit { id: id.to_string(), chunks: staged, keys };
+    match write_idempotent(agent, commit).await? {
+        (index, Answer::Restored { keys }) => Ok((index, keys)),
+        (_, other) => Err(Failure::internal(Outcome::NotDone, format!("restore {id} did not commit: {other:?}"))),
+    }
+}
+
+/// Begin and the chunks; returns how many chunks were staged.
+async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, Failure> {
     write_idempotent(agent, Command::RestoreBegin { id: id.to_string() }).await?;
     let (tx, mut rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>(2);
     let path = path.to_path_buf();
@@ -149,17 +151,16 @@ async fn propose(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<(u64
         write_idempotent(agent, Command::RestoreChunk { id: id.to_string(), seq, pairs }).await?;
         seq += 1;
     }
-    let commit = Command::RestoreCommit { id: id.to_string(), chunks: seq, keys };
-    match write_idempotent(agent, commit).await? {
-        (index, Answer::Restored { keys }) => Ok((index, keys)),
-        (_, other) => Err(Failure::internal(Outcome::NotDone, format!("restore {id} did not commit: {other:?}"))),
-    }
+    Ok(seq)
 }
 
 /// Proposes a restore entry, again if it was not done or its outcome is not
-/// known (each is idempotent); a refusal by the state machine ends the restore.
+/// known (each is idempotent); a refusal by the state machine ends the
+/// restore. Once any try's outcome was unknown, so is the step's, whatever
+/// the later tries answered: the first may still have committed.
 async fn write_idempotent(agent: &Agent, command: Command) -> Result<(u64, Answer), Failure> {
     let mut attempt = 0;
+    let mut unknown = false;
     loop {
         attempt += 1;
         match agent.write(command.clone()).await {
@@ -169,8 +170,13 @@ async fn write_idempotent(agent: &Agent, command: Command) -> Result<(u64, Answe
             }
             Ok((index, answer)) => return Ok((index.0, answer)),
             Err(failure) if attempt < ATTEMPTS && retryable(&failure) => {
+                unknown |= failure.outcome != Outcome::NotDone;
                 tracing::warn!(%attempt, %failure, "restore step failed, trying again");
                 tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            }
+            Err(failure) if unknown && failure.outcome == Outcome::NotDone => {
+                let message = format!("{} (an earlier try's outcome is unknown)", failure.message);
+                return Err(Failure::unknown(failure.kind, message));
             }
             Err(failure) => return Err(failure),
         }

@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use raftkv_raft::NodeId;
+
 use crate::agent::node::{Agent, Route};
-use crate::agent::outcome::{Failure, Outcome};
+use crate::agent::outcome::{Failure, Kind, Outcome};
+use crate::agent::request::AdminOp;
 use crate::agent::wire::{self, proto};
 use crate::state::Command;
 
@@ -18,13 +21,25 @@ impl InternalService {
         InternalService { agent }
     }
 
-    /// The caller is one of ours and this node leads: the operation may run.
-    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Failure> {
-        self.agent.peers.sender.check(request)?;
+    /// The caller speaks for this cluster and this node leads: the
+    /// operation may run. Returns the caller's id.
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, Failure> {
+        let from = self.agent.peers.sender.check(request)?;
         match self.agent.route() {
-            Ok(Route::Here) => Ok(()),
+            Ok(Route::Here) => Ok(from),
             _ => Err(self.agent.not_leader()),
         }
+    }
+
+    /// Only members hand work to the leader (a node asking to join is the
+    /// one caller that is not one yet).
+    async fn member(&self, from: NodeId) -> Result<(), Failure> {
+        let status = self.agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
+        let membership = &status.membership;
+        if membership.voters.contains(&from) || membership.learners.contains(&from) {
+            return Ok(());
+        }
+        Err(Failure::not_done(Kind::Refused, format!("node {from} is not a member of this cluster")))
     }
 
     async fn apply_batch(&self, commands: Vec<bytes::Bytes>) -> Vec<proto::ApplyResult> {
@@ -32,9 +47,10 @@ impl InternalService {
         // Undecodable commands are refused one by one; the rest go in together.
         let mut results: Vec<Option<Answer>> = Vec::with_capacity(commands.len());
         let mut valid = Vec::with_capacity(commands.len());
+        let limits = self.agent.config.limits;
         for command in commands {
-            match Command::decode(&command) {
-                Ok(_) => {
+            match Command::decode(&command).and_then(|decoded| decoded.check_client(&limits)) {
+                Ok(()) => {
                     results.push(None);
                     valid.push(command);
                 }
@@ -67,7 +83,11 @@ impl proto::internal_server::Internal for InternalService {
         &self,
         request: tonic::Request<proto::ApplyBatchRequest>,
     ) -> Result<tonic::Response<proto::ApplyBatchResponse>, tonic::Status> {
-        let response = match self.admit(&request) {
+        let admitted = match self.admit(&request) {
+            Ok(from) => self.member(from).await,
+            Err(refused) => Err(refused),
+        };
+        let response = match admitted {
             Err(refused) => {
                 proto::ApplyBatchResponse { refused: Some(wire::failure_to_proto(refused)), results: Vec::new() }
             }
@@ -92,6 +112,7 @@ impl proto::internal_server::Internal for InternalService {
             cluster_id: self.agent.cluster_id.clone(),
             leader_id,
             leader_raft_addr,
+            node_id: self.agent.id.0,
         }))
     }
 
@@ -101,8 +122,13 @@ impl proto::internal_server::Internal for InternalService {
     ) -> Result<tonic::Response<proto::AdminResponse>, tonic::Status> {
         let answer = match self.admit(&request) {
             Err(refused) => Err(refused),
-            Ok(()) => match wire::admin_from_proto(request.into_inner()) {
-                Ok(op) => self.agent.admin_here(op).await,
+            Ok(from) => match wire::admin_from_proto(request.into_inner()) {
+                // A node asks to join for itself; members ask for anything else.
+                Ok(AdminOp::Join(member)) if member.id == from => self.agent.admin_here(AdminOp::Join(member)).await,
+                Ok(op) => match self.member(from).await {
+                    Ok(()) => self.agent.admin_here(op).await,
+                    Err(refused) => Err(refused),
+                },
                 Err(failure) => Err(failure),
             },
         };

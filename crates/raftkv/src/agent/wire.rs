@@ -66,8 +66,24 @@ pub fn call_failure(address: &str, status: &tonic::Status) -> Failure {
             format!("cannot reach node {address} ({}); the request was not sent", status.message()),
         );
     }
-    let kind = if status.code() == tonic::Code::DeadlineExceeded { Kind::Timeout } else { Kind::OutcomeUnknown };
+    let kind = if timed_out(status) { Kind::Timeout } else { Kind::OutcomeUnknown };
     Failure::unknown(kind, format!("the call to {address} failed after it was sent: {}", status.message()))
+}
+
+/// Whether the call ran out of time: the server's deadline, or the client's
+/// own (which tonic reports as a cancelled call caused by `TimeoutExpired`).
+fn timed_out(status: &tonic::Status) -> bool {
+    if status.code() == tonic::Code::DeadlineExceeded {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// A client of the internal service on `channel`.
@@ -108,9 +124,18 @@ impl Peers {
 /// Asks any member at `address` which cluster it belongs to and who leads
 /// (before joining: the caller has no cluster id yet, so this call carries
 /// none and is the one call served without a check).
+/// Bounded: a member that accepts connections but never answers is given up
+/// on, so that the caller tries the next.
 pub async fn cluster_info(address: &str) -> Result<proto::ClusterInfoResponse, String> {
-    let mut client = InternalClient::connect(format!("http://{address}")).await.map_err(|e| e.to_string())?;
-    let answer = client.cluster_info(proto::ClusterInfoRequest {}).await.map_err(|s| s.message().to_string())?;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let channel = channels().connect(address).await.map_err(|e| e.to_string())?;
+    let mut request = tonic::Request::new(proto::ClusterInfoRequest {});
+    request.set_timeout(TIMEOUT);
+    let answer =
+        tokio::time::timeout(TIMEOUT + Duration::from_secs(1), client(channel.channel()).cluster_info(request))
+            .await
+            .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
+            .map_err(|s| s.message().to_string())?;
     Ok(answer.into_inner())
 }
 

@@ -5,8 +5,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::Json;
 use raftkv_raft::ReadMode;
 
-use crate::agent::Limits;
 use crate::api::error::ApiError;
+use crate::state::Limits;
 
 /// The JSON body, or a 400 that says what is wrong with it.
 pub fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -14,22 +14,11 @@ pub fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 pub fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::bad_request("key must not be empty"));
-    }
-    let limit = limits.max_key_bytes;
-    if key.len() > limit {
-        return Err(ApiError::bad_request(format!("key of {} bytes exceeds the limit of {limit}", key.len())));
-    }
-    Ok(())
+    limits.check_key(key).map_err(ApiError::bad_request)
 }
 
 pub fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
-    let limit = limits.max_value_bytes;
-    if value.len() > limit {
-        return Err(ApiError::bad_request(format!("value of {} bytes exceeds the limit of {limit}", value.len())));
-    }
-    Ok(())
+    limits.check_value(value).map_err(ApiError::bad_request)
 }
 
 /// `?consistency=`: linearizable (the default), lease, or stale (`None`).

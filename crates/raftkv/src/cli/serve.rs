@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::agent::{AgentConfig, Limits};
+use crate::agent::AgentConfig;
 use crate::cli::args::{AgentArgs, DemoArgs};
 use crate::server;
+use crate::state::Limits;
 
 pub async fn run_agent(args: AgentArgs) -> i32 {
     let mut raft = raftkv_raft::Config::new(raftkv_raft::NodeId(args.id));

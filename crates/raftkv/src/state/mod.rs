@@ -8,5 +8,5 @@ pub mod command;
 pub mod image;
 pub mod machine;
 
-pub use command::{Answer, Command, Peer};
+pub use command::{Answer, Command, Limits, Peer};
 pub use machine::{Kv, KvMachine, KvState, Value};
