@@ -142,7 +142,9 @@ pub enum ApplyJob<R> {
     Restore {
         meta: SnapshotMeta,
     },
-    /// The capture asked for last was written (`taken`) or failed.
+    /// The capture asked for last is over: `taken` is the newest snapshot
+    /// that covers it (the one written, or a newer one installed from the
+    /// leader meanwhile); `None` if it failed and nothing covers it.
     SnapshotFinished {
         taken: Option<LogId>,
     },
@@ -556,7 +558,10 @@ impl<R> Driver<R> {
                     self.effects.push(Effect::Fail { reply, failure: Failure::NothingNewToSnapshot { index: newest } });
                 }
                 self.effects.push(Effect::DropCapture { index });
-                self.effects.push(Effect::Apply(ApplyJob::SnapshotFinished { taken: None }));
+                // That snapshot covers the capture: the apply side must not
+                // capture the same state again while its restore is queued.
+                let taken = self.core.snapshot().map(|s| s.last_log_id).filter(|id| id.index >= index);
+                self.effects.push(Effect::Apply(ApplyJob::SnapshotFinished { taken }));
             }
         }
     }

@@ -477,12 +477,11 @@ impl Simulation {
             faults_on: true,
             checker: Checker::default(),
             outcome: Outcome { seed: cfg.seed, ..Outcome::default() },
-            // The shortest interval the runtime accepts (its `snapshot_interval`
-            // must be positive). With none, a capture refused because a newer
-            // snapshot was installed under it (its restore still queued) is
-            // retried at once, forever: seed 29986 on 3 nodes recursed until
-            // the stack overflowed.
-            snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 1, log_bytes: u64::MAX },
+            // No interval: captures as eager as the policy allows. (A capture
+            // refused because a newer snapshot was installed under it, its
+            // restore still queued, was once retried at once, forever: seed
+            // 29986 on 3 nodes.)
+            snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 0, log_bytes: u64::MAX },
             trailing_entries,
             profile,
             cfg,

@@ -69,8 +69,8 @@ fn seeds_that_found_bugs_stay_clean() {
 /// Seed 29986 on 3 nodes: a snapshot capture refused because a newer snapshot
 /// was installed under it (its restore still queued behind the install's
 /// write) was retried at once under a zero snapshot interval, forever, until
-/// the simulator's stack overflowed. The simulator now runs the shortest
-/// interval the runtime accepts.
+/// the simulator's stack overflowed. The driver now reports the installed
+/// snapshot as covering the capture.
 #[test]
 fn seed_whose_capture_retries_overflowed_the_stack_stays_clean() {
     let plan = RunPlan {
