@@ -31,7 +31,7 @@ impl Core {
                 Message::RequestVote(request) if request.pre_vote => return true,
                 Message::RequestVoteResponse(response) if response.pre_vote && response.granted => return true,
                 Message::RequestVote(request) => {
-                    if !request.leadership_transfer && self.leader_recently_heard() {
+                    if !self.transfer_vote(from, request) && self.leader_recently_heard() {
                         // Leader stickiness (thesis §4.2.3): a node that heard from a
                         // leader within the minimum timeout ignores the request and keeps
                         // its term, so a disruptive candidate cannot depose the leader.
@@ -164,6 +164,14 @@ impl Core {
         }
     }
 
+    /// Whether a vote request may skip leader stickiness as a leadership
+    /// transfer's (thesis §3.10): only from a voter of the configuration. A
+    /// leader hands leadership only to a voter, so a flagged request from
+    /// anyone else (a removed server, a forger) is an ordinary one.
+    fn transfer_vote(&self, from: NodeId, request: &RequestVote) -> bool {
+        request.leadership_transfer && self.membership.voters.contains(&from)
+    }
+
     pub(crate) fn handle_request_vote(&mut self, from: NodeId, request: RequestVote) {
         let current = self.hard_state.current_term;
         let may_vote = if request.pre_vote {
@@ -177,7 +185,7 @@ impl Core {
         if crate::bugs::enabled(crate::bugs::InjectedBug::VoteWithoutLogCheck) {
             log_ok = true;
         }
-        let stickiness_ok = request.leadership_transfer || !self.leader_recently_heard();
+        let stickiness_ok = self.transfer_vote(from, &request) || !self.leader_recently_heard();
         let granted = may_vote && log_ok && stickiness_ok;
         if granted && !request.pre_vote {
             self.hard_state.voted_for = Some(from);

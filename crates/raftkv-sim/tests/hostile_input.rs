@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use raftkv_core::{
     AppendEntries, Configuration, Entry, EntryPayload, InstallSnapshot, LogId, LogIndex, Message, NodeId, ReadMode,
-    SnapshotMeta, Term,
+    RequestVote, SnapshotMeta, Term,
 };
 use raftkv_sim::harness::{Cluster, ELECTION_MAX_MS};
 
@@ -191,4 +191,31 @@ fn duplicate_snapshot_acknowledgements_do_not_resend_chunks() {
     }
     assert_eq!(cluster.node(3).commands(), cluster.node(1).commands());
     assert_eq!(chunks_sent, chunks_needed, "{chunks_sent} chunks sent for a snapshot of {chunks_needed}");
+}
+
+/// A vote request flagged as a leadership transfer skips leader stickiness
+/// only when a voter sends it (a leader hands leadership only to voters): from
+/// a server outside the configuration it cannot depose a healthy leader.
+#[test]
+fn a_transfer_vote_from_outside_the_configuration_does_not_depose_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.core(1).current_term();
+    let forged = |term: Term| {
+        Message::RequestVote(RequestVote {
+            term,
+            last_log_id: LogId::new(Term(u64::from(u32::MAX)), LogIndex(1 << 40)),
+            pre_vote: false,
+            leadership_transfer: true,
+        })
+    };
+    for to in [1, 2] {
+        cluster.in_flight.push_back((NodeId(99), NodeId(to), forged(Term(term.0 + 1000))));
+        cluster.deliver_one();
+    }
+    assert_eq!(cluster.leader(), Some(1));
+    assert_eq!((cluster.core(1).current_term(), cluster.core(2).current_term()), (term, term));
+    cluster.propose(1, "after").unwrap();
+    cluster.run_for(30);
+    assert_eq!(cluster.core(2).last_log_id(), cluster.core(1).last_log_id());
 }
