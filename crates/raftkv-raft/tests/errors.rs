@@ -8,13 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use raftkv_raft::storage::{
-    LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotInfo, SnapshotSink, SnapshotStore, StorageError,
-};
+use raftkv_raft::storage::{LogStore, MemLogStore, MemSnapshotStore, MemStableStore, StorageError};
 use raftkv_raft::transport::MemNetwork;
-use raftkv_raft::{
-    Config, Configuration, Entry, EntryPayload, LogIndex, NodeId, Raft, RaftError, SnapshotMeta, SnapshotOp, Term,
-};
+use raftkv_raft::{Config, Configuration, Entry, EntryPayload, LogIndex, NodeId, Raft, RaftError, SnapshotOp, Term};
 
 fn entry(index: u64) -> Entry {
     Entry { term: Term(1), index: LogIndex(index), payload: EntryPayload::Command(command(index as usize)) }
@@ -51,51 +47,11 @@ fn recovery_refuses_bad_configurations_and_empty_nodes_apart() {
     assert!(!error.outcome_unknown());
 }
 
-/// A snapshot store whose commits fail, as on a full disk.
-struct FailingCommits(MemSnapshotStore);
-
-struct FailingSink(Box<dyn SnapshotSink>);
-
-impl std::io::Write for FailingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl SnapshotSink for FailingSink {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    fn commit(self: Box<Self>) -> Result<SnapshotInfo, StorageError> {
-        let _ = self.0.cancel();
-        let enospc = std::io::Error::from_raw_os_error(28);
-        Err(StorageError::Io { op: "commit snapshot", path: "snapshots".into(), source: enospc })
-    }
-    fn cancel(self: Box<Self>) -> Result<(), StorageError> {
-        self.0.cancel()
-    }
-}
-
-impl SnapshotStore for FailingCommits {
-    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
-        Ok(Box::new(FailingSink(self.0.create(meta)?)))
-    }
-    fn list(&self) -> Result<Vec<SnapshotInfo>, StorageError> {
-        self.0.list()
-    }
-    fn open(&self, id: &str) -> Result<(SnapshotInfo, Box<dyn std::io::Read + Send>), StorageError> {
-        self.0.open(id)
-    }
-}
-
 #[test]
 fn a_recovery_whose_snapshot_cannot_be_written_says_so_and_where() {
     let (log, stable) = bootstrapped();
     log.append(&[entry(2), entry(3)]).unwrap();
-    let snapshots = FailingCommits(MemSnapshotStore::new(2));
+    let snapshots = FailingCommits(Arc::new(MemSnapshotStore::new(2)));
     let voters = Configuration::new([NodeId(1)]);
     let error =
         Raft::recover_cluster(log.as_ref(), stable.as_ref(), &snapshots, &mut Recorder::default(), voters).unwrap_err();

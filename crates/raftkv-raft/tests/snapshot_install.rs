@@ -19,46 +19,6 @@ use raftkv_raft::{
     SnapshotOp, StateMachine, Term,
 };
 
-/// A snapshot store whose commits fail, as on a full disk.
-struct FailingCommits(Arc<dyn SnapshotStore>);
-
-struct FailingSink(Box<dyn SnapshotSink>);
-
-impl std::io::Write for FailingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl SnapshotSink for FailingSink {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    fn commit(self: Box<Self>) -> Result<SnapshotInfo, StorageError> {
-        let _ = self.0.cancel();
-        let enospc = std::io::Error::from_raw_os_error(28);
-        Err(StorageError::Io { op: "commit snapshot", path: "snapshots".into(), source: enospc })
-    }
-    fn cancel(self: Box<Self>) -> Result<(), StorageError> {
-        self.0.cancel()
-    }
-}
-
-impl SnapshotStore for FailingCommits {
-    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
-        Ok(Box::new(FailingSink(self.0.create(meta)?)))
-    }
-    fn list(&self) -> Result<Vec<SnapshotInfo>, StorageError> {
-        self.0.list()
-    }
-    fn open(&self, id: &str) -> Result<(SnapshotInfo, Box<dyn std::io::Read + Send>), StorageError> {
-        self.0.open(id)
-    }
-}
-
 /// Stops a follower after `before` commands, has the leader apply `after`
 /// more (it compacts its log), and returns the follower's id.
 async fn leave_behind(cluster: &mut Cluster, before: usize, after: usize) -> u64 {

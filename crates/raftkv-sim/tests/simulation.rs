@@ -51,18 +51,7 @@ fn seven_node_clusters_survive_all_faults() {
 #[test]
 fn seeds_that_found_bugs_stay_clean() {
     for seed in [29075, 60255, 65045, 67232, 151655, 156529, 194493] {
-        let plan = RunPlan {
-            first_seed: seed,
-            seeds: 1,
-            nodes: 5,
-            faults: Faults::ALL,
-            faults_text: "all".into(),
-            threads: 1,
-            bug: None,
-        };
-        let (_, failures) = run_plan(&plan, false);
-        let first = failures.first().map(|f| (f.violations.first().cloned(), f.liveness_failure.clone()));
-        assert!(failures.is_empty(), "seed {seed} fails again: {first:?}");
+        assert_clean(seed, 5);
     }
 }
 
@@ -73,10 +62,14 @@ fn seeds_that_found_bugs_stay_clean() {
 /// snapshot as covering the capture.
 #[test]
 fn seed_whose_capture_retries_overflowed_the_stack_stays_clean() {
+    assert_clean(29986, 3);
+}
+
+fn assert_clean(seed: u64, nodes: usize) {
     let plan = RunPlan {
-        first_seed: 29986,
+        first_seed: seed,
         seeds: 1,
-        nodes: 3,
+        nodes,
         faults: Faults::ALL,
         faults_text: "all".into(),
         threads: 1,
@@ -84,5 +77,5 @@ fn seed_whose_capture_retries_overflowed_the_stack_stays_clean() {
     };
     let (_, failures) = run_plan(&plan, false);
     let first = failures.first().map(|f| (f.violations.first().cloned(), f.liveness_failure.clone()));
-    assert!(failures.is_empty(), "seed 29986 fails again: {first:?}");
+    assert!(failures.is_empty(), "seed {seed} on {nodes} nodes fails again: {first:?}");
 }

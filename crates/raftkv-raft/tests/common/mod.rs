@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkv_raft::storage::{
-    FileSnapshotStore, FileStableStore, LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotStore,
-    StableStore, Wal, WalOptions,
+    FileSnapshotStore, FileStableStore, LogStore, MemLogStore, MemSnapshotStore, MemStableStore, SnapshotInfo,
+    SnapshotSink, SnapshotStore, StableStore, StorageError, Wal, WalOptions,
 };
 use raftkv_raft::transport::MemNetwork;
-use raftkv_raft::{Config, Entry, EntryPayload, LogIndex, NodeId, Raft, StateMachine};
+use raftkv_raft::{Config, Entry, EntryPayload, LogIndex, NodeId, Raft, SnapshotMeta, StateMachine};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -215,5 +215,45 @@ pub fn snapshot_often(id: NodeId) -> Config {
         trailing_logs: 10,
         snapshot_chunk_bytes: 256,
         ..Config::fast(id)
+    }
+}
+
+/// A snapshot store whose commits fail, as on a full disk.
+pub struct FailingCommits(pub Arc<dyn SnapshotStore>);
+
+pub struct FailingSink(Box<dyn SnapshotSink>);
+
+impl std::io::Write for FailingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl SnapshotSink for FailingSink {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    fn commit(self: Box<Self>) -> Result<SnapshotInfo, StorageError> {
+        let _ = self.0.cancel();
+        let enospc = std::io::Error::from_raw_os_error(28);
+        Err(StorageError::Io { op: "commit snapshot", path: "snapshots".into(), source: enospc })
+    }
+    fn cancel(self: Box<Self>) -> Result<(), StorageError> {
+        self.0.cancel()
+    }
+}
+
+impl SnapshotStore for FailingCommits {
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
+        Ok(Box::new(FailingSink(self.0.create(meta)?)))
+    }
+    fn list(&self) -> Result<Vec<SnapshotInfo>, StorageError> {
+        self.0.list()
+    }
+    fn open(&self, id: &str) -> Result<(SnapshotInfo, Box<dyn std::io::Read + Send>), StorageError> {
+        self.0.open(id)
     }
 }
