@@ -4,14 +4,26 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 
+/// A port no node of this test process has used, below the kernel's
+/// ephemeral range (32768 and up by default): a port the kernel picked for
+/// us (bind to port 0) could be handed to an outgoing connection between our
+/// choice and the node's bind, and the node would fail to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 60) * 200;
+    loop {
+        let port = u16::try_from(20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Node {
@@ -137,14 +149,24 @@ pub async fn three_node_cluster(root: &Path) -> Vec<Node> {
     }
     // Three voters in a configuration that committed (one appended but not
     // committed yet would refuse the next membership change).
-    eventually("three voters", async || {
-        let stats = stats(&nodes[0]).await?;
-        let number = |field: &str| stats[field].as_str().and_then(|v| v.parse::<u64>().ok());
-        let committed = number("commit_index")? >= number("latest_configuration_index")?;
-        (stats["num_peers"] == "2" && committed).then_some(())
-    })
-    .await;
-    nodes
+    for _ in 0..400 {
+        if let Some(stats) = stats(&nodes[0]).await {
+            let number = |field: &str| stats[field].as_str().and_then(|v| v.parse::<u64>().ok());
+            let committed = number("commit_index") >= number("latest_configuration_index");
+            if stats["num_peers"] == "2" && committed {
+                return nodes;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs: Vec<String> = nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, tail(&log_of(n), 60))).collect();
+    panic!("timed out waiting for three voters; node 1: {:?}\n{}", stats(&nodes[0]).await, logs.join("\n"));
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// POSTs `body` as JSON; the status and the JSON answer (status 0: no answer).
