@@ -2,7 +2,9 @@
 //! it. Every decision is answered in the response body as a typed `Failure`
 //! (see `wire`); a node that does not lead refuses, it never forwards again.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use raftkv_raft::NodeId;
 
@@ -12,13 +14,20 @@ use crate::agent::request::AdminOp;
 use crate::agent::wire::{self, proto};
 use crate::state::Command;
 
+/// How long a member seen in the configuration is taken as one without
+/// asking the raft node again (a forwarded batch would otherwise cost a round
+/// trip to the raft loop); an id not seen is always looked up afresh.
+const MEMBERS_FRESH: Duration = Duration::from_secs(1);
+
 pub struct InternalService {
     agent: Arc<Agent>,
+    /// The members as last looked up, and when.
+    members: Mutex<(Instant, BTreeSet<NodeId>)>,
 }
 
 impl InternalService {
     pub fn new(agent: Arc<Agent>) -> InternalService {
-        InternalService { agent }
+        InternalService { agent, members: Mutex::new((Instant::now(), BTreeSet::new())) }
     }
 
     /// The caller speaks for this cluster and this node leads: the
@@ -34,9 +43,18 @@ impl InternalService {
     /// Only members hand work to the leader (a node asking to join is the
     /// one caller that is not one yet).
     async fn member(&self, from: NodeId) -> Result<(), Failure> {
+        {
+            let (seen, members) = &*self.members.lock().unwrap_or_else(|p| p.into_inner());
+            if members.contains(&from) && seen.elapsed() < MEMBERS_FRESH {
+                return Ok(());
+            }
+        }
         let status = self.agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
         let membership = &status.membership;
-        if membership.voters.contains(&from) || membership.learners.contains(&from) {
+        let members: BTreeSet<NodeId> = membership.voters.union(&membership.learners).copied().collect();
+        let member = members.contains(&from);
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), members);
+        if member {
             return Ok(());
         }
         Err(Failure::not_done(Kind::Refused, format!("node {from} is not a member of this cluster")))
