@@ -65,6 +65,17 @@ pub enum Role {
     Learner,
 }
 
+/// What a leader knows of another member (`Core::peers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub voter: bool,
+    /// Highest index known to match the leader's log.
+    pub match_index: LogIndex,
+    /// When it last answered this leader; `None`: not in this term.
+    pub last_contact_at: Option<Millis>,
+}
+
 /// Truncate the log from `truncate_from`, then append `entries` (which start there).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogWrite {
@@ -413,6 +424,23 @@ impl Core {
     pub fn peer_progress(&self, peer: NodeId) -> Option<(LogIndex, LogIndex)> {
         let progress = self.leader_state.as_ref()?.progress.get(&peer)?;
         Some((progress.match_index, progress.next_index))
+    }
+
+    /// On a leader, what it knows of each other member: how far its log
+    /// matches and when it last answered in this term (the inputs of a
+    /// server-health rule such as Consul autopilot's). Empty elsewhere.
+    pub fn peers(&self) -> Vec<PeerProgress> {
+        let Some(state) = self.leader_state.as_ref() else { return Vec::new() };
+        state
+            .progress
+            .iter()
+            .map(|(id, progress)| PeerProgress {
+                id: *id,
+                voter: self.membership.voters.contains(id),
+                match_index: progress.match_index,
+                last_contact_at: progress.last_contact_at,
+            })
+            .collect()
     }
 
     /// Takes the actions queued so far, flushing batched work (appends to peers,

@@ -315,6 +315,14 @@ impl Core {
             "peer {peer} acknowledged round {} of {round}",
             progress.acked_round
         );
+        ensure!(
+            self,
+            progress.last_contact_at.is_none_or(|at| at <= self.now),
+            "a peer's last contact is not in the future",
+            "peer {peer}: last contact at {:?}, now {}",
+            progress.last_contact_at,
+            self.now
+        );
         let (oldest, newest) = (progress.inflight.front(), progress.inflight.back());
         ensure!(
             self,

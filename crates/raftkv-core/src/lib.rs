@@ -54,7 +54,7 @@ mod types;
 pub mod bugs;
 
 pub use crate::config::{ConfigError, CoreConfig};
-pub use crate::core::{Action, Core, DurableState, LogWrite, PersistRequest, ReadMode, Role};
+pub use crate::core::{Action, Core, DurableState, LogWrite, PeerProgress, PersistRequest, ReadMode, Role};
 pub use crate::error::{InputError, ProposeError, ReadError};
 pub use crate::invariants::InvariantViolation;
 pub use crate::membership::MembershipChange;

@@ -34,6 +34,9 @@ pub struct Progress {
     /// When `match_index` last advanced or a snapshot chunk was acknowledged; used
     /// to fall back to probing when replication stalls on lost messages.
     pub last_progress_at: Millis,
+    /// When the peer last answered this leader (any append or snapshot
+    /// answer of this term); `None` until it has.
+    pub last_contact_at: Option<Millis>,
 }
 
 impl Progress {
@@ -46,6 +49,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             last_progress_at: now,
+            last_contact_at: None,
         }
     }
 

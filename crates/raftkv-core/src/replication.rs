@@ -316,6 +316,7 @@ impl Core {
         let Some(state) = self.leader_state.as_mut() else { return };
         let Some(progress) = state.progress.get_mut(&from) else { return };
         progress.recent_active = true;
+        progress.last_contact_at = Some(now);
         // A StaleTerm answer in our term answered a request of an older term
         // (ours before a restart, say): its round number is that term's, and
         // must not confirm a round of this one (a lease or a read).
@@ -446,6 +447,7 @@ impl Core {
         let Some(state) = self.leader_state.as_mut() else { return };
         let Some(progress) = state.progress.get_mut(&from) else { return };
         progress.recent_active = true;
+        progress.last_contact_at = Some(now);
         let ProgressState::Snapshot { meta, offset, chunk_in_flight } = &mut progress.state else {
             return;
         };

@@ -281,6 +281,22 @@ pub struct Status {
     pub last_contact: Option<std::time::Duration>,
     /// The newest snapshot this node holds.
     pub snapshot: Option<LogId>,
+    /// On the leader, each other member's replication and contact (empty
+    /// elsewhere).
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A member as the leader sees it: the inputs of a server-health rule
+/// (Consul autopilot's: last contact, in the leader's term, trailing entries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub voter: bool,
+    pub match_index: LogIndex,
+    /// Entries the leader has that the peer is not known to have.
+    pub trailing: u64,
+    /// Time since it last answered this leader; `None`: not in this term.
+    pub last_contact: Option<std::time::Duration>,
 }
 
 /// A snapshot arriving from the leader (or received whole, awaiting its verdict).
@@ -652,6 +668,19 @@ impl<R> Driver<R> {
             } else {
                 self.last_leader_contact.map(|at| std::time::Duration::from_millis(now.saturating_sub(at)))
             },
+            peers: core
+                .peers()
+                .into_iter()
+                .map(|peer| PeerStatus {
+                    id: peer.id,
+                    voter: peer.voter,
+                    match_index: peer.match_index,
+                    trailing: last.index.0.saturating_sub(peer.match_index.0),
+                    last_contact: peer
+                        .last_contact_at
+                        .map(|at| std::time::Duration::from_millis(now.saturating_sub(at))),
+                })
+                .collect(),
         }
     }
 

@@ -27,5 +27,7 @@ mod driver;
 mod failure;
 
 pub use apply::{Applier, ApplyEffect, SnapshotPolicy};
-pub use driver::{reconcile_steps, ApplyJob, Driver, DriverConfig, Effect, LeaderInfo, Status, StoreJob, StoreStep};
+pub use driver::{
+    reconcile_steps, ApplyJob, Driver, DriverConfig, Effect, LeaderInfo, PeerStatus, Status, StoreJob, StoreStep,
+};
 pub use failure::Failure;

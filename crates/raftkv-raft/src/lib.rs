@@ -66,7 +66,7 @@ pub use raftkv_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
     ReadError, ReadMode, Role, SnapshotMeta, Term,
 };
-pub use runtime::{LeaderInfo, Status};
+pub use runtime::{LeaderInfo, PeerStatus, Status};
 pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};
 pub use stats::Stats;
 

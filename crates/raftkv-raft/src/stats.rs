@@ -264,6 +264,7 @@ mod tests {
             voted_for: None,
             last_contact: Some(Duration::from_millis(1500)),
             snapshot: Some(LogId::new(Term(5), LogIndex(10))),
+            peers: Vec::new(),
         }
     }
 

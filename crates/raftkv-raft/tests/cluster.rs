@@ -450,3 +450,50 @@ async fn recover_cluster_turns_a_survivor_into_a_working_cluster() {
     assert_eq!(status.membership, alone);
     cluster.shutdown().await;
 }
+
+/// The leader reports, for each other member, how far its log matches, how
+/// far it trails and when it last answered in this term: what a health rule
+/// such as Consul autopilot's judges. A member cut off stops answering while
+/// the others keep up; followers report no peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_reports_each_members_progress_and_last_contact() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let (index, _) = cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    let healthy = (1..=3).find(|id| *id != leader && *id != cut).unwrap();
+    let mut caught_up = false;
+    for _ in 0..500 {
+        let peers = cluster.raft(leader).status().await.unwrap().peers;
+        let ids: Vec<u64> = peers.iter().map(|p| p.id.0).collect();
+        assert_eq!(ids.len(), 2, "{peers:?}");
+        assert!(!ids.contains(&leader) && peers.iter().all(|p| p.voter), "{peers:?}");
+        if peers.iter().all(|p| p.match_index >= index && p.trailing == 0 && p.last_contact.is_some()) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(caught_up, "the members never showed as caught up");
+    for id in [cut, healthy] {
+        assert!(cluster.raft(id).status().await.unwrap().peers.is_empty(), "follower {id} reports peers");
+    }
+
+    cluster.network.isolate(NodeId(cut));
+    cluster.raft(leader).apply(command(2), TIMEOUT).await.unwrap();
+    let mut apart = None;
+    for _ in 0..500 {
+        let peers = cluster.raft(leader).status().await.unwrap().peers;
+        let of = |id: u64| peers.iter().find(|p| p.id == NodeId(id)).cloned().unwrap();
+        let (silent, answering) = (of(cut), of(healthy));
+        let lagging = silent.trailing > 0 && answering.trailing == 0;
+        if lagging && silent.last_contact > answering.last_contact.map(|d| d + Duration::from_millis(300)) {
+            apart = Some((silent, answering));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(apart.is_some(), "the cut-off member never fell behind the answering one");
+    cluster.network.heal();
+    cluster.shutdown().await;
+}

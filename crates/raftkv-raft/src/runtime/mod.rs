@@ -30,7 +30,7 @@ mod raft_loop;
 pub(crate) mod snapshots;
 mod writer;
 
-pub use raftkv_driver::{LeaderInfo, Status};
+pub use raftkv_driver::{LeaderInfo, PeerStatus, Status};
 
 pub(crate) use events::{Reply, Request};
 pub(crate) use raft_loop::{run, Channels, Node, SHUTDOWN_GRACE};

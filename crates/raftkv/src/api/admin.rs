@@ -21,14 +21,25 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
     let status = agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
     let peers = agent.kv.read().peers.clone();
     let book = agent.book.all();
+    // Replication and contact are known on the leader only (null elsewhere).
+    let leads = status.leader == Some(agent.id);
     let describe = |id: &NodeId, suffrage: &str| {
         let peer = peers.get(&id.0);
+        let progress = status.peers.iter().find(|p| p.id == *id);
+        let (match_index, trailing, last_contact_ms) = match progress {
+            Some(p) => (Some(p.match_index.0), Some(p.trailing), p.last_contact.map(|d| d.as_millis() as u64)),
+            None if leads && *id == agent.id => (Some(status.last_log_index.0), Some(0), Some(0)),
+            None => (None, None, None),
+        };
         json!({
             "id": id.0,
             "suffrage": suffrage,
             "raft_addr": book.get(id).cloned().or_else(|| peer.map(|p| p.raft_addr.clone())),
             "http_addr": peer.map(|p| p.http_addr.clone()),
             "leader": status.leader == Some(*id),
+            "match_index": match_index,
+            "trailing": trailing,
+            "last_contact_ms": last_contact_ms,
         })
     };
     let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(id, "voter")).collect();

@@ -100,8 +100,14 @@ async fn client(command: Commands) -> Result<(), String> {
                 .iter()
                 .map(|m| {
                     let leader = if m["leader"] == json!(true) { " (leader)" } else { "" };
+                    // Known when the node asked leads.
+                    let lag = match (m["trailing"].as_u64(), m["last_contact_ms"].as_u64()) {
+                        (Some(trailing), Some(ms)) => format!("\ttrailing {trailing}\tcontact {ms} ms ago"),
+                        (Some(trailing), None) => format!("\ttrailing {trailing}\tno contact this term"),
+                        _ => String::new(),
+                    };
                     format!(
-                        "{}\t{}\traft {}\thttp {}{leader}",
+                        "{}\t{}\traft {}\thttp {}{lag}{leader}",
                         m["id"],
                         m["suffrage"].as_str().unwrap_or_default(),
                         m["raft_addr"].as_str().unwrap_or("?"),
