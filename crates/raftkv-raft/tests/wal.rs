@@ -510,3 +510,40 @@ fn a_failed_manifest_write_on_a_full_disk_is_reported_not_fatal() {
     wal.append(&entries(1, 41, 41)).unwrap();
     assert_eq!(all(&wal), entries(1, 21, 41));
 }
+
+/// A final record that is whole and checksummed but does not decode (written
+/// by a newer format, say) is no torn write: opening refuses with an error
+/// naming file and offset, and the file keeps every byte.
+#[test]
+fn a_whole_final_record_that_does_not_decode_is_refused_not_cut() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
+        wal.append(&entries(1, 1, 5)).unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    // Entry 6 of term 1 with an entry kind this build does not know.
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&1u64.to_le_bytes());
+    payload.extend_from_slice(&6u64.to_le_bytes());
+    payload.push(77);
+    payload.extend_from_slice(b"from a newer version");
+    let mut record = Vec::new();
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    let mut data = fs::read(&segment).unwrap();
+    let offset = data.len() as u64;
+    data.extend_from_slice(&record);
+    fs::write(&segment, &data).unwrap();
+
+    match Wal::open(dir.path(), unpadded(WalOptions::default())) {
+        Err(StorageError::Corrupt { path, offset: at, reason }) => {
+            assert_eq!((path, at), (segment.clone(), offset));
+            assert!(reason.contains("valid checksum"), "{reason}");
+        }
+        Err(other) => panic!("expected a Corrupt error, got {other}"),
+        Ok(wal) => panic!("opened a log ending in an unreadable record; last index {:?}", wal.last_index()),
+    }
+    assert_eq!(fs::read(&segment).unwrap(), data, "the log must keep the record it cannot read");
+}

@@ -51,6 +51,8 @@
 //! else, or followed by a valid record, is a `Corrupt` error naming the file
 //! and offset: never skipped, never a panic. A damaged *final* record cannot
 //! be told apart from a torn write and is cut; nothing wrong is ever returned.
+//! A final record that is whole and checksummed but does not decode (a newer
+//! format, or a bug) is not a tear: it is a `Corrupt` error, never cut.
 //!
 //! ## After a failure
 //! A failed fsync poisons the log: the page cache may hold bytes the disk lost,
@@ -209,12 +211,18 @@ fn frame(entry: &Entry, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The shortest encoded entry: its header (term, index, kind).
+const MIN_ENTRY_BYTES: u64 = 17;
+
 /// What reading a record at some offset found.
 enum Record {
     Entry(Entry, u64),
     /// The record runs past the end of the data: a torn write.
     Truncated,
     Damaged(String),
+    /// Whole and checksummed, but not an entry this build can read (a newer
+    /// format, or a bug): never a torn write, so never cut.
+    Undecodable(String),
 }
 
 fn read_record(data: &[u8], offset: u64) -> Record {
@@ -230,6 +238,11 @@ fn read_record(data: &[u8], offset: u64) -> Record {
     if RECORD_HEADER_LEN + len > rest.len() as u64 {
         return Record::Truncated;
     }
+    // No entry is shorter than its header; a length of 0 over zeros would
+    // otherwise pass the checksum (the CRC of nothing is 0).
+    if len < MIN_ENTRY_BYTES {
+        return Record::Damaged(format!("record of {len} bytes is shorter than an entry ({MIN_ENTRY_BYTES} bytes)"));
+    }
     let payload = &rest[RECORD_HEADER_LEN as usize..(RECORD_HEADER_LEN + len) as usize];
     let actual = crc32c::crc32c(payload);
     if actual != crc {
@@ -237,7 +250,7 @@ fn read_record(data: &[u8], offset: u64) -> Record {
     }
     match decode_entry(Bytes::copy_from_slice(payload)) {
         Ok(entry) => Record::Entry(entry, offset + RECORD_HEADER_LEN + len),
-        Err(reason) => Record::Damaged(reason),
+        Err(reason) => Record::Undecodable(reason),
     }
 }
 
@@ -326,7 +339,8 @@ impl Wal {
                     damage => {
                         // A crash tears only the end of the last segment: the damage
                         // is a torn tail only if no later entry survives behind it.
-                        let torn = is_last && !valid_record_follows(&data, offset, expected);
+                        let whole = matches!(damage, Record::Undecodable(_));
+                        let torn = is_last && !whole && !valid_record_follows(&data, offset, expected);
                         if is_last && torn {
                             tracing::warn!(
                                 path = %path.display(),
@@ -341,6 +355,10 @@ impl Wal {
                         }
                         let reason = match damage {
                             Record::Damaged(reason) => reason,
+                            Record::Undecodable(reason) => format!(
+                                "a whole record with a valid checksum that this build cannot read ({reason}); \
+                                 was the log written by a newer version?"
+                            ),
                             _ => "record runs past the end of a closed segment".to_string(),
                         };
                         return Err(corrupt(offset, reason));
@@ -628,7 +646,7 @@ impl Wal {
                             reason: format!("entry {} where {expected} belongs", entry.index),
                         })
                     }
-                    Record::Damaged(reason) => {
+                    Record::Damaged(reason) | Record::Undecodable(reason) => {
                         return Err(StorageError::Corrupt {
                             path: segment.path.clone(),
                             offset: begin + offset,
