@@ -83,10 +83,14 @@ pub enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Add node ID (listening for raft at RAFT_ADDR) as a voter.
+    /// Add node ID (listening for raft at RAFT_ADDR) as a voter. The node must
+    /// be running and answer there as a node of this cluster.
     Join {
         id: u64,
         raft_addr: String,
+        /// Where the node serves its HTTP API (shown by `members`).
+        #[arg(long)]
+        http_addr: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -121,11 +121,11 @@ async fn client(command: Commands) -> Result<(), String> {
             let map = v.as_object().cloned().unwrap_or_default();
             map.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("\n")
         }),
-        Commands::Join { id, raft_addr, client } => Call::new(
+        Commands::Join { id, raft_addr, http_addr, client } => Call::new(
             Method::POST,
             client,
             "/api/v1/join".into(),
-            Some(json!({"id": id, "raft_addr": raft_addr})),
+            Some(json!({"id": id, "raft_addr": raft_addr, "http_addr": http_addr})),
             |v| format!("joined (index {})", v["index"]),
         ),
         Commands::Remove { id, client } => {
