@@ -135,7 +135,7 @@ async fn client(command: Commands) -> Result<(), String> {
         }
         Commands::TransferLeader { id, client } => {
             Call::new(Method::POST, client, "/api/v1/transfer-leader".into(), Some(json!({"id": id})), |v| {
-                format!("leadership moving to node {}", v["target"])
+                format!("node {} leads now", v["target"])
             })
         }
     };
