@@ -170,6 +170,14 @@ impl Core {
     /// `membership_index`, or from the compaction point when that entry was
     /// compacted away (compaction keeps its index).
     fn check_membership_index(&self) -> Result<(), InvariantViolation> {
+        let staging = &self.membership.staging;
+        ensure!(
+            self,
+            staging.iter().all(|id| self.membership.is_learner(*id)),
+            "staging marks only learners",
+            "configuration {} marks {staging:?} staging",
+            self.membership
+        );
         if self.membership_index <= self.log.start().index {
             return Ok(());
         }

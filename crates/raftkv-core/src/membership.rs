@@ -179,7 +179,8 @@ fn next_configuration(current: &Configuration, change: MembershipChange) -> Resu
     if next.voters.is_empty() {
         return invalid("the change would leave no voters", None);
     }
-    Ok(next)
+    // A staging mark lives only on a learner: a promoted or removed node loses it.
+    Ok(next.keep_staging_on_learners())
 }
 
 #[cfg(test)]

@@ -119,8 +119,12 @@ mod tests {
 
     #[test]
     fn joint_commit_needs_both_majorities() {
-        let config =
-            Configuration { voters: ids(&[1, 2, 3]), voters_outgoing: ids(&[3, 4, 5]), learners: BTreeSet::new() };
+        let config = Configuration {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: ids(&[3, 4, 5]),
+            learners: BTreeSet::new(),
+            staging: BTreeSet::new(),
+        };
         let matched = |id: NodeId| match id.0 {
             1 | 2 => 10,
             3 => 5,
@@ -132,8 +136,12 @@ mod tests {
 
     #[test]
     fn learners_never_count() {
-        let config =
-            Configuration { voters: ids(&[1, 2, 3]), voters_outgoing: BTreeSet::new(), learners: ids(&[4, 5]) };
+        let config = Configuration {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: BTreeSet::new(),
+            learners: ids(&[4, 5]),
+            staging: BTreeSet::new(),
+        };
         let matched = |id: NodeId| if id.0 >= 3 { 9 } else { 1 };
         assert_eq!(joint_majority_value(&config, matched), 1);
         let votes = |id: NodeId| Some(id.0 >= 3);
@@ -142,8 +150,12 @@ mod tests {
 
     #[test]
     fn joint_election_needs_both_halves() {
-        let config =
-            Configuration { voters: ids(&[1, 2, 3]), voters_outgoing: ids(&[1, 4, 5]), learners: BTreeSet::new() };
+        let config = Configuration {
+            voters: ids(&[1, 2, 3]),
+            voters_outgoing: ids(&[1, 4, 5]),
+            learners: BTreeSet::new(),
+            staging: BTreeSet::new(),
+        };
         assert_eq!(vote_result(&config, |id| Some(id.0 <= 3)), VoteResult::Lost);
         assert_eq!(vote_result(&config, |id| if id.0 <= 4 { Some(true) } else { None }), VoteResult::Won);
         assert_eq!(vote_result(&config, |id| if id.0 <= 3 { Some(true) } else { None }), VoteResult::Pending);

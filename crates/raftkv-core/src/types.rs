@@ -100,12 +100,16 @@ pub struct HardState {
 ///
 /// A joint configuration C(old,new) has a non-empty `voters_outgoing`; decisions
 /// then need a majority of `voters` *and* a majority of `voters_outgoing`
-/// (thesis §4.2.1). Learners replicate but never vote or count.
+/// (thesis §4.2.1). Learners replicate but never vote or count. `staging`
+/// marks learners that are to become voters once they have caught up (thesis
+/// §4.2.1, "catching up new servers"); it is always a subset of `learners`,
+/// and being in the configuration it survives a change of leader.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Configuration {
     pub voters: BTreeSet<NodeId>,
     pub voters_outgoing: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
+    pub staging: BTreeSet<NodeId>,
 }
 
 impl Configuration {
@@ -124,6 +128,19 @@ impl Configuration {
 
     pub fn is_learner(&self, id: NodeId) -> bool {
         self.learners.contains(&id) && !self.is_voter(id)
+    }
+
+    /// Whether `id` is a learner marked to become a voter once caught up.
+    pub fn is_staging(&self, id: NodeId) -> bool {
+        self.staging.contains(&id) && self.is_learner(id)
+    }
+
+    /// Drops staging marks on anything but a learner (what arrives from a
+    /// peer or a file is made to keep `staging ⊆ learners`).
+    pub fn keep_staging_on_learners(mut self) -> Configuration {
+        let learners: BTreeSet<NodeId> = self.learners.iter().copied().filter(|id| !self.is_voter(*id)).collect();
+        self.staging.retain(|id| learners.contains(id));
+        self
     }
 
     pub fn is_member(&self, id: NodeId) -> bool {
@@ -152,6 +169,9 @@ impl fmt::Display for Configuration {
         }
         if !self.learners.is_empty() {
             write!(f, " learners=[{}]", ids(&self.learners))?;
+        }
+        if !self.staging.is_empty() {
+            write!(f, " staging=[{}]", ids(&self.staging))?;
         }
         Ok(())
     }

@@ -31,6 +31,11 @@ struct StoredMeta {
     voters: Vec<u64>,
     voters_outgoing: Vec<u64>,
     learners: Vec<u64>,
+    /// Learners marked to become voters; absent in files written before
+    /// staging existed (and whenever empty, so those files keep their
+    /// checksums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    staging: Vec<u64>,
     size: u64,
     checksum: u32,
 }
@@ -52,6 +57,7 @@ impl StoredMeta {
             voters: ids(&meta.config.voters),
             voters_outgoing: ids(&meta.config.voters_outgoing),
             learners: ids(&meta.config.learners),
+            staging: ids(&meta.config.staging),
             size,
             checksum,
         }
@@ -63,7 +69,9 @@ impl StoredMeta {
             voters: ids(&self.voters),
             voters_outgoing: ids(&self.voters_outgoing),
             learners: ids(&self.learners),
-        };
+            staging: ids(&self.staging),
+        }
+        .keep_staging_on_learners();
         let meta = SnapshotMeta { last_log_id: LogId::new(Term(self.term), LogIndex(self.index)), config };
         SnapshotInfo { id, meta, size: self.size, checksum: self.checksum }
     }
@@ -344,5 +352,30 @@ impl Drop for FileSink {
         if let Err(error) = self.discard() {
             tracing::warn!(%error, id = self.id, "could not remove a cancelled snapshot");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metadata without staging serializes exactly as before staging existed
+    /// (so files written then keep their checksums); with it, it round-trips.
+    #[test]
+    fn staging_is_absent_from_metadata_that_has_none() {
+        let mut config = Configuration::new([NodeId(1)]);
+        config.learners.insert(NodeId(2));
+        let meta = SnapshotMeta { last_log_id: LogId::new(Term(2), LogIndex(9)), config: config.clone() };
+        let stored = StoredMeta::new(&meta, 10, 7);
+        let json = serde_json::to_string(&stored).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"index":9,"term":2,"voters":[1],"voters_outgoing":[],"learners":[2],"size":10,"checksum":7}"#
+        );
+        config.staging.insert(NodeId(2));
+        let meta = SnapshotMeta { last_log_id: LogId::new(Term(2), LogIndex(9)), config };
+        let stored = StoredMeta::new(&meta, 10, 7);
+        let read: StoredMeta = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+        assert_eq!(read.info("s".into()).meta, meta);
     }
 }

@@ -291,6 +291,7 @@ fn config_to_proto(config: &Configuration) -> proto::Configuration {
         voters: ids(&config.voters),
         voters_outgoing: ids(&config.voters_outgoing),
         learners: ids(&config.learners),
+        staging: ids(&config.staging),
     }
 }
 
@@ -300,7 +301,9 @@ fn config_from_proto(config: proto::Configuration) -> Configuration {
         voters: ids(config.voters),
         voters_outgoing: ids(config.voters_outgoing),
         learners: ids(config.learners),
+        staging: ids(config.staging),
     }
+    .keep_staging_on_learners()
 }
 
 fn entry_to_proto(entry: &Entry) -> proto::Entry {
@@ -456,6 +459,20 @@ mod tests {
 
     use super::*;
 
+    /// A staging mark on anything but a learner is dropped on receipt, so a
+    /// peer cannot make a voter (or a stranger) "staging".
+    #[test]
+    fn staging_marks_arrive_only_on_learners() {
+        let message = proto::Configuration {
+            voters: vec![1, 2],
+            voters_outgoing: vec![],
+            learners: vec![5],
+            staging: vec![1, 5, 7],
+        };
+        let config = config_from_proto(message);
+        assert_eq!(config.staging.into_iter().collect::<Vec<_>>(), vec![NodeId(5)]);
+    }
+
     /// What a sender says of itself only fills a gap: one forged header must
     /// not cut a known node off by re-pointing its address.
     #[test]
@@ -475,6 +492,7 @@ mod tests {
     fn every_message_kind_round_trips() {
         let mut config = Configuration::new([NodeId(1), NodeId(2)]);
         config.learners.insert(NodeId(5));
+        config.staging.insert(NodeId(5));
         let entries = vec![
             Entry { term: Term(2), index: LogIndex(5), payload: EntryPayload::Noop },
             Entry { term: Term(2), index: LogIndex(6), payload: EntryPayload::Command(Bytes::from("x")) },
