@@ -17,6 +17,9 @@ pub enum ProposeError {
     NoCommitInTerm { term: Term },
     /// The requested membership change is not valid for the current configuration.
     InvalidMembershipChange { reason: &'static str, node: Option<NodeId> },
+    /// The configuration changed since the one the caller named
+    /// (`propose_membership_at`): nothing was done.
+    ConfigChanged { expected: LogIndex, latest: LogIndex },
 }
 
 impl fmt::Display for ProposeError {
@@ -38,6 +41,9 @@ impl fmt::Display for ProposeError {
             }
             ProposeError::InvalidMembershipChange { reason, node: None } => {
                 write!(f, "invalid membership change: {reason}")
+            }
+            ProposeError::ConfigChanged { expected, latest } => {
+                write!(f, "configuration changed since index {expected} (latest is {latest})")
             }
         }
     }

@@ -16,6 +16,9 @@ pub enum MembershipChange {
     /// Add a voter, or promote a learner.
     AddVoter(NodeId),
     AddLearner(NodeId),
+    /// Add a learner marked staging (or mark an existing learner): the
+    /// leader promotes it to voter once it has caught up (thesis §4.2.1).
+    AddStaging(NodeId),
     RemoveServer(NodeId),
     DemoteVoter(NodeId),
     /// Replace the voters (and learners) at once through C(old,new).
@@ -68,7 +71,22 @@ impl Core {
     /// could each commit with disjoint majorities: the single-server change
     /// bug Ongaro reported on raft-dev in 2015, against thesis §4.1).
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ProposeError> {
+        self.propose_membership_at(change, None)
+    }
+
+    /// `propose_membership`, only if the configuration in force is still the
+    /// one at `prev_index` (hashicorp's guard: a caller that read the
+    /// configuration changes it only as it read it). Refused otherwise, with
+    /// nothing done.
+    pub fn propose_membership_at(
+        &mut self,
+        change: MembershipChange,
+        prev_index: Option<LogIndex>,
+    ) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
+        if let Some(expected) = prev_index.filter(|expected| *expected != self.membership_index) {
+            return Err(ProposeError::ConfigChanged { expected, latest: self.membership_index });
+        }
         if !self.committed_in_current_term() {
             return Err(ProposeError::NoCommitInTerm { term: self.hard_state.current_term });
         }
@@ -142,6 +160,16 @@ fn next_configuration(current: &Configuration, change: MembershipChange) -> Resu
                 return invalid("already a member", Some(id));
             }
             next.learners.insert(id);
+        }
+        MembershipChange::AddStaging(id) => {
+            if current.is_voter(id) {
+                return invalid("already a voter", Some(id));
+            }
+            if current.is_staging(id) {
+                return invalid("already staging", Some(id));
+            }
+            next.learners.insert(id);
+            next.staging.insert(id);
         }
         MembershipChange::RemoveServer(id) => {
             if !current.is_member(id) {
@@ -218,5 +246,29 @@ mod tests {
         let next = next_configuration(&current, MembershipChange::AddVoter(NodeId(4))).unwrap();
         assert!(next.voters.contains(&NodeId(4)) && next.learners.is_empty());
         assert!(!next.is_joint());
+    }
+
+    /// A staging mark sits on a learner only: set by AddStaging (on a new node
+    /// or an existing learner), gone once the node is promoted, removed or
+    /// dropped by a joint change, kept by a joint change that keeps it a learner.
+    #[test]
+    fn staging_marks_learners_and_leaves_with_them() {
+        let current = Configuration::new(ids(&[1, 2, 3]));
+        let staged = next_configuration(&current, MembershipChange::AddStaging(NodeId(4))).unwrap();
+        assert!(staged.is_staging(NodeId(4)) && staged.is_learner(NodeId(4)));
+        assert!(next_configuration(&staged, MembershipChange::AddStaging(NodeId(4))).is_err());
+        assert!(next_configuration(&staged, MembershipChange::AddStaging(NodeId(1))).is_err());
+        let mut plain = current.clone();
+        plain.learners.insert(NodeId(5));
+        assert!(next_configuration(&plain, MembershipChange::AddStaging(NodeId(5))).unwrap().is_staging(NodeId(5)));
+
+        let promoted = next_configuration(&staged, MembershipChange::AddVoter(NodeId(4))).unwrap();
+        assert!(promoted.voters.contains(&NodeId(4)) && promoted.staging.is_empty());
+        let removed = next_configuration(&staged, MembershipChange::RemoveServer(NodeId(4))).unwrap();
+        assert!(removed.staging.is_empty() && removed.learners.is_empty());
+        let kept = MembershipChange::Joint { voters: ids(&[1, 2, 5]), learners: ids(&[4]) };
+        assert_eq!(next_configuration(&staged, kept).unwrap().staging, ids(&[4]));
+        let dropped = MembershipChange::Joint { voters: ids(&[1, 2, 4]), learners: BTreeSet::new() };
+        assert!(next_configuration(&staged, dropped).unwrap().staging.is_empty());
     }
 }

@@ -243,3 +243,34 @@ fn removed_partitioned_node_readded_as_learner_does_not_disturb_the_leader() {
     assert_eq!(applied(&cluster, 4), applied(&cluster, 1));
     assert_eq!(applied(&cluster, 1), ["before", "while-removed", "after-readd"]);
 }
+
+/// A change guarded by the index of the configuration its caller read is
+/// refused, with nothing appended, once the configuration has moved on; a
+/// staging learner never counts in a quorum.
+#[test]
+fn a_guarded_change_is_refused_once_the_configuration_moved_and_staging_never_counts() {
+    let mut cluster = Cluster::with_members(&[1, 2, 3], &[], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, "first").unwrap();
+    cluster.stabilize();
+    let read = cluster.core(1).membership_index();
+    let staged = cluster
+        .with_core(1, |core| core.propose_membership_at(MembershipChange::AddStaging(NodeId(4)), Some(read)))
+        .unwrap();
+    cluster.stabilize();
+    assert!(cluster.core(1).membership().is_staging(NodeId(4)));
+    let last = cluster.core(1).last_log_id();
+    let stale =
+        cluster.with_core(1, |core| core.propose_membership_at(MembershipChange::AddLearner(NodeId(5)), Some(read)));
+    assert_eq!(stale, Err(raftkv_core::ProposeError::ConfigChanged { expected: read, latest: staged }));
+    assert_eq!(cluster.core(1).last_log_id(), last, "a refused change appends nothing");
+
+    // With two of the three voters cut off, the staging learner does not make
+    // a quorum: nothing commits.
+    cluster.isolate(2);
+    cluster.isolate(3);
+    let commit = cluster.core(1).commit_index();
+    let _ = cluster.propose(1, "without a quorum");
+    cluster.run_for(3 * ELECTION_MAX_MS);
+    assert_eq!(cluster.core(1).commit_index(), commit);
+}
