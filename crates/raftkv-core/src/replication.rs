@@ -218,17 +218,27 @@ impl Core {
         }
     }
 
-    /// Follower side of AppendEntries (figure 2, receiver rules 1–5).
-    pub(crate) fn handle_append_entries(&mut self, from: NodeId, request: AppendEntries) {
+    /// A message of the current term from the leader `from` (AppendEntries or
+    /// InstallSnapshot): follow it and restart the election timer. Returns
+    /// false on a leader, which must drop it (two leaders in one term cannot
+    /// happen: a forged or corrupt message).
+    fn follow(&mut self, from: NodeId) -> bool {
         if self.role == Role::Leader {
-            // Two leaders in one term cannot happen; a forged or corrupt message.
-            return;
+            return false;
         }
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.hard_state.current_term, Some(from));
         }
         self.leader_heard_at = Some(self.now);
         self.reset_election_timer();
+        true
+    }
+
+    /// Follower side of AppendEntries (figure 2, receiver rules 1–5).
+    pub(crate) fn handle_append_entries(&mut self, from: NodeId, request: AppendEntries) {
+        if !self.follow(from) {
+            return;
+        }
 
         // Reject malformed input instead of trusting it: a leader's entries are
         // contiguous, of its term at most, and their terms never go down along
@@ -475,14 +485,9 @@ impl Core {
     /// Follower side of InstallSnapshot: chunks must arrive in order; a gap or a
     /// restart makes us answer with the offset we expect, so the leader resumes.
     pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, request: InstallSnapshot) {
-        if self.role == Role::Leader {
+        if !self.follow(from) {
             return;
         }
-        if self.role != Role::Follower || self.leader != Some(from) {
-            self.become_follower(self.hard_state.current_term, Some(from));
-        }
-        self.leader_heard_at = Some(self.now);
-        self.reset_election_timer();
 
         let id = request.meta.last_log_id;
         let term = self.hard_state.current_term;

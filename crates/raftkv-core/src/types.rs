@@ -138,8 +138,8 @@ impl Configuration {
     /// Drops staging marks on anything but a learner (what arrives from a
     /// peer or a file is made to keep `staging ⊆ learners`).
     pub fn keep_staging_on_learners(mut self) -> Configuration {
-        let learners: BTreeSet<NodeId> = self.learners.iter().copied().filter(|id| !self.is_voter(*id)).collect();
-        self.staging.retain(|id| learners.contains(id));
+        let staging = std::mem::take(&mut self.staging);
+        self.staging = staging.into_iter().filter(|id| self.is_learner(*id)).collect();
         self
     }
 

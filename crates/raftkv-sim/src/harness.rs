@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use raftkv_core::{
     Action, Configuration, Core, CoreConfig, DurableState, Entry, EntryPayload, HardState, InstallSnapshot, LogId,
-    LogIndex, Message, NodeId, PersistRequest, ReadId, ReadMode, SnapshotMeta,
+    LogIndex, Message, NodeId, PersistRequest, ReadId, ReadMode, SnapshotMeta, Term,
 };
 
 pub const HEARTBEAT_MS: u64 = 10;
@@ -64,6 +64,13 @@ impl TestNode {
             rest = &rest[4 + len..];
         }
         (index, commands)
+    }
+
+    /// A snapshot's commands as applied entries (their indexes are not kept).
+    fn restored_commands(data: &[u8], term: Term) -> (LogIndex, Vec<Entry>) {
+        let (index, commands) = TestNode::decode_state(data);
+        let entry = |c| Entry { term, index: LogIndex::ZERO, payload: EntryPayload::Command(c) };
+        (index, commands.into_iter().map(entry).collect())
     }
 
     /// Commands applied so far (including those restored from a snapshot).
@@ -172,15 +179,7 @@ impl Cluster {
         node.snapshots.clear();
         if let Some((meta, data)) = &node.snapshot {
             node.snapshots.insert(meta.last_log_id.index, data.clone());
-            let (_, commands) = TestNode::decode_state(data);
-            node.applied = commands
-                .into_iter()
-                .map(|c| Entry {
-                    term: meta.last_log_id.term,
-                    index: LogIndex::ZERO,
-                    payload: EntryPayload::Command(c),
-                })
-                .collect();
+            node.applied = TestNode::restored_commands(data, meta.last_log_id.term).1;
         }
         let core = Core::new(node.config.clone(), durable, now, node.id.0).expect("valid test configuration");
         if let Err(violation) = core.check_invariants() {
@@ -316,16 +315,9 @@ impl Cluster {
             Action::RestoreSnapshot { meta } => {
                 let (received, data) = node.received_snapshot.clone().expect("snapshot received before restore");
                 assert_eq!(received, meta);
-                let (index, commands) = TestNode::decode_state(&data);
+                let (index, applied) = TestNode::restored_commands(&data, meta.last_log_id.term);
                 assert_eq!(index, meta.last_log_id.index);
-                node.applied = commands
-                    .into_iter()
-                    .map(|c| Entry {
-                        term: meta.last_log_id.term,
-                        index: LogIndex::ZERO,
-                        payload: EntryPayload::Command(c),
-                    })
-                    .collect();
+                node.applied = applied;
                 node.applied_index = index;
                 node.snapshots.insert(index, data);
             }

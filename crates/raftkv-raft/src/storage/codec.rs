@@ -14,6 +14,9 @@ use std::collections::BTreeSet;
 use bytes::{Buf, BufMut, Bytes};
 use raftkv_core::{Configuration, Entry, EntryPayload, LogIndex, NodeId, Term};
 
+/// Bytes of an entry's header (term, index, kind): the shortest entry.
+pub const ENTRY_HEADER_LEN: usize = 17;
+
 const KIND_NOOP: u8 = 0;
 const KIND_COMMAND: u8 = 1;
 const KIND_CONFIG: u8 = 2;
@@ -38,22 +41,23 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 
 /// Size of `encode_entry`'s output.
 pub fn encoded_entry_len(entry: &Entry) -> usize {
-    17 + match &entry.payload {
-        EntryPayload::Noop => 0,
-        EntryPayload::Command(data) => data.len(),
-        EntryPayload::Config(config) => {
-            let staging = if config.staging.is_empty() { 0 } else { 4 + 8 * config.staging.len() };
-            12 + 8 * (config.voters.len() + config.voters_outgoing.len() + config.learners.len()) + staging
+    ENTRY_HEADER_LEN
+        + match &entry.payload {
+            EntryPayload::Noop => 0,
+            EntryPayload::Command(data) => data.len(),
+            EntryPayload::Config(config) => {
+                let staging = if config.staging.is_empty() { 0 } else { 4 + 8 * config.staging.len() };
+                12 + 8 * (config.voters.len() + config.voters_outgoing.len() + config.learners.len()) + staging
+            }
         }
-    }
 }
 
 /// Decodes one entry that fills `data` exactly. A command's bytes share `data`'s
 /// buffer rather than being copied.
 pub fn decode_entry(data: Bytes) -> Result<Entry, String> {
     let mut buf = data;
-    if buf.remaining() < 17 {
-        return Err(format!("entry of {} bytes is shorter than its 17-byte header", buf.remaining()));
+    if buf.remaining() < ENTRY_HEADER_LEN {
+        return Err(format!("entry of {} bytes is shorter than its {ENTRY_HEADER_LEN}-byte header", buf.remaining()));
     }
     let term = Term(buf.get_u64_le());
     let index = LogIndex(buf.get_u64_le());

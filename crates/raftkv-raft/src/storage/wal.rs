@@ -78,7 +78,7 @@ use raftkv_core::{Entry, LogIndex, Term};
 
 use crate::locks::lock;
 
-use crate::storage::codec::{decode_entry, encode_entry, encoded_entry_len};
+use crate::storage::codec::{decode_entry, encode_entry, encoded_entry_len, ENTRY_HEADER_LEN};
 use crate::storage::error::{Result, StorageError};
 use crate::storage::traits::{check_contiguous, LogStore};
 use crate::storage::vfs::{create_dir_durably, read_all, write_atomically, StdFs, Vfs, VfsFile};
@@ -211,9 +211,6 @@ fn frame(entry: &Entry, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The shortest encoded entry: its header (term, index, kind).
-const MIN_ENTRY_BYTES: u64 = 17;
-
 /// What reading a record at some offset found.
 enum Record {
     Entry(Entry, u64),
@@ -240,8 +237,8 @@ fn read_record(data: &[u8], offset: u64) -> Record {
     }
     // No entry is shorter than its header; a length of 0 over zeros would
     // otherwise pass the checksum (the CRC of nothing is 0).
-    if len < MIN_ENTRY_BYTES {
-        return Record::Damaged(format!("record of {len} bytes is shorter than an entry ({MIN_ENTRY_BYTES} bytes)"));
+    if len < ENTRY_HEADER_LEN as u64 {
+        return Record::Damaged(format!("record of {len} bytes is shorter than an entry ({ENTRY_HEADER_LEN} bytes)"));
     }
     let payload = &rest[RECORD_HEADER_LEN as usize..(RECORD_HEADER_LEN + len) as usize];
     let actual = crc32c::crc32c(payload);

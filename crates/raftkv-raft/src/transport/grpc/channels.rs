@@ -198,9 +198,15 @@ impl Channels {
 /// Whether a failed call never left because its channel could not connect
 /// (tonic marks those with a `ConnectError` among the status's sources).
 pub fn is_connect_error(status: &tonic::Status) -> bool {
+    caused_by::<tonic::ConnectError>(status)
+}
+
+/// Whether an error of type `E` is among the status's sources (tonic wraps
+/// transport failures: a connect error, a client-side timeout, ...).
+pub fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
-        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+        if error.is::<E>() {
             return true;
         }
         source = error.source();

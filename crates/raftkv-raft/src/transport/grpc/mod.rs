@@ -32,7 +32,7 @@ use super::{Inbox, SendFuture, Transport, TransportError};
 mod channels;
 mod header;
 
-pub use channels::{is_connect_error, CachedChannel, ChannelError, ChannelOptions, Channels};
+pub use channels::{caused_by, is_connect_error, CachedChannel, ChannelError, ChannelOptions, Channels};
 pub use header::{
     check, check_metadata, CheckedHeader, Identity, Stamp, WireHeader, CLUSTER_ID_KEY, FROM_ADDR_KEY, FROM_KEY,
     PROTOCOL_KEY, PROTOCOL_VERSION, TO_KEY,
