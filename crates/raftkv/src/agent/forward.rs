@@ -147,9 +147,7 @@ struct Call {
 impl Call {
     async fn send(self, batch: Vec<Forward>) {
         let address = self.channel.address().to_string();
-        let mut client = wire::client(self.channel.channel())
-            .max_decoding_message_size(self.max_message)
-            .max_encoding_message_size(self.max_message);
+        let mut client = wire::client(self.channel.channel(), self.max_message);
         let commands = batch.iter().map(|f| f.command.clone()).collect();
         let request = self.sender.request(proto::ApplyBatchRequest { commands }, Some(self.leader), self.timeout);
         // The server enforces the deadline; this bounds a dead connection too.

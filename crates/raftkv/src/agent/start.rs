@@ -157,7 +157,6 @@ fn address_book(
             tracing::warn!(%error, "cannot persist the address book");
         }
     });
-    book.insert(id, raft_addr);
     Ok(book)
 }
 

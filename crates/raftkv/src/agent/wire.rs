@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use raftkv_raft::transport::grpc::{is_connect_error, ChannelOptions, Channels, Identity};
+use raftkv_raft::transport::grpc::{caused_by, is_connect_error, ChannelOptions, Channels, Identity};
 use raftkv_raft::{LogIndex, NodeId};
 
 use crate::agent::outcome::{Failure, Kind, Outcome};
@@ -73,22 +73,13 @@ pub fn call_failure(address: &str, status: &tonic::Status) -> Failure {
 /// Whether the call ran out of time: the server's deadline, or the client's
 /// own (which tonic reports as a cancelled call caused by `TimeoutExpired`).
 fn timed_out(status: &tonic::Status) -> bool {
-    if status.code() == tonic::Code::DeadlineExceeded {
-        return true;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+    status.code() == tonic::Code::DeadlineExceeded || caused_by::<tonic::TimeoutExpired>(status)
 }
 
-/// A client of the internal service on `channel`.
-pub fn client(channel: tonic::transport::Channel) -> InternalClient<tonic::transport::Channel> {
-    InternalClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+/// A client of the internal service on `channel`, whose messages either way
+/// hold at most `max_message` bytes.
+pub fn client(channel: tonic::transport::Channel, max_message: usize) -> InternalClient<tonic::transport::Channel> {
+    InternalClient::new(channel).max_decoding_message_size(max_message).max_encoding_message_size(max_message)
 }
 
 /// The calling side of admin operations.
@@ -111,7 +102,7 @@ impl Peers {
             .get(address)
             .map_err(|e| Failure::not_done(Kind::NotSent, format!("{e}; the request was not sent")))?;
         let request = self.sender.request(admin_to_proto(op), to, timeout);
-        match client(cached.channel()).admin(request).await {
+        match client(cached.channel(), MAX_MESSAGE).admin(request).await {
             Ok(response) => admin_answer_from_proto(response.into_inner()),
             Err(status) => {
                 self.channels.evict_on_connect_error(&cached, &status);
@@ -131,11 +122,13 @@ pub async fn cluster_info(address: &str) -> Result<proto::ClusterInfoResponse, S
     let channel = channels().connect(address).await.map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(proto::ClusterInfoRequest {});
     request.set_timeout(TIMEOUT);
-    let answer =
-        tokio::time::timeout(TIMEOUT + Duration::from_secs(1), client(channel.channel()).cluster_info(request))
-            .await
-            .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
-            .map_err(|s| s.message().to_string())?;
+    let answer = tokio::time::timeout(
+        TIMEOUT + Duration::from_secs(1),
+        client(channel.channel(), MAX_MESSAGE).cluster_info(request),
+    )
+    .await
+    .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
+    .map_err(|s| s.message().to_string())?;
     Ok(answer.into_inner())
 }
 
