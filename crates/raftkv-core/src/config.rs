@@ -28,6 +28,14 @@ pub struct CoreConfig {
     /// Bound on how much faster a follower's clock may run than the leader's over
     /// one election timeout; the lease ends this much earlier.
     pub lease_clock_drift_ms: u64,
+    /// A staging learner counts as caught up while its log is within this
+    /// many entries of the leader's (and it answered within an election
+    /// timeout). The default, one append's worth, lets its first round as a
+    /// voter finish within a heartbeat (thesis §4.2.1).
+    pub promotion_max_lag: u64,
+    /// How long a staging learner must stay caught up, as one leader sees
+    /// it, before that leader promotes it to voter.
+    pub promotion_stable_ms: u64,
 }
 
 impl CoreConfig {
@@ -44,6 +52,8 @@ impl CoreConfig {
             max_entries_per_append: 512,
             max_bytes_per_append: 1 << 20,
             lease_clock_drift_ms: 100,
+            promotion_max_lag: 512,
+            promotion_stable_ms: 5_000,
         }
     }
 
@@ -66,6 +76,13 @@ impl CoreConfig {
         }
         if self.lease_clock_drift_ms >= self.election_timeout_min_ms {
             return fail("lease_clock_drift_ms must be below election_timeout_min_ms");
+        }
+        if self.promotion_max_lag == 0 {
+            return fail("promotion_max_lag must be positive");
+        }
+        if self.promotion_stable_ms < self.election_timeout_max_ms || self.promotion_stable_ms > MAX_TIMEOUT_MS {
+            // A whole election timeout of answers, not one lucky burst.
+            return fail("promotion_stable_ms must be between election_timeout_max_ms and one hour");
         }
         Ok(())
     }

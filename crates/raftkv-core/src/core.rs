@@ -74,6 +74,10 @@ pub struct PeerProgress {
     pub match_index: LogIndex,
     /// When it last answered this leader; `None`: not in this term.
     pub last_contact_at: Option<Millis>,
+    /// A learner the leader will promote to voter once it has caught up.
+    pub staging: bool,
+    /// Staging only: since when this leader has seen it caught up.
+    pub caught_up_since: Option<Millis>,
 }
 
 /// Truncate the log from `truncate_from`, then append `entries` (which start there).
@@ -439,6 +443,8 @@ impl Core {
                 voter: self.membership.voters.contains(id),
                 match_index: progress.match_index,
                 last_contact_at: progress.last_contact_at,
+                staging: self.membership.is_staging(*id),
+                caught_up_since: progress.caught_up_since,
             })
             .collect()
     }

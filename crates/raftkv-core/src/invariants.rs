@@ -331,6 +331,15 @@ impl Core {
             progress.last_contact_at,
             self.now
         );
+        ensure!(
+            self,
+            progress.caught_up_since.is_none_or(|at| at <= self.now && self.membership.is_staging(peer)),
+            "only a staging learner is caught up toward promotion, never since the future",
+            "peer {peer}: caught up since {:?}, now {}, staging {:?}",
+            progress.caught_up_since,
+            self.now,
+            self.membership.staging
+        );
         let (oldest, newest) = (progress.inflight.front(), progress.inflight.back());
         ensure!(
             self,

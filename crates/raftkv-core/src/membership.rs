@@ -131,6 +131,45 @@ impl Core {
         Ok(())
     }
 
+    /// The promotion rule for staging learners (thesis §4.2.1, "catching up
+    /// new servers"), run on each of the leader's ticks. A staging learner is
+    /// caught up while its log is within `promotion_max_lag` entries of the
+    /// leader's and it answered within an election timeout (with no writes a
+    /// dead learner's log stays close; its silence does not). Once caught up
+    /// without a break for `promotion_stable_ms`, the lowest such id is
+    /// proposed as voter, if a change may be proposed at all; a refusal (a
+    /// change pending, a transfer, no commit in this term) ends by itself,
+    /// and the next tick tries again. The stable period restarts with each
+    /// leader: it counts only what this leader saw.
+    pub(crate) fn tick_promotions(&mut self) {
+        let now = self.now;
+        let last = self.log.last_index();
+        let (max_lag, stable_ms) = (self.config.promotion_max_lag, self.config.promotion_stable_ms);
+        let contact_ms = self.config.election_timeout_min_ms;
+        let Some(state) = self.leader_state.as_mut() else { return };
+        let mut ready = None;
+        for (id, progress) in state.progress.iter_mut() {
+            if !self.membership.is_staging(*id) {
+                progress.caught_up_since = None;
+                continue;
+            }
+            let close = progress.match_index.0.saturating_add(max_lag) >= last.0;
+            let heard = progress.last_contact_at.is_some_and(|at| now.saturating_sub(at) < contact_ms);
+            if !(close && heard) {
+                progress.caught_up_since = None;
+                continue;
+            }
+            let since = *progress.caught_up_since.get_or_insert(now);
+            if ready.is_none() && now - since >= stable_ms {
+                ready = Some(*id);
+            }
+        }
+        if let Some(id) = ready {
+            // Refusals are transient (see above); the rule runs again next tick.
+            let _refused = self.propose_membership(MembershipChange::AddVoter(id));
+        }
+    }
+
     pub(crate) fn maybe_send_timeout_now(&mut self, peer: NodeId) {
         let last = self.log.last_index();
         let Some(state) = self.leader_state.as_ref() else { return };

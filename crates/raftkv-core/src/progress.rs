@@ -37,6 +37,9 @@ pub struct Progress {
     /// When the peer last answered this leader (any append or snapshot
     /// answer of this term); `None` until it has.
     pub last_contact_at: Option<Millis>,
+    /// A staging learner only: since when it has been caught up without a
+    /// break, as this leader's ticks saw it (`Core::tick_promotions`).
+    pub caught_up_since: Option<Millis>,
 }
 
 impl Progress {
@@ -50,6 +53,7 @@ impl Progress {
             acked_round: 0,
             last_progress_at: now,
             last_contact_at: None,
+            caught_up_since: None,
         }
     }
 

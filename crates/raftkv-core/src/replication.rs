@@ -38,6 +38,7 @@ impl Core {
             self.start_round();
             self.retry_stalled_peers();
         }
+        self.tick_promotions();
     }
 
     /// CheckQuorum: whether a quorum was heard from since the last check; clears
@@ -434,7 +435,8 @@ impl Core {
     }
 
     /// Keeps one progress entry per member other than us; replication to removed
-    /// nodes stops at once.
+    /// nodes stops at once, and a promoted or unmarked learner's stable period
+    /// ends.
     pub(crate) fn sync_progress_with_membership(&mut self) {
         let members = self.membership.members();
         let next = self.log.last_index().next();
@@ -442,6 +444,11 @@ impl Core {
         let id = self.id;
         let Some(state) = self.leader_state.as_mut() else { return };
         state.progress.retain(|peer, _| members.contains(peer));
+        for (peer, progress) in state.progress.iter_mut() {
+            if !self.membership.is_staging(*peer) {
+                progress.caught_up_since = None;
+            }
+        }
         for member in members {
             if member != id {
                 state.progress.entry(member).or_insert_with(|| Progress::new(next, now));

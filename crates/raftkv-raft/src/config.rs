@@ -37,6 +37,12 @@ pub struct Config {
     pub trailing_logs: u64,
     /// Bytes of snapshot data per InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
+    /// `add_voter` promotes its learner once the learner's log is within this
+    /// many entries of the leader's...
+    pub promotion_max_lag: u64,
+    /// ...and has stayed so, answering, for this long (at least
+    /// `election_timeout_max`).
+    pub promotion_stable: Duration,
 }
 
 impl Config {
@@ -59,6 +65,8 @@ impl Config {
             snapshot_log_bytes: 64 << 20,
             trailing_logs: 10240,
             snapshot_chunk_bytes: 1 << 20,
+            promotion_max_lag: 512,
+            promotion_stable: Duration::from_secs(5),
         }
     }
 
@@ -70,6 +78,7 @@ impl Config {
             election_timeout_max: Duration::from_millis(400),
             lease_clock_drift: Duration::from_millis(20),
             tick_interval: Duration::from_millis(5),
+            promotion_stable: Duration::from_secs(1),
             ..Config::new(id)
         }
     }
@@ -85,6 +94,8 @@ impl Config {
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,
+            promotion_max_lag,
+            promotion_stable,
         } = reload.clone();
         next.trailing_logs = trailing_logs.unwrap_or(next.trailing_logs);
         next.snapshot_threshold = snapshot_threshold.unwrap_or(next.snapshot_threshold);
@@ -93,6 +104,8 @@ impl Config {
         next.heartbeat_interval = heartbeat_interval.unwrap_or(next.heartbeat_interval);
         next.election_timeout_min = election_timeout_min.unwrap_or(next.election_timeout_min);
         next.election_timeout_max = election_timeout_max.unwrap_or(next.election_timeout_max);
+        next.promotion_max_lag = promotion_max_lag.unwrap_or(next.promotion_max_lag);
+        next.promotion_stable = promotion_stable.unwrap_or(next.promotion_stable);
         next.validate()?;
         Ok(next)
     }
@@ -158,6 +171,8 @@ impl Config {
             max_entries_per_append: self.max_entries_per_append,
             max_bytes_per_append: self.max_bytes_per_append,
             lease_clock_drift_ms: ms(self.lease_clock_drift),
+            promotion_max_lag: self.promotion_max_lag,
+            promotion_stable_ms: ms(self.promotion_stable),
         }
     }
 }
@@ -173,4 +188,6 @@ pub struct ReloadableConfig {
     pub heartbeat_interval: Option<Duration>,
     pub election_timeout_min: Option<Duration>,
     pub election_timeout_max: Option<Duration>,
+    pub promotion_max_lag: Option<u64>,
+    pub promotion_stable: Option<Duration>,
 }

@@ -9,7 +9,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use raftkv_core::{Configuration, LogIndex, MembershipChange, Message, NodeId, ReadMode, Role};
+use raftkv_core::{
+    Configuration, CoreConfig, DurableState, LogIndex, MembershipChange, Message, NodeId, ReadMode, Role,
+};
 use raftkv_sim::harness::{Cluster, ELECTION_MAX_MS, HEARTBEAT_MS};
 
 use common::{applied, ids, match_index, stabilize_recording};
@@ -273,4 +275,148 @@ fn a_guarded_change_is_refused_once_the_configuration_moved_and_staging_never_co
     let _ = cluster.propose(1, "without a quorum");
     cluster.run_for(3 * ELECTION_MAX_MS);
     assert_eq!(cluster.core(1).commit_index(), commit);
+}
+
+const STABLE_MS: u64 = 300;
+const MAX_LAG: u64 = 4;
+
+fn promotion_rule(config: &mut CoreConfig) {
+    config.promotion_stable_ms = STABLE_MS;
+    config.promotion_max_lag = MAX_LAG;
+}
+
+/// Voters {1,2,3} led by node 1, with an empty node 4 that node 1 has just
+/// marked staging (not yet delivered).
+fn staging_node_4() -> Cluster {
+    let mut cluster = Cluster::with_members(&[1, 2, 3], &[], promotion_rule);
+    cluster.elect(1);
+    for i in 0..20 {
+        cluster.propose(1, &format!("before-{i}")).unwrap();
+    }
+    cluster.stabilize();
+    cluster.add_node(4, DurableState::default(), promotion_rule);
+    cluster.with_core(1, |core| core.propose_membership(MembershipChange::AddStaging(NodeId(4)))).unwrap();
+    cluster
+}
+
+fn staging_peer(cluster: &Cluster, leader: u64, id: u64) -> raftkv_core::PeerProgress {
+    let peers = cluster.core(leader).peers();
+    peers.into_iter().find(|p| p.id == NodeId(id)).expect("the leader tracks the peer")
+}
+
+/// Thesis §4.2.1: the leader promotes a staging learner only once it has
+/// been caught up for the whole stable period, then the promotion commits
+/// and the new voter counts.
+#[test]
+fn a_staging_learner_is_promoted_once_caught_up_for_the_stable_period() {
+    let mut cluster = staging_node_4();
+    let mut since = None;
+    for _ in 0..10 * STABLE_MS {
+        cluster.run_for(1);
+        if since.is_none() {
+            since = staging_peer(&cluster, 1, 4).caught_up_since;
+        }
+        if cluster.core(1).membership().is_voter(NodeId(4)) {
+            break;
+        }
+        assert!(cluster.core(1).membership().is_staging(NodeId(4)));
+    }
+    let since = since.expect("node 4 caught up");
+    let promoted_at = cluster.now;
+    assert!(cluster.core(1).membership().is_voter(NodeId(4)), "never promoted");
+    assert!(promoted_at >= since + STABLE_MS, "promoted at {promoted_at}, caught up since {since}");
+    assert!(promoted_at <= since + STABLE_MS + HEARTBEAT_MS, "late: {promoted_at}, caught up since {since}");
+    cluster.run_for(3 * HEARTBEAT_MS);
+    let membership = cluster.core(4).membership();
+    assert!(membership.is_voter(NodeId(4)) && membership.staging.is_empty(), "{membership}");
+    // Node 4 now counts: with 2 and 3 cut off, {1, 4} is not a majority of
+    // four, but with only 3 cut off {1, 2, 4} is.
+    cluster.isolate(3);
+    let index = cluster.propose(1, "after").unwrap();
+    cluster.run_for(3 * HEARTBEAT_MS);
+    assert!(cluster.core(1).commit_index() >= index);
+    assert_eq!(applied(&cluster, 4), applied(&cluster, 1));
+}
+
+/// A staging learner that is silent, or that answers but stays more than
+/// `promotion_max_lag` entries behind, is never promoted.
+#[test]
+fn a_silent_or_lagging_staging_learner_is_never_promoted() {
+    let mut cluster = staging_node_4();
+    // Caught up, then silent while nothing is written: its log stays close,
+    // its silence keeps it a learner.
+    cluster.run_for(STABLE_MS / 2);
+    assert!(staging_peer(&cluster, 1, 4).caught_up_since.is_some());
+    cluster.isolate(4);
+    cluster.run_for(5 * STABLE_MS);
+    let last = cluster.core(1).last_log_id().index;
+    assert!(staging_peer(&cluster, 1, 4).match_index.0 + MAX_LAG >= last.0);
+    assert!(cluster.core(1).membership().is_staging(NodeId(4)), "a silent learner was promoted");
+    assert_eq!(staging_peer(&cluster, 1, 4).caught_up_since, None);
+
+    // Heard from, but its disk stops finishing writes: it answers without
+    // catching up.
+    cluster.heal();
+    cluster.run_for(STABLE_MS / 2);
+    assert!(staging_peer(&cluster, 1, 4).caught_up_since.is_some());
+    cluster.node_mut(4).hold_persists = true;
+    for i in 0..10 {
+        cluster.propose(1, &format!("more-{i}")).unwrap();
+    }
+    cluster.run_for(5 * STABLE_MS);
+    let peer = staging_peer(&cluster, 1, 4);
+    let last = cluster.core(1).last_log_id().index;
+    assert!(peer.last_contact_at.is_some_and(|at| at + ELECTION_MAX_MS > cluster.now), "{peer:?}");
+    assert!(peer.match_index.0 + MAX_LAG < last.0, "{peer:?}, last {last}");
+    assert!(cluster.core(1).membership().is_staging(NodeId(4)), "a lagging learner was promoted");
+
+    cluster.release_persists(4);
+    cluster.run_for(2 * STABLE_MS);
+    assert!(cluster.core(1).membership().is_voter(NodeId(4)), "caught up at last, it should be promoted");
+}
+
+/// The promotion is one membership change like any other: while another is
+/// uncommitted the leader waits, and proposes the promotion once it commits.
+#[test]
+fn a_promotion_waits_for_a_pending_change() {
+    let mut cluster = staging_node_4();
+    cluster.run_for(3 * HEARTBEAT_MS);
+    // Nodes 2 and 3 answer but do not persist: the next change stays uncommitted.
+    cluster.node_mut(2).hold_persists = true;
+    cluster.node_mut(3).hold_persists = true;
+    let pending =
+        cluster.with_core(1, |core| core.propose_membership(MembershipChange::AddLearner(NodeId(5)))).unwrap();
+    cluster.run_for(3 * STABLE_MS);
+    assert!(cluster.core(1).is_leader());
+    assert!(cluster.core(1).commit_index() < pending);
+    assert!(cluster.core(1).membership().is_staging(NodeId(4)), "promoted past an uncommitted change");
+    assert!(staging_peer(&cluster, 1, 4).caught_up_since.is_some_and(|at| at + STABLE_MS <= cluster.now));
+
+    cluster.release_persists(2);
+    cluster.release_persists(3);
+    cluster.run_for(3 * HEARTBEAT_MS);
+    assert!(cluster.core(1).commit_index() >= pending);
+    assert!(cluster.core(1).membership().is_voter(NodeId(4)), "promoted once the change committed");
+}
+
+/// The staging mark is in the replicated configuration: when the leader dies
+/// before the promotion, the next leader promotes the learner after a stable
+/// period of its own observations.
+#[test]
+fn a_new_leader_finishes_the_promotion() {
+    let mut cluster = staging_node_4();
+    cluster.run_for(STABLE_MS / 2);
+    assert!(staging_peer(&cluster, 1, 4).caught_up_since.is_some());
+    cluster.crash(1);
+    let leader = cluster.wait_for_leader(10 * ELECTION_MAX_MS);
+    let elected_at = cluster.now;
+    assert!(cluster.core(leader).membership().is_staging(NodeId(4)));
+    for _ in 0..10 * STABLE_MS {
+        if cluster.core(leader).membership().is_voter(NodeId(4)) {
+            break;
+        }
+        cluster.run_for(1);
+    }
+    assert!(cluster.core(leader).membership().is_voter(NodeId(4)), "the new leader never promoted node 4");
+    assert!(cluster.now >= elected_at + STABLE_MS, "the stable period restarts with the leader");
 }

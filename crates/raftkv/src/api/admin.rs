@@ -128,6 +128,8 @@ pub struct ReloadBody {
     heartbeat_interval_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
+    promotion_max_lag: Option<u64>,
+    promotion_stable_ms: Option<u64>,
 }
 
 /// `POST /api/maintain/config`: changes this node's reloadable settings; the
@@ -147,6 +149,8 @@ pub async fn reload_config(
         heartbeat_interval: ms(body.heartbeat_interval_ms),
         election_timeout_min: ms(body.election_timeout_min_ms),
         election_timeout_max: ms(body.election_timeout_max_ms),
+        promotion_max_lag: body.promotion_max_lag,
+        promotion_stable: ms(body.promotion_stable_ms),
     };
     let config = agent.raft.reload_config(reload).await.map_err(|error| match error {
         RaftError::Config(reason) => ApiError::bad_request(format!("configuration refused: {reason}")),
@@ -161,6 +165,8 @@ pub async fn reload_config(
         "heartbeat_interval_ms": ms(config.heartbeat_interval),
         "election_timeout_min_ms": ms(config.election_timeout_min),
         "election_timeout_max_ms": ms(config.election_timeout_max),
+        "promotion_max_lag": config.promotion_max_lag,
+        "promotion_stable_ms": ms(config.promotion_stable),
     })))
 }
 
