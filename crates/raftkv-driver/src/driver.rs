@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raftkv_core::{
     Action, Configuration, Core, CoreConfig, Entry, HardState, LogId, LogIndex, LogWrite, MembershipChange, Message,
-    Millis, NodeId, PersistRequest, ReadId, ReadMode, Role, SnapshotMeta, Term,
+    Millis, NodeId, PersistRequest, ProposeError, ReadId, ReadMode, Role, SnapshotMeta, Term,
 };
 
 use crate::apply::SnapshotPolicy;
 use crate::failure::Failure;
+use crate::staged::{Answer, Removal, StagedAdds};
 
 /// Settings of the driver itself (the core has its own).
 #[derive(Clone, Debug)]
@@ -202,6 +203,12 @@ pub enum Effect<R> {
     AlreadyLeads {
         reply: R,
     },
+    /// A request found already done (`add_voter` of a voter whose
+    /// configuration has committed): answer it as applied at `index`.
+    AlreadyDone {
+        reply: R,
+        index: LogIndex,
+    },
     /// The snapshot the caller asked for is stored.
     SnapshotTaken {
         reply: R,
@@ -256,6 +263,7 @@ impl<R> Effect<R> {
             Effect::Fail { .. }
                 | Effect::TransferStarted { .. }
                 | Effect::AlreadyLeads { .. }
+                | Effect::AlreadyDone { .. }
                 | Effect::SnapshotTaken { .. }
                 | Effect::LeaderChanged(_)
         )
@@ -297,6 +305,10 @@ pub struct PeerStatus {
     pub trailing: u64,
     /// Time since it last answered this leader; `None`: not in this term.
     pub last_contact: Option<std::time::Duration>,
+    /// A learner this leader will promote once it has caught up.
+    pub staging: bool,
+    /// Staging only: how long it has been caught up, as this leader saw.
+    pub caught_up_for: Option<std::time::Duration>,
 }
 
 /// A snapshot arriving from the leader (or received whole, awaiting its verdict).
@@ -338,6 +350,8 @@ pub struct Driver<R> {
     writing: BTreeMap<LogIndex, Vec<R>>,
     failure: Option<String>,
     last_leader_contact: Option<Millis>,
+    /// `add_voter` callers waiting for their staging server's fate.
+    staged: StagedAdds<R>,
 }
 
 impl<R> Driver<R> {
@@ -359,6 +373,7 @@ impl<R> Driver<R> {
             writing: BTreeMap::new(),
             failure: None,
             last_leader_contact: None,
+            staged: StagedAdds::new(),
         }
     }
 
@@ -415,6 +430,7 @@ impl<R> Driver<R> {
 
     pub fn tick(&mut self, now: Millis) {
         self.core.handle_tick(now);
+        self.remove_overdue_staging(now);
     }
 
     pub fn receive(&mut self, now: Millis, from: NodeId, message: Message) {
@@ -456,13 +472,71 @@ impl<R> Driver<R> {
         }
     }
 
-    pub fn change_membership(&mut self, change: MembershipChange, reply: R) {
+    /// Proposes `change`, only if the configuration in force is still the
+    /// one at `prev_index` when given; answered once the change is applied.
+    pub fn change_membership(&mut self, change: MembershipChange, prev_index: Option<LogIndex>, reply: R) {
         let term = self.core.current_term();
-        match self.core.propose_membership(change) {
+        match self.core.propose_membership_at(change, prev_index) {
             Ok(index) => {
                 self.proposals.insert(index, (term, reply));
             }
             Err(error) => self.effects.push(Effect::Fail { reply, failure: error.into() }),
+        }
+    }
+
+    /// Adds `id` as a voter the safe way (thesis §4.2.1): as a learner marked
+    /// staging, promoted by the core once it has caught up. The reply comes
+    /// when the promotion commits (answered like any membership change), or
+    /// with `NotCaughtUp` once the removal this leader proposes at
+    /// `now + timeout_ms` has committed, or with whatever else decided the
+    /// server's fate first. `prev_index` guards the staging entry only
+    /// (hashicorp's "configuration still at index N"). A retry finds the
+    /// truth: a voter already (done), or still staging (it waits with the
+    /// first caller).
+    pub fn add_voter(&mut self, now: Millis, id: NodeId, prev_index: Option<LogIndex>, timeout_ms: Millis, reply: R) {
+        let core = &self.core;
+        let deadline = now.saturating_add(timeout_ms);
+        let (membership, at) = (core.membership(), core.membership_index());
+        let refused = if core.role() != Role::Leader {
+            Some(Failure::NotLeader { leader: core.leader() })
+        } else {
+            prev_index
+                .filter(|expected| *expected != at)
+                .map(|expected| Failure::Refused(ProposeError::ConfigChanged { expected, latest: at }))
+        };
+        if let Some(failure) = refused {
+            return self.effects.push(Effect::Fail { reply, failure });
+        }
+        if membership.is_voter(id) && at <= core.commit_index() {
+            return self.effects.push(Effect::AlreadyDone { reply, index: at });
+        }
+        if membership.is_voter(id) || membership.is_staging(id) {
+            // Its fate is in the configuration in force: wait for it.
+            return self.staged.wait(id, at, deadline, reply);
+        }
+        match self.core.propose_membership_at(MembershipChange::AddStaging(id), prev_index) {
+            Ok(index) => self.staged.wait(id, index, deadline, reply),
+            Err(error) => self.effects.push(Effect::Fail { reply, failure: error.into() }),
+        }
+    }
+
+    /// Proposes the removal of each staging server whose callers' deadline
+    /// passed. A refusal (a change pending, a transfer, no commit in this
+    /// term yet) ends by itself: the next tick tries again. A server no
+    /// longer staging (its promotion is appended) is left to what commits.
+    fn remove_overdue_staging(&mut self, now: Millis) {
+        if !self.core.is_leader() {
+            return;
+        }
+        for id in self.staged.due(now) {
+            if !self.core.membership().is_staging(id) {
+                continue;
+            }
+            let match_index = self.core.peer_progress(id).map_or(LogIndex::ZERO, |(matched, _)| matched);
+            let last_index = self.core.last_log_id().index;
+            if let Ok(index) = self.core.propose_membership(MembershipChange::RemoveServer(id)) {
+                self.staged.removal_proposed(id, Removal { index, match_index, last_index });
+            }
         }
     }
 
@@ -623,6 +697,10 @@ impl<R> Driver<R> {
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             effects.push(Effect::Fail { reply, failure: Failure::stopped(failure) });
         }
+        // A staging server may still be promoted or removed by the next leader.
+        for reply in self.staged.take_all() {
+            effects.push(Effect::Fail { reply, failure: Failure::stopped(failure) });
+        }
         let waiting = std::mem::take(&mut self.reads)
             .into_values()
             .chain(std::mem::take(&mut self.writing).into_values().flatten());
@@ -679,6 +757,10 @@ impl<R> Driver<R> {
                     last_contact: peer
                         .last_contact_at
                         .map(|at| std::time::Duration::from_millis(now.saturating_sub(at))),
+                    staging: peer.staging,
+                    caught_up_for: peer
+                        .caught_up_since
+                        .map(|at| std::time::Duration::from_millis(now.saturating_sub(at))),
                 })
                 .collect(),
         }
@@ -715,6 +797,10 @@ impl<R> Driver<R> {
                     for (_, (_, reply)) in uncommitted {
                         self.effects.push(Effect::Fail { reply, failure: Failure::LeadershipLost });
                     }
+                    // The next leader finishes a promotion, or not: unknown.
+                    for reply in self.staged.take_all() {
+                        self.effects.push(Effect::Fail { reply, failure: Failure::LeadershipLost });
+                    }
                 }
                 self.effects.push(Effect::LeaderChanged(LeaderInfo { leader, term }));
             }
@@ -737,6 +823,13 @@ impl<R> Driver<R> {
     /// leader's entry at its index means it was overwritten.
     fn apply(&mut self, entries: Vec<Entry>) {
         let mut replies = Vec::new();
+        for (reply, answer) in self.staged.committed(&entries) {
+            match answer {
+                // Answered like the change that promoted it, once applied.
+                Answer::Done(index) => replies.push((index, reply)),
+                Answer::Failed(failure) => self.effects.push(Effect::Fail { reply, failure }),
+            }
+        }
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let (first, last) = (first.index, last.index);
             let mut ours = self.proposals.split_off(&first);

@@ -36,6 +36,19 @@ pub enum Failure {
     Snapshot {
         reason: String,
     },
+    /// `add_voter`: the server did not catch up before its deadline and was
+    /// removed again (committed): not a member, nothing to undo.
+    NotCaughtUp {
+        id: NodeId,
+        match_index: LogIndex,
+        last_index: LogIndex,
+    },
+    /// `add_voter`: another change decided the staging server's fate first
+    /// (removed it, or kept it a plain learner) at `index`: not a voter.
+    Superseded {
+        id: NodeId,
+        index: LogIndex,
+    },
 }
 
 impl Failure {
@@ -98,6 +111,14 @@ impl fmt::Display for Failure {
                 write!(f, "nothing new to snapshot: the newest snapshot covers index {index}")
             }
             Failure::Snapshot { reason } => write!(f, "snapshot failed: {reason}"),
+            Failure::NotCaughtUp { id, match_index, last_index } => write!(
+                f,
+                "node {id} did not catch up in time (its log matched through {match_index} of {last_index}) \
+                 and was removed again"
+            ),
+            Failure::Superseded { id, index } => {
+                write!(f, "another membership change (index {index}) decided node {id}'s fate before its promotion")
+            }
         }
     }
 }

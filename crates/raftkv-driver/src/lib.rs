@@ -25,6 +25,7 @@
 mod apply;
 mod driver;
 mod failure;
+mod staged;
 
 pub use apply::{Applier, ApplyEffect, SnapshotPolicy};
 pub use driver::{

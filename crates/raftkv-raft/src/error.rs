@@ -62,6 +62,14 @@ pub enum RaftError {
     /// The entry proposed at `index` was replaced by another leader's entry.
     #[error("entry at index {index} was overwritten by a newer leader")]
     Overwritten { index: LogIndex },
+    /// `add_voter`: the server did not catch up before the deadline and was
+    /// removed again (the removal committed). Not a member: safe to retry.
+    #[error("node {id} did not catch up in time (its log matched through {match_index} of {last_index}) and was removed again")]
+    NotCaughtUp { id: NodeId, match_index: LogIndex, last_index: LogIndex },
+    /// `add_voter`: another membership change, committed at `index`, removed
+    /// the staging server or kept it a plain learner before its promotion.
+    #[error("another membership change (index {index}) decided node {id}'s fate before its promotion")]
+    Superseded { id: NodeId, index: LogIndex },
 }
 
 impl From<ProposeError> for RaftError {
@@ -95,7 +103,9 @@ impl RaftError {
             | RaftError::AlreadyBootstrapped { .. }
             | RaftError::NothingToRecover { .. }
             | RaftError::NothingNewToSnapshot { .. }
-            | RaftError::Overwritten { .. } => false,
+            | RaftError::Overwritten { .. }
+            | RaftError::NotCaughtUp { .. }
+            | RaftError::Superseded { .. } => false,
         }
     }
 }
@@ -114,6 +124,10 @@ impl From<raftkv_driver::Failure> for RaftError {
             Failure::Overwritten { index } => RaftError::Overwritten { index },
             Failure::NothingNewToSnapshot { index } => RaftError::NothingNewToSnapshot { index },
             Failure::Snapshot { reason } => RaftError::Snapshot { op: SnapshotOp::Take, snapshot: None, reason },
+            Failure::NotCaughtUp { id, match_index, last_index } => {
+                RaftError::NotCaughtUp { id, match_index, last_index }
+            }
+            Failure::Superseded { id, index } => RaftError::Superseded { id, index },
         }
     }
 }

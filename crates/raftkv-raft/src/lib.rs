@@ -188,6 +188,9 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     failure: watch::Receiver<Option<String>>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// How long past its deadline an `add_voter` caller waits for the removal
+    /// to commit before giving up (two election timeouts, as started).
+    staging_grace: Duration,
 }
 
 impl Raft {
@@ -340,6 +343,7 @@ impl Raft {
         };
         let stores = Stores { log, stable, snapshots };
         let id = config.id;
+        let staging_grace = 2 * config.election_timeout_max;
         let node_transport = transport.clone();
         let task = tokio::spawn(async move {
             let node =
@@ -357,6 +361,7 @@ impl Raft {
                 shutdown,
                 failure,
                 task: std::sync::Mutex::new(Some(task)),
+                staging_grace,
             }),
         })
     }
@@ -535,22 +540,86 @@ impl Raft {
         Ok(Stats::new(&status, self.applied_index(), protocol_version, address_of))
     }
 
-    /// Proposes a membership change; resolves once it is committed and applied here.
+    /// Proposes a membership change; resolves once it is committed and applied
+    /// here. `MembershipChange::Joint` replaces several servers at once
+    /// (thesis §4.3); `AddVoter` here gives a vote at once, for a server known
+    /// to be caught up: `add_voter` is the safe way to add one.
     pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<LogIndex, RaftError> {
-        let result = self.request(|reply| Request::Membership { change, reply });
+        self.change_membership_at(change, None, timeout).await
+    }
+
+    /// `change_membership`, refused with `ProposeError::ConfigChanged` (nothing
+    /// done) unless the configuration in force is still the one committed or
+    /// appended at `prev_index` (hashicorp's `prevIndex`; 0 or `None` skips the
+    /// check). Read the index from `status().membership_index`.
+    pub async fn change_membership_at(
+        &self,
+        change: MembershipChange,
+        prev_index: Option<LogIndex>,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        let prev_index = prev_index.filter(|index| *index != LogIndex::ZERO);
+        let result = self.request(|reply| Request::Membership { change, prev_index, reply });
         Raft::with_timeout(timeout, result).await.map(|(index, _)| index)
     }
 
-    pub async fn add_voter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
-        self.change_membership(MembershipChange::AddVoter(id), timeout).await
+    /// Adds `id` as a voter once it has caught up (thesis §4.2.1): first a
+    /// learner marked staging, which the leader promotes when its log has
+    /// been within `promotion_max_lag` entries for `promotion_stable` (any
+    /// later leader finishes it). Resolves with the promotion's index once it
+    /// is applied here (at once for a voter already). If `id` has not caught
+    /// up within `timeout`, the leader removes it again and this fails with
+    /// `NotCaughtUp` once the removal committed; `Superseded` if another
+    /// change decided first. Both are "not done". `LeadershipLost`,
+    /// `Stopped` and `Timeout` leave it unknown: ask again (a retry joins a
+    /// staging server or finds it a voter). The server's address must be
+    /// known to the transport.
+    pub async fn add_voter(
+        &self,
+        id: NodeId,
+        prev_index: Option<LogIndex>,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        let prev_index = prev_index.filter(|index| *index != LogIndex::ZERO);
+        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+        let result = self.request(|reply| Request::AddVoter { id, prev_index, timeout_ms, reply });
+        // The leader answers after its removal commits; this only bounds a wait
+        // whose answer was lost.
+        Raft::with_timeout(timeout + self.inner.staging_grace, result).await.map(|(index, _)| index)
     }
 
-    pub async fn add_nonvoter(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
-        self.change_membership(MembershipChange::AddLearner(id), timeout).await
+    /// Adds `id` as a learner (hashicorp's nonvoter): it receives the log,
+    /// never votes and is never promoted by the library.
+    pub async fn add_nonvoter(
+        &self,
+        id: NodeId,
+        prev_index: Option<LogIndex>,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        self.change_membership_at(MembershipChange::AddLearner(id), prev_index, timeout).await
     }
 
-    pub async fn remove_server(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, RaftError> {
-        self.change_membership(MembershipChange::RemoveServer(id), timeout).await
+    /// Makes voter `id` a learner (a single-server change, thesis §4.1). A
+    /// leader demoting itself leads until the change commits, then steps
+    /// down: transfer leadership first to avoid the election gap.
+    pub async fn demote_voter(
+        &self,
+        id: NodeId,
+        prev_index: Option<LogIndex>,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        self.change_membership_at(MembershipChange::DemoteVoter(id), prev_index, timeout).await
+    }
+
+    /// Removes `id` (voter or learner) from the configuration; a leader
+    /// removing itself steps down once the removal commits (thesis §4.2.2).
+    pub async fn remove_server(
+        &self,
+        id: NodeId,
+        prev_index: Option<LogIndex>,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        self.change_membership_at(MembershipChange::RemoveServer(id), prev_index, timeout).await
     }
 
     /// Hands leadership to `target` (thesis §3.10) and resolves once `target`

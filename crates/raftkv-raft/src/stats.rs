@@ -45,6 +45,8 @@ impl State {
 pub enum Suffrage {
     Voter,
     Nonvoter,
+    /// A nonvoter the leader will promote once it has caught up (`Raft::add_voter`).
+    Staging,
 }
 
 /// A member of the latest configuration.
@@ -99,7 +101,9 @@ impl Stats {
     ) -> Stats {
         let server = |id: &NodeId, suffrage| Server { id: *id, suffrage, address: address_of(*id) };
         let mut servers: Vec<Server> = status.membership.voters.iter().map(|id| server(id, Suffrage::Voter)).collect();
-        servers.extend(status.membership.learners.iter().map(|id| server(id, Suffrage::Nonvoter)));
+        servers.extend(status.membership.learners.iter().map(|id| {
+            server(id, if status.membership.is_staging(*id) { Suffrage::Staging } else { Suffrage::Nonvoter })
+        }));
         Stats {
             id: status.id,
             role: status.role,
@@ -135,6 +139,7 @@ impl Stats {
                 let suffrage = match s.suffrage {
                     Suffrage::Voter => "Voter",
                     Suffrage::Nonvoter => "Nonvoter",
+                    Suffrage::Staging => "Staging",
                 };
                 format!("{{Suffrage:{suffrage} ID:{} Address:{}}}", s.id.0, s.address.as_deref().unwrap_or_default())
             })

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use raftkv_raft::{Config, NodeId, Raft, RaftError, ReadMode};
+use raftkv_raft::{Config, LogIndex, MembershipChange, NodeId, ProposeError, Raft, RaftError, ReadMode};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_and_followers_name_the_leader() {
     let cluster = Cluster::bootstrap(3, false).await;
@@ -123,7 +123,7 @@ async fn a_single_node_grows_to_three_by_adding_voters() {
         let stores = cluster.stores();
         assert!(!Raft::has_existing_state(stores.0.as_ref(), stores.1.as_ref()).unwrap());
         cluster.start(id, stores);
-        cluster.raft(1).add_voter(NodeId(id), TIMEOUT).await.unwrap();
+        cluster.raft(1).change_membership(MembershipChange::AddVoter(NodeId(id)), TIMEOUT).await.unwrap();
     }
     let status = cluster.raft(1).status().await.unwrap();
     assert_eq!(status.membership.voters.len(), 3);
@@ -133,7 +133,7 @@ async fn a_single_node_grows_to_three_by_adding_voters() {
     }
     // Removing the leader: it steps down once the change commits, and still
     // answers that the change was made; the others go on.
-    cluster.raft(1).remove_server(NodeId(1), TIMEOUT).await.expect("the removal committed");
+    cluster.raft(1).remove_server(NodeId(1), None, TIMEOUT).await.expect("the removal committed");
     let leader = cluster.leader_among(&[2, 3]).await;
     cluster.raft(leader).apply(command(3), TIMEOUT).await.unwrap();
     cluster.shutdown().await;
@@ -495,5 +495,94 @@ async fn the_leader_reports_each_members_progress_and_last_contact() {
     }
     assert!(apart.is_some(), "the cut-off member never fell behind the answering one");
     cluster.network.heal();
+    cluster.shutdown().await;
+}
+
+/// `add_voter` (thesis §4.2.1): the new server is first a staging learner,
+/// which never counts; the leader promotes it once it has caught up, and the
+/// caller is answered with the promotion. Asking again is done at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_voter_stages_the_server_and_promotes_it_once_caught_up() {
+    let mut cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..50 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let stores = cluster.stores();
+    cluster.start(4, stores);
+    let raft = cluster.raft(leader).clone();
+    let adding = tokio::spawn(async move { raft.add_voter(NodeId(4), None, Duration::from_secs(20)).await });
+    let mut staged = false;
+    for _ in 0..500 {
+        let status = cluster.raft(leader).status().await.unwrap();
+        if status.membership.is_staging(NodeId(4)) {
+            assert!(!status.membership.is_voter(NodeId(4)));
+            let stats = cluster.raft(leader).statistics().await.unwrap().to_map();
+            assert!(stats["latest_configuration"].contains("{Suffrage:Staging ID:4"), "{stats:?}");
+            staged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(staged, "node 4 was never seen staging");
+    let promoted = adding.await.unwrap().expect("promoted");
+    let status = cluster.raft(leader).status().await.unwrap();
+    assert!(status.membership.is_voter(NodeId(4)) && status.membership.staging.is_empty());
+    assert!(status.membership_index >= promoted);
+    let again = cluster.raft(leader).add_voter(NodeId(4), None, TIMEOUT).await.unwrap();
+    assert_eq!(again, status.membership_index, "a retry is done at once");
+    assert_eq!(cluster.wait_applied(4, 50).await.len(), 50);
+    cluster.shutdown().await;
+}
+
+/// A server that cannot be reached never catches up: at the deadline the
+/// leader removes it again and the caller learns it was not added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_voter_of_a_server_that_never_catches_up_removes_it_again() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    let result = cluster.raft(leader).add_voter(NodeId(9), None, Duration::from_secs(2)).await;
+    assert!(matches!(result, Err(RaftError::NotCaughtUp { id: NodeId(9), .. })), "{result:?}");
+    assert!(!result.as_ref().unwrap_err().outcome_unknown());
+    let status = cluster.raft(leader).status().await.unwrap();
+    assert!(!status.membership.is_member(NodeId(9)), "{}", status.membership);
+    // The cluster goes on, and a stale guard changes nothing.
+    cluster.raft(leader).apply(command(2), TIMEOUT).await.unwrap();
+    let stale = cluster.raft(leader).add_nonvoter(NodeId(9), Some(LogIndex(1)), TIMEOUT).await;
+    assert!(matches!(stale, Err(RaftError::Refused(ProposeError::ConfigChanged { .. }))), "{stale:?}");
+    cluster.shutdown().await;
+}
+
+/// The staging mark is replicated: when the leader stops before the
+/// promotion, the next leader promotes the server, and the caller, told
+/// that the outcome is unknown, learns it by asking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_a_staged_promotion() {
+    let mut cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    let stores = cluster.stores();
+    cluster.start(4, stores);
+    let raft = cluster.raft(leader).clone();
+    let adding = tokio::spawn(async move { raft.add_voter(NodeId(4), None, Duration::from_secs(30)).await });
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let mut replicated = false;
+    for _ in 0..500 {
+        let status = cluster.raft(others[0]).status().await.unwrap();
+        if status.membership.is_staging(NodeId(4)) && status.commit_index >= status.membership_index {
+            replicated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(replicated, "the staging entry never committed");
+    cluster.stop(leader).await;
+    let answer = adding.await.unwrap();
+    assert!(answer.as_ref().is_err_and(RaftError::outcome_unknown), "{answer:?}");
+    let next = cluster.leader_among(&others).await;
+    let promoted = cluster.raft(next).add_voter(NodeId(4), None, Duration::from_secs(30)).await;
+    assert!(promoted.is_ok(), "{promoted:?}");
+    assert!(cluster.raft(next).status().await.unwrap().membership.is_voter(NodeId(4)));
     cluster.shutdown().await;
 }

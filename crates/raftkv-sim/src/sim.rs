@@ -808,7 +808,10 @@ impl Simulation {
             }
             Effect::Apply(job) => self.apply_job(node, job),
             Effect::Fail { reply, failure } => self.answer_failure(reply, failure),
-            Effect::TransferStarted { .. } | Effect::AlreadyLeads { .. } | Effect::SnapshotTaken { .. } => {}
+            Effect::TransferStarted { .. }
+            | Effect::AlreadyLeads { .. }
+            | Effect::AlreadyDone { .. }
+            | Effect::SnapshotTaken { .. } => {}
             Effect::LeaderChanged(info) => {
                 if info.leader == Some(id) {
                     self.outcome.elections += 1;
@@ -1547,7 +1550,7 @@ impl Simulation {
         };
         self.trace(|| format!("membership change {change:?}"));
         let before = self.nodes[leader].core().map(|c| c.membership_index());
-        self.with_driver(leader, |driver| driver.change_membership(change, SimReply::Admin));
+        self.with_driver(leader, |driver| driver.change_membership(change, None, SimReply::Admin));
         if self.nodes[leader].core().map(|c| c.membership_index()) != before {
             self.outcome.membership_changes += 1;
         }

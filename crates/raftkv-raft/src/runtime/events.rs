@@ -29,6 +29,15 @@ pub(crate) enum Request {
     },
     Membership {
         change: MembershipChange,
+        prev_index: Option<LogIndex>,
+        reply: Reply<(LogIndex, Bytes)>,
+    },
+    /// A voter added through staging (`Raft::add_voter`); removed again if
+    /// not caught up within `timeout_ms`.
+    AddVoter {
+        id: NodeId,
+        prev_index: Option<LogIndex>,
+        timeout_ms: u64,
         reply: Reply<(LogIndex, Bytes)>,
     },
     /// Answered with how long the transfer may take once it started, or

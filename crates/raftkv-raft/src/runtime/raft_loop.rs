@@ -229,7 +229,12 @@ impl RaftLoop {
         match request {
             Request::Propose { command, reply } => self.driver.propose(vec![command], vec![Pending::Write(reply)]),
             Request::Read { mode, reply } => self.driver.read(now, mode, Pending::Read(reply)),
-            Request::Membership { change, reply } => self.driver.change_membership(change, Pending::Write(reply)),
+            Request::Membership { change, prev_index, reply } => {
+                self.driver.change_membership(change, prev_index, Pending::Write(reply))
+            }
+            Request::AddVoter { id, prev_index, timeout_ms, reply } => {
+                self.driver.add_voter(now, id, prev_index, timeout_ms, Pending::Write(reply))
+            }
             Request::Transfer { target, reply } => self.driver.transfer_leadership(target, Pending::Transfer(reply)),
             Request::Snapshot { reply } => self.driver.request_snapshot(Pending::Snapshot(reply)),
             Request::Status { reply } => drop(reply.send(self.driver.status(now))),
@@ -307,6 +312,7 @@ impl RaftLoop {
             Effect::Fail { reply, failure } => reply.fail(failure),
             Effect::TransferStarted { reply, wait_ms } => reply.transfer_started(Some(Duration::from_millis(wait_ms))),
             Effect::AlreadyLeads { reply } => reply.transfer_started(None),
+            Effect::AlreadyDone { reply, index } => reply.applied(index, Bytes::new()),
             Effect::SnapshotTaken { reply, id } => reply.snapshot_taken(id),
             Effect::LeaderChanged(info) => {
                 tracing::info!(node = %self.id, leader = ?info.leader.map(|l| l.0), term = %info.term, "leader changed");
@@ -433,7 +439,9 @@ impl RaftLoop {
 fn refuse(request: Request, failure: Option<&str>) {
     let failure = Failure::not_done(failure);
     match request {
-        Request::Propose { reply, .. } | Request::Membership { reply, .. } => Pending::Write(reply).fail(failure),
+        Request::Propose { reply, .. } | Request::Membership { reply, .. } | Request::AddVoter { reply, .. } => {
+            Pending::Write(reply).fail(failure)
+        }
         Request::Read { reply, .. } => Pending::Read(reply).fail(failure),
         Request::Transfer { reply, .. } => Pending::Transfer(reply).fail(failure),
         Request::Snapshot { reply } => Pending::Snapshot(reply).fail(failure),

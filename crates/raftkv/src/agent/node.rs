@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raftkv_raft::transport::grpc::AddressBook;
-use raftkv_raft::{LogIndex, NodeId, Raft, ReadMode};
+use raftkv_raft::{LogIndex, MembershipChange, NodeId, Raft, ReadMode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::config::AgentConfig;
@@ -211,7 +211,7 @@ impl Agent {
         let timeout = self.config.request_timeout;
         match op {
             AdminOp::Join(member) => self.add_voter(member).await.map(AdminDone::Changed),
-            AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, timeout).await?)),
+            AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, None, timeout).await?)),
             AdminOp::Transfer(target) => {
                 let target = match target {
                     Some(target) => target,
@@ -256,7 +256,7 @@ impl Agent {
         let register =
             Command::RegisterPeer { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
         self.raft.apply(register.encode(), timeout).await?;
-        Ok(self.raft.add_voter(member.id, timeout).await?)
+        Ok(self.raft.change_membership(MembershipChange::AddVoter(member.id), timeout).await?)
     }
 
     /// Whether the member itself answers at its address, as a node of this

@@ -68,12 +68,14 @@ pub enum Kind {
     RestoreRunning,
     /// A restore step was refused by the state machine; the state is as before.
     RestoreFailed,
+    /// A joining server did not catch up in time and was removed again.
+    NotCaughtUp,
     /// A bug or an unexpected state; the message says which.
     Internal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::BadRequest,
         Kind::TooLarge,
         Kind::NoLeader,
@@ -89,6 +91,7 @@ impl Kind {
         Kind::NothingNew,
         Kind::RestoreRunning,
         Kind::RestoreFailed,
+        Kind::NotCaughtUp,
         Kind::Internal,
     ];
 
@@ -109,6 +112,7 @@ impl Kind {
             Kind::NothingNew => "nothing_new",
             Kind::RestoreRunning => "restore_running",
             Kind::RestoreFailed => "restore_failed",
+            Kind::NotCaughtUp => "not_caught_up",
             Kind::Internal => "internal",
         }
     }
@@ -191,6 +195,9 @@ impl From<RaftError> for Failure {
             RaftError::NothingNewToSnapshot { .. } => (Kind::NothingNew, Outcome::NotDone),
             // Replaced by another leader's entry: it never commits.
             RaftError::Overwritten { .. } => (Kind::NoLeader, Outcome::NotDone),
+            // Removed again (committed), or another change decided first.
+            RaftError::NotCaughtUp { .. } => (Kind::NotCaughtUp, Outcome::NotDone),
+            RaftError::Superseded { .. } => (Kind::Refused, Outcome::NotDone),
             other if other.outcome_unknown() => (Kind::Internal, Outcome::Unknown),
             _ => (Kind::Internal, Outcome::NotDone),
         };

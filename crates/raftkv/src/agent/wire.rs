@@ -160,6 +160,7 @@ impl From<Kind> for proto::Kind {
             Kind::NothingNew => proto::Kind::NothingNew,
             Kind::RestoreRunning => proto::Kind::RestoreRunning,
             Kind::RestoreFailed => proto::Kind::RestoreFailed,
+            Kind::NotCaughtUp => proto::Kind::NotCaughtUp,
             Kind::Internal => proto::Kind::Internal,
         }
     }

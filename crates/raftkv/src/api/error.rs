@@ -5,7 +5,7 @@
 //!
 //! Statuses: 400 bad input, 404 no such key, 409 a refusal as things stand
 //! (`refused`, `transfer_failed`, `cas_mismatch`, `restore_running`,
-//! `restore_failed`, `nothing_new`), 413 a write too large to forward, 500 a
+//! `restore_failed`, `nothing_new`, `not_caught_up`), 413 a write too large to forward, 500 a
 //! bug, 503 not done and worth retrying soon (`no_leader`, `not_sent`,
 //! `not_ready`, `leadership_transfer`, `shutting_down`, `node_failed`; with
 //! `Retry-After`),
@@ -47,9 +47,12 @@ impl From<Failure> for ApiError {
         let status = match failure.kind {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Kind::Refused | Kind::TransferFailed | Kind::NothingNew | Kind::RestoreRunning | Kind::RestoreFailed => {
-                StatusCode::CONFLICT
-            }
+            Kind::Refused
+            | Kind::TransferFailed
+            | Kind::NothingNew
+            | Kind::RestoreRunning
+            | Kind::RestoreFailed
+            | Kind::NotCaughtUp => StatusCode::CONFLICT,
             Kind::NoLeader
             | Kind::NotSent
             | Kind::NotReady
