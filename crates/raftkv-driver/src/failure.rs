@@ -113,8 +113,8 @@ impl fmt::Display for Failure {
             Failure::Snapshot { reason } => write!(f, "snapshot failed: {reason}"),
             Failure::NotCaughtUp { id, match_index, last_index } => write!(
                 f,
-                "node {id} did not catch up in time (its log matched through {match_index} of {last_index}) \
-                 and was removed again"
+                "node {id} was not caught up and answering for the stabilization period before its deadline (its log \
+                 matched through {match_index} of {last_index} at the deadline) and was removed again"
             ),
             Failure::Superseded { id, index } => {
                 write!(f, "another membership change (index {index}) decided node {id}'s fate before its promotion")

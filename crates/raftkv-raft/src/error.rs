@@ -64,7 +64,10 @@ pub enum RaftError {
     Overwritten { index: LogIndex },
     /// `add_voter`: the server did not catch up before the deadline and was
     /// removed again (the removal committed). Not a member: safe to retry.
-    #[error("node {id} did not catch up in time (its log matched through {match_index} of {last_index}) and was removed again")]
+    #[error(
+        "node {id} was not caught up and answering for the stabilization period before its deadline (its log \
+         matched through {match_index} of {last_index} at the deadline) and was removed again"
+    )]
     NotCaughtUp { id: NodeId, match_index: LogIndex, last_index: LogIndex },
     /// `add_voter`: another membership change, committed at `index`, removed
     /// the staging server or kept it a plain learner before its promotion.

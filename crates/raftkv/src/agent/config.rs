@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use raftkv_raft::{Config, RaftError};
 
+use crate::agent::autopilot::AutopilotConfig;
 use crate::state::Limits;
 
 #[derive(Clone, Debug)]
@@ -19,6 +20,35 @@ pub struct AgentConfig {
     pub raft: Config,
     pub limits: Limits,
     pub request_timeout: Duration,
+    /// Server health and dead-server cleanup; its lag and period are also
+    /// the raft library's promotion rule for joining servers.
+    pub autopilot: AutopilotConfig,
+    /// How long a joining server has to catch up and stay caught up for
+    /// the stabilization time before the leader removes it again.
+    pub join_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// `raft` with the autopilot's lag and period as its promotion rule.
+    pub fn raft_config(&self) -> Config {
+        let mut raft = self.raft.clone();
+        raft.promotion_max_lag = self.autopilot.max_trailing_logs;
+        raft.promotion_stable = self.autopilot.server_stabilization_time;
+        raft
+    }
+
+    pub fn validate(&self) -> Result<(), AgentError> {
+        self.autopilot.validate().map_err(|e| AgentError::Config(format!("autopilot: {e}")))?;
+        self.raft_config().validate().map_err(|e| AgentError::Config(format!("raft: {e}")))?;
+        if self.join_timeout <= self.autopilot.server_stabilization_time {
+            return Err(AgentError::Config(format!(
+                "--join-timeout-ms ({:?}) must exceed the server stabilization time ({:?}): a joining server \
+                 must stay caught up that long before its promotion",
+                self.join_timeout, self.autopilot.server_stabilization_time
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

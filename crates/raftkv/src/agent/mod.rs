@@ -2,6 +2,8 @@
 //! takes to run in a cluster. Read bottom-up:
 //!
 //! - `config`, `datadir`: what it starts with, where it keeps its data.
+//! - `autopilot`: server health, failure tolerance and dead-server cleanup
+//!   (Consul's rules), judged on the leader from the raft status.
 //! - `outcome`: `Failure`, what became of an operation that failed (done,
 //!   not done, or unknown), passed unchanged from where it is decided to the
 //!   API's answer.
@@ -15,6 +17,7 @@
 //! - `start`: start-up, resume and join; `restore`: a backup restored
 //!   through the log; `recover`: offline recovery after a loss of quorum.
 
+pub mod autopilot;
 pub mod config;
 pub mod datadir;
 pub mod forward;

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raftkv_raft::transport::grpc::AddressBook;
-use raftkv_raft::{LogIndex, MembershipChange, NodeId, Raft, ReadMode};
+use raftkv_raft::{LogIndex, NodeId, Raft, ReadMode};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::agent::autopilot::{AutopilotConfig, AutopilotState, Tracker};
 use crate::agent::config::AgentConfig;
 use crate::agent::forward::{self, Forward};
 use crate::agent::outcome::{Failure, Kind, Outcome};
@@ -41,6 +42,10 @@ pub struct Agent {
     pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
     /// Started without state and without `--bootstrap`: not a member yet.
     pub(crate) needs_join: bool,
+    /// The autopilot's settings in force (reloadable) and its last round
+    /// (`None` unless this node leads).
+    autopilot: std::sync::RwLock<AutopilotConfig>,
+    autopilot_state: Mutex<Option<AutopilotState>>,
 }
 
 /// Where an operation that must run on the leader runs.
@@ -62,6 +67,8 @@ impl Agent {
     ) -> Agent {
         Agent {
             id: NodeId(config.id),
+            autopilot: std::sync::RwLock::new(config.autopilot.clone()),
+            autopilot_state: Mutex::new(None),
             config,
             cluster_id,
             raft,
@@ -200,8 +207,19 @@ impl Agent {
         match self.route()? {
             Route::Here => self.admin_here(op).await,
             Route::Leader { id, address } => {
-                self.peers.admin(&address, Some(id), op, self.config.request_timeout).await
+                let timeout = self.admin_timeout(&op);
+                self.peers.admin(&address, Some(id), op, timeout).await
             }
+        }
+    }
+
+    /// How long the leader may take over `op`: a join waits for the new
+    /// server to catch up and stay caught up (`join_timeout`), and for the
+    /// removal that follows if it does not.
+    pub(crate) fn admin_timeout(&self, op: &AdminOp) -> Duration {
+        match op {
+            AdminOp::Join { .. } => self.config.join_timeout + 2 * self.config.request_timeout,
+            _ => self.config.request_timeout,
         }
     }
 
@@ -210,7 +228,11 @@ impl Agent {
         check(&op)?;
         let timeout = self.config.request_timeout;
         match op {
-            AdminOp::Join(member) => self.add_voter(member).await.map(AdminDone::Changed),
+            AdminOp::Join { member, replace } => self.add_voter(member, replace).await.map(AdminDone::Changed),
+            AdminOp::AutopilotState => match self.autopilot_state() {
+                Some(state) => Ok(AdminDone::Autopilot(Box::new(state))),
+                None => Err(self.not_leader()),
+            },
             AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, None, timeout).await?)),
             AdminOp::Transfer(target) => {
                 let target = match target {
@@ -224,39 +246,59 @@ impl Agent {
     }
 
     /// Adds `member` as a voter: once it answers at its address as a node of
-    /// this cluster, its addresses go into the replicated peers, then the
-    /// configuration. A member already in the configuration at the same
-    /// address is done at once (a retried join); one at another address is
-    /// refused, not re-pointed (that would hand its place to whatever listens
-    /// there).
-    async fn add_voter(&self, member: Member) -> Result<LogIndex, Failure> {
+    /// this cluster, its addresses go into the replicated peers, then it is
+    /// staged: a learner that the raft library promotes once it has caught
+    /// up and stayed so for the stabilization time, or removes again after
+    /// `join_timeout` (`not_caught_up`). A voter already at the same address
+    /// is done at once and a staging one is waited for (a retried join). A
+    /// member at another address is refused, not re-pointed (that would hand
+    /// its place to whatever listens there), unless `replace`: it is then
+    /// removed first.
+    async fn add_voter(&self, member: Member, replace: bool) -> Result<LogIndex, Failure> {
         let timeout = self.config.request_timeout;
         let status = self.raft.status().await?;
-        let (voter, learner) =
-            (status.membership.voters.contains(&member.id), status.membership.learners.contains(&member.id));
-        if voter || learner {
+        let mut guard = None;
+        if status.membership.is_member(member.id) {
             let known = self.kv.read().peers.get(&member.id.0).map(|p| p.raft_addr.clone());
             let known = known.or_else(|| self.book.get(member.id));
-            if known.as_deref() != Some(member.raft_addr.as_str()) {
+            let moved = known.as_deref() != Some(member.raft_addr.as_str());
+            if moved && !replace {
                 return Err(Failure::not_done(
                     Kind::Refused,
                     format!(
-                        "node {} is already a member at {}; remove it before adding a node with its id at {}",
+                        "node {} is already a member at {}; remove it first, or join with replace to have it \
+                         removed, before adding a node with its id at {}",
                         member.id,
                         known.as_deref().unwrap_or("an unknown address"),
                         member.raft_addr
                     ),
                 ));
             }
-            if voter {
+            if moved && member.id == self.id {
+                return Err(Failure::not_done(
+                    Kind::Refused,
+                    "the leader cannot replace itself; transfer leadership first",
+                ));
+            }
+            if moved {
+                guard = Some(status.membership_index);
+            } else if status.membership.is_voter(member.id) {
                 return Ok(status.membership_index);
+            } else if status.membership.is_staging(member.id) {
+                // Probed and registered when it was staged: wait for its fate.
+                return Ok(self.raft.add_voter(member.id, None, self.config.join_timeout).await?);
             }
         }
         self.probe(&member).await?;
+        if let Some(read) = guard {
+            // Only the member this call saw: a change made meanwhile wins.
+            let removed = self.raft.remove_server(member.id, Some(read), timeout).await?;
+            tracing::warn!(node = %member.id, %removed, new_address = %member.raft_addr, "replaced a member");
+        }
         let register =
             Command::RegisterPeer { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
         self.raft.apply(register.encode(), timeout).await?;
-        Ok(self.raft.change_membership(MembershipChange::AddVoter(member.id), timeout).await?)
+        Ok(self.raft.add_voter(member.id, None, self.config.join_timeout).await?)
     }
 
     /// Whether the member itself answers at its address, as a node of this
@@ -302,8 +344,9 @@ impl Agent {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
                     Ok(info) => {
                         let (leader, to) = (info.leader_raft_addr, Some(NodeId(info.leader_id)));
-                        let op = AdminOp::Join(member.clone());
-                        let done = self.peers.admin(&leader, to, op, Duration::from_secs(10)).await;
+                        let op = AdminOp::Join { member: member.clone(), replace: false };
+                        let timeout = self.admin_timeout(&op);
+                        let done = self.peers.admin(&leader, to, op, timeout).await;
                         done.map(|done| tracing::info!(via = %target, %leader, ?done, "joined the cluster"))
                             .map_err(|failure| format!("leader {leader}: {failure}"))
                     }
@@ -351,12 +394,78 @@ impl Agent {
 /// Refuses an admin operation that can never succeed, before it goes anywhere.
 fn check(op: &AdminOp) -> Result<(), Failure> {
     match op {
-        AdminOp::Join(member) if member.id.0 == 0 || member.raft_addr.is_empty() => {
+        AdminOp::Join { member, .. } if member.id.0 == 0 || member.raft_addr.is_empty() => {
             Err(Failure::bad_request("join needs a positive id and a raft address"))
         }
         AdminOp::Remove(NodeId(0)) | AdminOp::Transfer(Some(NodeId(0))) => {
             Err(Failure::bad_request("node ids are positive integers"))
         }
         _ => Ok(()),
+    }
+}
+
+impl Agent {
+    /// The autopilot's settings in force.
+    pub fn autopilot_config(&self) -> AutopilotConfig {
+        self.autopilot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the autopilot's settings and the raft library's reloadable
+    /// ones at once; the library's promotion rule takes the autopilot's lag
+    /// and period. Nothing changes if either refuses; answers the raft
+    /// settings now in force.
+    pub async fn reload(
+        &self,
+        raft: raftkv_raft::ReloadableConfig,
+        autopilot: AutopilotConfig,
+    ) -> Result<raftkv_raft::Config, Failure> {
+        autopilot.validate().map_err(|e| Failure::bad_request(format!("configuration refused: autopilot: {e}")))?;
+        if autopilot.server_stabilization_time >= self.config.join_timeout {
+            return Err(Failure::bad_request(format!(
+                "configuration refused: the server stabilization time must stay below the join timeout ({:?})",
+                self.config.join_timeout
+            )));
+        }
+        let reload = raftkv_raft::ReloadableConfig {
+            promotion_max_lag: Some(autopilot.max_trailing_logs),
+            promotion_stable: Some(autopilot.server_stabilization_time),
+            ..raft
+        };
+        let config = self.raft.reload_config(reload).await.map_err(|error| match error {
+            raftkv_raft::RaftError::Config(reason) => Failure::bad_request(format!("configuration refused: {reason}")),
+            other => Failure::from(other),
+        })?;
+        *self.autopilot.write().unwrap_or_else(|p| p.into_inner()) = autopilot;
+        Ok(config)
+    }
+
+    /// The autopilot's last round on this node; `None` unless it leads.
+    pub fn autopilot_state(&self) -> Option<AutopilotState> {
+        self.autopilot_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The autopilot's rounds, on every node, acting only while it leads:
+    /// judge each server's health, and remove one dead server when the
+    /// settings allow it (guarded by the configuration the round read, so
+    /// a change made meanwhile wins).
+    pub(crate) async fn run_autopilot(self: Arc<Agent>) {
+        const ROUND: Duration = Duration::from_millis(100);
+        let mut tracker = Tracker::default();
+        let mut interval = tokio::time::interval(ROUND);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Ok(status) = self.raft.status().await else { continue };
+            let config = self.autopilot_config();
+            let state = tracker.observe(&status, &config, self.config.join_timeout, Instant::now());
+            let remove = state.as_ref().and_then(|s| s.remove);
+            *self.autopilot_state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+            let Some(dead) = remove else { continue };
+            let at = Some(status.membership_index);
+            match self.raft.remove_server(dead, at, self.config.request_timeout).await {
+                Ok(index) => tracing::warn!(node = %dead, %index, "autopilot removed a dead server"),
+                Err(error) => tracing::info!(node = %dead, %error, "autopilot could not remove a dead server yet"),
+            }
+        }
     }
 }

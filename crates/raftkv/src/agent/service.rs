@@ -142,7 +142,10 @@ impl proto::internal_server::Internal for InternalService {
             Err(refused) => Err(refused),
             Ok(from) => match wire::admin_from_proto(request.into_inner()) {
                 // A node asks to join for itself; members ask for anything else.
-                Ok(AdminOp::Join(member)) if member.id == from => self.agent.admin_here(AdminOp::Join(member)).await,
+                // (Not `replace`: that removes another member.)
+                Ok(AdminOp::Join { member, replace: false }) if member.id == from => {
+                    self.agent.admin_here(AdminOp::Join { member, replace: false }).await
+                }
                 Ok(op) => match self.member(from).await {
                     Ok(()) => self.agent.admin_here(op).await,
                     Err(refused) => Err(refused),

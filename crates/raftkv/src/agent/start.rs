@@ -34,6 +34,7 @@ impl Agent {
         if config.id == 0 {
             return Err(AgentError::Config("--id must be a positive integer".to_string()));
         }
+        config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
@@ -84,7 +85,7 @@ impl Agent {
         };
         let snapshots: Arc<dyn SnapshotStore> =
             Arc::new(FileSnapshotStore::open(datadir::snapshot_dir(&dir), 2).map_err(storage_error(&dir))?);
-        let raft = Raft::new(config.raft.clone(), machine, log, stable, snapshots, transport)?;
+        let raft = Raft::new(config.raft_config(), machine, log, stable, snapshots, transport)?;
 
         let listener = TcpListener::bind(config.raft_addr)
             .await
@@ -109,6 +110,7 @@ impl Agent {
             }
         }));
         agent.hold(tokio::spawn(agent.clone().register_self()));
+        agent.hold(tokio::spawn(agent.clone().run_autopilot()));
         // A node that failed for good stops serving at once; the process owner
         // decides what comes next (`raftkv agent` exits).
         let failed = agent.clone();

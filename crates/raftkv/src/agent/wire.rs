@@ -192,11 +192,12 @@ pub fn failure_from_proto(failure: proto::Failure) -> Failure {
 pub fn admin_to_proto(op: AdminOp) -> proto::AdminRequest {
     use proto::admin_request::Op;
     let op = match op {
-        AdminOp::Join(member) => {
-            Op::Join(proto::Join { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr })
+        AdminOp::Join { member, replace } => {
+            Op::Join(proto::Join { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr, replace })
         }
         AdminOp::Remove(id) => Op::Remove(id.0),
         AdminOp::Transfer(target) => Op::Transfer(proto::Transfer { target: target.map_or(0, |t| t.0) }),
+        AdminOp::AutopilotState => Op::Autopilot(proto::AutopilotQuery {}),
     };
     proto::AdminRequest { op: Some(op) }
 }
@@ -204,9 +205,11 @@ pub fn admin_to_proto(op: AdminOp) -> proto::AdminRequest {
 pub fn admin_from_proto(request: proto::AdminRequest) -> Result<AdminOp, Failure> {
     use proto::admin_request::Op;
     match request.op {
-        Some(Op::Join(join)) => {
-            Ok(AdminOp::Join(Member { id: NodeId(join.id), raft_addr: join.raft_addr, http_addr: join.http_addr }))
-        }
+        Some(Op::Join(join)) => Ok(AdminOp::Join {
+            member: Member { id: NodeId(join.id), raft_addr: join.raft_addr, http_addr: join.http_addr },
+            replace: join.replace,
+        }),
+        Some(Op::Autopilot(_)) => Ok(AdminOp::AutopilotState),
         Some(Op::Remove(id)) => Ok(AdminOp::Remove(NodeId(id))),
         Some(Op::Transfer(transfer)) => {
             Ok(AdminOp::Transfer((transfer.target != 0).then_some(NodeId(transfer.target))))
@@ -218,8 +221,15 @@ pub fn admin_from_proto(request: proto::AdminRequest) -> Result<AdminOp, Failure
 pub fn admin_answer_to_proto(answer: Result<AdminDone, Failure>) -> proto::AdminResponse {
     use proto::admin_response::Result as Answer;
     let result = match answer {
-        Ok(AdminDone::Changed(index)) => Answer::Done(proto::AdminDone { index: index.0, leader: 0 }),
-        Ok(AdminDone::Transferred(leader)) => Answer::Done(proto::AdminDone { index: 0, leader: leader.0 }),
+        Ok(AdminDone::Changed(index)) => Answer::Done(proto::AdminDone { index: index.0, ..Default::default() }),
+        Ok(AdminDone::Transferred(leader)) => Answer::Done(proto::AdminDone { leader: leader.0, ..Default::default() }),
+        Ok(AdminDone::Autopilot(state)) => match serde_json::to_vec(&state) {
+            Ok(json) => Answer::Done(proto::AdminDone { autopilot_json: json.into(), ..Default::default() }),
+            Err(error) => Answer::Failure(failure_to_proto(Failure::internal(
+                Outcome::NotDone,
+                format!("cannot encode the autopilot state: {error}"),
+            ))),
+        },
         Err(failure) => Answer::Failure(failure_to_proto(failure)),
     };
     proto::AdminResponse { result: Some(result) }
@@ -228,6 +238,11 @@ pub fn admin_answer_to_proto(answer: Result<AdminDone, Failure>) -> proto::Admin
 fn admin_answer_from_proto(response: proto::AdminResponse) -> Result<AdminDone, Failure> {
     use proto::admin_response::Result as Answer;
     match response.result {
+        Some(Answer::Done(done)) if !done.autopilot_json.is_empty() => {
+            serde_json::from_slice(&done.autopilot_json).map(|state| AdminDone::Autopilot(Box::new(state))).map_err(
+                |e| Failure::internal(Outcome::NotDone, format!("the leader's autopilot state does not decode: {e}")),
+            )
+        }
         Some(Answer::Done(done)) if done.leader != 0 => Ok(AdminDone::Transferred(NodeId(done.leader))),
         Some(Answer::Done(done)) => Ok(AdminDone::Changed(LogIndex(done.index))),
         Some(Answer::Failure(failure)) => Err(failure_from_proto(failure)),
@@ -260,15 +275,31 @@ mod tests {
     fn admin_operations_cross_the_wire_unchanged() {
         let member = Member { id: NodeId(4), raft_addr: "127.0.0.1:9004".into(), http_addr: "h".into() };
         for op in [
-            AdminOp::Join(member),
+            AdminOp::Join { member: member.clone(), replace: false },
+            AdminOp::Join { member, replace: true },
+            AdminOp::AutopilotState,
             AdminOp::Remove(NodeId(2)),
             AdminOp::Transfer(None),
             AdminOp::Transfer(Some(NodeId(3))),
         ] {
             assert_eq!(admin_from_proto(admin_to_proto(op.clone())), Ok(op));
         }
-        for done in [AdminDone::Changed(LogIndex(7)), AdminDone::Transferred(NodeId(2))] {
-            assert_eq!(admin_answer_from_proto(admin_answer_to_proto(Ok(done))), Ok(done));
+        let state = crate::agent::autopilot::AutopilotState {
+            healthy: true,
+            failure_tolerance: 1,
+            leader: 1,
+            term: 2,
+            voters: vec![1, 2, 3],
+            servers: Vec::new(),
+            remove: None,
+        };
+        let answers = [
+            AdminDone::Changed(LogIndex(7)),
+            AdminDone::Transferred(NodeId(2)),
+            AdminDone::Autopilot(Box::new(state)),
+        ];
+        for done in answers {
+            assert_eq!(admin_answer_from_proto(admin_answer_to_proto(Ok(done.clone()))), Ok(done));
         }
     }
 

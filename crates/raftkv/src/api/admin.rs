@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -13,6 +14,7 @@ use raftkv_raft::{LogIndex, NodeId, RaftError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::agent::autopilot::AutopilotConfig;
 use crate::agent::{AdminDone, AdminOp, Agent, Failure, Kind, Member, Outcome};
 use crate::api::error::ApiError;
 use crate::api::params::body;
@@ -21,8 +23,10 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
     let status = agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
     let peers = agent.kv.read().peers.clone();
     let book = agent.book.all();
-    // Replication and contact are known on the leader only (null elsewhere).
+    // Replication, contact and health are known on the leader only (null
+    // elsewhere).
     let leads = status.leader == Some(agent.id);
+    let health = agent.autopilot_state().filter(|_| leads);
     let describe = |id: &NodeId, suffrage: &str| {
         let peer = peers.get(&id.0);
         let progress = status.peers.iter().find(|p| p.id == *id);
@@ -31,6 +35,7 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             None if leads && *id == agent.id => (Some(status.last_log_index.0), Some(0), Some(0)),
             None => (None, None, None),
         };
+        let server = health.as_ref().and_then(|h| h.servers.iter().find(|s| s.id == id.0));
         json!({
             "id": id.0,
             "suffrage": suffrage,
@@ -40,10 +45,18 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             "match_index": match_index,
             "trailing": trailing,
             "last_contact_ms": last_contact_ms,
+            "healthy": server.map(|s| s.healthy),
+            "stable": server.map(|s| s.stable),
         })
     };
     let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(id, "voter")).collect();
-    members.extend(status.membership.learners.iter().map(|id| describe(id, "nonvoter")));
+    members.extend(
+        status
+            .membership
+            .learners
+            .iter()
+            .map(|id| describe(id, if status.membership.is_staging(*id) { "staging" } else { "nonvoter" })),
+    );
     Ok(Json(json!({"members": members, "leader": status.leader.map(|l| l.0), "term": status.term.0})))
 }
 
@@ -53,15 +66,18 @@ pub struct JoinBody {
     id: u64,
     raft_addr: String,
     http_addr: Option<String>,
+    /// A member with this id at another address is removed first.
+    #[serde(default)]
+    replace: bool,
 }
 
 pub async fn join(
     State(agent): State<Arc<Agent>>,
     payload: Result<Json<JoinBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let JoinBody { id, raft_addr, http_addr } = body(payload)?;
+    let JoinBody { id, raft_addr, http_addr, replace } = body(payload)?;
     let member = Member { id: NodeId(id), raft_addr, http_addr: http_addr.unwrap_or_default() };
-    let index = changed(agent.admin(AdminOp::Join(member)).await?)?;
+    let index = changed(agent.admin(AdminOp::Join { member, replace }).await?)?;
     Ok(Json(json!({"index": index.0})))
 }
 
@@ -128,20 +144,23 @@ pub struct ReloadBody {
     heartbeat_interval_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
-    promotion_max_lag: Option<u64>,
-    promotion_stable_ms: Option<u64>,
+    last_contact_threshold_ms: Option<u64>,
+    max_trailing_logs: Option<u64>,
+    server_stabilization_ms: Option<u64>,
+    cleanup_dead_servers: Option<bool>,
+    min_quorum: Option<usize>,
 }
 
-/// `POST /api/maintain/config`: changes this node's reloadable settings; the
-/// answer holds the settings now in force. An invalid combination is a 400
-/// and changes nothing.
+/// `POST /api/maintain/config`: changes this node's reloadable settings (raft
+/// and autopilot); the answer holds the settings now in force. An invalid
+/// combination is a 400 and changes nothing.
 pub async fn reload_config(
     State(agent): State<Arc<Agent>>,
     payload: Result<Json<ReloadBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body(payload)?;
-    let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
-    let reload = raftkv_raft::ReloadableConfig {
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    let raft = raftkv_raft::ReloadableConfig {
         trailing_logs: body.trailing_logs,
         snapshot_threshold: body.snapshot_threshold,
         snapshot_interval: ms(body.snapshot_interval_ms),
@@ -149,14 +168,19 @@ pub async fn reload_config(
         heartbeat_interval: ms(body.heartbeat_interval_ms),
         election_timeout_min: ms(body.election_timeout_min_ms),
         election_timeout_max: ms(body.election_timeout_max_ms),
-        promotion_max_lag: body.promotion_max_lag,
-        promotion_stable: ms(body.promotion_stable_ms),
+        ..Default::default()
     };
-    let config = agent.raft.reload_config(reload).await.map_err(|error| match error {
-        RaftError::Config(reason) => ApiError::bad_request(format!("configuration refused: {reason}")),
-        other => ApiError::from(Failure::from(other)),
-    })?;
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let current = agent.autopilot_config();
+    let autopilot = AutopilotConfig {
+        last_contact_threshold: ms(body.last_contact_threshold_ms).unwrap_or(current.last_contact_threshold),
+        max_trailing_logs: body.max_trailing_logs.unwrap_or(current.max_trailing_logs),
+        server_stabilization_time: ms(body.server_stabilization_ms).unwrap_or(current.server_stabilization_time),
+        cleanup_dead_servers: body.cleanup_dead_servers.unwrap_or(current.cleanup_dead_servers),
+        min_quorum: body.min_quorum.unwrap_or(current.min_quorum),
+    };
+    let config = agent.reload(raft, autopilot).await?;
+    let autopilot = agent.autopilot_config();
+    let ms = |d: Duration| d.as_millis() as u64;
     Ok(Json(json!({
         "trailing_logs": config.trailing_logs,
         "snapshot_threshold": config.snapshot_threshold,
@@ -165,9 +189,23 @@ pub async fn reload_config(
         "heartbeat_interval_ms": ms(config.heartbeat_interval),
         "election_timeout_min_ms": ms(config.election_timeout_min),
         "election_timeout_max_ms": ms(config.election_timeout_max),
-        "promotion_max_lag": config.promotion_max_lag,
-        "promotion_stable_ms": ms(config.promotion_stable),
+        "last_contact_threshold_ms": ms(autopilot.last_contact_threshold),
+        "max_trailing_logs": autopilot.max_trailing_logs,
+        "server_stabilization_ms": ms(autopilot.server_stabilization_time),
+        "cleanup_dead_servers": autopilot.cleanup_dead_servers,
+        "min_quorum": autopilot.min_quorum,
     })))
+}
+
+/// `GET /api/v1/operator/autopilot/health`: the leader's view (asked of a
+/// follower, it is fetched from the leader): every server's health and how
+/// long it has held, the failure tolerance (Consul's `operator autopilot
+/// state`).
+pub async fn autopilot_health(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    match agent.admin(AdminOp::AutopilotState).await.map_err(Failure::changed_nothing)? {
+        AdminDone::Autopilot(state) => Ok(Json(json!(state))),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// `POST /api/maintain/snapshot`: this node takes a snapshot now and compacts

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "raftkv", version, about = "A replicated key-value store on Raft")]
+#[command(name = "raftkv", version, about = "A replicated key-value store on Raft", args_override_self = true)]
 pub struct Cli {
     /// Log format of the agent.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -84,16 +84,24 @@ pub enum Commands {
         client: ClientArgs,
     },
     /// Add node ID (listening for raft at RAFT_ADDR) as a voter. The node must
-    /// be running and answer there as a node of this cluster.
+    /// be running and answer there as a node of this cluster; it becomes a
+    /// voter once it has caught up and stayed so (the server stabilization
+    /// time), and is removed again if it does not within the join timeout.
     Join {
         id: u64,
         raft_addr: String,
         /// Where the node serves its HTTP API (shown by `members`).
         #[arg(long)]
         http_addr: Option<String>,
+        /// If a member with this id exists at another address, remove it first.
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Operator views (Consul's `operator`).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Remove node ID from the cluster.
     Remove {
         id: u64,
@@ -118,6 +126,22 @@ pub enum Commands {
         /// JSON: [{"id": 1, "address": "127.0.0.1:9001", "non_voter": false}, ...]
         #[arg(long)]
         peers: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Server health as the leader's autopilot sees it.
+    #[command(subcommand)]
+    Autopilot(AutopilotCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AutopilotCommand {
+    /// Each server's health, how long it has held, and the failure tolerance.
+    State {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -174,6 +198,29 @@ pub struct AgentArgs {
     /// Timeout of one client request, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Autopilot: a server that has not answered the leader for this long
+    /// is unhealthy.
+    #[arg(long, default_value_t = 500)]
+    pub last_contact_threshold_ms: u64,
+    /// Autopilot: a server trailing the leader by more entries is unhealthy,
+    /// and a joining one is not caught up.
+    #[arg(long, default_value_t = 250)]
+    pub max_trailing_logs: u64,
+    /// Autopilot: how long a joining server must stay caught up before it
+    /// becomes a voter (and a server healthy to count as stable, or silent
+    /// to count as dead). At least twice --election-timeout-ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub server_stabilization_ms: u64,
+    /// Autopilot: remove dead servers, never leaving fewer than --min-quorum
+    /// voters or fewer healthy voters than a quorum.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cleanup_dead_servers: bool,
+    #[arg(long, default_value_t = 3)]
+    pub min_quorum: usize,
+    /// How long a joining server has to catch up and stay caught up before
+    /// the leader gives up and removes it again.
+    #[arg(long, default_value_t = 60_000)]
+    pub join_timeout_ms: u64,
 }
 
 #[derive(Args)]

@@ -8,7 +8,7 @@ use serde_json::Value;
 /// How long the CLI tries to connect to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an ordinary call may take (not a backup's transfer).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Client {
     addr: String,
@@ -34,11 +34,12 @@ impl Client {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
+        timeout: Duration,
     ) -> Result<(reqwest::StatusCode, String), String> {
         let mut request = self
             .http
             .request(method, self.url(path))
-            .timeout(CALL_TIMEOUT)
+            .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json");
         if let Some(body) = body {
             request = request.json(body);

@@ -1,10 +1,12 @@
 //! The client commands (`put`, `get`, `members`, ...): one HTTP call each,
 //! printed for people or (`--json`) as the server's JSON.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
-use crate::cli::args::{ClientArgs, Commands};
-use crate::cli::client::{encode, failed, Client};
+use crate::cli::args::{AutopilotCommand, ClientArgs, Commands, OperatorCommand};
+use crate::cli::client::{encode, failed, Client, CALL_TIMEOUT};
 
 pub async fn run(command: Commands) -> i32 {
     match client(command).await {
@@ -23,6 +25,7 @@ struct Call {
     path: String,
     body: Option<Value>,
     human: fn(&Value) -> String,
+    timeout: Duration,
 }
 
 impl Call {
@@ -33,7 +36,13 @@ impl Call {
         body: Option<Value>,
         human: fn(&Value) -> String,
     ) -> Call {
-        Call { method, client, path, body, human }
+        Call { method, client, path, body, human, timeout: CALL_TIMEOUT }
+    }
+
+    /// A call the server may take long over (a join waits for the new
+    /// server to catch up).
+    fn patient(self, timeout: Duration) -> Call {
+        Call { timeout, ..self }
     }
 }
 
@@ -106,8 +115,14 @@ async fn client(command: Commands) -> Result<(), String> {
                         (Some(trailing), None) => format!("\ttrailing {trailing}\tno contact this term"),
                         _ => String::new(),
                     };
+                    let health = match (m["healthy"].as_bool(), m["stable"].as_bool()) {
+                        (Some(true), Some(true)) => "\thealthy, stable",
+                        (Some(true), _) => "\thealthy",
+                        (Some(false), _) => "\tUNHEALTHY",
+                        _ => "",
+                    };
                     format!(
-                        "{}\t{}\traft {}\thttp {}{lag}{leader}",
+                        "{}\t{}\traft {}\thttp {}{lag}{health}{leader}",
                         m["id"],
                         m["suffrage"].as_str().unwrap_or_default(),
                         m["raft_addr"].as_str().unwrap_or("?"),
@@ -121,13 +136,17 @@ async fn client(command: Commands) -> Result<(), String> {
             let map = v.as_object().cloned().unwrap_or_default();
             map.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("\n")
         }),
-        Commands::Join { id, raft_addr, http_addr, client } => Call::new(
+        Commands::Join { id, raft_addr, http_addr, replace, client } => Call::new(
             Method::POST,
             client,
             "/api/v1/join".into(),
-            Some(json!({"id": id, "raft_addr": raft_addr, "http_addr": http_addr})),
-            |v| format!("joined (index {})", v["index"]),
-        ),
+            Some(json!({"id": id, "raft_addr": raft_addr, "http_addr": http_addr, "replace": replace})),
+            |v| format!("joined: a voter since index {}", v["index"]),
+        )
+        .patient(Duration::from_secs(300)),
+        Commands::Operator(OperatorCommand::Autopilot(AutopilotCommand::State { client })) => {
+            Call::new(Method::GET, client, "/api/v1/operator/autopilot/health".into(), None, autopilot_table)
+        }
         Commands::Remove { id, client } => {
             Call::new(Method::POST, client, "/api/v1/remove".into(), Some(json!({"id": id})), |v| {
                 format!("removed (index {})", v["index"])
@@ -140,7 +159,7 @@ async fn client(command: Commands) -> Result<(), String> {
         }
     };
     let client = Client::new(&request.client.addr)?;
-    let (status, text) = client.call(request.method, &request.path, request.body.as_ref()).await?;
+    let (status, text) = client.call(request.method, &request.path, request.body.as_ref(), request.timeout).await?;
     let (client, human) = (request.client, request.human);
     if client.json {
         println!("{text}");
@@ -152,4 +171,42 @@ async fn client(command: Commands) -> Result<(), String> {
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     println!("{}", human(&value));
     Ok(())
+}
+
+/// `operator autopilot state`, as Consul prints it: the cluster's health and
+/// failure tolerance, then one line per server.
+fn autopilot_table(v: &Value) -> String {
+    let mut lines = vec![
+        format!("Healthy: {}", v["healthy"]),
+        format!("FailureTolerance: {}", v["failure_tolerance"]),
+        format!("Leader: {}", v["leader"]),
+        format!("Voters: {}", v["voters"]),
+        "Servers:".to_string(),
+    ];
+    for server in v["servers"].as_array().into_iter().flatten() {
+        let held = |key: &str| server[key].as_u64().map(|ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let since = match (held("healthy_for_ms"), held("unhealthy_for_ms")) {
+            (Some(held), _) => format!("healthy for {held}"),
+            (_, Some(held)) => format!("unhealthy for {held}"),
+            _ => String::new(),
+        };
+        let contact = server["last_contact_ms"]
+            .as_u64()
+            .map_or("no contact this term".to_string(), |ms| format!("contact {ms} ms ago"));
+        let marks = [("stable", "stable"), ("dead", "DEAD")]
+            .iter()
+            .filter(|(key, _)| server[*key] == json!(true))
+            .map(|(_, mark)| *mark)
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(format!(
+            "  {}\t{}\t{}\t{since}\t{contact}\tindex {}\ttrailing {}\t{marks}",
+            server["id"],
+            server["status"].as_str().unwrap_or_default(),
+            if server["healthy"] == json!(true) { "healthy" } else { "UNHEALTHY" },
+            server["match_index"],
+            server["trailing"],
+        ));
+    }
+    lines.join("\n")
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::agent::autopilot::AutopilotConfig;
 use crate::agent::AgentConfig;
 use crate::cli::args::{AgentArgs, DemoArgs};
 use crate::server;
@@ -26,6 +27,14 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         raft,
         limits: Limits::default(),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        autopilot: AutopilotConfig {
+            last_contact_threshold: Duration::from_millis(args.last_contact_threshold_ms),
+            max_trailing_logs: args.max_trailing_logs,
+            server_stabilization_time: Duration::from_millis(args.server_stabilization_ms),
+            cleanup_dead_servers: args.cleanup_dead_servers,
+            min_quorum: args.min_quorum,
+        },
+        join_timeout: Duration::from_millis(args.join_timeout_ms),
     };
     let agent = match server::start(config).await {
         Ok(agent) => agent,
@@ -103,6 +112,12 @@ pub async fn run_demo(args: DemoArgs) -> i32 {
             raft: raftkv_raft::Config::new(raftkv_raft::NodeId(id)),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(10),
+            // Joins wait one election timeout of stability: a demo forms in seconds.
+            autopilot: AutopilotConfig {
+                server_stabilization_time: Duration::from_secs(2),
+                ..AutopilotConfig::default()
+            },
+            join_timeout: Duration::from_secs(30),
         };
         match server::start(config).await {
             Ok(agent) => agents.push(agent),

@@ -52,6 +52,8 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--heartbeat-ms", "50", "--election-timeout-ms", "400", "--request-timeout-ms", "3000"])
+            // A joining node becomes a voter after a second of staying caught up.
+            .args(["--server-stabilization-ms", "1000", "--join-timeout-ms", "15000"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
