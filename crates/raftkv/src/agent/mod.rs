@@ -2,6 +2,8 @@
 //! takes to run in a cluster. Read bottom-up:
 //!
 //! - `config`, `datadir`: what it starts with, where it keeps its data.
+//! - `gossip`: SWIM membership over UDP (who is alive, their addresses),
+//!   for discovery, `--bootstrap-expect` and the autopilot.
 //! - `autopilot`: server health, failure tolerance and dead-server cleanup
 //!   (Consul's rules), judged on the leader from the raft status.
 //! - `outcome`: `Failure`, what became of an operation that failed (done,
@@ -21,6 +23,7 @@ pub mod autopilot;
 pub mod config;
 pub mod datadir;
 pub mod forward;
+pub mod gossip;
 pub mod node;
 pub mod outcome;
 pub mod recover;

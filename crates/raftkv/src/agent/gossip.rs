@@ -1,0 +1,445 @@
+//! Gossip: SWIM membership with suspicion (the `foca` crate) over UDP, like
+//! Consul's serf. Nodes find each other and each other's raft and HTTP
+//! addresses, and learn which are alive, suspect or down, without any
+//! configuration in force: a node started with only one member's gossip
+//! address finds the rest, and `--bootstrap-expect` founders find each other.
+//!
+//! Each datagram is `MAGIC`, the sender's cluster id (empty before it has
+//! one) and foca's packet. A node that has a cluster id drops datagrams of
+//! another cluster; a node without one (a new server) accepts any, and
+//! notes which cluster ids it has heard (so it joins a cluster that exists
+//! rather than bootstrap another). Datagrams are bounded by
+//! `MAX_DATAGRAM`, and queued input is bounded (excess is dropped, as the
+//! network might). There is no encryption or authentication beyond the
+//! cluster id: anyone who can reach the gossip port can claim membership.
+//!
+//! One task owns the foca instance; the socket's reader and the timers send
+//! it inputs; what it knows is published in a `watch` as a `GossipView`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+const MAGIC: &[u8; 4] = b"RKG1";
+/// Longest datagram sent or read (foca's packets stay within 1,400 bytes).
+pub const MAX_DATAGRAM: usize = 1400 + 4 + 1 + MAX_CLUSTER_ID;
+const MAX_CLUSTER_ID: usize = 64;
+/// Inputs waiting for the gossip task; more are dropped.
+const QUEUE: usize = 1024;
+
+/// A node as gossip names it: its raft id and addresses, and a generation
+/// that grows with each start (and each rejoin after being declared down),
+/// so that the newest identity for an address wins.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GossipId {
+    pub node: u64,
+    pub gossip_addr: SocketAddr,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub generation: u64,
+}
+
+impl GossipId {
+    /// Stands for whoever answers at `addr` (a `--join` address), until its
+    /// real identity, of any later generation, replaces it.
+    fn placeholder(addr: SocketAddr) -> GossipId {
+        GossipId { node: 0, gossip_addr: addr, raft_addr: String::new(), http_addr: String::new(), generation: 0 }
+    }
+}
+
+impl foca::Identity for GossipId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<GossipId> {
+        Some(GossipId { generation: self.generation.wrapping_add(1).max(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &GossipId) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// A member's liveness as gossip sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Alive,
+    /// Someone failed to reach it; it is declared down unless it refutes
+    /// the suspicion in time.
+    Suspect,
+    /// Declared down (failed, or left).
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMember {
+    pub id: GossipId,
+    pub liveness: Liveness,
+}
+
+/// What gossip knows now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GossipView {
+    /// Every member known, this node included, lowest node id first.
+    pub members: Vec<GossipMember>,
+    /// Cluster ids heard from other nodes, with an address that sent each.
+    pub clusters: BTreeMap<String, SocketAddr>,
+}
+
+impl GossipView {
+    /// The liveness of raft node `node` (its newest identity), if known.
+    pub fn liveness(&self, node: u64) -> Option<Liveness> {
+        self.members.iter().filter(|m| m.id.node == node).max_by_key(|m| m.id.generation).map(|m| m.liveness)
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = &GossipId> {
+        self.members.iter().filter(|m| m.liveness != Liveness::Down && m.id.node != 0).map(|m| &m.id)
+    }
+}
+
+/// Timing of the failure detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GossipConfig {
+    /// Where gossip listens; other nodes send here, so it must be reachable.
+    pub addr: SocketAddr,
+    /// How often each node probes one other (memberlist's LAN default: 1 s).
+    pub probe_period: Duration,
+    /// How long a suspect has to refute the suspicion before it is declared
+    /// down.
+    pub suspect_to_down: Duration,
+}
+
+impl GossipConfig {
+    pub fn new(addr: SocketAddr) -> GossipConfig {
+        GossipConfig { addr, probe_period: Duration::from_secs(1), suspect_to_down: Duration::from_secs(5) }
+    }
+
+    fn foca_config(&self) -> foca::Config {
+        let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(7));
+        config.probe_period = self.probe_period;
+        // A probe's answer must come well within a period.
+        config.probe_rtt = self.probe_period / 2;
+        config.suspect_to_down_after = self.suspect_to_down;
+        config.max_packet_size = NonZeroUsize::new(1400).unwrap_or(NonZeroUsize::MIN);
+        config
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.probe_period < Duration::from_millis(10) || self.suspect_to_down < self.probe_period {
+            return Err("the gossip probe period must be at least 10 ms and at most the suspicion time".into());
+        }
+        Ok(())
+    }
+}
+
+enum Input {
+    /// A packet from `from`, sent by a member of `cluster` ("" before it has one).
+    Data { from: SocketAddr, cluster: String, packet: Bytes },
+    Timer(Timer<GossipId>),
+    Announce(SocketAddr),
+    Leave(oneshot::Sender<()>),
+}
+
+/// The handle of a running gossip member.
+#[derive(Clone)]
+pub struct Gossip {
+    inputs: mpsc::Sender<Input>,
+    view: watch::Receiver<GossipView>,
+    me: GossipId,
+}
+
+impl Gossip {
+    /// Binds `config.addr` and joins nobody yet (`announce` does). The
+    /// datagrams it sends carry the cluster id in `cluster_id` at the time.
+    pub async fn start(
+        config: &GossipConfig,
+        me: GossipId,
+        cluster_id: watch::Receiver<String>,
+    ) -> std::io::Result<(Gossip, tokio::task::JoinHandle<()>)> {
+        let socket = Arc::new(UdpSocket::bind(config.addr).await?);
+        let (inputs, receiver) = mpsc::channel(QUEUE);
+        let (publish, view) = watch::channel(GossipView::default());
+        let seed = fastrand::u64(..);
+        let foca = Foca::new(me.clone(), config.foca_config(), SmallRng::seed_from_u64(seed), PostcardCodec);
+        let member = Member {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            socket: socket.clone(),
+            inputs: inputs.clone(),
+            publish,
+            cluster_id: cluster_id.clone(),
+            clusters: BTreeMap::new(),
+        };
+        let reader = tokio::spawn(read(socket, inputs.clone(), cluster_id));
+        let task = tokio::spawn(async move {
+            member.run(receiver).await;
+            reader.abort();
+        });
+        Ok((Gossip { inputs, view, me }, task))
+    }
+
+    pub fn me(&self) -> &GossipId {
+        &self.me
+    }
+
+    /// Introduces this node to whoever gossips at `addr`.
+    pub fn announce(&self, addr: SocketAddr) {
+        let _full = self.inputs.try_send(Input::Announce(addr));
+    }
+
+    /// Tells the others that this node leaves (it is declared down at once
+    /// rather than after a suspicion); resolves once the news went out.
+    pub async fn leave(&self) {
+        let (done, left) = oneshot::channel();
+        if self.inputs.send(Input::Leave(done)).await.is_ok() {
+            let _ = left.await;
+        }
+    }
+
+    pub fn view(&self) -> GossipView {
+        self.view.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<GossipView> {
+        self.view.clone()
+    }
+}
+
+/// Reads datagrams: checks the frame and the cluster id, then hands foca's
+/// packet (with the sender's cluster id) to the member task.
+async fn read(socket: Arc<UdpSocket>, inputs: mpsc::Sender<Input>, cluster_id: watch::Receiver<String>) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%error, "gossip receive failed");
+                continue;
+            }
+        };
+        let Some((theirs, packet)) = unframe(&buffer[..len]) else {
+            tracing::debug!(%from, len, "gossip datagram refused: not ours or malformed");
+            continue;
+        };
+        let ours = cluster_id.borrow().clone();
+        if !ours.is_empty() && !theirs.is_empty() && ours != theirs {
+            tracing::debug!(%from, cluster = theirs, "gossip datagram of another cluster dropped");
+            continue;
+        }
+        let input = Input::Data { from, cluster: theirs.to_string(), packet: Bytes::copy_from_slice(packet) };
+        // Queue full: dropped, as the network may drop it.
+        let _ = inputs.try_send(input);
+    }
+}
+
+/// The frame of a datagram: magic, cluster id (length-prefixed, UTF-8),
+/// packet. `None` for anything else.
+fn unframe(datagram: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = datagram.strip_prefix(MAGIC)?;
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if len > MAX_CLUSTER_ID || rest.len() < len {
+        return None;
+    }
+    let (id, packet) = rest.split_at(len);
+    let id = std::str::from_utf8(id).ok()?;
+    (!packet.is_empty()).then_some((id, packet))
+}
+
+fn frame(cluster_id: &str, packet: &[u8]) -> Bytes {
+    let id = if cluster_id.len() <= MAX_CLUSTER_ID { cluster_id.as_bytes() } else { &[] };
+    let mut datagram = BytesMut::with_capacity(MAGIC.len() + 1 + id.len() + packet.len());
+    datagram.put_slice(MAGIC);
+    datagram.put_u8(id.len() as u8);
+    datagram.put_slice(id);
+    datagram.put_slice(packet);
+    datagram.freeze()
+}
+
+struct Member {
+    foca: Foca<GossipId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<GossipId>,
+    socket: Arc<UdpSocket>,
+    inputs: mpsc::Sender<Input>,
+    publish: watch::Sender<GossipView>,
+    cluster_id: watch::Receiver<String>,
+    clusters: BTreeMap<String, SocketAddr>,
+}
+
+impl Member {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Input>) {
+        // The first probe and the periodic gossip start with foca's own timers.
+        if let Err(error) = self.foca.gossip(&mut self.runtime) {
+            tracing::debug!(%error, "gossip: first round");
+        }
+        self.flush().await;
+        while let Some(input) = receiver.recv().await {
+            let result = match input {
+                Input::Data { from, cluster, packet } => {
+                    if !cluster.is_empty() {
+                        self.clusters.insert(cluster, from);
+                    }
+                    self.foca.handle_data(&packet, &mut self.runtime)
+                }
+                Input::Timer(timer) => self.foca.handle_timer(timer, &mut self.runtime),
+                Input::Announce(addr) => self.foca.announce(GossipId::placeholder(addr), &mut self.runtime),
+                Input::Leave(done) => {
+                    let left = self.foca.leave_cluster(&mut self.runtime);
+                    self.flush().await;
+                    let _ = done.send(());
+                    left
+                }
+            };
+            if let Err(error) = result {
+                // Malformed or unexpected packets: the sender is wrong, not us.
+                tracing::debug!(%error, "gossip input ignored");
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Sends what foca queued, schedules its timers, publishes the view.
+    async fn flush(&mut self) {
+        let cluster_id = self.cluster_id.borrow().clone();
+        while let Some((to, packet)) = self.runtime.to_send() {
+            let datagram = frame(&cluster_id, &packet);
+            if let Err(error) = self.socket.send_to(&datagram, to.gossip_addr).await {
+                tracing::debug!(%error, to = %to.gossip_addr, "gossip send failed");
+            }
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            let inputs = self.inputs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                // Timers must be delivered; this queue only fills if the task stops.
+                let _ = inputs.send(Input::Timer(timer)).await;
+            });
+        }
+        let mut changed = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            changed = true;
+            match notification {
+                OwnedNotification::MemberUp(id) => tracing::info!(node = id.node, addr = %id.gossip_addr, "gossip: member up"),
+                OwnedNotification::MemberDown(id) => {
+                    tracing::warn!(node = id.node, addr = %id.gossip_addr, "gossip: member down")
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::warn!(generation = id.generation, "gossip: this node was declared down and rejoined")
+                }
+                OwnedNotification::Defunct => tracing::warn!("gossip: this node is declared down"),
+                _ => {}
+            }
+        }
+        let view = self.view();
+        if changed || *self.publish.borrow() != view {
+            self.publish.send_replace(view);
+        }
+    }
+
+    fn view(&self) -> GossipView {
+        let me = self.foca.identity().clone();
+        let mut members: Vec<GossipMember> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().node != 0 && m.id().gossip_addr != me.gossip_addr)
+            .map(|m| GossipMember {
+                id: m.id().clone(),
+                liveness: match m.state() {
+                    foca::State::Alive => Liveness::Alive,
+                    foca::State::Suspect => Liveness::Suspect,
+                    foca::State::Down => Liveness::Down,
+                },
+            })
+            .collect();
+        members.push(GossipMember { id: me, liveness: Liveness::Alive });
+        members.sort_by(|a, b| (a.id.node, a.id.generation).cmp(&(b.id.node, b.id.generation)));
+        GossipView { members, clusters: self.clusters.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_strangers_are_refused() {
+        let datagram = frame("abc", b"packet");
+        assert_eq!(unframe(&datagram), Some(("abc", &b"packet"[..])));
+        assert_eq!(unframe(&frame("", b"p")), Some(("", &b"p"[..])));
+        assert_eq!(unframe(b"XXXX\x00packet"), None, "another magic");
+        assert_eq!(unframe(b"RKG1\x09abc"), None, "a cluster id longer than the datagram");
+        assert_eq!(unframe(b"RKG1\x00"), None, "no packet");
+        assert_eq!(unframe(b"RKG1\x02\xff\xfepacket"), None, "not UTF-8");
+        assert_eq!(unframe(b""), None);
+    }
+
+    fn id(node: u64, addr: SocketAddr) -> GossipId {
+        GossipId { node, gossip_addr: addr, raft_addr: format!("raft-{node}"), http_addr: String::new(), generation: 1 }
+    }
+
+    async fn member(node: u64, cluster: &str) -> (Gossip, watch::Sender<String>) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        drop(socket);
+        let config = GossipConfig {
+            addr,
+            probe_period: Duration::from_millis(50),
+            suspect_to_down: Duration::from_millis(300),
+        };
+        let (cluster_tx, cluster_rx) = watch::channel(cluster.to_string());
+        let (gossip, _task) = Gossip::start(&config, id(node, addr), cluster_rx).await.unwrap();
+        (gossip, cluster_tx)
+    }
+
+    async fn until(gossip: &Gossip, what: &str, check: impl Fn(&GossipView) -> bool) {
+        let mut watch = gossip.watch();
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !check(&watch.borrow_and_update()) {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for {what}: {:?}", gossip.view());
+    }
+
+    /// Three members that only know the first find each other; one that
+    /// leaves is seen down; a member of another cluster is never let in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_find_each_other_through_one_and_see_a_leave() {
+        let (a, _ka) = member(1, "c1").await;
+        let (b, _kb) = member(2, "c1").await;
+        let (c, _kc) = member(3, "").await;
+        let (stranger, _ks) = member(9, "c2").await;
+        for other in [&b, &c, &stranger] {
+            other.announce(a.me().gossip_addr);
+        }
+        for (gossip, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+            until(gossip, name, |view| {
+                let alive: Vec<u64> = view.alive().map(|m| m.node).collect();
+                alive == [1, 2, 3]
+            })
+            .await;
+        }
+        assert!(c.view().clusters.contains_key("c1"), "a new node learns the cluster it heard");
+        assert_eq!(c.view().members.iter().find(|m| m.id.node == 2).map(|m| m.id.raft_addr.clone()), Some("raft-2".into()));
+        b.leave().await;
+        until(&a, "b down", |view| view.liveness(2) == Some(Liveness::Down)).await;
+        assert!(a.view().liveness(9).is_none(), "another cluster's member was admitted");
+    }
+}
