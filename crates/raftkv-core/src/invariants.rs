@@ -21,7 +21,11 @@
 //!   §5.4.2, and never truncates: Leader Append-Only);
 //! - membership (thesis §4.1): the configuration in force is the newest in the
 //!   log, or the compaction point's (from an entry at or before it) when the
-//!   log holds none;
+//!   log holds none; in it and in every configuration in the log, at the
+//!   compaction point and in the snapshot, staging marks only learners and no
+//!   voter of either half (`staging ⊆ learners`,
+//!   `staging ∩ (voters ∪ voters_outgoing) = ∅`: a staging member never
+//!   counts, thesis §4.2.1);
 //! - a leader's progress (figure 2): one per other member, `match_index` within
 //!   its log, `next_index` just past `match_index` or beyond, in-flight appends
 //!   ordered between the two, rounds and reads within the current round;
@@ -39,7 +43,7 @@ use std::fmt;
 
 use crate::core::{Core, LeaderState, Role};
 use crate::progress::{Progress, ProgressState};
-use crate::types::{EntryPayload, LogIndex, NodeId};
+use crate::types::{Configuration, EntryPayload, LogIndex, NodeId};
 
 /// A broken invariant: which one and the state that breaks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,14 +174,7 @@ impl Core {
     /// `membership_index`, or from the compaction point when that entry was
     /// compacted away (compaction keeps its index).
     fn check_membership_index(&self) -> Result<(), InvariantViolation> {
-        let staging = &self.membership.staging;
-        ensure!(
-            self,
-            staging.iter().all(|id| self.membership.is_learner(*id)),
-            "staging marks only learners",
-            "configuration {} marks {staging:?} staging",
-            self.membership
-        );
+        self.check_staging(&self.membership, format_args!("in force"))?;
         if self.membership_index <= self.log.start().index {
             return Ok(());
         }
@@ -188,6 +185,27 @@ impl Core {
             "membership index names a configuration entry",
             "configuration in force from {}, which holds {carried:?}",
             self.membership_index
+        );
+        Ok(())
+    }
+
+    /// A staging mark sits on learners only, and never on a voter of either
+    /// half: `staging ⊆ learners` and `staging ∩ (voters ∪ voters_outgoing) = ∅`
+    /// (a staging member never counts, thesis §4.2.1). `which` names the
+    /// configuration checked.
+    fn check_staging(&self, config: &Configuration, which: fmt::Arguments<'_>) -> Result<(), InvariantViolation> {
+        let staging = &config.staging;
+        ensure!(
+            self,
+            staging.is_subset(&config.learners),
+            "staging marks only learners",
+            "configuration {config} ({which}) marks {staging:?} staging"
+        );
+        ensure!(
+            self,
+            staging.iter().all(|id| !config.is_voter(*id)),
+            "a staging member is no voter",
+            "configuration {config} ({which}) marks voters staging: {staging:?}"
         );
         Ok(())
     }
@@ -400,7 +418,16 @@ impl Core {
             self.membership,
             self.membership_index
         );
+        // Every configuration this node may yet put in force (after a
+        // truncation, or as a snapshot's) keeps staging marks on learners.
+        self.check_staging(&self.base_membership, format_args!("at the compaction point"))?;
+        for entry in self.log.slice(self.log.first_index(), self.log.last_index()) {
+            if let EntryPayload::Config(config) = &entry.payload {
+                self.check_staging(config, format_args!("in the log at {}", entry.index))?;
+            }
+        }
         if let Some(snapshot) = &self.snapshot {
+            self.check_staging(&snapshot.config, format_args!("of the snapshot"))?;
             let (id, config) = (snapshot.last_log_id, self.config_at(snapshot.last_log_id.index));
             ensure!(
                 self,
@@ -579,7 +606,7 @@ mod tests {
 
     use crate::core::{Action, Core, DurableState, Role};
     use crate::message::Message;
-    use crate::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+    use crate::types::{Configuration, Entry, EntryPayload, LogIndex, NodeId, Term};
     use crate::CoreConfig;
 
     /// Three cores wired in memory, persists durable at once; `drain_actions`
@@ -708,6 +735,30 @@ mod tests {
         trio.cores[1].membership.voters.remove(&NodeId(3));
         assert_eq!(broken(&trio.cores[1]), "membership is its entry's");
         trio.cores[1].check_invariants_per_step().unwrap();
+    }
+
+    /// A staging mark on a voter breaks the invariant wherever the
+    /// configuration is: in force, or only further back in the log.
+    #[test]
+    fn a_staging_voter_is_reported_in_force_and_in_the_log() {
+        let mut trio = Trio::led_by_node_1();
+        let core = &mut trio.cores[1];
+        let ids = |list: &[u64]| list.iter().map(|id| NodeId(*id)).collect();
+        let mut marked = Configuration::new([NodeId(1), NodeId(2), NodeId(3)]);
+        marked.learners = ids(&[3]);
+        marked.staging = ids(&[3]);
+        let (term, first) = (core.current_term(), core.log.last_index().next());
+        let entries = core.log.entries_mut_for_tests();
+        entries.push(Entry { term, index: first, payload: EntryPayload::Config(marked.clone()) });
+        (core.membership, core.membership_index) = (marked, first);
+        assert_eq!(core.check_invariants_per_step().unwrap_err().invariant, "a staging member is no voter");
+
+        let sound = Configuration::new([NodeId(1), NodeId(2), NodeId(3)]);
+        let entries = core.log.entries_mut_for_tests();
+        entries.push(Entry { term, index: first.next(), payload: EntryPayload::Config(sound.clone()) });
+        (core.membership, core.membership_index) = (sound, first.next());
+        core.check_invariants_per_step().unwrap();
+        assert_eq!(broken(core), "a staging member is no voter");
     }
 
     #[test]
