@@ -48,6 +48,12 @@ pub mod kind {
     pub const CORE_INVARIANT: &str = "core invariant";
     /// The simulated code panicked (a failed assertion in the core, say).
     pub const PANIC: &str = "panic";
+    /// A staged add (`Driver::add_voter`) was answered against what
+    /// committed, twice, or never (`sim.rs`).
+    pub const STAGED_ADD: &str = "staged add answer";
+    /// A membership change guarded by a stale `prev_index` appended
+    /// something, or was answered other than `ConfigChanged`.
+    pub const PREV_INDEX_GUARD: &str = "prev_index guard";
 }
 
 /// The kind of a violation message: the text before the first `": "`, after
@@ -97,6 +103,14 @@ pub fn payload_hash(payload: &EntryPayload) -> u64 {
                     feed(&id.0.to_le_bytes());
                 }
             }
+            // Every node here runs one version: copies of an entry must agree
+            // on its staging marks too.
+            if !config.staging.is_empty() {
+                feed(b"s");
+                for id in &config.staging {
+                    feed(&id.0.to_le_bytes());
+                }
+            }
         }
     }
     hash
@@ -108,6 +122,19 @@ struct NodeView {
     durable_hard_state: HardState,
     commit_index: LogIndex,
     leader_in_term: Option<Term>,
+}
+
+/// The voter a single-server change from `prev` to `next` adds out of
+/// `prev`'s staging learners (`AddVoter` of a staging id), if that is what it
+/// is. A joint change may make a staging learner a voter directly; so may
+/// leaving the joint configuration: neither is the promotion rule's.
+pub fn promoted_from_staging(prev: &Configuration, next: &Configuration) -> Option<NodeId> {
+    if prev.is_joint() || next.is_joint() || !prev.voters.is_subset(&next.voters) {
+        return None;
+    }
+    let mut added = next.voters.difference(&prev.voters);
+    let id = *added.next()?;
+    (added.next().is_none() && prev.is_staging(id)).then_some(id)
 }
 
 #[derive(Default)]
@@ -135,8 +162,14 @@ pub struct Checker {
 }
 
 impl Checker {
-    fn violation(&mut self, now: u64, kind: &str, text: String) {
+    /// Records a violation of `kind` found at simulated time `now`.
+    pub fn violation(&mut self, now: u64, kind: &str, text: String) {
         self.violations.push(format!("t={now}ms: {kind}: {text}"));
+    }
+
+    /// The node seen leading `term`, if any was.
+    pub fn leader_of(&self, term: Term) -> Option<NodeId> {
+        self.leaders.get(&term).copied()
     }
 
     /// After a storage step: the log a restart of `node` would work with (its

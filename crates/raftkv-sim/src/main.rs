@@ -84,13 +84,18 @@ fn main() -> ExitCode {
         cfg.trace = args.trace;
         let outcome = Simulation::new(cfg).run();
         println!(
-            "seed {seed}: {} ops ({} completed), committed index {}, {} elections, {} snapshot installs, {} membership changes",
+            "seed {seed}: {} ops ({} completed), committed index {}, {} elections, {} snapshot installs, {} membership \
+             changes, {} staged adds, {} promotions ({} by another leader), {} staged adds removed at their deadline",
             outcome.ops,
             outcome.completed_ops,
             outcome.committed_index,
             outcome.elections,
             outcome.snapshots_installed,
-            outcome.membership_changes
+            outcome.membership_changes,
+            outcome.staged_adds,
+            outcome.promotions,
+            outcome.handoff_promotions,
+            outcome.staged_timeouts
         );
         for violation in &outcome.violations {
             println!("VIOLATION {violation}");
@@ -141,8 +146,17 @@ fn main() -> ExitCode {
         }
     } else {
         println!(
-            "{} seeds, {} violations, {} liveness failures, {} ops, {:.1} seeds/s",
-            summary.seeds, summary.violations, summary.liveness_failures, summary.ops, summary.seeds_per_sec
+            "{} seeds, {} violations, {} liveness failures, {} ops, {} staged adds, {} promotions ({} by another \
+             leader), {} removed at their deadline, {:.1} seeds/s",
+            summary.seeds,
+            summary.violations,
+            summary.liveness_failures,
+            summary.ops,
+            summary.staged_adds,
+            summary.promotions,
+            summary.handoff_promotions,
+            summary.staged_timeouts,
+            summary.seeds_per_sec
         );
     }
     if failures.is_empty() {

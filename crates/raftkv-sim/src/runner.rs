@@ -33,6 +33,13 @@ pub struct Summary {
     pub elections: u64,
     pub snapshots_installed: u64,
     pub membership_changes: u64,
+    /// `add_voter` calls, committed promotions of staging learners, those
+    /// by another leader than the one that staged, and staged adds removed
+    /// at their deadline (`Outcome`'s counters, summed).
+    pub staged_adds: u64,
+    pub promotions: u64,
+    pub handoff_promotions: u64,
+    pub staged_timeouts: u64,
     pub elapsed_ms: u64,
     pub seeds_per_sec: f64,
     pub failing_seeds: Vec<u64>,
@@ -43,6 +50,36 @@ pub struct Summary {
     pub first_failure: Option<u64>,
 }
 
+/// Counters summed over the seeds run.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    ops: u64,
+    completed_ops: u64,
+    elections: u64,
+    snapshots_installed: u64,
+    membership_changes: u64,
+    staged_adds: u64,
+    promotions: u64,
+    handoff_promotions: u64,
+    staged_timeouts: u64,
+}
+
+impl Totals {
+    fn add(&mut self, outcome: &Outcome) {
+        self.seeds += 1;
+        self.ops += outcome.ops as u64;
+        self.completed_ops += outcome.completed_ops as u64;
+        self.elections += outcome.elections as u64;
+        self.snapshots_installed += outcome.snapshots_installed as u64;
+        self.membership_changes += outcome.membership_changes as u64;
+        self.staged_adds += outcome.staged_adds as u64;
+        self.promotions += outcome.promotions as u64;
+        self.handoff_promotions += outcome.handoff_promotions as u64;
+        self.staged_timeouts += outcome.staged_timeouts as u64;
+    }
+}
+
 /// Runs `plan` and returns the summary and the outcomes of failing seeds, in seed order.
 pub fn run_plan(plan: &RunPlan, stop_at_first_failure: bool) -> (Summary, Vec<Outcome>) {
     let started = Instant::now();
@@ -50,7 +87,7 @@ pub fn run_plan(plan: &RunPlan, stop_at_first_failure: bool) -> (Summary, Vec<Ou
     let end = plan.first_seed + plan.seeds;
     let stop = AtomicU64::new(u64::MAX);
     let results: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, 0u64));
+    let totals = Mutex::new(Totals::default());
     std::thread::scope(|scope| {
         for _ in 0..plan.threads.max(1) {
             scope.spawn(|| {
@@ -63,12 +100,7 @@ pub fn run_plan(plan: &RunPlan, stop_at_first_failure: bool) -> (Summary, Vec<Ou
                     }
                     let outcome = run_seed(SimConfig::new(seed, plan.nodes, plan.faults));
                     if let Ok(mut t) = totals.lock() {
-                        t.0 += 1;
-                        t.1 += outcome.ops as u64;
-                        t.2 += outcome.completed_ops as u64;
-                        t.3 += outcome.elections as u64;
-                        t.4 += outcome.snapshots_installed as u64;
-                        t.5 += outcome.membership_changes as u64;
+                        t.add(&outcome);
                     }
                     if outcome.failed() {
                         if stop_at_first_failure {
@@ -87,23 +119,27 @@ pub fn run_plan(plan: &RunPlan, stop_at_first_failure: bool) -> (Summary, Vec<Ou
     if stop_at_first_failure {
         failures.truncate(1);
     }
-    let (ran, ops, completed, elections, installs, changes) = totals.into_inner().unwrap_or_default();
+    let t = totals.into_inner().unwrap_or_default();
     let elapsed = started.elapsed();
     let summary = Summary {
-        seeds: ran,
+        seeds: t.seeds,
         first_seed: plan.first_seed,
         nodes: plan.nodes,
         faults: plan.faults_text.clone(),
         violations: failures.iter().filter(|o| !o.violations.is_empty()).count() as u64,
         liveness_failures: failures.iter().filter(|o| o.violations.is_empty() && o.liveness_failure.is_some()).count()
             as u64,
-        ops,
-        completed_ops: completed,
-        elections,
-        snapshots_installed: installs,
-        membership_changes: changes,
+        ops: t.ops,
+        completed_ops: t.completed_ops,
+        elections: t.elections,
+        snapshots_installed: t.snapshots_installed,
+        membership_changes: t.membership_changes,
+        staged_adds: t.staged_adds,
+        promotions: t.promotions,
+        handoff_promotions: t.handoff_promotions,
+        staged_timeouts: t.staged_timeouts,
         elapsed_ms: elapsed.as_millis() as u64,
-        seeds_per_sec: ran as f64 / elapsed.as_secs_f64().max(1e-9),
+        seeds_per_sec: t.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
         failing_seeds: failures.iter().map(|o| o.seed).collect(),
         bug: plan.bug.clone(),
         first_failure: failures.first().map(|o| o.seed),

@@ -19,7 +19,7 @@ use raftkv_driver::{
     StoreStep,
 };
 
-use crate::checker::{kind, state_digest, Checker, LogView};
+use crate::checker::{kind, promoted_from_staging, state_digest, Checker, LogView};
 use crate::kv::{Command, KvStore};
 use crate::linearizability::{check_history, CheckResult, OpInput, OpOutput, Operation};
 
@@ -131,6 +131,15 @@ pub struct Outcome {
     pub elections: usize,
     pub snapshots_installed: usize,
     pub membership_changes: usize,
+    /// `Driver::add_voter` calls the membership churn made.
+    pub staged_adds: usize,
+    /// Staging learners promoted by a committed single-server change.
+    pub promotions: usize,
+    /// Of those, promoted by another leader than the one that marked them
+    /// staging (the mark handed over with the log).
+    pub handoff_promotions: usize,
+    /// Staged adds answered `NotCaughtUp`: removed again at their deadline.
+    pub staged_timeouts: usize,
 }
 
 impl Outcome {
@@ -176,6 +185,10 @@ struct Profile {
     crash_new_leader_per_mille: u64,
     /// Chance (per ten thousand) that a storage step fails (ENOSPC or EIO).
     disk_error_per_10k: u64,
+    /// The promotion rule's settings (`CoreConfig`): entries a staging
+    /// learner may trail by, and how long it must stay caught up.
+    promotion_max_lag: u64,
+    promotion_stable_ms: u64,
 }
 
 impl Profile {
@@ -193,8 +206,19 @@ impl Profile {
             crash_after_vote_per_mille: if faults.crashes { [0, 100, 400][rng.range(0, 3) as usize] } else { 0 },
             crash_new_leader_per_mille: if faults.crashes { [0, 200, 500][rng.range(0, 3) as usize] } else { 0 },
             disk_error_per_10k: if faults.disk_errors { [0, 0, 5, 30][rng.range(0, 4) as usize] } else { 0 },
+            promotion_max_lag: draw_promotion_max_lag(rng),
+            promotion_stable_ms: rng.range(ELECTION_MAX_MS, MAX_PROMOTION_STABLE_MS + 1),
         }
     }
+}
+
+/// The longest stable period drawn: promotions must fit in the fault phase
+/// and the convergence window.
+const MAX_PROMOTION_STABLE_MS: u64 = 3_000;
+
+/// One entry (every write breaks it), a few, or one full append (the default).
+fn draw_promotion_max_lag(rng: &mut Rng) -> u64 {
+    [1, 16, 512][rng.range(0, 3) as usize]
 }
 
 #[derive(Debug)]
@@ -342,6 +366,30 @@ enum SimReply {
     },
     /// Membership changes and transfers the chaos asks for: nobody waits.
     Admin,
+    /// A staged add (`Driver::add_voter`) of `id`, the churn's call `call`.
+    StagedAdd {
+        id: NodeId,
+        call: u64,
+    },
+}
+
+/// A staged add the churn asked of a leader, and its answer.
+struct StagedCall {
+    id: NodeId,
+    node: usize,
+    /// The leader's configuration index when called: what decides the call
+    /// commits after it.
+    from: LogIndex,
+    answer: Option<StagedAnswer>,
+}
+
+#[derive(Clone, Debug)]
+enum StagedAnswer {
+    /// Promoted, or a voter already, by the configuration at this index.
+    Done(LogIndex),
+    Failed(Failure),
+    /// Its node went down with the call pending (as `Stopped`: unknown).
+    Lost,
 }
 
 struct SimNode {
@@ -412,6 +460,16 @@ pub struct Simulation {
     snapshot_policy: SnapshotPolicy,
     trailing_entries: u64,
     profile: Profile,
+    /// Staged adds by call number.
+    staged_calls: BTreeMap<u64, StagedCall>,
+    /// Committed configurations by index, with their entry's term: each is
+    /// recorded when first applied anywhere, which is in index order (a node
+    /// applies in order, and a snapshot it installs was captured by one that
+    /// applied everything it covers).
+    committed_configs: BTreeMap<LogIndex, (Term, Configuration)>,
+    /// Each staging learner of the newest committed configuration, with the
+    /// term of the entry that marked it.
+    staged_in_term: BTreeMap<NodeId, Term>,
 }
 
 impl Simulation {
@@ -484,6 +542,9 @@ impl Simulation {
             snapshot_policy: SnapshotPolicy { threshold: snapshot_threshold, interval_ms: 0, log_bytes: u64::MAX },
             trailing_entries,
             profile,
+            staged_calls: BTreeMap::new(),
+            committed_configs: BTreeMap::new(),
+            staged_in_term: BTreeMap::new(),
             cfg,
         };
         if sim.cfg.faults.network {
@@ -522,6 +583,9 @@ impl Simulation {
             let reason = self.converged().err().unwrap_or_default();
             self.outcome.liveness_failure =
                 Some(format!("not converged {} ms after healing at t={fault_end}ms: {reason}", self.cfg.liveness_ms));
+        }
+        if converged && self.checker.violations.is_empty() {
+            self.check_staged_calls();
         }
         self.finish()
     }
@@ -599,6 +663,8 @@ impl Simulation {
         config.lease_clock_drift_ms = 10;
         config.pre_vote = self.profile.pre_vote;
         config.check_quorum = self.profile.check_quorum;
+        config.promotion_max_lag = self.profile.promotion_max_lag;
+        config.promotion_stable_ms = self.profile.promotion_stable_ms;
         config
     }
 
@@ -729,6 +795,13 @@ impl Simulation {
 
     /// The node's process is gone (crash or fail-stop): only its disk remains.
     fn go_down(&mut self, node: usize) {
+        // Staged adds its driver still held are gone with it (their apply
+        // work too): unknown, as `Stopped` would have said.
+        for call in self.staged_calls.values_mut() {
+            if call.node == node && call.answer.is_none() {
+                call.answer = Some(StagedAnswer::Lost);
+            }
+        }
         let n = &mut self.nodes[node];
         n.driver = None;
         n.applier = None;
@@ -808,6 +881,22 @@ impl Simulation {
             }
             Effect::Apply(job) => self.apply_job(node, job),
             Effect::Fail { reply, failure } => self.answer_failure(reply, failure),
+            Effect::AlreadyDone { reply: SimReply::StagedAdd { id, call }, index } => {
+                // Answered at once, from the configuration in force.
+                let in_force = self.nodes[node].core().map(|core| {
+                    let voter = core.membership().is_voter(id);
+                    (voter, core.membership_index(), core.commit_index())
+                });
+                if !in_force.is_some_and(|(voter, at, commit)| voter && at == index && index <= commit) {
+                    let text = format!(
+                        "node {id} was found a voter already at {index} on n{id_at}, whose configuration in force \
+                         (voter, index, commit) is {in_force:?}",
+                        id_at = self.nodes[node].id
+                    );
+                    self.checker.violation(self.now, kind::STAGED_ADD, text);
+                }
+                self.answer_staged(call, StagedAnswer::Done(index));
+            }
             Effect::TransferStarted { .. }
             | Effect::AlreadyLeads { .. }
             | Effect::AlreadyDone { .. }
@@ -945,19 +1034,34 @@ impl Simulation {
         let id = self.nodes[node].id;
         let now = self.local_now(node);
         match job {
-            ApplyJob::Batch { entries, replies } => {
-                let Some(last) = entries.last().map(|e| e.index) else { return };
-                let mut replies: BTreeMap<LogIndex, SimReply> = replies.into_iter().collect();
+            ApplyJob::Batch { entries, mut replies } => {
+                // Several callers may wait on one index (those of one staged
+                // add): answer each, in the order given.
+                replies.sort_by_key(|(index, _)| *index);
+                let mut replies = replies.into_iter().peekable();
+                let last = entries.last().map(|e| e.index);
                 let mut bytes = 0;
                 for entry in entries {
                     bytes += entry.size_bytes() as u64;
                     let index = entry.index;
+                    let answered = replies.peek().is_some_and(|(at, _)| *at == index);
+                    let config = match &entry.payload {
+                        EntryPayload::Config(config) if answered => Some(config.clone()),
+                        _ => None,
+                    };
                     let result = self.apply_entry(node, entry);
-                    if let Some(reply) = replies.remove(&index) {
-                        self.answer_write(reply, index, result);
+                    while let Some((_, reply)) = replies.next_if(|(at, _)| *at == index) {
+                        self.answer_write(reply, index, result.as_ref(), config.as_ref());
                     }
                 }
-                if let Some(applier) = self.nodes[node].applier.as_mut() {
+                for (index, reply) in replies {
+                    let text = format!("n{id} was told to answer {reply:?} at {index}, outside its batch to apply");
+                    match reply {
+                        SimReply::StagedAdd { .. } => self.checker.violation(self.now, kind::STAGED_ADD, text),
+                        _ => self.checker.violations.push(text),
+                    }
+                }
+                if let (Some(last), Some(applier)) = (last, self.nodes[node].applier.as_mut()) {
                     applier.applied(last, bytes);
                 }
             }
@@ -1049,6 +1153,12 @@ impl Simulation {
             return None;
         }
         n.kv.applied = entry.index;
+        if let EntryPayload::Config(config) = &entry.payload {
+            if !self.committed_configs.contains_key(&entry.index) {
+                self.on_config_committed(entry.index, entry.term, config.clone());
+            }
+        }
+        let n = &mut self.nodes[node];
         let mut result = None;
         if let EntryPayload::Command(data) = &entry.payload {
             match Command::decode(data) {
@@ -1064,13 +1174,31 @@ impl Simulation {
         result
     }
 
-    /// The driver answered a proposal with the entry applied at its index.
-    fn answer_write(&mut self, reply: SimReply, index: LogIndex, result: Option<(u64, OpOutput)>) {
+    /// The driver answered a proposal with the entry applied at its index:
+    /// the command's `result`, or `config` (given to staged adds).
+    fn answer_write(
+        &mut self,
+        reply: SimReply,
+        index: LogIndex,
+        result: Option<&(u64, OpOutput)>,
+        config: Option<&Configuration>,
+    ) {
+        if let SimReply::StagedAdd { id, call } = reply {
+            let from = self.staged_calls.get(&call).map_or(LogIndex::ZERO, |c| c.from);
+            if !config.is_some_and(|c| c.is_voter(id)) || index < from {
+                let text = format!(
+                    "the staged add of node {id} (call {call}, configuration at {from} when called) succeeded at \
+                     {index}, whose entry is {config:?}"
+                );
+                self.checker.violation(self.now, kind::STAGED_ADD, text);
+            }
+            return self.answer_staged(call, StagedAnswer::Done(index));
+        }
         let SimReply::Client { client, op_id, .. } = reply else { return };
         match result {
-            Some((applied, output)) if applied == op_id => {
+            Some((applied, output)) if *applied == op_id => {
                 self.max_acked_index = self.max_acked_index.max(index);
-                self.complete_op(client, op_id, output);
+                self.complete_op(client, op_id, output.clone());
             }
             _ => self
                 .checker
@@ -1082,6 +1210,12 @@ impl Simulation {
     /// A failure the driver reported: definite ones leave the history, unknown
     /// outcomes stay in it as indeterminate.
     fn answer_failure(&mut self, reply: SimReply, failure: Failure) {
+        if let SimReply::StagedAdd { call, .. } = reply {
+            if matches!(failure, Failure::NotCaughtUp { .. }) {
+                self.outcome.staged_timeouts += 1;
+            }
+            return self.answer_staged(call, StagedAnswer::Failed(failure));
+        }
         let SimReply::Client { client, op_id, .. } = reply else { return };
         if failure.outcome_unknown() {
             if self.clients[client].busy == Some(op_id) {
@@ -1443,7 +1577,9 @@ impl Simulation {
                 }
             }
             2 if faults.network => self.randomize_network(),
-            3 if faults.membership => self.change_membership(),
+            // Twice the weight of the others: staged adds need non-voters,
+            // which removals and demotions make first.
+            3 | 8 if faults.membership => self.change_membership(),
             4 if faults.transfers => {
                 if let Some(leader) = self.leader_node() {
                     let voters: Vec<NodeId> = self.nodes[leader]
@@ -1489,9 +1625,20 @@ impl Simulation {
         config.election_timeout_max_ms = config.election_timeout_min_ms + [30, 100, 200][self.rng.range(0, 3) as usize];
         config.heartbeat_interval_ms =
             [10, 20, 40][self.rng.range(0, 3) as usize].min(config.election_timeout_min_ms / 2);
+        if self.rng.chance(1, 3) {
+            // The promotion rule's settings are reloadable too.
+            config.promotion_max_lag = draw_promotion_max_lag(&mut self.rng);
+            config.promotion_stable_ms = self.rng.range(ELECTION_MAX_MS, MAX_PROMOTION_STABLE_MS + 1);
+        }
+        // Validation wants a stable period of at least an election timeout.
+        config.promotion_stable_ms = config.promotion_stable_ms.max(config.election_timeout_max_ms);
         let summary = format!(
-            "heartbeat {} ms, election {}..{} ms",
-            config.heartbeat_interval_ms, config.election_timeout_min_ms, config.election_timeout_max_ms
+            "heartbeat {} ms, election {}..{} ms, promotion after {} ms within {} entries",
+            config.heartbeat_interval_ms,
+            config.election_timeout_min_ms,
+            config.election_timeout_max_ms,
+            config.promotion_stable_ms,
+            config.promotion_max_lag
         );
         let result = self.reload(node, config);
         self.trace(|| format!("n{id} reloaded to {summary}: {result:?}"));
@@ -1516,17 +1663,32 @@ impl Simulation {
     fn change_membership(&mut self) {
         let Some(leader) = self.leader_node() else { return };
         let Some(current) = self.nodes[leader].core().map(|c| c.membership().clone()) else { return };
+        let leader_id = self.nodes[leader].id;
         let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         let outsiders: Vec<NodeId> = all.iter().copied().filter(|id| !current.is_member(*id)).collect();
         let learners: Vec<NodeId> = current.learners.iter().copied().collect();
+        // Staging learners are the promotion rule's to promote.
+        let plain: Vec<NodeId> = learners.iter().copied().filter(|id| !current.is_staging(*id)).collect();
         let voters: Vec<NodeId> = current.voters.iter().copied().collect();
-        let min_voters = 3.min(all.len());
+        // At least three voters; on three nodes two, so that staged adds
+        // find someone to add.
+        let min_voters = if all.len() <= 3 { 2.min(all.len()) } else { 3 };
         let pick = |rng: &mut Rng, list: &[NodeId]| list[rng.range(0, list.len() as u64) as usize];
-        let change = match self.rng.range(0, 5) {
+        if (!outsiders.is_empty() || !plain.is_empty()) && self.rng.chance(1, 2) {
+            // Someone to add: the staged add, most of the time.
+            return self.staged_add(leader, &current);
+        }
+        let change = match self.rng.range(0, 9) {
             0 if !outsiders.is_empty() => MembershipChange::AddLearner(pick(&mut self.rng, &outsiders)),
-            1 if !learners.is_empty() => MembershipChange::AddVoter(pick(&mut self.rng, &learners)),
-            2 if voters.len() > min_voters => {
-                let victim = pick(&mut self.rng, &voters);
+            1 if !plain.is_empty() => MembershipChange::AddVoter(pick(&mut self.rng, &plain)),
+            2 | 8 if voters.len() > min_voters => {
+                // The leader itself a third of the time: it leads until the
+                // change commits, then steps down (thesis §4.2.2).
+                let victim = if current.voters.contains(&leader_id) && self.rng.chance(1, 3) {
+                    leader_id
+                } else {
+                    pick(&mut self.rng, &voters)
+                };
                 if self.rng.chance(1, 2) {
                     MembershipChange::RemoveServer(victim)
                 } else {
@@ -1546,13 +1708,197 @@ impl Simulation {
                     .collect();
                 MembershipChange::Joint { voters: new_voters, learners }
             }
+            5 | 6 => return self.staged_add(leader, &current),
+            7 if self.cfg.faults.transfers && !current.staging.is_empty() => {
+                // Leadership moves while a learner is staging: the next leader
+                // inherits the mark and starts its stable period over.
+                let others: Vec<NodeId> = voters.iter().copied().filter(|id| *id != leader_id).collect();
+                if others.is_empty() {
+                    return;
+                }
+                let target = pick(&mut self.rng, &others);
+                self.trace(|| format!("transfer leadership to n{target} while {:?} stage", current.staging));
+                self.with_driver(leader, |driver| driver.transfer_leadership(target, SimReply::Admin));
+                return;
+            }
             _ => return,
         };
-        self.trace(|| format!("membership change {change:?}"));
-        let before = self.nodes[leader].core().map(|c| c.membership_index());
-        self.with_driver(leader, |driver| driver.change_membership(change, None, SimReply::Admin));
-        if self.nodes[leader].core().map(|c| c.membership_index()) != before {
+        let at = self.nodes[leader].core().map_or(LogIndex::ZERO, |c| c.membership_index());
+        let (guard, stale) = self.draw_guard(at);
+        self.trace(|| format!("membership change {change:?} (prev_index {guard:?})"));
+        let before = self.nodes[leader].core().map(|c| (c.membership_index(), c.last_log_id()));
+        self.with_driver(leader, |driver| driver.change_membership(change, guard, SimReply::Admin));
+        let after = self.nodes[leader].core().map(|c| (c.membership_index(), c.last_log_id()));
+        if after.map(|a| a.0) != before.map(|b| b.0) {
             self.outcome.membership_changes += 1;
+        }
+        if stale {
+            self.check_nothing_appended(leader, guard, before, after);
+        }
+    }
+
+    /// A `prev_index` guard for a change on a leader whose configuration is
+    /// at `at`: none, `at`, or a stale index (then nothing may be appended).
+    /// Returns the guard and whether it is stale.
+    fn draw_guard(&mut self, at: LogIndex) -> (Option<LogIndex>, bool) {
+        match self.rng.range(0, 4) {
+            0 | 1 => (None, false),
+            2 => (Some(at), false),
+            _ if at.0 > 0 && self.rng.chance(3, 4) => (Some(LogIndex(self.rng.range(0, at.0))), true),
+            _ => (Some(at.next()), true),
+        }
+    }
+
+    /// A change guarded by a stale index appends nothing.
+    fn check_nothing_appended(
+        &mut self,
+        leader: usize,
+        guard: Option<LogIndex>,
+        before: Option<(LogIndex, LogId)>,
+        after: Option<(LogIndex, LogId)>,
+    ) {
+        if after.is_some() && after != before {
+            let id = self.nodes[leader].id;
+            let text = format!(
+                "n{id} took a change guarded by stale prev_index {guard:?}: (configuration index, last log id) \
+                 went from {before:?} to {after:?}"
+            );
+            self.checker.violation(self.now, kind::PREV_INDEX_GUARD, text);
+        }
+    }
+
+    /// `Driver::add_voter` on the leader: of an outsider or a plain learner
+    /// mostly, of any node sometimes (a staging one: the caller joins the
+    /// waiting one; a voter: done, or wait for its configuration to commit);
+    /// a timeout short enough that the removal at the deadline runs, or long
+    /// enough to be promoted; a guard current, stale or none.
+    fn staged_add(&mut self, leader: usize, current: &Configuration) {
+        let Some(core) = self.nodes[leader].core() else { return };
+        let (at, stable_ms) = (core.membership_index(), core.config().promotion_stable_ms);
+        let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        let candidates: Vec<NodeId> =
+            all.iter().copied().filter(|id| !current.is_voter(*id) && !current.is_staging(*id)).collect();
+        let list = if candidates.is_empty() || self.rng.chance(1, 6) { &all } else { &candidates };
+        let id = list[self.rng.range(0, list.len() as u64) as usize];
+        let timeout_ms =
+            if self.rng.chance(1, 2) { self.rng.range(50, stable_ms) } else { stable_ms + self.rng.range(500, 6_000) };
+        let (guard, stale) = self.draw_guard(at);
+        let call = self.staged_calls.len() as u64;
+        self.staged_calls.insert(call, StagedCall { id, node: leader, from: at, answer: None });
+        self.outcome.staged_adds += 1;
+        self.trace(|| format!("staged add of n{id} (call {call}), timeout {timeout_ms} ms, prev_index {guard:?}"));
+        let now = self.local_now(leader);
+        let before = self.nodes[leader].core().map(|c| (c.membership_index(), c.last_log_id()));
+        let reply = SimReply::StagedAdd { id, call };
+        self.with_driver(leader, |driver| driver.add_voter(now, id, guard, timeout_ms, reply));
+        if self.nodes[leader].core().map(|c| c.membership_index()) != before.map(|b| b.0) {
+            self.outcome.membership_changes += 1;
+        }
+        if stale {
+            let after = self.nodes[leader].core().map(|c| (c.membership_index(), c.last_log_id()));
+            self.check_nothing_appended(leader, guard, before, after);
+            let answer = self.staged_calls.get(&call).and_then(|c| c.answer.clone());
+            // The guard is checked first, on a leader: nothing else may answer.
+            let refused = matches!(
+                answer,
+                Some(StagedAnswer::Failed(Failure::Refused(raftkv_core::ProposeError::ConfigChanged { .. })))
+            );
+            if !refused {
+                let text = format!("staged add of n{id} guarded by stale prev_index {guard:?} was answered {answer:?}");
+                self.checker.violation(self.now, kind::PREV_INDEX_GUARD, text);
+            }
+        }
+    }
+
+    /// Records the answer to staged add `call`; one answer per call.
+    fn answer_staged(&mut self, call: u64, answer: StagedAnswer) {
+        self.trace(|| format!("staged add call {call} answered {answer:?}"));
+        let Some(record) = self.staged_calls.get_mut(&call) else {
+            let text = format!("an answer {answer:?} to staged add call {call}, which was never made");
+            return self.checker.violation(self.now, kind::STAGED_ADD, text);
+        };
+        if let Some(first) = &record.answer {
+            let text =
+                format!("staged add call {call} of node {} answered twice: {first:?}, then {answer:?}", record.id);
+            return self.checker.violation(self.now, kind::STAGED_ADD, text);
+        }
+        record.answer = Some(answer);
+    }
+
+    /// A configuration committed at `index` (in term `term`), first applied
+    /// now: counts promotions, and by whom, against the staging marks.
+    fn on_config_committed(&mut self, index: LogIndex, term: Term, config: Configuration) {
+        let prev = self.committed_configs.range(..index).next_back().map(|(_, (_, c))| c);
+        if let Some(id) = prev.and_then(|prev| promoted_from_staging(prev, &config)) {
+            self.outcome.promotions += 1;
+            let marked_by = self.staged_in_term.get(&id).and_then(|t| self.checker.leader_of(*t));
+            if marked_by != self.checker.leader_of(term) {
+                self.outcome.handoff_promotions += 1;
+            }
+        }
+        let newly: Vec<NodeId> =
+            config.staging.iter().copied().filter(|id| prev.is_none_or(|p| !p.is_staging(*id))).collect();
+        self.staged_in_term.retain(|id, _| config.is_staging(*id));
+        for id in newly {
+            self.staged_in_term.insert(id, term);
+        }
+        self.committed_configs.insert(index, (term, config));
+    }
+
+    /// At the end of a converged run: every staged add was answered (or its
+    /// node went down with it), and each failure that says what committed
+    /// agrees with the committed configurations.
+    fn check_staged_calls(&mut self) {
+        let mut problems = Vec::new();
+        for (call, record) in &self.staged_calls {
+            let (id, from) = (record.id, record.from);
+            let after = self.committed_configs.range(from.next()..);
+            match &record.answer {
+                None => problems.push(format!(
+                    "staged add call {call} of node {id} on n{} was never answered",
+                    self.nodes[record.node].id
+                )),
+                Some(StagedAnswer::Failed(Failure::NotCaughtUp { id: named, .. })) => {
+                    // A configuration after the call dropped it while it was staging.
+                    let removed = after.into_iter().any(|(index, (_, config))| {
+                        let before = self.committed_configs.range(..*index).next_back().map(|(_, (_, c))| c);
+                        !config.is_member(id) && before.is_some_and(|b| b.is_staging(id))
+                    });
+                    if *named != id || !removed {
+                        problems.push(format!(
+                            "staged add call {call} of node {id} failed NotCaughtUp (for {named}), but no configuration \
+                             committed after {from} removed it while staging"
+                        ));
+                    }
+                }
+                Some(StagedAnswer::Failed(Failure::Superseded { id: named, index })) => {
+                    let decided = self.committed_configs.get(index).map(|(_, c)| c);
+                    if *named != id || *index < from || decided.is_none_or(|c| c.is_voter(id) || c.is_staging(id)) {
+                        problems.push(format!(
+                            "staged add call {call} of node {id} (from {from}) was superseded at {index}, where the \
+                             committed configuration is {decided:?}"
+                        ));
+                    }
+                }
+                Some(StagedAnswer::Done(index)) => {
+                    // Checked when answered too; here against the committed
+                    // history. The configuration in force at `index`: a
+                    // voter found at once is answered with the leader's
+                    // configuration index, which after a restart or an
+                    // install is its compaction point, not the entry's.
+                    let decided = self.committed_configs.range(..=*index).next_back().map(|(_, (_, c))| c);
+                    if !decided.is_some_and(|c| c.is_voter(id)) {
+                        problems.push(format!(
+                            "staged add call {call} of node {id} succeeded at {index}, where the committed \
+                             configuration is {decided:?}"
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for text in problems {
+            self.checker.violation(self.now, kind::STAGED_ADD, text);
         }
     }
 
@@ -1569,6 +1915,10 @@ impl Simulation {
         }
         if core.last_log_id().index != commit {
             return Err(format!("leader n{} has uncommitted entries", core.id()));
+        }
+        if !core.membership().staging.is_empty() {
+            // Every node is up and reachable: each staging one catches up.
+            return Err(format!("leader n{} still has {} staging", core.id(), core.membership()));
         }
         let members: Vec<NodeId> = core.membership().members().into_iter().collect();
         for id in members {

@@ -25,6 +25,11 @@ fn run(first_seed: u64, seeds: u64, nodes: usize) {
     assert!(summary.elections >= seeds, "too few elections: {}", summary.elections);
     assert!(summary.snapshots_installed > 0, "no snapshot was ever installed");
     assert!(summary.completed_ops > seeds * 20, "too few completed client operations: {}", summary.completed_ops);
+    // Staged adds (thesis §4.2.1) must take every path: promoted, promoted by
+    // a later leader that inherited the mark, removed at the caller's deadline.
+    assert!(summary.promotions > 0, "no staging learner was ever promoted");
+    assert!(summary.handoff_promotions > 0, "no staging learner was promoted by another leader than its stager");
+    assert!(summary.staged_timeouts > 0, "no staged add was ever removed at its deadline");
 }
 
 #[test]
