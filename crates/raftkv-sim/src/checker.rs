@@ -8,6 +8,11 @@
 //! The checker sees nodes only through what they expose or write; it never
 //! reaches into the protocol's private state.
 //!
+//! Promotions of staging learners (thesis §4.2.1) are judged on what each
+//! leader showed before each of its ticks (`Core::peers`, its log and its
+//! settings), not on the core's own record of them (`caught_up_since`): see
+//! [`Checker::before_leader_tick`].
+//!
 //! Every violation reads `t=<time>ms: <kind>: <details>`, `kind` being one of
 //! the constants in [`kind`]; [`violation_kind`] recovers it (the tests that
 //! inject bugs match on it).
@@ -48,6 +53,9 @@ pub mod kind {
     pub const CORE_INVARIANT: &str = "core invariant";
     /// The simulated code panicked (a failed assertion in the core, say).
     pub const PANIC: &str = "panic";
+    /// A leader promoted a staging learner that its own ticks had not seen
+    /// caught up for the stable period (thesis §4.2.1).
+    pub const PROMOTION: &str = "promotion before caught up";
     /// A staged add (`Driver::add_voter`) was answered against what
     /// committed, twice, or never (`sim.rs`).
     pub const STAGED_ADD: &str = "staged add answer";
@@ -124,6 +132,44 @@ struct NodeView {
     leader_in_term: Option<Term>,
 }
 
+/// What one staging learner looked like to a leader as a tick began.
+#[derive(Clone, Copy, Debug)]
+struct StagingSeen {
+    /// The local time of the first tick since which the promotion rule's
+    /// condition held at every tick of this leader; `None`: it failed at this one.
+    since: Option<u64>,
+    match_index: LogIndex,
+    last_contact_at: Option<u64>,
+}
+
+/// What the promotion check keeps of a node while it leads one term.
+struct LeaderWatch {
+    term: Term,
+    /// The configuration in force after the node's last input, with its
+    /// index: the one a change appended by the next input is made from.
+    config: (LogIndex, Configuration),
+    /// The leader's last log index after its last input: what the next one
+    /// appends follows it (a leader never truncates its log).
+    last: LogIndex,
+    /// Each staging learner as the last tick began.
+    staging: BTreeMap<NodeId, StagingSeen>,
+    /// The tick being handled: its local time, the commit index and the last
+    /// log index as it began.
+    tick: Option<(u64, LogIndex, LogIndex)>,
+}
+
+impl LeaderWatch {
+    fn new(core: &Core) -> LeaderWatch {
+        LeaderWatch {
+            term: core.current_term(),
+            config: (core.membership_index(), core.membership().clone()),
+            last: core.last_log_id().index,
+            staging: BTreeMap::new(),
+            tick: None,
+        }
+    }
+}
+
 /// The voter a single-server change from `prev` to `next` adds out of
 /// `prev`'s staging learners (`AddVoter` of a staging id), if that is what it
 /// is. A joint change may make a staging learner a voter directly; so may
@@ -158,6 +204,8 @@ pub struct Checker {
     highest_committed_term: Option<(Term, NodeId, LogIndex, u64)>,
     /// Leases valid during the current step: (node, term, local time).
     leases: Vec<(NodeId, Term, u64)>,
+    /// Per node, while it leads a term: what the promotion check saw of it.
+    watches: BTreeMap<NodeId, LeaderWatch>,
     pub violations: Vec<String>,
 }
 
@@ -170,6 +218,119 @@ impl Checker {
     /// The node seen leading `term`, if any was.
     pub fn leader_of(&self, term: Term) -> Option<NodeId> {
         self.leaders.get(&term).copied()
+    }
+
+    /// The watch of `core`'s leadership, started afresh in a new term.
+    fn leader_watch(&mut self, core: &Core) -> &mut LeaderWatch {
+        let watch = self.watches.entry(core.id()).or_insert_with(|| LeaderWatch::new(core));
+        if watch.term != core.current_term() {
+            *watch = LeaderWatch::new(core);
+        }
+        watch
+    }
+
+    /// Before a tick of `core` at its local time `local_now`: if it leads,
+    /// evaluates the promotion rule's condition for each staging learner on
+    /// what the leader shows (thesis §4.2.1; `docs/design/staged-membership.md`
+    /// §2): its log within `promotion_max_lag` entries of the leader's last
+    /// index, and an answer less than `election_timeout_min_ms` ago, with the
+    /// leader's own settings. The core evaluates the rule only on ticks, on
+    /// the state the tick begins with (the tick's earlier steps move no match
+    /// index, contact or log end), so this is taken before the tick: after
+    /// it, the leader's log may end with the promotion itself. Keeps, per
+    /// staging learner, the first tick since which the condition held at
+    /// every tick of this leader in this term; a learner not staging at a
+    /// tick, or missing from its progress, starts over.
+    pub fn before_leader_tick(&mut self, core: &Core, local_now: u64) {
+        if !core.is_leader() {
+            return;
+        }
+        let last = core.last_log_id().index;
+        let commit = core.commit_index();
+        let watch = self.leader_watch(core);
+        watch.tick = Some((local_now, commit, last));
+        if core.membership().staging.is_empty() {
+            watch.staging.clear();
+            return;
+        }
+        let config = core.config();
+        let (max_lag, contact_ms) = (config.promotion_max_lag, config.election_timeout_min_ms);
+        let mut seen = BTreeMap::new();
+        for peer in core.peers() {
+            if !core.membership().is_staging(peer.id) {
+                continue;
+            }
+            let close = peer.match_index.0.saturating_add(max_lag) >= last.0;
+            let heard = peer.last_contact_at.is_some_and(|at| local_now.saturating_sub(at) < contact_ms);
+            let held = watch.staging.get(&peer.id).and_then(|s| s.since);
+            let since = (close && heard).then(|| held.unwrap_or(local_now));
+            seen.insert(
+                peer.id,
+                StagingSeen { since, match_index: peer.match_index, last_contact_at: peer.last_contact_at },
+            );
+        }
+        watch.staging = seen;
+    }
+
+    /// After `core` handled an input (`tick`: a tick, preceded by
+    /// `before_leader_tick`): the configurations a leader appended with it
+    /// (read off its log, not its configuration in force, which a deliberate
+    /// bug may move only on commit). One that moves a staging learner of the
+    /// configuration in force before into the voters by a single-server
+    /// change must be the promotion rule's: appended on a tick, the
+    /// configuration before committed and not joint, the learner caught up
+    /// at that tick and, by the leader's clock, at every tick for at least
+    /// `promotion_stable_ms` (the leader's setting) before it.
+    pub fn after_input(&mut self, now: u64, core: &Core, tick: bool) {
+        if !core.is_leader() {
+            return;
+        }
+        let fresh = self.watches.get(&core.id()).is_none_or(|w| w.term != core.current_term());
+        let watch = self.leader_watch(core);
+        let tick_seen = if tick { watch.tick.take() } else { None };
+        let last = core.last_log_id().index;
+        let appended = watch.last.0 + 1..=last.0;
+        watch.last = last;
+        let promoted = if fresh {
+            None
+        } else {
+            appended.map(LogIndex).find_map(|i| match core.entry(i).map(|e| &e.payload) {
+                Some(EntryPayload::Config(next)) => promoted_from_staging(&watch.config.1, next).map(|id| (i, id)),
+                _ => None,
+            })
+        };
+        let prev_index = watch.config.0;
+        if watch.config.0 != core.membership_index() {
+            watch.config = (core.membership_index(), core.membership().clone());
+        }
+        let Some((index, id)) = promoted else { return };
+        let watch = self.leader_watch(core);
+        let leader = core.id();
+        let stable_ms = core.config().promotion_stable_ms;
+        let what = format!("leader {leader} (term {}) promoted staging {id} at {index}", core.current_term());
+        let text = match tick_seen {
+            None => Some(format!("{what} outside a tick, so not by the promotion rule")),
+            Some((_, commit, _)) if prev_index > commit => {
+                Some(format!("{what} while the configuration at {prev_index} was uncommitted (commit {commit})"))
+            }
+            Some((at, _, last)) => match watch.staging.get(&id) {
+                Some(StagingSeen { since: Some(since), .. }) if at.saturating_sub(*since) >= stable_ms => None,
+                Some(StagingSeen { since: Some(since), .. }) => Some(format!(
+                    "{what} at its local time {at}ms, caught up only since {since}ms: {} ms < promotion_stable_ms {stable_ms}",
+                    at - since
+                )),
+                Some(StagingSeen { since: None, match_index, last_contact_at }) => Some(format!(
+                    "{what} at its local time {at}ms, not caught up then: match {match_index} of {last} (max lag {}), \
+                     last contact {last_contact_at:?} (within {} ms)",
+                    core.config().promotion_max_lag,
+                    core.config().election_timeout_min_ms
+                )),
+                None => Some(format!("{what} at its local time {at}ms, not seen staging as that tick began")),
+            },
+        };
+        if let Some(text) = text {
+            self.violation(now, kind::PROMOTION, text);
+        }
     }
 
     /// After a storage step: the log a restart of `node` would work with (its

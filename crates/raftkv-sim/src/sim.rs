@@ -830,8 +830,19 @@ impl Simulation {
     /// Hands `node`'s driver one input, carries out what follows, and checks
     /// the core's invariants on the state it was left in.
     fn with_driver<R>(&mut self, node: usize, f: impl FnOnce(&mut Driver<SimReply>) -> R) -> Option<R> {
+        self.drive(node, false, f)
+    }
+
+    /// `with_driver`; `tick` says the input is a tick, which the checker
+    /// observed the leader before (`Checker::before_leader_tick`). What the
+    /// input appended is judged before its effects run: they may hand the
+    /// node further inputs.
+    fn drive<R>(&mut self, node: usize, tick: bool, f: impl FnOnce(&mut Driver<SimReply>) -> R) -> Option<R> {
         let result = self.nodes[node].driver.as_mut().map(f);
         if result.is_some() {
+            if let Some(core) = self.nodes[node].core() {
+                self.checker.after_input(self.now, core, tick);
+            }
             self.run_effects(node);
             self.check_core_invariants(node);
         }
@@ -1302,7 +1313,10 @@ impl Simulation {
             Event::Tick(node) => {
                 if self.nodes[node].paused_until <= self.now {
                     let now = self.local_now(node);
-                    self.with_driver(node, |driver| driver.tick(now));
+                    if let Some(core) = self.nodes[node].core() {
+                        self.checker.before_leader_tick(core, now);
+                    }
+                    self.drive(node, true, |driver| driver.tick(now));
                     self.poll_applier(node);
                 }
                 self.schedule(TICK_MS, Event::Tick(node));
