@@ -33,10 +33,13 @@ pub enum InjectedBug {
     /// that disagree with it: the suffix is neither cut before the snapshot is
     /// stored nor on start.
     InstallKeepsConflictingSuffix,
+    /// The leader promotes a staging learner without the promotion rule's
+    /// lag and stable-period tests (thesis §4.2.1): as soon as it answered.
+    PromoteBeforeCaughtUp,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 10] = [
+    pub const ALL: [InjectedBug; 11] = [
         InjectedBug::CommitOldTermByCount,
         InjectedBug::VoteWithoutLogCheck,
         InjectedBug::VoteBeforePersist,
@@ -47,6 +50,7 @@ impl InjectedBug {
         InjectedBug::LeaderCountsUnsyncedSelf,
         InjectedBug::LeaseOutlivesVoteGuard,
         InjectedBug::InstallKeepsConflictingSuffix,
+        InjectedBug::PromoteBeforeCaughtUp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +65,7 @@ impl InjectedBug {
             InjectedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
             InjectedBug::LeaseOutlivesVoteGuard => "lease-outlives-vote-guard",
             InjectedBug::InstallKeepsConflictingSuffix => "install-keeps-conflicting-suffix",
+            InjectedBug::PromoteBeforeCaughtUp => "promote-before-caught-up",
         }
     }
 

@@ -144,7 +144,13 @@ impl Core {
     pub(crate) fn tick_promotions(&mut self) {
         let now = self.now;
         let last = self.log.last_index();
-        let (max_lag, stable_ms) = (self.config.promotion_max_lag, self.config.promotion_stable_ms);
+        #[allow(unused_mut)]
+        let (mut max_lag, mut stable_ms) = (self.config.promotion_max_lag, self.config.promotion_stable_ms);
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::PromoteBeforeCaughtUp) {
+            // Any lag is close enough and no period is needed: only contact counts.
+            (max_lag, stable_ms) = (u64::MAX, 0);
+        }
         let contact_ms = self.config.election_timeout_min_ms;
         let Some(state) = self.leader_state.as_mut() else { return };
         let mut ready = None;

@@ -51,7 +51,7 @@ const UNPROTECTED_COMMIT: &[&str] = &[kind::COMMIT_PROTECTION, kind::DURABLE_COM
 #[test]
 fn every_bug_has_a_test() {
     // A new bug in `bugs.rs` needs a test below naming the check that catches it.
-    assert_eq!(InjectedBug::ALL.len(), 10);
+    assert_eq!(InjectedBug::ALL.len(), 11);
 }
 
 #[test]
@@ -107,4 +107,12 @@ fn lease_outliving_the_vote_guard_is_caught() {
 #[test]
 fn an_install_that_keeps_a_conflicting_suffix_is_caught() {
     assert_caught_as(InjectedBug::InstallKeepsConflictingSuffix, &[kind::DURABLE_LOG_CONSISTENCY]);
+}
+
+/// Thesis §4.2.1: a staging learner becomes a voter only once it has caught
+/// up. The leader promoting it as soon as it answers is seen by the checker
+/// on what the leader's own ticks showed (its lag, its contact, for how long).
+#[test]
+fn a_promotion_before_the_learner_caught_up_is_caught() {
+    assert_caught_as(InjectedBug::PromoteBeforeCaughtUp, &[kind::PROMOTION]);
 }
