@@ -1195,6 +1195,10 @@ impl Simulation {
         config: Option<&Configuration>,
     ) {
         if let SimReply::StagedAdd { id, call } = reply {
+            // A voter of either half, as the driver reads it: a call made
+            // while a joint configuration removing `id` is in force succeeds
+            // when that configuration commits (7 nodes, seed 1255, call 0),
+            // though C(new) then removes it.
             let from = self.staged_calls.get(&call).map_or(LogIndex::ZERO, |c| c.from);
             if !config.is_some_and(|c| c.is_voter(id)) || index < from {
                 let text = format!(
