@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use raftkv_raft::{NodeId, Status, Term};
+
+use crate::agent::gossip::{GossipView, Liveness};
 use serde::{Deserialize, Serialize};
 
 /// The autopilot's settings (Consul's names); all reloadable.
@@ -102,6 +104,8 @@ pub struct ServerHealth {
     pub unhealthy_for_ms: Option<u64>,
     pub stable: bool,
     pub dead: bool,
+    /// What gossip says of it, when this node gossips.
+    pub gossip: Option<Liveness>,
     /// Time since it last answered this leader; null: not in this term.
     pub last_contact_ms: Option<u64>,
     pub match_index: u64,
@@ -136,12 +140,15 @@ pub struct Tracker {
 impl Tracker {
     /// One round on the leader's `status` at `now`; `None` when this node
     /// does not lead. A staging server counts as dead only once silent for
-    /// `join_timeout` too.
+    /// `join_timeout` too. With `gossip`, an unhealthy server that gossip
+    /// declared down is dead at once (as Consul's autopilot reaps servers
+    /// serf marks failed).
     pub fn observe(
         &mut self,
         status: &Status,
         config: &AutopilotConfig,
         join_timeout: Duration,
+        gossip: Option<&GossipView>,
         now: Instant,
     ) -> Option<AutopilotState> {
         if status.leader != Some(status.id) {
@@ -191,6 +198,8 @@ impl Tracker {
                 _ => config.server_stabilization_time,
             };
             let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+            let liveness = gossip.and_then(|view| view.liveness(id.0));
+            let silent = last_contact.is_none_or(|d| d >= dead_after);
             servers.push(ServerHealth {
                 id: id.0,
                 status: role,
@@ -198,7 +207,10 @@ impl Tracker {
                 healthy_for_ms: healthy.then(|| ms(held)),
                 unhealthy_for_ms: (!healthy).then(|| ms(held)),
                 stable: healthy && held >= config.server_stabilization_time,
-                dead: !healthy && held >= dead_after && last_contact.is_none_or(|d| d >= dead_after),
+                dead: !healthy
+                    && role != ServerStatus::Leader
+                    && ((held >= dead_after && silent) || liveness == Some(Liveness::Down)),
+                gossip: liveness,
                 last_contact_ms: last_contact.map(ms),
                 match_index,
                 trailing,
@@ -301,21 +313,21 @@ mod tests {
             &[],
             &[(2, Some(50), 0), (3, None, 0), (4, Some(50), 251), (5, Some(900), 0)],
         );
-        let state = tracker.observe(&round, &config, JOIN, t0).unwrap();
+        let state = tracker.observe(&round, &config, JOIN, None, t0).unwrap();
         assert!(server(&state, 1).healthy && server(&state, 2).healthy);
         assert!(!server(&state, 3).healthy && !server(&state, 4).healthy && !server(&state, 5).healthy);
         assert_eq!(state.failure_tolerance, 0, "2 healthy of 5 voters: below a quorum");
         assert!(!state.healthy && state.servers.iter().all(|s| !s.stable && !s.dead));
 
         let later = t0 + config.server_stabilization_time;
-        let state = tracker.observe(&round, &config, JOIN, later).unwrap();
+        let state = tracker.observe(&round, &config, JOIN, None, later).unwrap();
         assert!(server(&state, 2).stable && server(&state, 3).dead);
         assert!(!server(&state, 4).dead, "it answers: catching up, not dead");
         assert_eq!(state.remove, None, "removing a voter would leave 2 healthy of 4");
 
         let better =
             status(&[1, 2, 3, 4, 5], &[], &[], &[(2, Some(50), 0), (3, None, 0), (4, Some(50), 0), (5, Some(50), 0)]);
-        let state = tracker.observe(&better, &config, JOIN, later).unwrap();
+        let state = tracker.observe(&better, &config, JOIN, None, later).unwrap();
         assert_eq!(state.failure_tolerance, 1);
         assert!(!server(&state, 4).stable, "healthy again only now");
         assert_eq!(state.remove, Some(NodeId(3)), "4 voters left, 4 healthy");
@@ -331,26 +343,30 @@ mod tests {
         let later = t0 + config.server_stabilization_time;
         let three = status(&[1, 2, 3], &[], &[], &[(2, Some(10), 0), (3, None, 0)]);
         let mut tracker = Tracker::default();
-        tracker.observe(&three, &config, JOIN, t0);
-        assert_eq!(tracker.observe(&three, &config, JOIN, later).unwrap().remove, None, "only 2 voters would remain");
+        tracker.observe(&three, &config, JOIN, None, t0);
+        assert_eq!(
+            tracker.observe(&three, &config, JOIN, None, later).unwrap().remove,
+            None,
+            "only 2 voters would remain"
+        );
 
         let replaced =
             status(&[1, 2, 3, 4], &[6], &[], &[(2, Some(10), 0), (3, None, 0), (4, Some(10), 0), (6, None, 0)]);
         let mut tracker = Tracker::default();
-        tracker.observe(&replaced, &config, JOIN, t0);
+        tracker.observe(&replaced, &config, JOIN, None, t0);
         assert_eq!(
-            tracker.observe(&replaced, &config, JOIN, later).unwrap().remove,
+            tracker.observe(&replaced, &config, JOIN, None, later).unwrap().remove,
             Some(NodeId(6)),
             "the nonvoter first"
         );
         let replaced = status(&[1, 2, 3, 4], &[], &[], &[(2, Some(10), 0), (3, None, 0), (4, Some(10), 0)]);
-        assert_eq!(tracker.observe(&replaced, &config, JOIN, later).unwrap().remove, Some(NodeId(3)));
+        assert_eq!(tracker.observe(&replaced, &config, JOIN, None, later).unwrap().remove, Some(NodeId(3)));
 
         let off = AutopilotConfig { cleanup_dead_servers: false, ..config.clone() };
-        assert_eq!(tracker.observe(&replaced, &off, JOIN, later).unwrap().remove, None);
+        assert_eq!(tracker.observe(&replaced, &off, JOIN, None, later).unwrap().remove, None);
         let mut follower = replaced.clone();
         follower.leader = Some(NodeId(2));
-        assert!(tracker.observe(&follower, &config, JOIN, later).is_none());
+        assert!(tracker.observe(&follower, &config, JOIN, None, later).is_none());
     }
 
     /// A silent staging server is left to the join that staged it (whose
@@ -362,11 +378,38 @@ mod tests {
         let t0 = Instant::now();
         let staged = status(&[1, 2, 3], &[], &[7], &[(2, Some(10), 0), (3, Some(10), 0), (7, None, 0)]);
         let mut tracker = Tracker::default();
-        tracker.observe(&staged, &config, JOIN, t0);
-        let state = tracker.observe(&staged, &config, JOIN, t0 + config.server_stabilization_time).unwrap();
+        tracker.observe(&staged, &config, JOIN, None, t0);
+        let state = tracker.observe(&staged, &config, JOIN, None, t0 + config.server_stabilization_time).unwrap();
         assert!(!server(&state, 7).dead && state.remove.is_none(), "{state:?}");
-        let state = tracker.observe(&staged, &config, JOIN, t0 + JOIN).unwrap();
+        let state = tracker.observe(&staged, &config, JOIN, None, t0 + JOIN).unwrap();
         assert!(server(&state, 7).dead);
         assert_eq!(state.remove, Some(NodeId(7)));
+    }
+
+    /// Gossip's verdict counts: an unhealthy server that gossip declared
+    /// down is dead at once; a healthy one is not, whatever gossip says.
+    #[test]
+    fn a_server_gossip_declared_down_is_dead_at_once() {
+        use crate::agent::gossip::{GossipId, GossipMember};
+        let member = |node: u64, liveness| GossipMember {
+            id: GossipId {
+                node,
+                gossip_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16)),
+                raft_addr: String::new(),
+                http_addr: String::new(),
+                generation: 1,
+            },
+            liveness,
+        };
+        let view = GossipView {
+            members: vec![member(2, Liveness::Down), member(3, Liveness::Down), member(4, Liveness::Alive)],
+            clusters: Default::default(),
+        };
+        let config = AutopilotConfig::default();
+        let round = status(&[1, 2, 3, 4], &[], &[], &[(2, Some(10), 0), (3, None, 0), (4, Some(10), 0)]);
+        let state = Tracker::default().observe(&round, &config, JOIN, Some(&view), Instant::now()).unwrap();
+        assert!(!server(&state, 2).dead, "it answers the leader");
+        assert!(server(&state, 3).dead && server(&state, 3).gossip == Some(Liveness::Down));
+        assert_eq!(state.remove, Some(NodeId(3)));
     }
 }

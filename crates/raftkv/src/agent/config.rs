@@ -7,6 +7,7 @@ use std::time::Duration;
 use raftkv_raft::{Config, RaftError};
 
 use crate::agent::autopilot::AutopilotConfig;
+use crate::agent::gossip::GossipConfig;
 use crate::state::Limits;
 
 #[derive(Clone, Debug)]
@@ -16,7 +17,14 @@ pub struct AgentConfig {
     pub raft_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub bootstrap: bool,
+    /// Raft or gossip addresses of members to join through; tried for a
+    /// while (`join`) or until one answers (`retry_join`).
     pub join: Vec<String>,
+    pub retry_join: Vec<String>,
+    /// Gossip (`--serf-addr`): discovery and failure detection.
+    pub gossip: Option<GossipConfig>,
+    /// Found a cluster with the first this many servers gossip finds.
+    pub bootstrap_expect: Option<usize>,
     pub raft: Config,
     pub limits: Limits,
     pub request_timeout: Duration,
@@ -38,6 +46,22 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), AgentError> {
+        let refuse = |why: &str| Err(AgentError::Config(why.to_string()));
+        if self.bootstrap && self.bootstrap_expect.is_some() {
+            return refuse("--bootstrap and --bootstrap-expect contradict each other: pick one");
+        }
+        if self.bootstrap_expect.is_some() && self.gossip.is_none() {
+            return refuse("--bootstrap-expect needs --serf-addr: the founders find each other by gossip");
+        }
+        if self.bootstrap_expect.is_some_and(|n| n == 0 || n > 64) {
+            return refuse("--bootstrap-expect must be between 1 and 64");
+        }
+        if let Some(gossip) = &self.gossip {
+            gossip.validate().map_err(AgentError::Config)?;
+            if gossip.addr.ip().is_unspecified() {
+                return refuse("--serf-addr must be an address other nodes can reach (not 0.0.0.0)");
+            }
+        }
         self.autopilot.validate().map_err(|e| AgentError::Config(format!("autopilot: {e}")))?;
         self.raft_config().validate().map_err(|e| AgentError::Config(format!("raft: {e}")))?;
         if self.join_timeout <= self.autopilot.server_stabilization_time {

@@ -19,6 +19,9 @@ use crate::agent::config::AgentError;
 pub const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
 /// The stable-store key of the address book (JSON: node id -> raft address).
 pub const PEERS_KEY: &str = "raftkv.peers";
+/// The gossip addresses of the other nodes last seen, for a restart to
+/// announce itself to (as serf's snapshot does).
+pub const GOSSIP_PEERS_KEY: &str = "raftkv.gossip_peers";
 
 const UPLOAD_PREFIX: &str = "restore-";
 const UPLOAD_SUFFIX: &str = ".upload";

@@ -148,7 +148,11 @@ impl GossipConfig {
 
 enum Input {
     /// A packet from `from`, sent by a member of `cluster` ("" before it has one).
-    Data { from: SocketAddr, cluster: String, packet: Bytes },
+    Data {
+        from: SocketAddr,
+        cluster: String,
+        packet: Bytes,
+    },
     Timer(Timer<GossipId>),
     Announce(SocketAddr),
     Leave(oneshot::Sender<()>),
@@ -333,7 +337,9 @@ impl Member {
         while let Some(notification) = self.runtime.to_notify() {
             changed = true;
             match notification {
-                OwnedNotification::MemberUp(id) => tracing::info!(node = id.node, addr = %id.gossip_addr, "gossip: member up"),
+                OwnedNotification::MemberUp(id) => {
+                    tracing::info!(node = id.node, addr = %id.gossip_addr, "gossip: member up")
+                }
                 OwnedNotification::MemberDown(id) => {
                     tracing::warn!(node = id.node, addr = %id.gossip_addr, "gossip: member down")
                 }
@@ -366,7 +372,7 @@ impl Member {
             })
             .collect();
         members.push(GossipMember { id: me, liveness: Liveness::Alive });
-        members.sort_by(|a, b| (a.id.node, a.id.generation).cmp(&(b.id.node, b.id.generation)));
+        members.sort_by_key(|m| (m.id.node, m.id.generation));
         GossipView { members, clusters: self.clusters.clone() }
     }
 }
@@ -395,11 +401,8 @@ mod tests {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         drop(socket);
-        let config = GossipConfig {
-            addr,
-            probe_period: Duration::from_millis(50),
-            suspect_to_down: Duration::from_millis(300),
-        };
+        let config =
+            GossipConfig { addr, probe_period: Duration::from_millis(50), suspect_to_down: Duration::from_millis(300) };
         let (cluster_tx, cluster_rx) = watch::channel(cluster.to_string());
         let (gossip, _task) = Gossip::start(&config, id(node, addr), cluster_rx).await.unwrap();
         (gossip, cluster_tx)
@@ -437,7 +440,10 @@ mod tests {
             .await;
         }
         assert!(c.view().clusters.contains_key("c1"), "a new node learns the cluster it heard");
-        assert_eq!(c.view().members.iter().find(|m| m.id.node == 2).map(|m| m.id.raft_addr.clone()), Some("raft-2".into()));
+        assert_eq!(
+            c.view().members.iter().find(|m| m.id.node == 2).map(|m| m.id.raft_addr.clone()),
+            Some("raft-2".into())
+        );
         b.leave().await;
         until(&a, "b down", |view| view.liveness(2) == Some(Liveness::Down)).await;
         assert!(a.view().liveness(9).is_none(), "another cluster's member was admitted");

@@ -16,12 +16,15 @@
 //! - `node`: `Agent`, and `Agent::route`, the one decision "run here or on
 //!   the leader" for writes and admin operations.
 //! - `service`: the serving side of the internal RPC.
+//! - `discover`: how a new node finds its cluster (join addresses, gossip,
+//!   `--bootstrap-expect`).
 //! - `start`: start-up, resume and join; `restore`: a backup restored
 //!   through the log; `recover`: offline recovery after a loss of quorum.
 
 pub mod autopilot;
 pub mod config;
 pub mod datadir;
+pub mod discover;
 pub mod forward;
 pub mod gossip;
 pub mod node;

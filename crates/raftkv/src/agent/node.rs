@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use raftkv_raft::transport::grpc::AddressBook;
 use raftkv_raft::{LogIndex, NodeId, Raft, ReadMode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent::autopilot::{AutopilotConfig, AutopilotState, Tracker};
 use crate::agent::config::AgentConfig;
 use crate::agent::forward::{self, Forward};
+use crate::agent::gossip::Gossip;
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::agent::request::{AdminDone, AdminOp, Member};
 use crate::agent::wire::{self, Peers};
@@ -42,6 +43,12 @@ pub struct Agent {
     pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
     /// Started without state and without `--bootstrap`: not a member yet.
     pub(crate) needs_join: bool,
+    /// Raft addresses to join through (found at start-up).
+    pub(crate) join_via: Vec<String>,
+    /// Gossip, with `--serf-addr`.
+    pub gossip: Option<Gossip>,
+    /// Set once this node has left the cluster (`leave`): the process ends.
+    left: watch::Sender<bool>,
     /// The autopilot's settings in force (reloadable) and its last round
     /// (`None` unless this node leads).
     autopilot: std::sync::RwLock<AutopilotConfig>,
@@ -80,6 +87,9 @@ impl Agent {
             _lock: lock,
             restoring: Arc::new(tokio::sync::Mutex::new(())),
             needs_join: false,
+            join_via: Vec::new(),
+            gossip: None,
+            left: watch::channel(false).0,
         }
     }
 
@@ -338,7 +348,8 @@ impl Agent {
             http_addr: self.config.http_addr.to_string(),
         };
         let mut last_error = String::from("no --join address given");
-        for attempt in 0..30 {
+        let attempts = if self.config.retry_join.is_empty() { 30 } else { u64::MAX };
+        for attempt in 0..attempts {
             for target in targets {
                 let joined = match wire::cluster_info(target).await {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
@@ -365,29 +376,42 @@ impl Agent {
         Err(last_error)
     }
 
-    /// Once this node leads, records its own addresses in the replicated peer
-    /// list (a bootstrapped node has no one to register it).
-    pub(crate) async fn register_self(self: Arc<Agent>) {
+    /// While this node leads, records in the replicated peer list the
+    /// addresses of members it lacks: its own (a bootstrapped node has no one
+    /// to register it) and, with gossip, those gossip knows (founders of a
+    /// cluster bootstrapped by `--bootstrap-expect` joined no one).
+    pub(crate) async fn register_members(self: Arc<Agent>) {
         let mut leader = self.raft.leader_watch();
         loop {
-            let leads = leader.borrow().leader == Some(self.id);
-            if self.kv.read().peers.contains_key(&self.id.0) {
-                return;
-            }
-            if leads {
-                let command = Command::RegisterPeer {
-                    id: self.id.0,
-                    raft_addr: self.config.raft_addr.to_string(),
-                    http_addr: self.config.http_addr.to_string(),
-                };
-                if self.raft.apply(command.encode(), self.config.request_timeout).await.is_ok() {
-                    return;
+            if leader.borrow().leader == Some(self.id) {
+                if let Ok(status) = self.raft.status().await {
+                    for id in status.membership.members() {
+                        let Some(command) = self.registration(id) else { continue };
+                        if let Err(error) = self.raft.apply(command.encode(), self.config.request_timeout).await {
+                            tracing::debug!(node = %id, %error, "cannot register a member's addresses yet");
+                        }
+                    }
                 }
             }
             if tokio::time::timeout(Duration::from_secs(1), leader.changed()).await.is_ok_and(|r| r.is_err()) {
                 return;
             }
         }
+    }
+
+    /// The registration member `id` lacks, if its addresses are known here.
+    fn registration(&self, id: NodeId) -> Option<Command> {
+        if self.kv.read().peers.contains_key(&id.0) {
+            return None;
+        }
+        let (raft_addr, http_addr) = if id == self.id {
+            (self.config.raft_addr.to_string(), self.config.http_addr.to_string())
+        } else {
+            let view = self.gossip.as_ref()?.view();
+            let known = view.alive().filter(|m| m.node == id.0).max_by_key(|m| m.generation)?;
+            (known.raft_addr.clone(), known.http_addr.clone())
+        };
+        Some(Command::RegisterPeer { id: id.0, raft_addr, http_addr })
     }
 }
 
@@ -457,7 +481,9 @@ impl Agent {
             interval.tick().await;
             let Ok(status) = self.raft.status().await else { continue };
             let config = self.autopilot_config();
-            let state = tracker.observe(&status, &config, self.config.join_timeout, Instant::now());
+            let view = self.gossip.as_ref().map(Gossip::view);
+            let join_timeout = self.config.join_timeout;
+            let state = tracker.observe(&status, &config, join_timeout, view.as_ref(), Instant::now());
             let remove = state.as_ref().and_then(|s| s.remove);
             *self.autopilot_state.lock().unwrap_or_else(|p| p.into_inner()) = state;
             let Some(dead) = remove else { continue };
@@ -467,5 +493,37 @@ impl Agent {
                 Err(error) => tracing::info!(node = %dead, %error, "autopilot could not remove a dead server yet"),
             }
         }
+    }
+
+    /// Leaves the cluster for good (Consul's `leave`): hands leadership to
+    /// another voter if this node leads, has the leader remove it from the
+    /// configuration, tells gossip it leaves, then marks it left (`left()`
+    /// resolves: the process ends). A node that cannot be removed (the last
+    /// voter) is refused and stays.
+    pub async fn leave(&self) -> Result<(), Failure> {
+        let status = self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
+        if status.membership.is_member(self.id) {
+            if status.leader == Some(self.id) {
+                let target = self.first_other_voter().await?;
+                self.raft.leadership_transfer(target).await?;
+                tracing::info!(%target, "handed leadership over before leaving");
+            }
+            match self.admin(AdminOp::Remove(self.id)).await? {
+                AdminDone::Changed(index) => tracing::warn!(%index, "removed from the cluster's configuration"),
+                other => return Err(Failure::internal(Outcome::Unknown, format!("unexpected answer: {other:?}"))),
+            }
+        }
+        if let Some(gossip) = &self.gossip {
+            gossip.leave().await;
+        }
+        tracing::warn!(id = %self.id, "left the cluster; stopping");
+        self.left.send_replace(true);
+        Ok(())
+    }
+
+    /// Resolves once this node has left the cluster (`leave`).
+    pub async fn left(&self) {
+        let mut left = self.left.subscribe();
+        let _ = left.wait_for(|left| *left).await;
     }
 }

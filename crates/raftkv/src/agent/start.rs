@@ -4,17 +4,20 @@
 //! too (`Agent::join_if_new`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, LogStore, SnapshotStore, StableStore, Wal, WalOptions};
 use raftkv_raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
 use raftkv_raft::{NodeId, Raft};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agent::config::{AgentConfig, AgentError};
 use crate::agent::datadir::{self, storage_error};
+use crate::agent::discover::{self, Start};
+use crate::agent::gossip::{Gossip, GossipId};
 use crate::agent::node::Agent;
 use crate::agent::service::InternalService;
 use crate::agent::wire::{self, proto, Peers, Sender};
@@ -48,10 +51,40 @@ impl Agent {
         let id = NodeId(config.id);
         let raft_addr = config.raft_addr.to_string();
 
-        let cluster_id = match stable.get(datadir::CLUSTER_ID_KEY).map_err(storage_error(&dir))? {
-            Some(bytes) if existing => String::from_utf8_lossy(&bytes).into_owned(),
+        let stored = stable.get(datadir::CLUSTER_ID_KEY).map_err(storage_error(&dir))?;
+        let stored = stored.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        // Gossip starts first: a new node may find its cluster through it.
+        let (cluster_tx, cluster_rx) = watch::channel(stored.clone().unwrap_or_default());
+        let gossip = match &config.gossip {
+            Some(gossip_config) => {
+                let me = GossipId {
+                    node: config.id,
+                    gossip_addr: gossip_config.addr,
+                    raft_addr: raft_addr.clone(),
+                    http_addr: config.http_addr.to_string(),
+                    generation: generation(),
+                };
+                let started = Gossip::start(gossip_config, me, cluster_rx)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr: gossip_config.addr, source })?;
+                Some(started)
+            }
+            None => None,
+        };
+        let stop_gossip = |gossip: &Option<(Gossip, tokio::task::JoinHandle<()>)>| {
+            if let Some((_, task)) = gossip {
+                task.abort();
+            }
+        };
+
+        let mut founders = Vec::new();
+        let mut join_via = config.join.clone();
+        let targets: Vec<String> = config.join.iter().chain(&config.retry_join).cloned().collect();
+        let cluster_id = match stored {
+            Some(cluster_id) if existing => cluster_id,
             _ if existing => {
-                return Err(AgentError::Config(format!("{} has raft state but no cluster id", dir.display())))
+                stop_gossip(&gossip);
+                return Err(AgentError::Config(format!("{} has raft state but no cluster id", dir.display())));
             }
             _ if config.bootstrap => {
                 let cluster_id = new_cluster_id();
@@ -60,20 +93,46 @@ impl Agent {
                 tracing::info!(%cluster_id, "bootstrapped a new cluster");
                 cluster_id
             }
-            _ if !config.join.is_empty() => {
-                let cluster_id = ask_cluster_id(&config.join).await?;
+            _ if !targets.is_empty() || config.bootstrap_expect.is_some() => {
+                let forever = !config.retry_join.is_empty();
+                let handle = gossip.as_ref().map(|(gossip, _)| gossip);
+                let found = discover::discover(config.id, &targets, forever, handle, config.bootstrap_expect).await;
+                let cluster_id = match found {
+                    Ok(Start::Join { cluster_id, via }) => {
+                        join_via = via;
+                        cluster_id
+                    }
+                    Ok(Start::Bootstrap { founders: set }) => {
+                        let cluster_id = discover::founders_cluster_id(&set);
+                        let voters: Vec<NodeId> = set.iter().map(|f| NodeId(f.node)).collect();
+                        Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), voters.clone())?;
+                        tracing::info!(%cluster_id, ?voters, "bootstrapped a new cluster with the servers gossip found");
+                        founders = set;
+                        cluster_id
+                    }
+                    Err(error) => {
+                        stop_gossip(&gossip);
+                        return Err(AgentError::Join(format!("no cluster found: {error}")));
+                    }
+                };
                 stable.set(datadir::CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage_error(&dir))?;
                 cluster_id
             }
             _ => {
+                stop_gossip(&gossip);
                 return Err(AgentError::Config(format!(
-                    "{} holds no raft state: pass --bootstrap to start a new cluster or --join ADDR to join one",
+                    "{} holds no raft state: pass --bootstrap to start a new cluster, --bootstrap-expect N with \
+                     --serf-addr to found one with the servers gossip finds, or --join ADDR to join one",
                     dir.display()
-                )))
+                )));
             }
         };
+        cluster_tx.send_replace(cluster_id.clone());
 
         let book = address_book(stable.clone(), id, &raft_addr).map_err(storage_error(&dir))?;
+        for founder in &founders {
+            book.insert(NodeId(founder.node), &founder.raft_addr);
+        }
         let identity = Identity::new(cluster_id.clone(), id, raft_addr.clone());
         let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
         let kv = Kv::default();
@@ -85,16 +144,27 @@ impl Agent {
         };
         let snapshots: Arc<dyn SnapshotStore> =
             Arc::new(FileSnapshotStore::open(datadir::snapshot_dir(&dir), 2).map_err(storage_error(&dir))?);
-        let raft = Raft::new(config.raft_config(), machine, log, stable, snapshots, transport)?;
+        let raft = Raft::new(config.raft_config(), machine, log, stable.clone(), snapshots, transport)?;
 
         let listener = TcpListener::bind(config.raft_addr)
             .await
             .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
         let peers = Peers { sender: Sender { identity: identity.clone() }, channels: wire::channels() };
-        let needs_join = !existing && !config.bootstrap;
+        let needs_join = !existing && !config.bootstrap && founders.is_empty();
         let mut agent = Agent::new(config, cluster_id, raft.clone(), kv, book.clone(), peers, lock);
         agent.needs_join = needs_join;
+        agent.join_via = join_via;
+        let gossip_task = gossip.map(|(gossip, task)| {
+            agent.gossip = Some(gossip);
+            task
+        });
         let agent = Arc::new(agent);
+        if let Some(task) = gossip_task {
+            agent.hold(task);
+        }
+        if let Some(gossip) = agent.gossip.clone() {
+            agent.hold(tokio::spawn(keep_in_touch(gossip, targets, stable.clone())));
+        }
 
         let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();
         let internal = proto::internal_server::InternalServer::new(InternalService::new(agent.clone()))
@@ -109,7 +179,7 @@ impl Agent {
                 tracing::error!(%error, "raft server stopped");
             }
         }));
-        agent.hold(tokio::spawn(agent.clone().register_self()));
+        agent.hold(tokio::spawn(agent.clone().register_members()));
         agent.hold(tokio::spawn(agent.clone().run_autopilot()));
         // A node that failed for good stops serving at once; the process owner
         // decides what comes next (`raftkv agent` exits).
@@ -128,8 +198,48 @@ impl Agent {
         if !self.needs_join {
             return Ok(());
         }
-        self.join(&self.config.join).await.map_err(AgentError::Join)
+        self.join(&self.join_via).await.map_err(AgentError::Join)
     }
+}
+
+/// Keeps this node in the gossip: whenever it knows no other live member
+/// (just restarted, or cut off for long), it announces itself to its join
+/// addresses and to every node it last saw, which it keeps in the stable
+/// store.
+async fn keep_in_touch(gossip: Gossip, targets: Vec<String>, stable: Arc<dyn StableStore>) {
+    let load = |bytes: Vec<u8>| serde_json::from_slice::<Vec<SocketAddr>>(&bytes).unwrap_or_default();
+    let mut saved: Vec<SocketAddr> = stable.get(datadir::GOSSIP_PEERS_KEY).ok().flatten().map(load).unwrap_or_default();
+    let me = gossip.me().gossip_addr;
+    let mut round = 0u64;
+    loop {
+        let view = gossip.view();
+        let mut seen: Vec<SocketAddr> =
+            view.members.iter().map(|m| m.id.gossip_addr).filter(|addr| *addr != me).collect();
+        seen.sort();
+        seen.dedup();
+        if !seen.is_empty() && seen != saved {
+            match serde_json::to_vec(&seen).map(|bytes| stable.set(datadir::GOSSIP_PEERS_KEY, &bytes)) {
+                Ok(Ok(())) => saved = seen,
+                Ok(Err(error)) => tracing::debug!(%error, "cannot save the gossip peers"),
+                Err(error) => tracing::debug!(%error, "cannot encode the gossip peers"),
+            }
+        }
+        let alone = view.alive().all(|m| m.gossip_addr == me);
+        if alone && round.is_multiple_of(2) {
+            let named = targets.iter().filter_map(|t| t.parse::<SocketAddr>().ok());
+            for addr in named.chain(saved.iter().copied()).filter(|addr| *addr != me) {
+                gossip.announce(addr);
+            }
+        }
+        round += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Grows with each start, so that this start's gossip identity wins over
+/// the last one's.
+fn generation() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64).max(1)
 }
 
 fn new_cluster_id() -> String {
@@ -160,21 +270,6 @@ fn address_book(
         }
     });
     Ok(book)
-}
-
-async fn ask_cluster_id(targets: &[String]) -> Result<String, AgentError> {
-    let mut last_error = String::new();
-    for attempt in 0..30 {
-        for target in targets {
-            match wire::cluster_info(target).await {
-                Ok(info) => return Ok(info.cluster_id),
-                Err(error) => last_error = format!("{target}: {error}"),
-            }
-            tracing::warn!(attempt, error = %last_error, "cannot reach a member to join");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(AgentError::Join(format!("no member answered: {last_error}")))
 }
 
 /// Accepted connections with Nagle's algorithm off: raft acknowledgements and

@@ -293,11 +293,8 @@ mod tests {
             servers: Vec::new(),
             remove: None,
         };
-        let answers = [
-            AdminDone::Changed(LogIndex(7)),
-            AdminDone::Transferred(NodeId(2)),
-            AdminDone::Autopilot(Box::new(state)),
-        ];
+        let answers =
+            [AdminDone::Changed(LogIndex(7)), AdminDone::Transferred(NodeId(2)), AdminDone::Autopilot(Box::new(state))];
         for done in answers {
             assert_eq!(admin_answer_from_proto(admin_answer_to_proto(Ok(done.clone()))), Ok(done));
         }

@@ -36,6 +36,7 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             None => (None, None, None),
         };
         let server = health.as_ref().and_then(|h| h.servers.iter().find(|s| s.id == id.0));
+        let gossip = agent.gossip.as_ref().and_then(|g| g.view().liveness(id.0));
         json!({
             "id": id.0,
             "suffrage": suffrage,
@@ -47,6 +48,7 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             "last_contact_ms": last_contact_ms,
             "healthy": server.map(|s| s.healthy),
             "stable": server.map(|s| s.stable),
+            "gossip": gossip,
         })
     };
     let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(id, "voter")).collect();
@@ -206,6 +208,38 @@ pub async fn autopilot_health(State(agent): State<Arc<Agent>>) -> Result<Json<Va
         AdminDone::Autopilot(state) => Ok(Json(json!(state))),
         other => Err(unexpected(other)),
     }
+}
+
+/// `GET /api/v1/gossip/members`: every node gossip knows, as this node
+/// sees it (Consul's `members`), with its addresses and liveness.
+pub async fn gossip_members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    let Some(gossip) = agent.gossip.as_ref() else {
+        return Err(ApiError::from(Failure::not_done(Kind::Refused, "this node does not gossip (no --serf-addr)")));
+    };
+    let view = gossip.view();
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id.node,
+                "gossip_addr": m.id.gossip_addr.to_string(),
+                "raft_addr": m.id.raft_addr,
+                "http_addr": m.id.http_addr,
+                "generation": m.id.generation,
+                "liveness": m.liveness,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"members": members})))
+}
+
+/// `POST /api/v1/leave`: this node leaves the cluster (leadership handed
+/// over, removed from the configuration, gossip told) and its process ends
+/// once the answer is out.
+pub async fn leave(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    agent.leave().await?;
+    Ok(Json(json!({"left": agent.id.0})))
 }
 
 /// `POST /api/maintain/snapshot`: this node takes a snapshot now and compacts

@@ -33,6 +33,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/v1/remove", post(admin::remove))
         .route("/api/v1/transfer-leader", post(admin::transfer_leader))
         .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
+        .route("/api/v1/gossip/members", get(admin::gossip_members))
+        .route("/api/v1/leave", post(admin::leave))
         .route("/api/v1/snapshot", get(backup::save).post(backup::restore))
         .route("/api/maintain/stats", get(admin::stats))
         .route("/api/maintain/config", post(admin::reload_config))

@@ -99,6 +99,15 @@ pub enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make the node at --addr leave the cluster: it hands leadership over,
+    /// is removed from the configuration, tells gossip, and exits.
+    Leave {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Gossip views (Consul's `members`).
+    #[command(subcommand)]
+    Gossip(GossipCommand),
     /// Operator views (Consul's `operator`).
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -126,6 +135,15 @@ pub enum Commands {
         /// JSON: [{"id": 1, "address": "127.0.0.1:9001", "non_voter": false}, ...]
         #[arg(long)]
         peers: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GossipCommand {
+    /// Every node the node at --addr knows by gossip, alive, suspect or down.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -186,9 +204,29 @@ pub struct AgentArgs {
     /// Start a new cluster with this node as its only voter.
     #[arg(long)]
     pub bootstrap: bool,
-    /// Raft address of a member to join through (repeat to try several).
+    /// Address of a member to join through: its raft address, or its gossip
+    /// address (--serf-addr) when this node gossips too (repeat to try
+    /// several; given up after 30 s).
     #[arg(long)]
     pub join: Vec<String>,
+    /// Like --join, but tried until a member answers.
+    #[arg(long)]
+    pub retry_join: Vec<String>,
+    /// Where gossip (SWIM over UDP) listens: members find each other and
+    /// each other's failures through it. It must be reachable by the others.
+    #[arg(long)]
+    pub serf_addr: Option<SocketAddr>,
+    /// Found a new cluster once this many servers without a cluster have
+    /// found each other by gossip (all of them started with the same N);
+    /// needs --serf-addr.
+    #[arg(long)]
+    pub bootstrap_expect: Option<usize>,
+    /// Gossip: how often this node probes another, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub gossip_probe_ms: u64,
+    /// Gossip: how long a suspect has to answer before it is declared down.
+    #[arg(long, default_value_t = 5000)]
+    pub gossip_suspect_ms: u64,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::args::{AutopilotCommand, ClientArgs, Commands, OperatorCommand};
+use crate::cli::args::{AutopilotCommand, ClientArgs, Commands, GossipCommand, OperatorCommand};
 use crate::cli::client::{encode, failed, Client, CALL_TIMEOUT};
 
 pub async fn run(command: Commands) -> i32 {
@@ -144,6 +144,29 @@ async fn client(command: Commands) -> Result<(), String> {
             |v| format!("joined: a voter since index {}", v["index"]),
         )
         .patient(Duration::from_secs(300)),
+        Commands::Leave { client } => Call::new(Method::POST, client, "/api/v1/leave".into(), None, |v| {
+            format!("node {} left the cluster", v["left"])
+        })
+        .patient(Duration::from_secs(120)),
+        Commands::Gossip(GossipCommand::Members { client }) => {
+            Call::new(Method::GET, client, "/api/v1/gossip/members".into(), None, |v| {
+                let members = v["members"].as_array().cloned().unwrap_or_default();
+                members
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}\t{}\tgossip {}\traft {}\thttp {}",
+                            m["id"],
+                            m["liveness"].as_str().unwrap_or_default(),
+                            m["gossip_addr"].as_str().unwrap_or_default(),
+                            m["raft_addr"].as_str().unwrap_or_default(),
+                            m["http_addr"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
         Commands::Operator(OperatorCommand::Autopilot(AutopilotCommand::State { client })) => {
             Call::new(Method::GET, client, "/api/v1/operator/autopilot/health".into(), None, autopilot_table)
         }

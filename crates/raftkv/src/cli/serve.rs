@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::agent::autopilot::AutopilotConfig;
+use crate::agent::gossip::GossipConfig;
 use crate::agent::AgentConfig;
 use crate::cli::args::{AgentArgs, DemoArgs};
 use crate::server;
@@ -24,6 +25,13 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         data_dir: args.data_dir,
         bootstrap: args.bootstrap,
         join: args.join,
+        retry_join: args.retry_join,
+        gossip: args.serf_addr.map(|addr| GossipConfig {
+            addr,
+            probe_period: Duration::from_millis(args.gossip_probe_ms),
+            suspect_to_down: Duration::from_millis(args.gossip_suspect_ms),
+        }),
+        bootstrap_expect: args.bootstrap_expect,
         raft,
         limits: Limits::default(),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -51,6 +59,11 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         reason = agent.failed() => {
             tracing::error!(%reason, "the node failed; exiting so that it can be restarted");
             NODE_FAILED
+        }
+        () = agent.left() => {
+            // The answer to the leave request goes out first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            0
         }
     };
     agent.shutdown().await;
@@ -109,6 +122,9 @@ pub async fn run_demo(args: DemoArgs) -> i32 {
             data_dir: root.join(format!("node{id}")),
             bootstrap: i == 0,
             join: if i == 0 { Vec::new() } else { vec![address(args.raft_port, 0).to_string()] },
+            retry_join: Vec::new(),
+            gossip: None,
+            bootstrap_expect: None,
             raft: raftkv_raft::Config::new(raftkv_raft::NodeId(id)),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(10),
