@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{Entry, LogId, LogIndex, SnapshotMeta, Term};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, SnapshotMeta, Term};
 
 /// Identifier a runtime gives a read so that it can match `ReadReady`.
 pub type ReadId = u64;
@@ -49,14 +49,25 @@ impl Message {
                 Message::RequestVote(m) => id_ok(&m.last_log_id),
                 Message::RequestVoteResponse(_) | Message::TimeoutNow { .. } => true,
                 Message::AppendEntries(m) => {
-                    id_ok(&m.prev_log_id) && ok(m.leader_commit.0) && ok(m.entries.len() as u64)
+                    id_ok(&m.prev_log_id)
+                        && ok(m.leader_commit.0)
+                        && ok(m.entries.len() as u64)
+                        && m.entries.iter().all(|e| match &e.payload {
+                            EntryPayload::Config(config) => config.staging_is_well_formed(),
+                            _ => true,
+                        })
                 }
                 Message::AppendEntriesResponse(m) => match m.result {
                     AppendResult::Success { match_index } => ok(match_index.0),
                     AppendResult::Conflict { rejected, hint } => ok(rejected.0) && id_ok(&hint),
                     AppendResult::StaleTerm => true,
                 },
-                Message::InstallSnapshot(m) => id_ok(&m.meta.last_log_id) && ok(m.offset) && ok(m.data.len() as u64),
+                Message::InstallSnapshot(m) => {
+                    id_ok(&m.meta.last_log_id)
+                        && ok(m.offset)
+                        && ok(m.data.len() as u64)
+                        && m.meta.config.staging_is_well_formed()
+                }
                 Message::InstallSnapshotResponse(m) => id_ok(&m.snapshot) && ok(m.next_offset),
                 Message::ReadIndexRequest { .. } => true,
                 Message::ReadIndexResponse { index, .. } => index.is_none_or(|i| ok(i.0)),

@@ -135,6 +135,12 @@ impl Configuration {
         self.staging.contains(&id) && self.is_learner(id)
     }
 
+    /// Whether every staging mark is on a learner (no voter of either half):
+    /// what a configuration from a peer must hold.
+    pub fn staging_is_well_formed(&self) -> bool {
+        self.staging.iter().all(|id| self.is_learner(*id))
+    }
+
     /// Drops staging marks on anything but a learner (what arrives from a
     /// peer or a file is made to keep `staging ⊆ learners`).
     pub fn keep_staging_on_learners(mut self) -> Configuration {

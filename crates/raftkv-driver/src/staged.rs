@@ -87,7 +87,9 @@ impl<R> StagedAdds<R> {
             for id in decided {
                 let Some(record) = self.records.remove(&id) else { continue };
                 let answer = || match record.removal {
-                    _ if config.is_voter(id) => Answer::Done(index),
+                    // A voter of the incoming half only: one in the outgoing
+                    // half alone is being removed (thesis §4.3).
+                    _ if config.voters.contains(&id) => Answer::Done(index),
                     Some(removal) if removal.index == index && !config.is_member(id) => {
                         Answer::Failed(Failure::NotCaughtUp {
                             id,

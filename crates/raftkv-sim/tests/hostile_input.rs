@@ -219,3 +219,42 @@ fn a_transfer_vote_from_outside_the_configuration_does_not_depose_the_leader() {
     cluster.run_for(30);
     assert_eq!(cluster.core(2).last_log_id(), cluster.core(1).last_log_id());
 }
+
+/// A configuration whose staging mark sits on a voter (which no correct
+/// leader writes: a staging mark lives on learners only) is dropped with the
+/// message that carries it, in an append or a snapshot, and changes nothing.
+#[test]
+fn a_configuration_that_marks_a_voter_staging_is_dropped() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.core(2).current_term();
+    let last = cluster.core(2).last_log_id();
+    let mut marked = Configuration::new([NodeId(1), NodeId(2), NodeId(3)]);
+    marked.staging.insert(NodeId(3));
+    assert!(!marked.staging_is_well_formed());
+    let hostile = [
+        Message::AppendEntries(AppendEntries {
+            term,
+            prev_log_id: last,
+            entries: vec![Entry { term, index: last.index.next(), payload: EntryPayload::Config(marked.clone()) }],
+            leader_commit: LogIndex(0),
+            round: 0,
+        }),
+        Message::InstallSnapshot(InstallSnapshot {
+            term,
+            meta: SnapshotMeta { last_log_id: LogId::new(term, LogIndex(last.index.0 + 10)), config: marked },
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+            done: true,
+        }),
+    ];
+    for message in hostile {
+        cluster.in_flight.push_back((NodeId(1), NodeId(2), message));
+        cluster.deliver_one();
+    }
+    assert_eq!(cluster.core(2).last_log_id(), last);
+    assert!(cluster.core(2).membership().staging.is_empty());
+    cluster.propose(1, "after").unwrap();
+    cluster.run_for(30);
+    assert_eq!(cluster.core(2).last_log_id(), cluster.core(1).last_log_id());
+}

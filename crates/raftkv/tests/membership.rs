@@ -252,3 +252,36 @@ async fn autopilot_reports_a_dead_voter_and_removes_it_once_replaced() {
     assert_eq!(state["failure_tolerance"], 1, "{state}");
     nodes.push(node4);
 }
+
+/// A node removed while it was paused never hears of its removal from the
+/// leader; it asks, learns it, says so, stops taking part (no campaigns, no
+/// forwarded writes) and reports `Removed` in its stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_cut_off_learns_it_and_stops_taking_part() {
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let leader = leader_of(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let victim = if leader == 3 { 2 } else { 3 };
+    let term = stats(&nodes[leader as usize - 1]).await.unwrap()["term"].clone();
+    nodes[victim - 1].signal("-STOP");
+    let (status, body) = post(&nodes[leader as usize - 1], "/api/v1/remove", json!({"id": victim})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(set(&nodes[leader as usize - 1], "after", "removal").await.status(), 200);
+    nodes[victim - 1].signal("-CONT");
+
+    let removed = eventually("the removed node to know", async || {
+        let stats = stats(&nodes[victim - 1]).await?;
+        (stats["state"] == "Removed").then_some(stats)
+    })
+    .await;
+    assert!(removed["removed"].as_str().unwrap().contains("without node"), "{removed}");
+    let (status, body) = post(&nodes[victim - 1], "/api/v1/set", json!({"key": "k", "value": "v"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["outcome"], "not_done", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("removed"), "{body}");
+    assert!(log_of(&nodes[victim - 1]).contains("removed from the cluster"));
+    // It never disturbed the others.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = stats(&nodes[leader as usize - 1]).await.unwrap();
+    assert_eq!((after["state"].clone(), after["term"].clone()), (json!("Leader"), term));
+}

@@ -50,8 +50,9 @@ pub async fn discover(
             // Announce now and then: a target may start after us.
             if round.is_multiple_of(8) {
                 for target in targets {
-                    if let Ok(addr) = target.parse::<SocketAddr>() {
-                        gossip.announce(addr);
+                    match target.parse::<SocketAddr>() {
+                        Ok(addr) if addr != gossip.me().gossip_addr => gossip.announce(addr),
+                        _ => {}
                     }
                 }
             }

@@ -18,6 +18,7 @@
 //! - `service`: the serving side of the internal RPC.
 //! - `discover`: how a new node finds its cluster (join addresses, gossip,
 //!   `--bootstrap-expect`).
+//! - `removal`: a node learns that it was removed, and stops taking part.
 //! - `start`: start-up, resume and join; `restore`: a backup restored
 //!   through the log; `recover`: offline recovery after a loss of quorum.
 
@@ -30,6 +31,7 @@ pub mod gossip;
 pub mod node;
 pub mod outcome;
 pub mod recover;
+pub mod removal;
 pub mod request;
 pub mod restore;
 pub mod service;

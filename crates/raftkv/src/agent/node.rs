@@ -49,6 +49,9 @@ pub struct Agent {
     pub gossip: Option<Gossip>,
     /// Set once this node has left the cluster (`leave`): the process ends.
     left: watch::Sender<bool>,
+    /// Why this node no longer takes part, once it learnt that it was removed
+    /// from the configuration (`removal`).
+    pub(crate) removed: std::sync::RwLock<Option<String>>,
     /// The autopilot's settings in force (reloadable) and its last round
     /// (`None` unless this node leads).
     autopilot: std::sync::RwLock<AutopilotConfig>,
@@ -90,6 +93,7 @@ impl Agent {
             join_via: Vec::new(),
             gossip: None,
             left: watch::channel(false).0,
+            removed: std::sync::RwLock::new(None),
         }
     }
 
@@ -123,8 +127,16 @@ impl Agent {
         self.raft.shutdown().await;
     }
 
+    /// Why this node no longer takes part, if it was removed.
+    pub fn removed(&self) -> Option<String> {
+        self.removed.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The one decision "serve here or forward to the leader".
     pub fn route(&self) -> Result<Route, Failure> {
+        if let Some(reason) = self.removed() {
+            return Err(Failure::not_done(Kind::NodeFailed, reason));
+        }
         match self.raft.leader().leader {
             Some(leader) if leader == self.id => Ok(Route::Here),
             Some(leader) => match self.book.get(leader) {

@@ -126,11 +126,22 @@ impl proto::internal_server::Internal for InternalService {
             Ok(Route::Leader { id, address }) => (id.0, address),
             Err(_) => (0, String::new()),
         };
+        let (members, membership_index, membership_committed) = match self.agent.raft.status().await {
+            Ok(status) => (
+                status.membership.members().into_iter().map(|id| id.0).collect(),
+                status.membership_index.0,
+                status.membership_index <= status.commit_index,
+            ),
+            Err(_) => (Vec::new(), 0, false),
+        };
         Ok(tonic::Response::new(proto::ClusterInfoResponse {
             cluster_id: self.agent.cluster_id.clone(),
             leader_id,
             leader_raft_addr,
             node_id: self.agent.id.0,
+            members,
+            membership_index,
+            membership_committed,
         }))
     }
 

@@ -180,6 +180,7 @@ impl Agent {
             }
         }));
         agent.hold(tokio::spawn(agent.clone().register_members()));
+        agent.hold(tokio::spawn(agent.clone().watch_removal()));
         agent.hold(tokio::spawn(agent.clone().run_autopilot()));
         // A node that failed for good stops serving at once; the process owner
         // decides what comes next (`raftkv agent` exits).

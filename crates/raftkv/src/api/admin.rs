@@ -131,6 +131,9 @@ fn unexpected(done: AdminDone) -> ApiError {
 
 /// Every field of hashicorp/raft's `Stats()`, values as strings.
 pub async fn stats(State(agent): State<Arc<Agent>>) -> Result<Json<BTreeMap<&'static str, String>>, ApiError> {
+    if let Some(reason) = agent.removed() {
+        return Ok(Json(BTreeMap::from([("state", "Removed".to_string()), ("removed", reason)])));
+    }
     let book = agent.book.clone();
     let stats = agent.raft.statistics_with(|id| book.get(id)).await.map_err(|e| Failure::from(e).changed_nothing())?;
     Ok(Json(stats.to_map()))

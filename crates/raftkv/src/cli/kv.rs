@@ -222,8 +222,9 @@ fn autopilot_table(v: &Value) -> String {
             .map(|(_, mark)| *mark)
             .collect::<Vec<_>>()
             .join(", ");
+        let gossip = server["gossip"].as_str().map_or(String::new(), |g| format!("\tgossip {g}"));
         lines.push(format!(
-            "  {}\t{}\t{}\t{since}\t{contact}\tindex {}\ttrailing {}\t{marks}",
+            "  {}\t{}\t{}{gossip}\t{since}\t{contact}\tindex {}\ttrailing {}\t{marks}",
             server["id"],
             server["status"].as_str().unwrap_or_default(),
             if server["healthy"] == json!(true) { "healthy" } else { "UNHEALTHY" },
