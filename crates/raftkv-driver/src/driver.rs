@@ -10,6 +10,7 @@ use raftkv_core::{
 
 use crate::apply::SnapshotPolicy;
 use crate::failure::Failure;
+use crate::observe::{Observed, Watch};
 use crate::staged::{Answer, Removal, StagedAdds};
 
 /// Settings of the driver itself (the core has its own).
@@ -253,10 +254,14 @@ pub enum Effect<R> {
     DropCapture {
         index: LogIndex,
     },
+    /// Something observers may want to know; produced only while the
+    /// executor says someone observes (`Driver::set_observing`).
+    Observed(Observed),
 }
 
 impl<R> Effect<R> {
-    /// Whether this effect only answers a caller (all that may happen after a failure).
+    /// Whether this effect only answers a caller or informs (the leader
+    /// watch, observers): all that may happen after a failure.
     pub fn answers(&self) -> bool {
         matches!(
             self,
@@ -266,6 +271,7 @@ impl<R> Effect<R> {
                 | Effect::AlreadyDone { .. }
                 | Effect::SnapshotTaken { .. }
                 | Effect::LeaderChanged(_)
+                | Effect::Observed(_)
         )
     }
 }
@@ -352,6 +358,8 @@ pub struct Driver<R> {
     last_leader_contact: Option<Millis>,
     /// `add_voter` callers waiting for their staging server's fate.
     staged: StagedAdds<R>,
+    /// What observations are made of; `None` while nobody observes.
+    watch: Option<Watch>,
 }
 
 impl<R> Driver<R> {
@@ -374,6 +382,7 @@ impl<R> Driver<R> {
             failure: None,
             last_leader_contact: None,
             staged: StagedAdds::new(),
+            watch: None,
         }
     }
 
@@ -389,6 +398,17 @@ impl<R> Driver<R> {
     /// No effect is produced after it; the executor stops and calls `stop`.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// Whether someone observes this node: only then are `Effect::Observed`
+    /// made (see `Observed`), and what they are made of recorded. Turned on,
+    /// it reports changes from now on, not the state it finds.
+    pub fn set_observing(&mut self, observing: bool) {
+        match (observing, self.watch.is_some()) {
+            (true, false) => self.watch = Some(Watch::new(&self.core)),
+            (false, true) => self.watch = None,
+            _ => {}
+        }
     }
 
     /// Carries out the core's actions and returns the effects of this step,
@@ -407,6 +427,9 @@ impl<R> Driver<R> {
             }
         }
         if self.failure.is_none() {
+            if let Some(observed) = self.watch.as_mut().and_then(|watch| watch.membership(&self.core)) {
+                self.effects.push(Effect::Observed(observed));
+            }
             for (to, messages) in std::mem::take(&mut self.outbox) {
                 self.effects.push(Effect::Send { to, messages });
             }
@@ -431,9 +454,16 @@ impl<R> Driver<R> {
     pub fn tick(&mut self, now: Millis) {
         self.core.handle_tick(now);
         self.remove_overdue_staging(now);
+        if let Some(watch) = self.watch.as_mut() {
+            let effects = &mut self.effects;
+            watch.tick_peers(&self.core, now, |observed| effects.push(Effect::Observed(observed)));
+        }
     }
 
     pub fn receive(&mut self, now: Millis, from: NodeId, message: Message) {
+        if let (Some(watch), Message::RequestVote(request)) = (self.watch.as_mut(), &message) {
+            watch.vote_requested(from, request);
+        }
         self.core.handle_message(now, from, message);
         if self.core.leader() == Some(from) {
             self.last_leader_contact = Some(now);
@@ -777,7 +807,12 @@ impl<R> Driver<R> {
                 };
                 self.effects.push(Effect::Store(StoreJob::of(request, received)));
             }
-            Action::Send { to, message } => self.outbox.entry(to).or_default().push(message),
+            Action::Send { to, message } => {
+                if let (Some(watch), Message::RequestVoteResponse(answer)) = (self.watch.as_mut(), &message) {
+                    self.effects.push(Effect::Observed(watch.vote_answered(to, answer)));
+                }
+                self.outbox.entry(to).or_default().push(message)
+            }
             Action::Apply { entries } => self.apply(entries),
             Action::ReadReady { read_id, index } => {
                 if let Some(reply) = self.reads.remove(&read_id) {

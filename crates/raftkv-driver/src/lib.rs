@@ -25,6 +25,7 @@
 mod apply;
 mod driver;
 mod failure;
+mod observe;
 mod staged;
 
 pub use apply::{Applier, ApplyEffect, SnapshotPolicy};
@@ -32,3 +33,4 @@ pub use driver::{
     reconcile_steps, ApplyJob, Driver, DriverConfig, Effect, LeaderInfo, PeerStatus, Status, StoreJob, StoreStep,
 };
 pub use failure::Failure;
+pub use observe::Observed;

@@ -50,6 +50,7 @@ pub mod transport;
 mod config;
 mod error;
 mod locks;
+mod observe;
 mod runtime;
 mod state_machine;
 pub mod stats;
@@ -62,6 +63,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Config, ReloadableConfig};
 pub use error::{RaftError, SnapshotOp};
+pub use observe::{Observation, Observer};
 pub use raftkv_core::{
     Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
     ReadError, ReadMode, Role, SnapshotMeta, Term,
@@ -173,6 +175,12 @@ fn reconcile_log(log: &dyn LogStore, stable: &dyn StableStore, snapshot: &Snapsh
 
 /// A handle to a running Raft node. Cheap to clone; every clone drives the same
 /// node. Methods that need the leader return `RaftError::NotLeader` elsewhere.
+///
+/// Besides the leader and applied watches, `observe` subscribes to what
+/// happens on the node (hashicorp's `RegisterObserver`): leader changes, the
+/// vote requests it answers, peers the leader stops and resumes hearing from,
+/// and configuration changes, as [`Observation`]s in a bounded queue that the
+/// raft loop never waits on (a full queue drops, and counts, what does not fit).
 #[derive(Clone)]
 pub struct Raft {
     inner: Arc<Inner>,
@@ -191,6 +199,9 @@ struct Inner {
     /// How long past its deadline an `add_voter` caller waits for the removal
     /// to commit before giving up (two election timeouts, as started).
     staging_grace: Duration,
+    /// Where observers are registered and dropped (`observe`), and their ids.
+    observers: mpsc::UnboundedSender<observe::ObserverChange>,
+    next_observer: std::sync::atomic::AtomicU64,
 }
 
 impl Raft {
@@ -333,6 +344,7 @@ impl Raft {
         let (applied_tx, applied) = watch::channel(LogIndex::ZERO);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (failure_tx, failure) = watch::channel(None);
+        let (observers, observers_rx) = mpsc::unbounded_channel();
         let channels = runtime::Channels {
             requests,
             inbox: inbox_rx,
@@ -340,6 +352,7 @@ impl Raft {
             leader: leader_tx,
             applied: applied_tx,
             failure: failure_tx,
+            observers: observers_rx,
         };
         let stores = Stores { log, stable, snapshots };
         let id = config.id;
@@ -362,6 +375,8 @@ impl Raft {
                 failure,
                 task: std::sync::Mutex::new(Some(task)),
                 staging_grace,
+                observers,
+                next_observer: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -508,6 +523,22 @@ impl Raft {
     /// A watch of the leader; it always holds the latest value.
     pub fn leader_watch(&self) -> watch::Receiver<LeaderInfo> {
         self.inner.leader.clone()
+    }
+
+    /// Subscribes to this node's observations that `filter` takes
+    /// (hashicorp's `RegisterObserver` with a `FilterFn`), from the raft
+    /// loop's next wake-up on: what happened before is not replayed (read the
+    /// present from `leader` and `status`). The loop never waits for an
+    /// observer: an observation that finds its queue full (`capacity`, at
+    /// least one) is dropped and counted in `Observer::dropped`. `filter`
+    /// runs on the raft loop: it must be quick and must not block (one that
+    /// panics is deregistered). Dropping the `Observer` deregisters it;
+    /// after the node stops, `recv` ends with `None`. Peer observations come
+    /// from the leader only: observe every node to follow them across
+    /// elections.
+    pub fn observe(&self, filter: impl Fn(&Observation) -> bool + Send + 'static, capacity: usize) -> Observer {
+        let id = self.inner.next_observer.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        observe::register(id, Box::new(filter), capacity, self.inner.observers.clone())
     }
 
     /// Highest index the state machine has applied.

@@ -713,7 +713,11 @@ impl Simulation {
                     transfer_wait_ms: ELECTION_MIN_MS + ELECTION_MAX_MS,
                     read_id_seed: seed.rotate_left(29),
                 };
-                n.driver = Some(Driver::new(core, driver_config));
+                let mut driver = Driver::new(core, driver_config);
+                // Odd ids run the observation code (a runtime does when
+                // someone observes), even ids the default without it.
+                driver.set_observing(id.0 % 2 == 1);
+                n.driver = Some(driver);
                 n.applier = Some(Applier::new(snapshot_index, self.snapshot_policy, seed, now));
             }
             Err(error) => {
@@ -965,6 +969,7 @@ impl Simulation {
             Effect::DropCapture { index } => {
                 self.nodes[node].captures.remove(&index);
             }
+            Effect::Observed(observed) => self.trace(|| format!("n{id} observes {observed:?}")),
         }
     }
 

@@ -15,6 +15,9 @@
 //! - **snapshot files** (`snapshots.rs`) are written, read and checked on
 //!   blocking threads, their results reported back to the raft loop.
 //!
+//! The raft loop also keeps the observers (`Raft::observe`, in the crate's
+//! `observe.rs`) and offers them what happens without ever waiting.
+//!
 //! A fatal error (storage, a snapshot that cannot be kept) stops the loop
 //! before any further effect runs; the owner learns it through
 //! `Raft::failure`.

@@ -1,7 +1,9 @@
 //! The raft loop: one tokio task that owns the `Driver` and with it the
 //! `Core`, and carries out the driver's effects after each wake-up (see the
 //! module doc of `runtime` for the rooms around it). `run` starts the rooms
-//! of one node and returns when the loop has stopped.
+//! of one node and returns when the loop has stopped. Observers
+//! (`crate::observe`) are offered what happens with `try_send` only: the
+//! loop never waits for one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ReloadableConfig};
 use crate::error::RaftError;
+use crate::observe::{Observation, ObserverChange, Observers};
 use crate::runtime::apply;
 use crate::runtime::events::{millis_since, LoopEvent, Pending, Request};
 use crate::runtime::snapshots;
@@ -33,6 +36,8 @@ pub(crate) struct Channels {
     pub applied: watch::Sender<LogIndex>,
     /// Set once, with the reason, when the node stops because it cannot go on.
     pub failure: watch::Sender<Option<String>>,
+    /// Observers registered and dropped (`Raft::observe`).
+    pub observers: mpsc::UnboundedReceiver<ObserverChange>,
 }
 
 /// A snapshot being received from the leader: its uncommitted sink, and the
@@ -59,6 +64,8 @@ struct RaftLoop {
     /// The settings in force (`reload_config` changes some).
     config: Config,
     leader: watch::Sender<LeaderInfo>,
+    /// Delivered to with `try_send` only: an observer never holds up the loop.
+    observers: Observers,
 }
 
 /// What a node runs on.
@@ -73,7 +80,8 @@ pub(crate) struct Node {
 /// `seed` differs between runs of the node (read ids must never repeat).
 pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: Instant, seed: u64) {
     let Node { core, stores, state_machine, transport } = node;
-    let Channels { mut requests, mut inbox, mut shutdown, leader, applied, failure: failure_tx } = channels;
+    let Channels { mut requests, mut inbox, mut shutdown, leader, applied, failure: failure_tx, mut observers } =
+        channels;
     let check = state_machine.snapshot_check();
     let snapshots = stores.snapshots.clone();
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -119,6 +127,7 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         captures: BTreeMap::new(),
         config: config.clone(),
         leader,
+        observers: Observers::default(),
     };
     let max_batch = config.max_batch.max(1);
     let mut ticker = tokio::time::interval(config.tick_interval);
@@ -127,6 +136,14 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            // Observers registered (`Raft::observe`) or dropped.
+            Some(change) = observers.recv() => {
+                raft.observers.change(change);
+                while let Ok(change) = observers.try_recv() {
+                    raft.observers.change(change);
+                }
+                raft.driver.set_observing(!raft.observers.is_empty());
+            }
             event = writer_events.recv() => match event {
                 Some(WriterEvent::Persisted(seq)) => {
                     let mut seq = seq;
@@ -317,6 +334,9 @@ impl RaftLoop {
             Effect::LeaderChanged(info) => {
                 tracing::info!(node = %self.id, leader = ?info.leader.map(|l| l.0), term = %info.term, "leader changed");
                 self.leader.send_replace(info);
+                if !self.observers.is_empty() {
+                    self.observe(Observation::leader_changed(info));
+                }
             }
             Effect::ReadChunk { to, term, meta, offset } => {
                 let (store, events) = (self.snapshots.clone(), self.events.clone());
@@ -393,6 +413,16 @@ impl RaftLoop {
             Effect::DropCapture { index } => {
                 self.captures.remove(&index);
             }
+            Effect::Observed(observed) => self.observe(Observation::from_driver(observed, self.start)),
+        }
+    }
+
+    /// Offers `observation` to the observers; once the last one has left
+    /// (dropped, or its filter panicked) the driver stops observing.
+    fn observe(&mut self, observation: Observation) {
+        self.observers.deliver(&observation);
+        if self.observers.is_empty() {
+            self.driver.set_observing(false);
         }
     }
 
