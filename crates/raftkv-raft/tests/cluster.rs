@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use raftkv_raft::{Config, LogIndex, MembershipChange, NodeId, ProposeError, Raft, RaftError, ReadMode};
+use raftkv_raft::{
+    Config, Configuration, LogIndex, MembershipChange, NodeId, Observation, Observer, ProposeError, Raft, RaftError,
+    ReadMode,
+};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_and_followers_name_the_leader() {
     let cluster = Cluster::bootstrap(3, false).await;
@@ -584,5 +587,168 @@ async fn a_new_leader_finishes_a_staged_promotion() {
     let promoted = cluster.raft(next).add_voter(NodeId(4), None, Duration::from_secs(30)).await;
     assert!(promoted.is_ok(), "{promoted:?}");
     assert!(cluster.raft(next).status().await.unwrap().membership.is_voter(NodeId(4)));
+    cluster.shutdown().await;
+}
+
+/// Reads `observer` until an observation `wanted` takes arrives (within
+/// `TIMEOUT`); returns it and what was read before it.
+async fn observe_until(
+    observer: &mut Observer,
+    wanted: impl Fn(&Observation) -> bool,
+) -> (Observation, Vec<Observation>) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut before = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, observer.recv()).await {
+            Ok(Some(observation)) if wanted(&observation) => return (observation, before),
+            Ok(Some(observation)) => before.push(observation),
+            Ok(None) => panic!("the node stopped; observed {before:?}"),
+            Err(_) => panic!("not observed within {TIMEOUT:?}; observed {before:?}"),
+        }
+    }
+}
+
+/// Observers on the followers see the leader change after the leader stops,
+/// and the voter of the new leader sees the vote request it granted in the
+/// new term before it learns who leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_see_the_leader_change_and_the_vote_that_made_it() {
+    let mut cluster = Cluster::bootstrap(3, false).await;
+    let old = cluster.leader_among(&[1, 2, 3]).await;
+    let old_term = cluster.raft(old).leader().term;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let elections = |o: &Observation| matches!(o, Observation::LeaderChanged { .. } | Observation::RequestVote { .. });
+    let mut observers: Vec<Observer> = others.iter().map(|id| cluster.raft(*id).observe(elections, 64)).collect();
+    cluster.stop(old).await;
+    let new = cluster.leader_among(&others).await;
+    let term = cluster.raft(new).leader().term;
+    assert!(term > old_term);
+    for (id, observer) in others.iter().zip(&mut observers) {
+        let leads = Observation::LeaderChanged { leader: Some(NodeId(new)), term };
+        let (_, before) = observe_until(observer, |o| *o == leads).await;
+        if *id != new {
+            let granted = Observation::RequestVote { from: NodeId(new), term, pre_vote: false, granted: true };
+            assert!(before.contains(&granted), "node {id} observed {before:?}");
+        }
+    }
+    cluster.shutdown().await;
+}
+
+/// The leader observes a follower it stops hearing from as unreachable once
+/// it has been silent for an election timeout, and as reachable again after
+/// the network heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_observes_a_cut_off_peer_unreachable_then_reachable() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    let of_cut = move |o: &Observation| match o {
+        Observation::PeerUnreachable { peer, .. } | Observation::PeerReachable { peer } => *peer == NodeId(cut),
+        _ => false,
+    };
+    let mut observer = cluster.raft(leader).observe(of_cut, 16);
+    cluster.raft(leader).apply(command(1), TIMEOUT).await.unwrap();
+    cluster.network.isolate(NodeId(cut));
+    let (unreachable, before) = observe_until(&mut observer, |_| true).await;
+    assert!(before.is_empty());
+    let Observation::PeerUnreachable { last_contact, .. } = unreachable else {
+        panic!("a peer cut off is first unreachable: {unreachable:?}");
+    };
+    let last_contact = last_contact.expect("it answered this leader before it was cut off");
+    let election_timeout = Config::fast(NodeId(leader)).election_timeout_min;
+    assert!(last_contact.elapsed() >= election_timeout, "{:?}", last_contact.elapsed());
+    cluster.network.heal();
+    let (reachable, _) = observe_until(&mut observer, |_| true).await;
+    assert_eq!(reachable, Observation::PeerReachable { peer: NodeId(cut) });
+    cluster.shutdown().await;
+}
+
+/// A removal is observed on the leader when appended and again when it
+/// commits, and on the follower that stays at least when it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_see_a_configuration_take_effect_and_commit() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let removed = (1..=3).find(|id| *id != leader).unwrap();
+    let stays = (1..=3).find(|id| *id != leader && *id != removed).unwrap();
+    let membership = |o: &Observation| matches!(o, Observation::MembershipChanged { .. });
+    let mut on_leader = cluster.raft(leader).observe(membership, 16);
+    let mut on_follower = cluster.raft(stays).observe(membership, 16);
+    let index = cluster.raft(leader).remove_server(NodeId(removed), None, TIMEOUT).await.unwrap();
+    let configuration = Configuration::new([NodeId(leader), NodeId(stays)]);
+    let appended = Observation::MembershipChanged { configuration: configuration.clone(), index, committed: false };
+    let committed = Observation::MembershipChanged { configuration, index, committed: true };
+    let (_, before) = observe_until(&mut on_leader, |o| *o == committed).await;
+    assert_eq!(before, vec![appended.clone()], "the leader appends before anyone acknowledges");
+    // The follower may learn the entry and its commit in one batch.
+    let (_, before) = observe_until(&mut on_follower, |o| *o == committed).await;
+    assert!(before.iter().all(|o| *o == appended), "{before:?}");
+    cluster.shutdown().await;
+}
+
+/// An observer that never reads, with room for one observation, holds up
+/// nothing: membership changes and writes complete, and what did not fit is
+/// dropped and counted; the oldest observation is the one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_observer_never_holds_up_the_node_and_counts_what_it_dropped() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut full = cluster.raft(leader).observe(|_| true, 1);
+    // Each change is observed when appended and when committed, before the
+    // caller is answered: four observations at least.
+    let removal = cluster.raft(leader).remove_server(NodeId(follower), None, TIMEOUT).await.unwrap();
+    cluster.raft(leader).add_nonvoter(NodeId(follower), None, TIMEOUT).await.unwrap();
+    for i in 0..200 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    assert!(full.dropped() >= 3, "dropped {}", full.dropped());
+    match full.try_recv() {
+        Some(Observation::MembershipChanged { index, committed: false, .. }) => assert_eq!(index, removal),
+        other => panic!("the first observation stays queued: {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+/// Dropping an observer deregisters it: the raft loop lets go of its filter
+/// and never runs it again, while another observer goes on; once the node
+/// stops, the observers left see their stream end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_observer_deregisters_it() {
+    let cluster = Cluster::bootstrap(3, false).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let removed = (1..=3).find(|id| *id != leader).unwrap();
+    let held = Arc::new(());
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (in_filter, counted) = (held.clone(), calls.clone());
+    let dropped = cluster.raft(leader).observe(
+        move |_| {
+            let _held = &in_filter;
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        },
+        16,
+    );
+    let mut kept = cluster.raft(leader).observe(|o| matches!(o, Observation::MembershipChanged { .. }), 16);
+    assert_eq!(Arc::strong_count(&held), 2, "the registration holds the filter");
+    drop(dropped);
+    for _ in 0..500 {
+        if Arc::strong_count(&held) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(Arc::strong_count(&held), 1, "the raft loop still holds the dropped observer's filter");
+    let calls_before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let index = cluster.raft(leader).remove_server(NodeId(removed), None, TIMEOUT).await.unwrap();
+    observe_until(
+        &mut kept,
+        |o| matches!(o, Observation::MembershipChanged { index: at, committed: true, .. } if *at == index),
+    )
+    .await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), calls_before);
+    cluster.raft(leader).shutdown().await;
+    let ended = tokio::time::timeout(TIMEOUT, async { while kept.recv().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the observer's stream did not end with the node");
     cluster.shutdown().await;
 }
