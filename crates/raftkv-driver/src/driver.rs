@@ -537,10 +537,13 @@ impl<R> Driver<R> {
         if let Some(failure) = refused {
             return self.effects.push(Effect::Fail { reply, failure });
         }
-        if membership.is_voter(id) && at <= core.commit_index() {
+        // A voter of the incoming half; one in the outgoing half alone is
+        // being removed by the joint change in force.
+        let voter = membership.voters.contains(&id);
+        if voter && at <= core.commit_index() {
             return self.effects.push(Effect::AlreadyDone { reply, index: at });
         }
-        if membership.is_voter(id) || membership.is_staging(id) {
+        if voter || membership.is_staging(id) {
             // Its fate is in the configuration in force: wait for it.
             return self.staged.wait(id, at, deadline, reply);
         }

@@ -899,7 +899,7 @@ impl Simulation {
             Effect::AlreadyDone { reply: SimReply::StagedAdd { id, call }, index } => {
                 // Answered at once, from the configuration in force.
                 let in_force = self.nodes[node].core().map(|core| {
-                    let voter = core.membership().is_voter(id);
+                    let voter = core.membership().voters.contains(&id);
                     (voter, core.membership_index(), core.commit_index())
                 });
                 if !in_force.is_some_and(|(voter, at, commit)| voter && at == index && index <= commit) {
@@ -1200,12 +1200,11 @@ impl Simulation {
         config: Option<&Configuration>,
     ) {
         if let SimReply::StagedAdd { id, call } = reply {
-            // A voter of either half, as the driver reads it: a call made
-            // while a joint configuration removing `id` is in force succeeds
-            // when that configuration commits (7 nodes, seed 1255, call 0),
-            // though C(new) then removes it.
+            // A voter of the incoming half: one in the outgoing half alone is
+            // being removed (7 nodes, seed 1255, call 0 was answered done so
+            // before the driver read the incoming half only).
             let from = self.staged_calls.get(&call).map_or(LogIndex::ZERO, |c| c.from);
-            if !config.is_some_and(|c| c.is_voter(id)) || index < from {
+            if !config.is_some_and(|c| c.voters.contains(&id)) || index < from {
                 let text = format!(
                     "the staged add of node {id} (call {call}, configuration at {from} when called) succeeded at \
                      {index}, whose entry is {config:?}"
@@ -1896,7 +1895,10 @@ impl Simulation {
                 }
                 Some(StagedAnswer::Failed(Failure::Superseded { id: named, index })) => {
                     let decided = self.committed_configs.get(index).map(|(_, c)| c);
-                    if *named != id || *index < from || decided.is_none_or(|c| c.is_voter(id) || c.is_staging(id)) {
+                    if *named != id
+                        || *index < from
+                        || decided.is_none_or(|c| c.voters.contains(&id) || c.is_staging(id))
+                    {
                         problems.push(format!(
                             "staged add call {call} of node {id} (from {from}) was superseded at {index}, where the \
                              committed configuration is {decided:?}"
@@ -1910,7 +1912,7 @@ impl Simulation {
                     // configuration index, which after a restart or an
                     // install is its compaction point, not the entry's.
                     let decided = self.committed_configs.range(..=*index).next_back().map(|(_, (_, c))| c);
-                    if !decided.is_some_and(|c| c.is_voter(id)) {
+                    if !decided.is_some_and(|c| c.voters.contains(&id)) {
                         problems.push(format!(
                             "staged add call {call} of node {id} succeeded at {index}, where the committed \
                              configuration is {decided:?}"
