@@ -64,5 +64,5 @@ pub use crate::message::{
 };
 pub use crate::quorum::{joint_majority_value, majority_value, vote_result, VoteResult};
 pub use crate::types::{
-    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, Millis, NodeId, SnapshotMeta, Term,
+    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, Millis, NodeId, RestoreStep, SnapshotMeta, Term,
 };

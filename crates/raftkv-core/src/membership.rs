@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::core::{Core, Role, Transfer};
 use crate::error::ProposeError;
 use crate::message::Message;
-use crate::types::{Configuration, Entry, EntryPayload, LogIndex, NodeId};
+use crate::types::{Configuration, Entry, EntryPayload, LogIndex, NodeId, RestoreStep};
 
 /// A requested change of membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +45,16 @@ impl Core {
         self.check_can_propose()?;
         let index = self.log.last_index().next();
         self.append_entry(Entry { term: self.hard_state.current_term, index, payload: EntryPayload::Command(command) });
+        self.request_broadcast();
+        Ok(index)
+    }
+
+    /// Appends one step of a restore through the log (`RestoreStep`); like a
+    /// command, its outcome is known when the entry at the index is applied.
+    pub fn propose_restore(&mut self, step: RestoreStep) -> Result<LogIndex, ProposeError> {
+        self.check_can_propose()?;
+        let index = self.log.last_index().next();
+        self.append_entry(Entry { term: self.hard_state.current_term, index, payload: EntryPayload::Restore(step) });
         self.request_broadcast();
         Ok(index)
     }

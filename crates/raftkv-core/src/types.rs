@@ -192,6 +192,42 @@ pub enum EntryPayload {
     Command(Bytes),
     /// A membership configuration; it takes effect when appended, not when committed.
     Config(Configuration),
+    /// A step of a restore of the state machine from a user's snapshot
+    /// (`Raft::restore`, `docs/design/restore.md`). Opaque to the core, like a
+    /// command: only the apply side reads it.
+    Restore(RestoreStep),
+}
+
+/// One entry of a restore through the log: `Begin`, the chunks in order, then
+/// `Commit`, all proposed by one leader in one term. Every node applies them in
+/// log order, so the restored state takes effect at `Commit`'s index everywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreStep {
+    /// Restore `id` of `len` bytes, whose CRC-32C is `crc32c`, starts; any
+    /// other unfinished restore is abandoned.
+    Begin { id: u64, len: u64, crc32c: u32 },
+    /// The `seq`th chunk (from 0) of restore `id`.
+    Chunk { id: u64, seq: u64, data: Bytes },
+    /// Replace the state with restore `id`'s bytes, sent in `chunks` chunks.
+    Commit { id: u64, chunks: u64 },
+}
+
+impl RestoreStep {
+    /// The restore this step belongs to.
+    pub fn id(&self) -> u64 {
+        match self {
+            RestoreStep::Begin { id, .. } | RestoreStep::Chunk { id, .. } | RestoreStep::Commit { id, .. } => *id,
+        }
+    }
+
+    /// Approximate size on the wire (see `Entry::size_bytes`).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            RestoreStep::Begin { .. } => 21,
+            RestoreStep::Chunk { data, .. } => 20 + data.len(),
+            RestoreStep::Commit { .. } => 17,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +250,7 @@ impl Entry {
                 EntryPayload::Noop => 0,
                 EntryPayload::Command(data) => data.len(),
                 EntryPayload::Config(config) => 8 * config.members().len(),
+                EntryPayload::Restore(step) => step.size_bytes(),
             }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raftkv_core::{
     Action, Configuration, Core, CoreConfig, Entry, HardState, LogId, LogIndex, LogWrite, MembershipChange, Message,
-    Millis, NodeId, PersistRequest, ProposeError, ReadId, ReadMode, Role, SnapshotMeta, Term,
+    Millis, NodeId, PersistRequest, ProposeError, ReadId, ReadMode, RestoreStep, Role, SnapshotMeta, Term,
 };
 
 use crate::apply::SnapshotPolicy;
@@ -488,6 +488,18 @@ impl<R> Driver<R> {
                     self.effects.push(Effect::Fail { reply, failure: failure.clone() });
                 }
             }
+        }
+    }
+
+    /// Proposes one step of a restore through the log; answered like a
+    /// command, when the entry at its index is applied in its term.
+    pub fn propose_restore(&mut self, step: RestoreStep, reply: R) {
+        let term = self.core.current_term();
+        match self.core.propose_restore(step) {
+            Ok(index) => {
+                self.proposals.insert(index, (term, reply));
+            }
+            Err(error) => self.effects.push(Effect::Fail { reply, failure: Failure::from(error) }),
         }
     }
 

@@ -20,7 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use raftkv_core::{
-    vote_result, Configuration, Core, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Term, VoteResult,
+    vote_result, Configuration, Core, Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, RestoreStep, Term,
+    VoteResult,
 };
 
 use crate::kv::KvStore;
@@ -120,6 +121,25 @@ pub fn payload_hash(payload: &EntryPayload) -> u64 {
                 }
             }
         }
+        EntryPayload::Restore(step) => match step {
+            RestoreStep::Begin { id, len, crc32c } => {
+                feed(b"rb");
+                feed(&id.to_le_bytes());
+                feed(&len.to_le_bytes());
+                feed(&crc32c.to_le_bytes());
+            }
+            RestoreStep::Chunk { id, seq, data } => {
+                feed(b"rc");
+                feed(&id.to_le_bytes());
+                feed(&seq.to_le_bytes());
+                feed(data);
+            }
+            RestoreStep::Commit { id, chunks } => {
+                feed(b"rm");
+                feed(&id.to_le_bytes());
+                feed(&chunks.to_le_bytes());
+            }
+        },
     }
     hash
 }

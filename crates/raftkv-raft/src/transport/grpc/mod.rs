@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use raftkv_core::{
     AppendEntries, AppendEntriesResponse, AppendResult, Configuration, Entry, EntryPayload, InstallSnapshot,
-    InstallSnapshotResponse, LogId, LogIndex, Message, NodeId, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
+    InstallSnapshotResponse, LogId, LogIndex, Message, NodeId, RequestVote, RequestVoteResponse, RestoreStep,
+    SnapshotMeta, Term,
 };
 
 use crate::locks::lock;
@@ -312,6 +313,7 @@ fn entry_to_proto(entry: &Entry) -> proto::Entry {
         EntryPayload::Noop => Payload::Noop(true),
         EntryPayload::Command(data) => Payload::Command(data.clone()),
         EntryPayload::Config(config) => Payload::Config(config_to_proto(config)),
+        EntryPayload::Restore(step) => Payload::Restore(restore_step_to_proto(step)),
     };
     proto::Entry { term: entry.term.0, index: entry.index.0, payload: Some(payload) }
 }
@@ -322,8 +324,32 @@ fn entry_from_proto(entry: proto::Entry) -> Result<Entry, String> {
         Payload::Noop(_) => EntryPayload::Noop,
         Payload::Command(data) => EntryPayload::Command(data),
         Payload::Config(config) => EntryPayload::Config(config_from_proto(config)),
+        Payload::Restore(step) => EntryPayload::Restore(restore_step_from_proto(step, entry.index)?),
     };
     Ok(Entry { term: Term(entry.term), index: LogIndex(entry.index), payload })
+}
+
+fn restore_step_to_proto(step: &RestoreStep) -> proto::RestoreStep {
+    use proto::restore_step::Step;
+    let step = match step {
+        RestoreStep::Begin { id, len, crc32c } => {
+            Step::Begin(proto::RestoreBegin { id: *id, len: *len, crc32c: *crc32c })
+        }
+        RestoreStep::Chunk { id, seq, data } => {
+            Step::Chunk(proto::RestoreChunk { id: *id, seq: *seq, data: data.clone() })
+        }
+        RestoreStep::Commit { id, chunks } => Step::Commit(proto::RestoreCommit { id: *id, chunks: *chunks }),
+    };
+    proto::RestoreStep { step: Some(step) }
+}
+
+fn restore_step_from_proto(step: proto::RestoreStep, index: u64) -> Result<RestoreStep, String> {
+    use proto::restore_step::Step;
+    Ok(match step.step.ok_or_else(|| format!("restore entry {index} without a step"))? {
+        Step::Begin(b) => RestoreStep::Begin { id: b.id, len: b.len, crc32c: b.crc32c },
+        Step::Chunk(c) => RestoreStep::Chunk { id: c.id, seq: c.seq, data: c.data },
+        Step::Commit(c) => RestoreStep::Commit { id: c.id, chunks: c.chunks },
+    })
 }
 
 fn meta_to_proto(meta: &SnapshotMeta) -> proto::SnapshotMeta {
@@ -497,6 +523,21 @@ mod tests {
             Entry { term: Term(2), index: LogIndex(5), payload: EntryPayload::Noop },
             Entry { term: Term(2), index: LogIndex(6), payload: EntryPayload::Command(Bytes::from("x")) },
             Entry { term: Term(2), index: LogIndex(7), payload: EntryPayload::Config(config.clone()) },
+            Entry {
+                term: Term(2),
+                index: LogIndex(8),
+                payload: EntryPayload::Restore(RestoreStep::Begin { id: u64::MAX, len: 3, crc32c: 0xfeed_f00d }),
+            },
+            Entry {
+                term: Term(2),
+                index: LogIndex(9),
+                payload: EntryPayload::Restore(RestoreStep::Chunk { id: 1, seq: 2, data: Bytes::from("abc") }),
+            },
+            Entry {
+                term: Term(2),
+                index: LogIndex(10),
+                payload: EntryPayload::Restore(RestoreStep::Commit { id: 1, chunks: 3 }),
+            },
         ];
         let id = LogId::new(Term(2), LogIndex(4));
         let messages = vec![
@@ -566,5 +607,17 @@ mod tests {
             round: 0,
         };
         assert!(from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) }).is_err());
+        // A restore entry without its step is malformed too.
+        let restore = proto::entry::Payload::Restore(proto::RestoreStep { step: None });
+        let entry = proto::Entry { term: 1, index: 1, payload: Some(restore) };
+        let append = proto::AppendEntries {
+            term: 1,
+            prev_log_id: Some(proto::LogId { term: 0, index: 0 }),
+            entries: vec![entry],
+            leader_commit: 0,
+            round: 0,
+        };
+        let error = from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) }).unwrap_err();
+        assert!(error.contains("without a step"), "{error}");
     }
 }
