@@ -61,6 +61,10 @@ pub struct Applier<R> {
     covered: LogIndex,
     /// A capture is being written.
     running: bool,
+    /// No capture for now (`set_capture_held`).
+    held: bool,
+    /// A capture is due as soon as allowed (`snapshot_soon`).
+    soon: bool,
     /// No automatic snapshot before this.
     not_before: Millis,
     waiters: Vec<R>,
@@ -79,6 +83,8 @@ impl<R> Applier<R> {
             bytes_since: 0,
             covered: start,
             running: false,
+            held: false,
+            soon: false,
             not_before: now,
             waiters: Vec::new(),
             rng: Rng::new(seed ^ 0x5eed_5a95),
@@ -109,7 +115,24 @@ impl<R> Applier<R> {
         self.last = index;
         self.bytes_since = 0;
         self.covered = index;
+        self.soon = false;
         self.release_reads();
+    }
+
+    /// While `held`, no capture starts, automatic or asked for (callers of
+    /// `request_snapshot` wait): the executor holds captures while a state it
+    /// could not rebuild from a snapshot is being gathered (a restore through
+    /// the log that is open).
+    pub fn set_capture_held(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// The state changed wholesale (a restore through the log): capture a
+    /// snapshot as soon as captures are allowed, whatever the count and the
+    /// timer say, so that the log behind it can go and lagging followers get
+    /// the new state by InstallSnapshot.
+    pub fn snapshot_soon(&mut self) {
+        self.soon = true;
     }
 
     /// A read confirmed at `index`, answered once the state machine reached it.
@@ -168,7 +191,7 @@ impl<R> Applier<R> {
 
     /// Captures a snapshot if one is due or wanted; returns when to look again.
     pub fn poll(&mut self, now: Millis) -> Option<Millis> {
-        if self.running {
+        if self.running || self.held {
             return None;
         }
         if !self.waiters.is_empty() {
@@ -183,6 +206,11 @@ impl<R> Applier<R> {
             return None;
         }
         if self.applied <= self.last {
+            return None;
+        }
+        if self.soon {
+            self.soon = false;
+            self.capture();
             return None;
         }
         if self.bytes_since >= self.policy.log_bytes.max(1) {
@@ -246,6 +274,26 @@ mod tests {
         applier.snapshot_finished(Some(LogId::new(Term(1), LogIndex(10))), wake);
         assert_eq!(applier.poll(wake), None);
         assert!(matches!(applier.drain().next(), Some(ApplyEffect::Capture { index: LogIndex(11), .. })));
+    }
+
+    #[test]
+    fn held_captures_wait_and_a_soon_snapshot_skips_the_count_and_timer() {
+        let mut applier: Applier<u32> = Applier::new(LogIndex(0), policy(), 1, 0);
+        applier.set_capture_held(true);
+        applier.applied(LogIndex(50), 5000);
+        applier.request_snapshot(9);
+        assert_eq!(applier.poll(1_000), None);
+        assert!(applier.drain().next().is_none());
+        applier.set_capture_held(false);
+        assert_eq!(applier.poll(1_000), None);
+        assert!(matches!(applier.drain().next(), Some(ApplyEffect::Capture { index: LogIndex(50), .. })));
+        applier.snapshot_finished(Some(LogId::new(Term(1), LogIndex(50))), 1_000);
+        applier.drain().for_each(drop);
+        // One entry, far below the count, before the interval: captured at once.
+        applier.applied(LogIndex(51), 1);
+        applier.snapshot_soon();
+        assert_eq!(applier.poll(1_001), None);
+        assert!(matches!(applier.drain().next(), Some(ApplyEffect::Capture { index: LogIndex(51), .. })));
     }
 
     #[test]

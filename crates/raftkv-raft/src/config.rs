@@ -43,6 +43,11 @@ pub struct Config {
     /// ...and has stayed so, answering, for this long (at least
     /// `election_timeout_max`).
     pub promotion_stable: Duration,
+    /// Largest snapshot `Raft::restore` takes, and the most a node buffers
+    /// while a restore goes through the log (in memory). Give every node the
+    /// same value or more: a node that cannot hold a restore the leader
+    /// proposed stops rather than diverge (default 1 GiB).
+    pub max_restore_bytes: u64,
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             promotion_max_lag: 512,
             promotion_stable: Duration::from_secs(5),
+            max_restore_bytes: 1 << 30,
         }
     }
 

@@ -73,6 +73,15 @@ pub enum RaftError {
     /// the staging server or kept it a plain learner before its promotion.
     #[error("another membership change (index {index}) decided node {id}'s fate before its promotion")]
     Superseded { id: NodeId, index: LogIndex },
+    /// `restore`: another restore is running on this node; nothing done.
+    #[error("another restore is in progress on this node")]
+    RestoreInProgress,
+    /// `restore`: the restore whose commit was applied at `index` was refused
+    /// on every node (bytes lost or damaged, or refused by the state
+    /// machine): the state is unchanged. Before anything was proposed,
+    /// `index` is 0 (the snapshot could not be read, or is too large).
+    #[error("restore refused{}: {reason}; the state is unchanged", if index.0 == 0 { String::new() } else { format!(" at index {index}") })]
+    RestoreFailed { index: LogIndex, reason: String },
 }
 
 impl From<ProposeError> for RaftError {
@@ -108,7 +117,9 @@ impl RaftError {
             | RaftError::NothingNewToSnapshot { .. }
             | RaftError::Overwritten { .. }
             | RaftError::NotCaughtUp { .. }
-            | RaftError::Superseded { .. } => false,
+            | RaftError::Superseded { .. }
+            | RaftError::RestoreInProgress
+            | RaftError::RestoreFailed { .. } => false,
         }
     }
 }

@@ -202,6 +202,38 @@ struct Inner {
     /// Where observers are registered and dropped (`observe`), and their ids.
     observers: mpsc::UnboundedSender<observe::ObserverChange>,
     next_observer: std::sync::atomic::AtomicU64,
+    /// A `restore` is running (one at a time).
+    restoring: Arc<std::sync::atomic::AtomicBool>,
+    /// `Config::max_restore_bytes`, and the bytes of a restore chunk (half an append).
+    max_restore_bytes: u64,
+    restore_chunk_bytes: usize,
+}
+
+/// Restore chunks proposed and not yet applied, at most, so that a large
+/// restore does not flood the log writer.
+const RESTORE_IN_FLIGHT: usize = 8;
+
+/// Marks a `restore` as running until dropped. If the restore ends before its
+/// `Commit` was proposed (an error, a timeout, a dropped caller), a `Commit`
+/// that every node refuses is proposed in its place, closing the restore so
+/// that snapshots are taken again at once (best effort: a new leader's first
+/// entry closes it too).
+struct RestoreGuard {
+    restoring: Arc<std::sync::atomic::AtomicBool>,
+    requests: mpsc::Sender<Request>,
+    id: Option<u64>,
+    commit_sent: bool,
+}
+
+impl Drop for RestoreGuard {
+    fn drop(&mut self) {
+        if let (Some(id), false) = (self.id, self.commit_sent) {
+            let (reply, _) = oneshot::channel();
+            let step = raftkv_core::RestoreStep::Commit { id, chunks: u64::MAX };
+            let _ = self.requests.try_send(Request::Restore { step, reply });
+        }
+        self.restoring.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Raft {
@@ -262,6 +294,9 @@ impl Raft {
         if let Some(snapshot) = &snapshot {
             reconcile_log(log, stable, snapshot)?;
         }
+        // Restores through the log are carried out as the apply task would.
+        let check = state_machine.snapshot_check();
+        let mut restores = runtime::restore::Restores::new(u64::MAX);
         let mut previous = snapshot.as_ref().map(|s| (s.config.clone(), s.last_log_id.index));
         let mut tail = snapshot.as_ref().map_or(LogId::new(Term(0), LogIndex::ZERO), |s| s.last_log_id);
         let last = log.last_index()?;
@@ -274,7 +309,8 @@ impl Raft {
                     previous = Some((config.clone(), entry.index));
                 }
             }
-            state_machine.apply(&entries);
+            runtime::restore::apply_entries(state_machine, &mut restores, check.as_ref(), &entries)
+                .map_err(|reason| RaftError::Snapshot { op: SnapshotOp::Restore, snapshot: None, reason })?;
             tail = entries.last().map_or(tail, |e| e.log_id());
             next = upto.next();
         }
@@ -357,6 +393,8 @@ impl Raft {
         let stores = Stores { log, stable, snapshots };
         let id = config.id;
         let staging_grace = 2 * config.election_timeout_max;
+        let max_restore_bytes = config.max_restore_bytes;
+        let restore_chunk_bytes = (config.max_bytes_per_append / 2).max(1);
         let node_transport = transport.clone();
         let task = tokio::spawn(async move {
             let node =
@@ -377,6 +415,9 @@ impl Raft {
                 staging_grace,
                 observers,
                 next_observer: std::sync::atomic::AtomicU64::new(0),
+                restoring: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                max_restore_bytes,
+                restore_chunk_bytes,
             }),
         })
     }
@@ -697,6 +738,132 @@ impl Raft {
     /// since the newest snapshot.
     pub async fn snapshot(&self) -> Result<LogId, RaftError> {
         self.request(|reply| Request::Snapshot { reply }).await
+    }
+
+    /// Replaces the state machine's state, on every node, with the snapshot
+    /// read from `reader` (as the state machine's `SnapshotSource::write_to`
+    /// wrote it; a backup), on the leader (hashicorp's `Restore`). Unlike
+    /// hashicorp, which installs the snapshot on the leader alone behind a
+    /// hole in the log, the restore goes through the log, because a leader
+    /// that crashes before a follower holds such a snapshot leaves the
+    /// cluster with diverged state machines (`docs/design/restore.md`).
+    ///
+    /// The snapshot is read whole first (at most `Config::max_restore_bytes`,
+    /// on a blocking thread), then proposed as a `Begin` entry with its length
+    /// and CRC-32C, chunks of at most half `max_bytes_per_append` (a few in
+    /// flight at a time), and a `Commit`. Every node applies them in log
+    /// order and replaces its state at the `Commit` entry, once the bytes
+    /// check (and the state machine's `snapshot_check`, if any, accepts
+    /// them); entries after it apply on top of the restored state. Resolves
+    /// with the `Commit`'s index once applied here; a snapshot of the new
+    /// state follows soon. The state machine never sees the restore's
+    /// entries in `apply`.
+    ///
+    /// One restore at a time per node (`RestoreInProgress`). `NotLeader` and
+    /// `RestoreFailed` (unreadable, too large, or refused at the `Commit` on
+    /// every node: damaged bytes, or refused by the state machine) are not
+    /// done. `LeadershipLost`, `Stopped` and `Timeout` leave the outcome
+    /// unknown (a new leader may commit a `Commit` already in its log); a
+    /// retry restores again under a new id, which abandons the old.
+    pub async fn restore(
+        &self,
+        reader: impl std::io::Read + Send + 'static,
+        timeout: Duration,
+    ) -> Result<LogIndex, RaftError> {
+        use std::sync::atomic::Ordering;
+        if self.inner.restoring.swap(true, Ordering::AcqRel) {
+            return Err(RaftError::RestoreInProgress);
+        }
+        let mut guard = RestoreGuard {
+            restoring: self.inner.restoring.clone(),
+            requests: self.inner.requests.clone(),
+            id: None,
+            commit_sent: false,
+        };
+        Raft::with_timeout(timeout, self.restore_inner(reader, &mut guard)).await
+    }
+
+    async fn restore_inner(
+        &self,
+        reader: impl std::io::Read + Send + 'static,
+        guard: &mut RestoreGuard,
+    ) -> Result<LogIndex, RaftError> {
+        use raftkv_core::RestoreStep;
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+
+        let leader = self.leader().leader;
+        if leader != Some(self.id()) {
+            return Err(RaftError::NotLeader { leader });
+        }
+        let limit = self.inner.max_restore_bytes;
+        let spooled = tokio::task::spawn_blocking(move || {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(reader, limit.saturating_add(1)), &mut data)
+                .map(|_| data)
+        })
+        .await;
+        let data = match spooled {
+            Ok(Ok(data)) => data,
+            Ok(Err(error)) => {
+                let reason = format!("reading the snapshot: {error}");
+                return Err(RaftError::RestoreFailed { index: LogIndex::ZERO, reason });
+            }
+            Err(error) => {
+                let reason = format!("reading the snapshot: the reader panicked or was cancelled ({error})");
+                return Err(RaftError::RestoreFailed { index: LogIndex::ZERO, reason });
+            }
+        };
+        if data.len() as u64 > limit {
+            let reason = format!("the snapshot is larger than max_restore_bytes ({limit})");
+            return Err(RaftError::RestoreFailed { index: LogIndex::ZERO, reason });
+        }
+        let data = Bytes::from(data);
+        // Random, so that a retry (or another node's restore) never continues this one.
+        let id = RandomState::new().build_hasher().finish() ^ self.id().0.rotate_left(48);
+        let chunk = self.inner.restore_chunk_bytes;
+        let chunks = data.len().div_ceil(chunk) as u64;
+        let begin = RestoreStep::Begin { id, len: data.len() as u64, crc32c: crc32c::crc32c(&data) };
+        guard.id = Some(id);
+        let mut steps = vec![begin];
+        steps.extend((0..chunks).map(|seq| {
+            let start = seq as usize * chunk;
+            RestoreStep::Chunk { id, seq, data: data.slice(start..(start + chunk).min(data.len())) }
+        }));
+        let mut in_flight = std::collections::VecDeque::new();
+        for step in steps {
+            if in_flight.len() >= RESTORE_IN_FLIGHT {
+                if let Some(answer) = in_flight.pop_front() {
+                    self.restore_answer(answer).await?;
+                }
+            }
+            in_flight.push_back(self.propose_restore_step(step).await?);
+        }
+        guard.commit_sent = true;
+        let commit = self.propose_restore_step(RestoreStep::Commit { id, chunks }).await?;
+        for answer in in_flight {
+            self.restore_answer(answer).await?;
+        }
+        self.restore_answer(commit).await
+    }
+
+    /// Sends one restore step to the raft loop; the answer comes once its
+    /// entry is applied here.
+    async fn propose_restore_step(
+        &self,
+        step: raftkv_core::RestoreStep,
+    ) -> Result<oneshot::Receiver<Result<(LogIndex, Bytes), RaftError>>, RaftError> {
+        let (reply, response) = oneshot::channel();
+        self.inner.requests.send(Request::Restore { step, reply }).await.map_err(|_| self.not_running())?;
+        Ok(response)
+    }
+
+    async fn restore_answer(
+        &self,
+        answer: oneshot::Receiver<Result<(LogIndex, Bytes), RaftError>>,
+    ) -> Result<LogIndex, RaftError> {
+        let (index, _) = answer.await.map_err(|_| self.stopped_in_flight())??;
+        Ok(index)
     }
 
     /// Changes the settings in `reload` while the node runs (hashicorp's

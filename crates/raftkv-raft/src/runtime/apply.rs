@@ -1,7 +1,8 @@
 //! The apply task: owns the state machine. It applies committed batches,
 //! answers the proposals they carry, restores installed snapshots, and
 //! carries out the `Applier`'s decisions (reads released in order, captures
-//! for snapshots).
+//! for snapshots). Restore steps in the log (`Raft::restore`) are gathered
+//! and carried out by `restore.rs`; the state machine never sees them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +12,9 @@ use raftkv_driver::{Applier, ApplyEffect, ApplyJob};
 use tokio::sync::{mpsc, watch};
 
 use crate::runtime::events::{millis_since, LoopEvent, Pending};
+use crate::runtime::restore::{apply_entries, Outcome, Restores};
 use crate::runtime::snapshots::restore;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotCheck, StateMachine};
 use crate::storage::SnapshotStore;
 
 pub(crate) struct ApplyTask {
@@ -22,6 +24,10 @@ pub(crate) struct ApplyTask {
     pub events: mpsc::UnboundedSender<LoopEvent>,
     pub snapshots: Arc<dyn SnapshotStore>,
     pub start: Instant,
+    /// The restore through the log being gathered, if any.
+    pub restores: Restores,
+    /// The state machine's check of snapshots, also run on restores.
+    pub check: Option<SnapshotCheck>,
 }
 
 impl ApplyTask {
@@ -75,18 +81,29 @@ impl ApplyTask {
                 }
                 let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
                 let first = entries[0].index;
-                let responses = self.state_machine.apply(&entries);
+                let restored_before = self.restores.restored();
+                let mut outcomes =
+                    apply_entries(self.state_machine.as_mut(), &mut self.restores, self.check.as_ref(), &entries)?;
                 for (index, reply) in replies {
-                    let response = responses.get((index.0 - first.0) as usize).cloned().unwrap_or_default();
-                    reply.applied(index, response);
+                    let outcome = outcomes.get_mut((index.0 - first.0) as usize).map(std::mem::take);
+                    match outcome.unwrap_or_default() {
+                        Outcome::Applied(response) => reply.applied(index, response),
+                        Outcome::RestoreRefused(reason) => reply.restore_refused(index, reason),
+                    }
                 }
                 let bytes = entries.iter().map(|e| e.size_bytes() as u64).sum();
                 self.applier.applied(last, bytes);
+                if self.restores.restored() != restored_before {
+                    self.applier.snapshot_soon();
+                }
+                self.applier.set_capture_held(self.restores.holds_captures());
                 self.applied.send_replace(last);
             }
             ApplyJob::Read { index, reply } => self.applier.read(index, reply),
             ApplyJob::Restore { meta } => {
                 restore(self.state_machine.as_mut(), self.snapshots.as_ref(), &meta)?;
+                self.restores.clear();
+                self.applier.set_capture_held(false);
                 let index = meta.last_log_id.index;
                 self.applier.restored(index);
                 self.applied.send_replace(index);

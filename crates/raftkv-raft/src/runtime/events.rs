@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_core::{LogId, LogIndex, MembershipChange, Message, NodeId, ReadMode};
+use raftkv_core::{LogId, LogIndex, MembershipChange, Message, NodeId, ReadMode, RestoreStep};
 use raftkv_driver::{Failure, Status};
 use tokio::sync::oneshot;
 
@@ -21,6 +21,11 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 pub(crate) enum Request {
     Propose {
         command: Bytes,
+        reply: Reply<(LogIndex, Bytes)>,
+    },
+    /// One step of a restore through the log (`Raft::restore`).
+    Restore {
+        step: RestoreStep,
         reply: Reply<(LogIndex, Bytes)>,
     },
     Read {
@@ -81,6 +86,14 @@ impl Pending {
         match self {
             Pending::Write(reply) => drop(reply.send(Ok((index, response)))),
             other => other.mismatch("a write's answer"),
+        }
+    }
+
+    /// A restore's `Commit` applied at `index` was refused: nothing changed.
+    pub(crate) fn restore_refused(self, index: LogIndex, reason: String) {
+        match self {
+            Pending::Write(reply) => drop(reply.send(Err(RaftError::RestoreFailed { index, reason }))),
+            other => other.mismatch("a restore's answer"),
         }
     }
 

@@ -30,6 +30,7 @@
 mod apply;
 mod events;
 mod raft_loop;
+pub(crate) mod restore;
 pub(crate) mod snapshots;
 mod writer;
 

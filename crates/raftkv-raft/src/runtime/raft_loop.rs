@@ -108,6 +108,8 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         events: events_tx.clone(),
         snapshots: snapshots.clone(),
         start,
+        restores: super::restore::Restores::new(config.max_restore_bytes),
+        check: check.clone(),
     };
     let apply_task = tokio::spawn(apply_task.run(apply_rx));
 
@@ -245,6 +247,7 @@ impl RaftLoop {
         let now = self.now();
         match request {
             Request::Propose { command, reply } => self.driver.propose(vec![command], vec![Pending::Write(reply)]),
+            Request::Restore { step, reply } => self.driver.propose_restore(step, Pending::Write(reply)),
             Request::Read { mode, reply } => self.driver.read(now, mode, Pending::Read(reply)),
             Request::Membership { change, prev_index, reply } => {
                 self.driver.change_membership(change, prev_index, Pending::Write(reply))
@@ -469,9 +472,10 @@ impl RaftLoop {
 fn refuse(request: Request, failure: Option<&str>) {
     let failure = Failure::not_done(failure);
     match request {
-        Request::Propose { reply, .. } | Request::Membership { reply, .. } | Request::AddVoter { reply, .. } => {
-            Pending::Write(reply).fail(failure)
-        }
+        Request::Propose { reply, .. }
+        | Request::Restore { reply, .. }
+        | Request::Membership { reply, .. }
+        | Request::AddVoter { reply, .. } => Pending::Write(reply).fail(failure),
         Request::Read { reply, .. } => Pending::Read(reply).fail(failure),
         Request::Transfer { reply, .. } => Pending::Transfer(reply).fail(failure),
         Request::Snapshot { reply } => Pending::Snapshot(reply).fail(failure),
