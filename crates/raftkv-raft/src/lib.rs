@@ -831,16 +831,16 @@ impl Raft {
             RestoreStep::Chunk { id, seq, data: data.slice(start..(start + chunk).min(data.len())) }
         }));
         let mut in_flight = std::collections::VecDeque::new();
-        for step in steps {
+        for (i, step) in steps.into_iter().enumerate() {
             if in_flight.len() >= RESTORE_IN_FLIGHT {
                 if let Some(answer) = in_flight.pop_front() {
                     self.restore_answer(answer).await?;
                 }
             }
-            in_flight.push_back(self.propose_restore_step(step).await?);
+            in_flight.push_back(self.propose_restore_step(step, i == 0).await?);
         }
         guard.commit_sent = true;
-        let commit = self.propose_restore_step(RestoreStep::Commit { id, chunks }).await?;
+        let commit = self.propose_restore_step(RestoreStep::Commit { id, chunks }, false).await?;
         for answer in in_flight {
             self.restore_answer(answer).await?;
         }
@@ -848,14 +848,20 @@ impl Raft {
     }
 
     /// Sends one restore step to the raft loop; the answer comes once its
-    /// entry is applied here.
+    /// entry is applied here. A node that stopped after the `first` step was
+    /// taken stopped with the restore in flight (`Stopped`).
     async fn propose_restore_step(
         &self,
         step: raftkv_core::RestoreStep,
+        first: bool,
     ) -> Result<oneshot::Receiver<Result<(LogIndex, Bytes), RaftError>>, RaftError> {
         let (reply, response) = oneshot::channel();
-        self.inner.requests.send(Request::Restore { step, reply }).await.map_err(|_| self.not_running())?;
-        Ok(response)
+        let sent = self.inner.requests.send(Request::Restore { step, reply }).await;
+        match sent {
+            Ok(()) => Ok(response),
+            Err(_) if first => Err(self.not_running()),
+            Err(_) => Err(self.stopped_in_flight()),
+        }
     }
 
     async fn restore_answer(

@@ -752,3 +752,217 @@ async fn dropping_an_observer_deregisters_it() {
     assert!(ended.is_ok(), "the observer's stream did not end with the node");
     cluster.shutdown().await;
 }
+
+/// A snapshot of another cluster's state machine: `count` commands named
+/// `restored {i}`, applied at indexes 1.., as `Recorder`'s snapshot writes it.
+fn foreign_snapshot(count: usize) -> (Vec<u8>, Vec<Bytes>) {
+    use raftkv_raft::{Entry, EntryPayload, StateMachine, Term};
+    let commands: Vec<Bytes> = (0..count).map(|i| Bytes::from(format!("restored {i}"))).collect();
+    let entries: Vec<Entry> = commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Entry { term: Term(7), index: LogIndex(i as u64 + 1), payload: EntryPayload::Command(c.clone()) })
+        .collect();
+    let mut source = Recorder::default();
+    source.apply(&entries);
+    let mut bytes = Vec::new();
+    source.snapshot().write_to(&mut bytes).unwrap();
+    (bytes, commands)
+}
+
+/// Restore chunks of 256 bytes: a restore of a few kilobytes is many
+/// entries. Restores of at most 1 MiB.
+fn small_appends(id: NodeId) -> Config {
+    Config { max_bytes_per_append: 512, max_restore_bytes: 1 << 20, ..Config::fast(id) }
+}
+
+/// Waits until node `id`'s state machine holds exactly `expected`.
+async fn wait_state(cluster: &Cluster, id: u64, expected: &[Bytes]) {
+    for _ in 0..1000 {
+        if cluster.nodes[&id].recorder.commands() == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let has = cluster.nodes[&id].recorder.commands();
+    panic!("node {id} holds {} commands, not the {} expected: {:?}", has.len(), expected.len(), has.last());
+}
+
+/// A restore replaces the state on every node at one index; writes before it
+/// are gone, writes after it apply on top; the state machine never sees the
+/// restore's entries (the recorder panics on one, which stops the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_replaces_the_state_everywhere_and_later_writes_apply_on_top() {
+    let cluster = Cluster::bootstrap_with(3, false, small_appends).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..5 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let (snapshot, mut expected) = foreign_snapshot(200);
+    assert!(snapshot.len() > 20 * 256, "the restore spans more chunks than are in flight at once");
+    let index = cluster.raft(leader).restore(std::io::Cursor::new(snapshot), TIMEOUT).await.unwrap();
+    assert!(cluster.raft(leader).applied_index() >= index);
+    assert_eq!(cluster.nodes[&leader].recorder.commands(), expected, "in force on the leader once answered");
+    for i in 5..10 {
+        let (after, _) = cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        assert!(after > index);
+        expected.push(command(i));
+    }
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+        assert!(cluster.raft(id).failure().is_none(), "node {id} failed: {:?}", cluster.raft(id).failure());
+    }
+    // A second restore, of an empty state, works the same way.
+    let (empty, _) = foreign_snapshot(0);
+    cluster.raft(leader).restore(std::io::Cursor::new(empty), TIMEOUT).await.unwrap();
+    cluster.raft(leader).apply(command(99), TIMEOUT).await.unwrap();
+    for id in 1..=3 {
+        wait_state(&cluster, id, &[command(99)]).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// A follower cut off during the restore gets the restored state after
+/// healing (by InstallSnapshot here: the leader snapshots right after a
+/// restore and keeps 10 entries behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_during_a_restore_converges_after_healing() {
+    fn config(id: NodeId) -> Config {
+        Config { max_bytes_per_append: 512, ..snapshot_often(id) }
+    }
+    let cluster = Cluster::bootstrap_with(3, false, config).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wait_applied(cut, 1).await;
+    cluster.network.isolate(NodeId(cut));
+    let (snapshot, mut expected) = foreign_snapshot(300);
+    cluster.raft(leader).restore(std::io::Cursor::new(snapshot), TIMEOUT).await.unwrap();
+    for i in 1..60 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        expected.push(command(i));
+    }
+    assert_eq!(cluster.nodes[&cut].recorder.commands(), vec![command(0)], "the cut-off follower saw nothing");
+    cluster.network.heal();
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+    }
+    let checks = cluster.nodes[&cut].recorder.checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(checks >= 1, "the follower caught up without a snapshot");
+    cluster.shutdown().await;
+}
+
+/// Bytes the state machine's check refuses (as a damaged backup would be)
+/// are refused on every node at the Commit: not done, and nothing changes
+/// anywhere; the cluster goes on. (Lost or damaged chunks, and checksums,
+/// are refused by the same rule: `runtime/restore.rs`'s tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_restore_is_refused_and_changes_nothing() {
+    let cluster = Cluster::bootstrap_with(3, false, small_appends).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        expected.push(command(i));
+    }
+    let (mut snapshot, _) = foreign_snapshot(100);
+    let middle = snapshot.len() / 2;
+    snapshot[middle] = b'}';
+    let refused = cluster.raft(leader).restore(std::io::Cursor::new(snapshot), TIMEOUT).await;
+    match &refused {
+        Err(error @ RaftError::RestoreFailed { index, reason }) => {
+            assert!(*index > LogIndex(5), "refused at its Commit: {index}");
+            assert!(reason.contains("check refused"), "{reason}");
+            assert!(!error.outcome_unknown());
+        }
+        other => panic!("a damaged restore: {other:?}"),
+    }
+    cluster.raft(leader).apply(command(5), TIMEOUT).await.unwrap();
+    expected.push(command(5));
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+        assert!(cluster.raft(id).failure().is_none());
+    }
+    // Too large for max_restore_bytes: refused before anything is proposed.
+    let before = cluster.raft(leader).status().await.unwrap().last_log_index;
+    let huge = std::io::Read::take(std::io::repeat(b'x'), (1 << 20) + 1);
+    let refused = cluster.raft(leader).restore(huge, TIMEOUT).await;
+    assert!(matches!(&refused, Err(RaftError::RestoreFailed { index: LogIndex(0), .. })), "{refused:?}");
+    assert_eq!(cluster.raft(leader).status().await.unwrap().last_log_index, before);
+    cluster.shutdown().await;
+}
+
+/// A follower refuses a restore (`NotLeader`, naming the leader), and a
+/// second restore on a node while one runs is refused (`RestoreInProgress`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_on_a_follower_or_while_one_runs_is_refused() {
+    let cluster = Cluster::bootstrap_with(3, false, small_appends).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (snapshot, expected) = foreign_snapshot(2000);
+    match cluster.raft(follower).restore(std::io::Cursor::new(snapshot.clone()), TIMEOUT).await {
+        Err(error @ RaftError::NotLeader { leader: Some(named) }) => {
+            assert_eq!(named, NodeId(leader));
+            assert!(!error.outcome_unknown());
+        }
+        other => panic!("restore on a follower: {other:?}"),
+    }
+    let before = cluster.raft(leader).status().await.unwrap().last_log_index;
+    let raft = cluster.raft(leader).clone();
+    let first = tokio::spawn(async move { raft.restore(std::io::Cursor::new(snapshot), TIMEOUT).await });
+    for _ in 0..1000 {
+        if cluster.raft(leader).status().await.unwrap().last_log_index > LogIndex(before.0 + 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Hundreds of chunks: the first is still running.
+    let second = cluster.raft(leader).restore(std::io::Cursor::new(foreign_snapshot(0).0), TIMEOUT).await;
+    match second {
+        Err(error @ RaftError::RestoreInProgress) => assert!(!error.outcome_unknown()),
+        other => panic!("a second restore while one runs: {other:?}"),
+    }
+    first.await.unwrap().unwrap();
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// The leader stops in the middle of a restore: the caller is told the
+/// outcome is unknown, and the nodes left agree on one state (restored or
+/// not, the same everywhere) once a new leader writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_mid_restore_leaves_an_unknown_outcome_and_one_state() {
+    fn config(id: NodeId) -> Config {
+        Config { max_bytes_per_append: 256, ..Config::fast(id) }
+    }
+    let mut cluster = Cluster::bootstrap_with(3, false, config).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
+    // Thousands of chunks of 128 bytes: the restore takes far longer than the stop.
+    let (snapshot, _) = foreign_snapshot(20_000);
+    let start = cluster.raft(leader).applied_index();
+    let raft = cluster.raft(leader).clone();
+    let restoring = tokio::spawn(async move { raft.restore(std::io::Cursor::new(snapshot), TIMEOUT).await });
+    for _ in 0..1000 {
+        if cluster.raft(leader).applied_index() > LogIndex(start.0 + 20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(cluster.raft(leader).applied_index() > LogIndex(start.0 + 20), "the restore never got going");
+    cluster.stop(leader).await;
+    let answer = restoring.await.unwrap();
+    assert!(answer.as_ref().is_err_and(RaftError::outcome_unknown), "{answer:?}");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let next = cluster.leader_among(&others).await;
+    cluster.raft(next).apply(command(1), TIMEOUT).await.unwrap();
+    let on_next = cluster.nodes[&next].recorder.commands();
+    assert_eq!(on_next, vec![command(0), command(1)], "the restore never committed: the state is the old one");
+    for id in &others {
+        wait_state(&cluster, *id, &on_next).await;
+        assert!(cluster.raft(*id).failure().is_none());
+    }
+    cluster.shutdown().await;
+}

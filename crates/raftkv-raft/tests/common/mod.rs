@@ -36,6 +36,8 @@ impl StateMachine for Recorder {
         entries
             .iter()
             .map(|entry| {
+                // A panic here stops the node, which the tests notice.
+                assert!(!matches!(entry.payload, EntryPayload::Restore(_)), "a restore step reached apply");
                 if let EntryPayload::Command(command) = &entry.payload {
                     if !command.is_empty() {
                         applied.push((entry.index, command.clone()));
