@@ -966,3 +966,35 @@ async fn a_leader_stopped_mid_restore_leaves_an_unknown_outcome_and_one_state() 
     }
     cluster.shutdown().await;
 }
+
+/// A restore survives a restart of every node: the WAL keeps its entries
+/// (kind 4) and start-up replays them, so each node rebuilds the restored
+/// state, then the writes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_replayed_from_the_log_after_a_restart() {
+    let mut cluster = Cluster::bootstrap_with(3, true, small_appends).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
+    let (snapshot, mut expected) = foreign_snapshot(100);
+    cluster.raft(leader).restore(std::io::Cursor::new(snapshot), TIMEOUT).await.unwrap();
+    for i in 1..5 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+        expected.push(command(i));
+    }
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+    }
+    for id in 1..=3 {
+        let Node { log, stable, .. } = cluster.stop(id).await;
+        drop((log, stable));
+        let dir = cluster.dirs[(id - 1) as usize].path().to_path_buf();
+        cluster.start(id, open_durable(&dir));
+    }
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster.raft(leader).apply(command(5), TIMEOUT).await.unwrap();
+    expected.push(command(5));
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+    }
+    cluster.shutdown().await;
+}
