@@ -140,9 +140,11 @@ pub struct Tracker {
 impl Tracker {
     /// One round on the leader's `status` at `now`; `None` when this node
     /// does not lead. A staging server counts as dead only once silent for
-    /// `join_timeout` too. With `gossip`, an unhealthy server that gossip
-    /// declared down is dead at once (as Consul's autopilot reaps servers
-    /// serf marks failed).
+    /// `join_timeout` too. With `gossip`, a server unhealthy for as long that
+    /// gossip declared down is dead even if it still answers now and then
+    /// (as Consul's autopilot reaps servers serf marks failed); a verdict of
+    /// gossip alone never is: a removal is final for the node, and one
+    /// stall must not cost it its place.
     pub fn observe(
         &mut self,
         status: &Status,
@@ -209,7 +211,8 @@ impl Tracker {
                 stable: healthy && held >= config.server_stabilization_time,
                 dead: !healthy
                     && role != ServerStatus::Leader
-                    && ((held >= dead_after && silent) || liveness == Some(Liveness::Down)),
+                    && held >= dead_after
+                    && (silent || liveness == Some(Liveness::Down)),
                 gossip: liveness,
                 last_contact_ms: last_contact.map(ms),
                 match_index,
@@ -386,10 +389,11 @@ mod tests {
         assert_eq!(state.remove, Some(NodeId(7)));
     }
 
-    /// Gossip's verdict counts: an unhealthy server that gossip declared
-    /// down is dead at once; a healthy one is not, whatever gossip says.
+    /// Gossip's verdict counts once the server has been unhealthy for the
+    /// stabilization time (a stall does not cost a node its place); a
+    /// healthy one is never dead, whatever gossip says.
     #[test]
-    fn a_server_gossip_declared_down_is_dead_at_once() {
+    fn a_server_gossip_declared_down_is_dead_once_unhealthy_for_the_stabilization_time() {
         use crate::agent::gossip::{GossipId, GossipMember};
         let member = |node: u64, liveness| GossipMember {
             id: GossipId {
@@ -406,8 +410,12 @@ mod tests {
             clusters: Default::default(),
         };
         let config = AutopilotConfig::default();
-        let round = status(&[1, 2, 3, 4], &[], &[], &[(2, Some(10), 0), (3, None, 0), (4, Some(10), 0)]);
-        let state = Tracker::default().observe(&round, &config, JOIN, Some(&view), Instant::now()).unwrap();
+        let round = status(&[1, 2, 3, 4], &[], &[], &[(2, Some(10), 0), (3, Some(900), 0), (4, Some(10), 0)]);
+        let (t0, mut tracker) = (Instant::now(), Tracker::default());
+        let state = tracker.observe(&round, &config, JOIN, Some(&view), t0).unwrap();
+        assert!(!server(&state, 3).dead && state.remove.is_none(), "unhealthy only now");
+        let later = t0 + config.server_stabilization_time;
+        let state = tracker.observe(&round, &config, JOIN, Some(&view), later).unwrap();
         assert!(!server(&state, 2).dead, "it answers the leader");
         assert!(server(&state, 3).dead && server(&state, 3).gossip == Some(Liveness::Down));
         assert_eq!(state.remove, Some(NodeId(3)));

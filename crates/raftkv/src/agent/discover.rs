@@ -4,9 +4,12 @@
 //! the first N servers that find each other by gossip found one together.
 //!
 //! Founders must agree on who they are: each waits until the N lowest node
-//! ids alive in gossip have stayed the same for a while, and derives the
-//! cluster id from that set, so founders that saw the same set make the
-//! same cluster. A node that is not among them waits for the cluster to
+//! ids alive in gossip (answering, not suspect) have stayed the same, with
+//! the same identities, for a while, and derives the cluster id from those
+//! identities, generations included, so founders that saw the same set make
+//! the same cluster and a cluster founded again by the same servers (after
+//! a wipe) gets another id, whose traffic a leftover node of the old one
+//! cannot join. A node that is not among them waits for the cluster to
 //! form and joins it. (If more than N servers start at once and see
 //! different sets, the sets make different clusters; as with Consul, start
 //! exactly N servers with `--bootstrap-expect N`.)
@@ -14,7 +17,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::agent::gossip::{Gossip, GossipId};
+use crate::agent::gossip::{Gossip, GossipId, Liveness};
 use crate::agent::wire;
 
 /// What a new node does.
@@ -42,7 +45,7 @@ pub async fn discover(
     expect: Option<usize>,
 ) -> Result<Start, String> {
     let started = Instant::now();
-    let mut settled: Option<(Vec<u64>, Instant)> = None;
+    let mut settled: Option<(Vec<GossipId>, Instant)> = None;
     let mut last_error = String::from("no --join address given and no member found by gossip");
     let mut round = 0u64;
     loop {
@@ -76,18 +79,20 @@ pub async fn discover(
         if let (Some(gossip), Some(expect)) = (gossip, expect) {
             let view = gossip.view();
             if view.clusters.is_empty() {
-                let mut alive: Vec<GossipId> = view.alive().filter(|m| !m.raft_addr.is_empty()).cloned().collect();
+                let answering = view.members.iter().filter(|m| m.liveness == Liveness::Alive && m.id.node != 0);
+                let mut alive: Vec<GossipId> =
+                    answering.map(|m| m.id.clone()).filter(|m| !m.raft_addr.is_empty()).collect();
                 alive.sort_by_key(|m| m.node);
                 alive.dedup_by_key(|m| m.node);
                 alive.truncate(expect);
                 let ids: Vec<u64> = alive.iter().map(|m| m.node).collect();
                 if ids.len() == expect && ids.contains(&me) {
                     match &settled {
-                        Some((set, since)) if *set == ids && since.elapsed() >= SETTLE => {
+                        Some((set, since)) if *set == alive && since.elapsed() >= SETTLE => {
                             return Ok(Start::Bootstrap { founders: alive });
                         }
-                        Some((set, _)) if *set == ids => {}
-                        _ => settled = Some((ids, Instant::now())),
+                        Some((set, _)) if *set == alive => {}
+                        _ => settled = Some((alive, Instant::now())),
                     }
                 } else {
                     settled = None;
@@ -109,13 +114,15 @@ pub async fn discover(
 
 /// The cluster id founders derive from their set: the same set, the same id.
 pub fn founders_cluster_id(founders: &[GossipId]) -> String {
-    let mut sorted: Vec<(u64, &str)> = founders.iter().map(|f| (f.node, f.raft_addr.as_str())).collect();
+    let mut sorted: Vec<(u64, &str, u64)> =
+        founders.iter().map(|f| (f.node, f.raft_addr.as_str(), f.generation)).collect();
     sorted.sort();
     let mut bytes = Vec::new();
-    for (node, raft_addr) in sorted {
+    for (node, raft_addr, generation) in sorted {
         bytes.extend_from_slice(&node.to_be_bytes());
         bytes.extend_from_slice(raft_addr.as_bytes());
         bytes.push(0);
+        bytes.extend_from_slice(&generation.to_be_bytes());
     }
     let (low, high) = (crc32c::crc32c(&bytes), crc32c::crc32c_append(0x5241_4654, &bytes));
     format!("{high:08x}{low:08x}{:08x}", bytes.len())
@@ -141,6 +148,9 @@ mod tests {
         let one = founders_cluster_id(&[a.clone(), b.clone(), c.clone()]);
         assert_eq!(one, founders_cluster_id(&[c.clone(), a.clone(), b.clone()]));
         assert_ne!(one, founders_cluster_id(&[a.clone(), b.clone()]));
-        assert_ne!(one, founders_cluster_id(&[a, b, founder(4)]));
+        assert_ne!(one, founders_cluster_id(&[a.clone(), b.clone(), founder(4)]));
+        // The same servers founding again (restarted: new generations) make another cluster.
+        let again = GossipId { generation: c.generation + 1, ..c };
+        assert_ne!(one, founders_cluster_id(&[a, b, again]));
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, Codec, Foca, OwnedNotification, PostcardCodec, Timer};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,8 @@ pub const MAX_DATAGRAM: usize = 1400 + 4 + 1 + MAX_CLUSTER_ID;
 const MAX_CLUSTER_ID: usize = 64;
 /// Inputs waiting for the gossip task; more are dropped.
 const QUEUE: usize = 1024;
+/// How long a cluster id heard counts as a cluster that exists.
+const HEARD_FOR: Duration = Duration::from_secs(10);
 
 /// A node as gossip names it: its raft id and addresses, and a generation
 /// that grows with each start (and each rejoin after being declared down),
@@ -61,7 +63,9 @@ impl foca::Identity for GossipId {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<GossipId> {
-        Some(GossipId { generation: self.generation.wrapping_add(1).max(1), ..self.clone() })
+        // Now, or one past the last if the clock went back: a rejoin wins
+        // over any identity whose generation `CheckedCodec` let in.
+        Some(GossipId { generation: self.generation.saturating_add(1).max(now_nanos()), ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -70,6 +74,70 @@ impl foca::Identity for GossipId {
 
     fn win_addr_conflict(&self, adversary: &GossipId) -> bool {
         self.generation > adversary.generation
+    }
+}
+
+/// Wall-clock nanoseconds: identities' generations are drawn from it.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+        .max(1)
+}
+
+/// How far in the future (by this node's clock) another identity's
+/// generation may be: clock skew between nodes, not more. A forged
+/// identity with a generation far ahead would otherwise win every conflict
+/// for its address for as long as gossip remembers it, and send the real
+/// node into rejoining forever.
+const GENERATION_SKEW: Duration = Duration::from_secs(60);
+
+/// foca's postcard codec, refusing identities from the future (see
+/// `GENERATION_SKEW`).
+#[derive(Clone, Copy, Debug)]
+struct CheckedCodec;
+
+#[derive(Debug, thiserror::Error)]
+enum CodecError {
+    #[error("{0}")]
+    Postcard(<PostcardCodec as Codec<GossipId>>::Error),
+    #[error("node {node} at {addr} claims a generation {ahead_s} s ahead of this node's clock")]
+    FromTheFuture { node: u64, addr: SocketAddr, ahead_s: u64 },
+}
+
+impl CheckedCodec {
+    fn check(id: &GossipId) -> Result<(), CodecError> {
+        let limit = now_nanos().saturating_add(GENERATION_SKEW.as_nanos() as u64);
+        if id.generation > limit {
+            let ahead_s = (id.generation - limit) / 1_000_000_000 + GENERATION_SKEW.as_secs();
+            return Err(CodecError::FromTheFuture { node: id.node, addr: id.gossip_addr, ahead_s });
+        }
+        Ok(())
+    }
+}
+
+impl Codec<GossipId> for CheckedCodec {
+    type Error = CodecError;
+
+    fn encode_header(&mut self, header: &foca::Header<GossipId>, buf: impl bytes::BufMut) -> Result<(), CodecError> {
+        PostcardCodec.encode_header(header, buf).map_err(CodecError::Postcard)
+    }
+
+    fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<foca::Header<GossipId>, CodecError> {
+        let header = PostcardCodec.decode_header(buf).map_err(CodecError::Postcard)?;
+        CheckedCodec::check(&header.src)?;
+        CheckedCodec::check(&header.dst)?;
+        Ok(header)
+    }
+
+    fn encode_member(&mut self, member: &foca::Member<GossipId>, buf: impl bytes::BufMut) -> Result<(), CodecError> {
+        PostcardCodec.encode_member(member, buf).map_err(CodecError::Postcard)
+    }
+
+    fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<foca::Member<GossipId>, CodecError> {
+        let member = PostcardCodec.decode_member(buf).map_err(CodecError::Postcard)?;
+        CheckedCodec::check(member.id())?;
+        Ok(member)
     }
 }
 
@@ -96,7 +164,8 @@ pub struct GossipMember {
 pub struct GossipView {
     /// Every member known, this node included, lowest node id first.
     pub members: Vec<GossipMember>,
-    /// Cluster ids heard from other nodes, with an address that sent each.
+    /// Cluster ids heard from other nodes in the last `HEARD_FOR`, with an
+    /// address that sent each.
     pub clusters: BTreeMap<String, SocketAddr>,
 }
 
@@ -178,7 +247,7 @@ impl Gossip {
         let (inputs, receiver) = mpsc::channel(QUEUE);
         let (publish, view) = watch::channel(GossipView::default());
         let seed = fastrand::u64(..);
-        let foca = Foca::new(me.clone(), config.foca_config(), SmallRng::seed_from_u64(seed), PostcardCodec);
+        let foca = Foca::new(me.clone(), config.foca_config(), SmallRng::seed_from_u64(seed), CheckedCodec);
         let member = Member {
             foca,
             runtime: AccumulatingRuntime::new(),
@@ -186,7 +255,8 @@ impl Gossip {
             inputs: inputs.clone(),
             publish,
             cluster_id: cluster_id.clone(),
-            clusters: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            rejoins: (None, 0),
         };
         let reader = tokio::spawn(read(socket, inputs.clone(), cluster_id));
         let task = tokio::spawn(async move {
@@ -275,13 +345,16 @@ fn frame(cluster_id: &str, packet: &[u8]) -> Bytes {
 }
 
 struct Member {
-    foca: Foca<GossipId, PostcardCodec, SmallRng, foca::NoCustomBroadcast>,
+    foca: Foca<GossipId, CheckedCodec, SmallRng, foca::NoCustomBroadcast>,
     runtime: AccumulatingRuntime<GossipId>,
     socket: Arc<UdpSocket>,
     inputs: mpsc::Sender<Input>,
     publish: watch::Sender<GossipView>,
     cluster_id: watch::Receiver<String>,
-    clusters: BTreeMap<String, SocketAddr>,
+    /// Cluster ids heard from others, with an address and when last.
+    heard: BTreeMap<String, (SocketAddr, std::time::Instant)>,
+    /// When this node last said it rejoined, and how often since.
+    rejoins: (Option<std::time::Instant>, u64),
 }
 
 impl Member {
@@ -294,10 +367,15 @@ impl Member {
         while let Some(input) = receiver.recv().await {
             let result = match input {
                 Input::Data { from, cluster, packet } => {
-                    if !cluster.is_empty() {
-                        self.clusters.insert(cluster, from);
+                    let handled = self.foca.handle_data(&packet, &mut self.runtime);
+                    // Only a packet foca took says a cluster exists there.
+                    if handled.is_ok()
+                        && !cluster.is_empty()
+                        && (self.heard.len() < 64 || self.heard.contains_key(&cluster))
+                    {
+                        self.heard.insert(cluster, (from, std::time::Instant::now()));
                     }
-                    self.foca.handle_data(&packet, &mut self.runtime)
+                    handled
                 }
                 Input::Timer(timer) => self.foca.handle_timer(timer, &mut self.runtime),
                 Input::Announce(addr) => self.foca.announce(GossipId::placeholder(addr), &mut self.runtime),
@@ -318,6 +396,7 @@ impl Member {
 
     /// Sends what foca queued, schedules its timers, publishes the view.
     async fn flush(&mut self) {
+        self.heard.retain(|_, (_, at)| at.elapsed() < HEARD_FOR);
         let cluster_id = self.cluster_id.borrow().clone();
         while let Some((to, packet)) = self.runtime.to_send() {
             let datagram = frame(&cluster_id, &packet);
@@ -344,7 +423,14 @@ impl Member {
                     tracing::warn!(node = id.node, addr = %id.gossip_addr, "gossip: member down")
                 }
                 OwnedNotification::Rejoin(id) => {
-                    tracing::warn!(generation = id.generation, "gossip: this node was declared down and rejoined")
+                    // Said at most every 5 s: a forged verdict can repeat it.
+                    let (last, count) = &mut self.rejoins;
+                    *count += 1;
+                    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(generation = id.generation, times = *count, "gossip: declared down; rejoined");
+                        *last = Some(std::time::Instant::now());
+                        *count = 0;
+                    }
                 }
                 OwnedNotification::Defunct => tracing::warn!("gossip: this node is declared down"),
                 _ => {}
@@ -373,7 +459,10 @@ impl Member {
             .collect();
         members.push(GossipMember { id: me, liveness: Liveness::Alive });
         members.sort_by_key(|m| (m.id.node, m.id.generation));
-        GossipView { members, clusters: self.clusters.clone() }
+        let fresh = |at: &std::time::Instant| at.elapsed() < HEARD_FOR;
+        let clusters =
+            self.heard.iter().filter(|(_, (_, at))| fresh(at)).map(|(id, (from, _))| (id.clone(), *from)).collect();
+        GossipView { members, clusters }
     }
 }
 
@@ -391,6 +480,29 @@ mod tests {
         assert_eq!(unframe(b"RKG1\x00"), None, "no packet");
         assert_eq!(unframe(b"RKG1\x02\xff\xfepacket"), None, "not UTF-8");
         assert_eq!(unframe(b""), None);
+    }
+
+    /// An identity from the future (a forged one, which would win every
+    /// conflict for its address for as long as gossip remembers it) is
+    /// refused on decoding; one within clock skew is taken; a node's rejoin
+    /// generation is never behind its clock.
+    #[test]
+    fn identities_from_the_future_are_refused() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7001));
+        let now = id(3, addr);
+        let now = GossipId { generation: now_nanos(), ..now };
+        let mut bytes = BytesMut::new();
+        let encode = |id: &GossipId, out: &mut BytesMut| {
+            CheckedCodec.encode_member(&foca::Member::down(id.clone()), &mut *out).unwrap();
+        };
+        encode(&now, &mut bytes);
+        assert!(CheckedCodec.decode_member(bytes.split().freeze()).is_ok());
+        let forged = GossipId { generation: u64::MAX, ..now.clone() };
+        encode(&forged, &mut bytes);
+        let refused = CheckedCodec.decode_member(bytes.split().freeze());
+        assert!(matches!(refused, Err(CodecError::FromTheFuture { node: 3, .. })), "{refused:?}");
+        let renewed = foca::Identity::renew(&GossipId { generation: 1, ..now }).unwrap();
+        assert!(renewed.generation >= now_nanos() - 1_000_000_000);
     }
 
     fn id(node: u64, addr: SocketAddr) -> GossipId {

@@ -312,15 +312,30 @@ impl Agent {
             }
         }
         self.probe(&member).await?;
+        let mut replaced = None;
         if let Some(read) = guard {
             // Only the member this call saw: a change made meanwhile wins.
             let removed = self.raft.remove_server(member.id, Some(read), timeout).await?;
             tracing::warn!(node = %member.id, %removed, new_address = %member.raft_addr, "replaced a member");
+            replaced = Some(removed);
         }
-        let register =
-            Command::RegisterPeer { id: member.id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
-        self.raft.apply(register.encode(), timeout).await?;
-        Ok(self.raft.add_voter(member.id, None, self.config.join_timeout).await?)
+        let id = member.id;
+        let register = Command::RegisterPeer { id: id.0, raft_addr: member.raft_addr, http_addr: member.http_addr };
+        let added = async {
+            self.raft.apply(register.encode(), timeout).await?;
+            Ok::<_, Failure>(self.raft.add_voter(id, None, self.config.join_timeout).await?)
+        };
+        added.await.map_err(|failure| match replaced {
+            // The removal is done whatever became of the add: say so.
+            Some(removed) => Failure {
+                message: format!(
+                    "the member {id} it replaces was removed (index {removed}); then: {}",
+                    failure.message
+                ),
+                ..failure
+            },
+            None => failure,
+        })
     }
 
     /// Whether the member itself answers at its address, as a node of this
@@ -362,6 +377,10 @@ impl Agent {
         let mut last_error = String::from("no --join address given");
         let attempts = if self.config.retry_join.is_empty() { 30 } else { u64::MAX };
         for attempt in 0..attempts {
+            if let Some(reason) = self.removed() {
+                // Staged, not caught up in time, removed: this node has stopped.
+                return Err(reason);
+            }
             for target in targets {
                 let joined = match wire::cluster_info(target).await {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
@@ -513,8 +532,13 @@ impl Agent {
     /// resolves: the process ends). A node that cannot be removed (the last
     /// voter) is refused and stays.
     pub async fn leave(&self) -> Result<(), Failure> {
-        let status = self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
-        if status.membership.is_member(self.id) {
+        // Removed already (a retried leave whose first answer was lost, say):
+        // what is left is telling gossip and stopping.
+        let status = match self.removed() {
+            Some(_) => None,
+            None => Some(self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?),
+        };
+        if let Some(status) = status.filter(|s| s.membership.is_member(self.id)) {
             if status.leader == Some(self.id) {
                 let target = self.first_other_voter().await?;
                 self.raft.leadership_transfer(target).await?;

@@ -88,8 +88,10 @@ impl Agent {
             }
             _ if config.bootstrap => {
                 let cluster_id = new_cluster_id();
-                Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [id])?;
+                // The id first: a crash between the two leaves an id without
+                // raft state, which the next start replaces.
                 stable.set(datadir::CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage_error(&dir))?;
+                Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [id])?;
                 tracing::info!(%cluster_id, "bootstrapped a new cluster");
                 cluster_id
             }
@@ -104,6 +106,7 @@ impl Agent {
                     }
                     Ok(Start::Bootstrap { founders: set }) => {
                         let cluster_id = discover::founders_cluster_id(&set);
+                        stable.set(datadir::CLUSTER_ID_KEY, cluster_id.as_bytes()).map_err(storage_error(&dir))?;
                         let voters: Vec<NodeId> = set.iter().map(|f| NodeId(f.node)).collect();
                         Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), voters.clone())?;
                         tracing::info!(%cluster_id, ?voters, "bootstrapped a new cluster with the servers gossip found");
