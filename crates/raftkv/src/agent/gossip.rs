@@ -36,6 +36,11 @@ pub const MAX_DATAGRAM: usize = 1400 + 4 + 1 + MAX_CLUSTER_ID;
 const MAX_CLUSTER_ID: usize = 64;
 /// Inputs waiting for the gossip task; more are dropped.
 const QUEUE: usize = 1024;
+/// How long a member declared down is remembered.
+const REMOVE_DOWN_AFTER: Duration = Duration::from_secs(120);
+/// The view is published at once on a membership notification, else at
+/// most this often (building it is O(members)).
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How long a cluster id heard counts as a cluster that exists.
 const HEARD_FOR: Duration = Duration::from_secs(10);
 
@@ -92,10 +97,18 @@ pub fn now_nanos() -> u64 {
 /// node into rejoining forever.
 const GENERATION_SKEW: Duration = Duration::from_secs(60);
 
+/// Members gossip keeps at most (alive, suspect and down): beyond it, no
+/// membership update is taken until down members are forgotten. raftkv
+/// clusters have a handful of servers; the bound is for made-up members.
+const MAX_MEMBERS: usize = 1024;
+
 /// foca's postcard codec, refusing identities from the future (see
-/// `GENERATION_SKEW`).
-#[derive(Clone, Copy, Debug)]
-struct CheckedCodec;
+/// `GENERATION_SKEW`) and membership updates once `MAX_MEMBERS` are known
+/// (`members` is kept up to date by the member task).
+#[derive(Clone, Debug, Default)]
+struct CheckedCodec {
+    members: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 #[derive(Debug, thiserror::Error)]
 enum CodecError {
@@ -103,6 +116,8 @@ enum CodecError {
     Postcard(<PostcardCodec as Codec<GossipId>>::Error),
     #[error("node {node} at {addr} claims a generation {ahead_s} s ahead of this node's clock")]
     FromTheFuture { node: u64, addr: SocketAddr, ahead_s: u64 },
+    #[error("{MAX_MEMBERS} members known already; membership updates are refused")]
+    TooManyMembers,
 }
 
 impl CheckedCodec {
@@ -135,6 +150,9 @@ impl Codec<GossipId> for CheckedCodec {
     }
 
     fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<foca::Member<GossipId>, CodecError> {
+        if self.members.load(std::sync::atomic::Ordering::Relaxed) >= MAX_MEMBERS {
+            return Err(CodecError::TooManyMembers);
+        }
         let member = PostcardCodec.decode_member(buf).map_err(CodecError::Postcard)?;
         CheckedCodec::check(member.id())?;
         Ok(member)
@@ -200,6 +218,10 @@ impl GossipConfig {
     fn foca_config(&self) -> foca::Config {
         let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(7));
         config.probe_period = self.probe_period;
+        // A member declared down is forgotten after a while (foca's default
+        // is a day), so that made-up members cannot pile up: a real one that
+        // returns does so with a newer generation anyway.
+        config.remove_down_after = Some(REMOVE_DOWN_AFTER);
         // A probe's answer must come well within a period.
         config.probe_rtt = self.probe_period / 2;
         config.suspect_to_down_after = self.suspect_to_down;
@@ -247,8 +269,11 @@ impl Gossip {
         let (inputs, receiver) = mpsc::channel(QUEUE);
         let (publish, view) = watch::channel(GossipView::default());
         let seed = fastrand::u64(..);
-        let foca = Foca::new(me.clone(), config.foca_config(), SmallRng::seed_from_u64(seed), CheckedCodec);
+        let codec = CheckedCodec::default();
+        let known = codec.members.clone();
+        let foca = Foca::new(me.clone(), config.foca_config(), SmallRng::seed_from_u64(seed), codec);
         let member = Member {
+            known,
             foca,
             runtime: AccumulatingRuntime::new(),
             socket: socket.clone(),
@@ -257,6 +282,7 @@ impl Gossip {
             cluster_id: cluster_id.clone(),
             heard: BTreeMap::new(),
             rejoins: (None, 0),
+            published: std::time::Instant::now(),
         };
         let reader = tokio::spawn(read(socket, inputs.clone(), cluster_id));
         let task = tokio::spawn(async move {
@@ -345,6 +371,8 @@ fn frame(cluster_id: &str, packet: &[u8]) -> Bytes {
 }
 
 struct Member {
+    /// How many members foca holds, for `CheckedCodec`'s bound.
+    known: Arc<std::sync::atomic::AtomicUsize>,
     foca: Foca<GossipId, CheckedCodec, SmallRng, foca::NoCustomBroadcast>,
     runtime: AccumulatingRuntime<GossipId>,
     socket: Arc<UdpSocket>,
@@ -355,6 +383,8 @@ struct Member {
     heard: BTreeMap<String, (SocketAddr, std::time::Instant)>,
     /// When this node last said it rejoined, and how often since.
     rejoins: (Option<std::time::Instant>, u64),
+    /// When the view was last built.
+    published: std::time::Instant,
 }
 
 impl Member {
@@ -396,6 +426,7 @@ impl Member {
 
     /// Sends what foca queued, schedules its timers, publishes the view.
     async fn flush(&mut self) {
+        self.known.store(self.foca.iter_membership_state().len(), std::sync::atomic::Ordering::Relaxed);
         self.heard.retain(|_, (_, at)| at.elapsed() < HEARD_FOR);
         let cluster_id = self.cluster_id.borrow().clone();
         while let Some((to, packet)) = self.runtime.to_send() {
@@ -436,9 +467,12 @@ impl Member {
                 _ => {}
             }
         }
-        let view = self.view();
-        if changed || *self.publish.borrow() != view {
-            self.publish.send_replace(view);
+        if changed || self.published.elapsed() >= PUBLISH_EVERY {
+            let view = self.view();
+            self.published = std::time::Instant::now();
+            if *self.publish.borrow() != view {
+                self.publish.send_replace(view);
+            }
         }
     }
 
@@ -493,13 +527,13 @@ mod tests {
         let now = GossipId { generation: now_nanos(), ..now };
         let mut bytes = BytesMut::new();
         let encode = |id: &GossipId, out: &mut BytesMut| {
-            CheckedCodec.encode_member(&foca::Member::down(id.clone()), &mut *out).unwrap();
+            CheckedCodec::default().encode_member(&foca::Member::down(id.clone()), &mut *out).unwrap();
         };
         encode(&now, &mut bytes);
-        assert!(CheckedCodec.decode_member(bytes.split().freeze()).is_ok());
+        assert!(CheckedCodec::default().decode_member(bytes.split().freeze()).is_ok());
         let forged = GossipId { generation: u64::MAX, ..now.clone() };
         encode(&forged, &mut bytes);
-        let refused = CheckedCodec.decode_member(bytes.split().freeze());
+        let refused = CheckedCodec::default().decode_member(bytes.split().freeze());
         assert!(matches!(refused, Err(CodecError::FromTheFuture { node: 3, .. })), "{refused:?}");
         let renewed = foca::Identity::renew(&GossipId { generation: 1, ..now }).unwrap();
         assert!(renewed.generation >= now_nanos() - 1_000_000_000);
