@@ -280,6 +280,11 @@ async fn a_node_removed_while_cut_off_learns_it_and_stops_taking_part() {
     assert_eq!(body["error"]["outcome"], "not_done", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("removed"), "{body}");
     assert!(log_of(&nodes[victim - 1]).contains("removed from the cluster"));
+    // Joining it again as it is would only stage a node that takes no part.
+    let again = json!({"id": victim, "raft_addr": nodes[victim - 1].raft});
+    let (status, body) = post(&nodes[leader as usize - 1], "/api/v1/join", again).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("was removed"), "{body}");
     // It never disturbed the others.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = stats(&nodes[leader as usize - 1]).await.unwrap();

@@ -357,6 +357,11 @@ impl Agent {
         if info.node_id != member.id.0 {
             return Err(refuse(format!("node {} answers there", info.node_id)));
         }
+        if info.removed {
+            return Err(refuse(
+                "it was removed from this cluster and stopped; wipe its data dir and start it again".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -142,6 +142,7 @@ impl proto::internal_server::Internal for InternalService {
             members,
             membership_index,
             membership_committed,
+            removed: self.agent.removed().is_some(),
         }))
     }
 
