@@ -907,21 +907,34 @@ async fn restore_on_a_follower_or_while_one_runs_is_refused() {
         }
         other => panic!("restore on a follower: {other:?}"),
     }
-    let before = cluster.raft(leader).status().await.unwrap().last_log_index;
-    let raft = cluster.raft(leader).clone();
-    let first = tokio::spawn(async move { raft.restore(std::io::Cursor::new(snapshot), TIMEOUT).await });
-    for _ in 0..1000 {
-        if cluster.raft(leader).status().await.unwrap().last_log_index > LogIndex(before.0 + 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    // The first restore's reader says when it is read and waits for the gate:
+    // the first runs, deterministically, while the second is asked for.
+    struct Gated {
+        started: Option<tokio::sync::oneshot::Sender<()>>,
+        gate: std::sync::mpsc::Receiver<()>,
+        data: std::io::Cursor<Vec<u8>>,
     }
-    // Hundreds of chunks: the first is still running.
+    impl std::io::Read for Gated {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(started) = self.started.take() {
+                let _ = started.send(());
+                let _ = self.gate.recv();
+            }
+            self.data.read(buf)
+        }
+    }
+    let (started, is_started) = tokio::sync::oneshot::channel();
+    let (open, gate) = std::sync::mpsc::channel();
+    let reader = Gated { started: Some(started), gate, data: std::io::Cursor::new(snapshot) };
+    let raft = cluster.raft(leader).clone();
+    let first = tokio::spawn(async move { raft.restore(reader, TIMEOUT).await });
+    is_started.await.unwrap();
     let second = cluster.raft(leader).restore(std::io::Cursor::new(foreign_snapshot(0).0), TIMEOUT).await;
     match second {
         Err(error @ RaftError::RestoreInProgress) => assert!(!error.outcome_unknown()),
         other => panic!("a second restore while one runs: {other:?}"),
     }
+    open.send(()).unwrap();
     first.await.unwrap().unwrap();
     for id in 1..=3 {
         wait_state(&cluster, id, &expected).await;
@@ -930,14 +943,15 @@ async fn restore_on_a_follower_or_while_one_runs_is_refused() {
 }
 
 /// The leader stops in the middle of a restore: the caller is told the
-/// outcome is unknown, and the nodes left agree on one state (restored or
-/// not, the same everywhere) once a new leader writes.
+/// outcome is unknown, the nodes left agree on one state once a new leader
+/// writes (the old one: the Commit was never proposed), and so does the old
+/// leader once it restarts from its stores with the abandoned steps in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_mid_restore_leaves_an_unknown_outcome_and_one_state() {
     fn config(id: NodeId) -> Config {
         Config { max_bytes_per_append: 256, ..Config::fast(id) }
     }
-    let mut cluster = Cluster::bootstrap_with(3, false, config).await;
+    let mut cluster = Cluster::bootstrap_with(3, true, config).await;
     let leader = cluster.leader_among(&[1, 2, 3]).await;
     cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
     // Thousands of chunks of 128 bytes: the restore takes far longer than the stop.
@@ -952,7 +966,7 @@ async fn a_leader_stopped_mid_restore_leaves_an_unknown_outcome_and_one_state() 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(cluster.raft(leader).applied_index() > LogIndex(start.0 + 20), "the restore never got going");
-    cluster.stop(leader).await;
+    let Node { log, stable, .. } = cluster.stop(leader).await;
     let answer = restoring.await.unwrap();
     assert!(answer.as_ref().is_err_and(RaftError::outcome_unknown), "{answer:?}");
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
@@ -963,6 +977,15 @@ async fn a_leader_stopped_mid_restore_leaves_an_unknown_outcome_and_one_state() 
     for id in &others {
         wait_state(&cluster, *id, &on_next).await;
         assert!(cluster.raft(*id).failure().is_none());
+    }
+    drop((log, stable));
+    let dir = cluster.dirs[(leader - 1) as usize].path().to_path_buf();
+    cluster.start(leader, open_durable(&dir));
+    cluster.raft(next).apply(command(2), TIMEOUT).await.unwrap();
+    let expected = vec![command(0), command(1), command(2)];
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+        assert!(cluster.raft(id).failure().is_none());
     }
     cluster.shutdown().await;
 }

@@ -84,6 +84,15 @@ impl ApplyTask {
                 let restored_before = self.restores.restored();
                 let mut outcomes =
                     apply_entries(self.state_machine.as_mut(), &mut self.restores, self.check.as_ref(), &entries)?;
+                let bytes = entries.iter().map(|e| e.size_bytes() as u64).sum();
+                self.applier.applied(last, bytes);
+                if self.restores.restored() != restored_before {
+                    self.applier.snapshot_soon();
+                }
+                self.applier.set_capture_held(self.restores.holds_captures());
+                // Published before the answers, so that a caller answered
+                // sees its index applied (`Raft::applied_index`).
+                self.applied.send_replace(last);
                 for (index, reply) in replies {
                     let outcome = outcomes.get_mut((index.0 - first.0) as usize).map(std::mem::take);
                     match outcome.unwrap_or_default() {
@@ -91,13 +100,6 @@ impl ApplyTask {
                         Outcome::RestoreRefused(reason) => reply.restore_refused(index, reason),
                     }
                 }
-                let bytes = entries.iter().map(|e| e.size_bytes() as u64).sum();
-                self.applier.applied(last, bytes);
-                if self.restores.restored() != restored_before {
-                    self.applier.snapshot_soon();
-                }
-                self.applier.set_capture_held(self.restores.holds_captures());
-                self.applied.send_replace(last);
             }
             ApplyJob::Read { index, reply } => self.applier.read(index, reply),
             ApplyJob::Restore { meta } => {
