@@ -688,6 +688,41 @@ mod tests {
         }
     }
 
+    /// Restore steps are replicated and committed like commands, only by
+    /// the leader, and count their bytes in `size_bytes`.
+    #[test]
+    fn restore_steps_replicate_and_commit_like_commands() {
+        use crate::error::ProposeError;
+        use crate::types::RestoreStep;
+        let mut trio = Trio::led_by_node_1();
+        let steps = [
+            RestoreStep::Begin { id: 5, len: 3, crc32c: 1 },
+            RestoreStep::Chunk { id: 5, seq: 0, data: Bytes::from_static(b"abc") },
+            RestoreStep::Commit { id: 5, chunks: 1 },
+        ];
+        let first = trio.cores[0].last_log_id().index.next();
+        for step in steps.clone() {
+            trio.cores[0].propose_restore(step).unwrap();
+            trio.settle();
+        }
+        // A heartbeat tells the followers the commit index.
+        trio.now += 500;
+        trio.cores[0].handle_tick(trio.now);
+        trio.settle();
+        let refused = trio.cores[1].propose_restore(steps[0].clone());
+        assert!(matches!(refused, Err(ProposeError::NotLeader { leader: Some(NodeId(1)) })), "{refused:?}");
+        for core in &trio.cores {
+            assert!(core.commit_index() >= LogIndex(first.0 + 2));
+            for (i, step) in steps.iter().enumerate() {
+                let entry = core.log.entry(LogIndex(first.0 + i as u64)).expect("replicated");
+                assert_eq!(entry.payload, EntryPayload::Restore(step.clone()));
+            }
+            core.check_invariants().unwrap();
+        }
+        let chunk = trio.cores[0].log.entry(LogIndex(first.0 + 1)).unwrap();
+        assert_eq!(chunk.size_bytes(), 24 + 20 + 3);
+    }
+
     #[test]
     fn a_commit_index_past_the_log_is_reported() {
         let mut trio = Trio::led_by_node_1();
