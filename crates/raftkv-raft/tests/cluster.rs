@@ -1021,3 +1021,45 @@ async fn a_restore_is_replayed_from_the_log_after_a_restart() {
     }
     cluster.shutdown().await;
 }
+
+/// No snapshot is taken inside an open restore: a follower restarted from
+/// its stores in the middle of one (snapshots every 50 entries) still has
+/// every chunk after its newest snapshot, and restores at the Commit with
+/// the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_mid_restore_restores_with_the_others() {
+    fn config(id: NodeId) -> Config {
+        Config { max_bytes_per_append: 256, ..snapshot_often(id) }
+    }
+    let mut cluster = Cluster::bootstrap_with(3, true, config).await;
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    for i in 0..60 {
+        cluster.raft(leader).apply(command(i), TIMEOUT).await.unwrap();
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wait_applied(follower, 60).await;
+    let (snapshot, mut expected) = foreign_snapshot(3000);
+    let start = cluster.raft(follower).applied_index();
+    let raft = cluster.raft(leader).clone();
+    let restoring =
+        tokio::spawn(async move { raft.restore(std::io::Cursor::new(snapshot), Duration::from_secs(60)).await });
+    for _ in 0..2000 {
+        if cluster.raft(follower).applied_index() > LogIndex(start.0 + 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(cluster.raft(follower).applied_index() > LogIndex(start.0 + 200), "the restore never got going");
+    let Node { log, stable, .. } = cluster.stop(follower).await;
+    drop((log, stable));
+    let dir = cluster.dirs[(follower - 1) as usize].path().to_path_buf();
+    cluster.start(follower, open_durable(&dir));
+    restoring.await.unwrap().unwrap();
+    cluster.raft(leader).apply(command(60), TIMEOUT).await.unwrap();
+    expected.push(command(60));
+    for id in 1..=3 {
+        wait_state(&cluster, id, &expected).await;
+        assert!(cluster.raft(id).failure().is_none());
+    }
+    cluster.shutdown().await;
+}
