@@ -5,6 +5,12 @@ use std::time::Duration;
 use raftkv_core::{CoreConfig, NodeId};
 use raftkv_driver::{DriverConfig, SnapshotPolicy};
 
+/// Bounds of the snapshot and retention settings (see `Config::validate`).
+pub const MAX_SNAPSHOT_THRESHOLD: u64 = 100_000_000;
+pub const MAX_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_SNAPSHOT_LOG_BYTES: u64 = 16 << 30;
+pub const MAX_TRAILING_LOGS: u64 = 10_000_000;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
@@ -118,14 +124,19 @@ impl Config {
 
     /// Checks the settings the core does not see, then the core's.
     pub fn validate(&self) -> Result<(), String> {
-        if self.snapshot_threshold == 0 {
-            return Err("snapshot_threshold must be positive".into());
+        // Upper bounds too: the log lives in memory until a snapshot, so a
+        // setting that puts compaction off for good (2^64 - 1) is refused.
+        if self.snapshot_threshold == 0 || self.snapshot_threshold > MAX_SNAPSHOT_THRESHOLD {
+            return Err(format!("snapshot_threshold must be between 1 and {MAX_SNAPSHOT_THRESHOLD}"));
         }
-        if self.snapshot_interval.is_zero() {
-            return Err("snapshot_interval must be positive".into());
+        if self.snapshot_interval.is_zero() || self.snapshot_interval > MAX_SNAPSHOT_INTERVAL {
+            return Err(format!("snapshot_interval must be positive and at most {MAX_SNAPSHOT_INTERVAL:?}"));
         }
-        if self.snapshot_log_bytes == 0 {
-            return Err("snapshot_log_bytes must be positive".into());
+        if self.snapshot_log_bytes == 0 || self.snapshot_log_bytes > MAX_SNAPSHOT_LOG_BYTES {
+            return Err(format!("snapshot_log_bytes must be between 1 and {MAX_SNAPSHOT_LOG_BYTES}"));
+        }
+        if self.trailing_logs > MAX_TRAILING_LOGS {
+            return Err(format!("trailing_logs must be at most {MAX_TRAILING_LOGS}"));
         }
         if self.tick_interval.is_zero() || self.tick_interval > self.heartbeat_interval {
             return Err(format!(

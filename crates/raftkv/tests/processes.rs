@@ -109,6 +109,20 @@ async fn bad_input_gets_the_documented_error_and_the_node_stays_healthy() {
         ),
         (http.post(format!("{base}/api/v1/remove")).body("[]"), 400, "remove without JSON"),
         (http.post(format!("{base}/api/v1/transfer-leader")).body("{"), 400, "transfer bad JSON"),
+        (http.delete(format!("{base}/api/v1/delete?key=%FF")), 400, "a key that is not UTF-8"),
+        (http.get(format!("{base}/api/v1/get?key=%C3")), 400, "a truncated UTF-8 key"),
+        (http.get(format!("{base}/api/v1/nothing-here")), 404, "no such route"),
+        (http.get(format!("{base}/api/v1/set")), 405, "a method the route does not take"),
+        (
+            http.post(format!("{base}/api/maintain/config")).json(&json!({"trailing_logs": u64::MAX})),
+            400,
+            "compaction put off for good",
+        ),
+        (
+            http.post(format!("{base}/api/maintain/config")).json(&json!({"snapshot_log_bytes": u64::MAX})),
+            400,
+            "snapshot bytes without bound",
+        ),
     ];
     for (request, expected, what) in cases {
         let response = request.send().await.unwrap();

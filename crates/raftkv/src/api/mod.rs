@@ -40,7 +40,89 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/maintain/config", post(admin::reload_config))
         .route("/api/maintain/snapshot", post(admin::take_snapshot))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), refuse_if_failed))
+        .layer(axum::middleware::from_fn(envelope))
         .with_state(agent)
+}
+
+/// Every answer speaks one language: a query that is not UTF-8 once
+/// percent-decoded is refused (it would otherwise name another key, with
+/// U+FFFD in place of the bytes), and an error axum makes by itself (no
+/// such route, a method the route does not take, a query or body its
+/// extractors refuse, a body over the limit) gets the JSON error envelope
+/// like the handlers' own errors. None of those ran anything: not done.
+async fn envelope(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(query) = request.uri().query() {
+        if !query_is_utf8(query) {
+            return ApiError::bad_request("the query string is not UTF-8 once percent-decoded").into_response();
+        }
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "bad_request",
+        _ => "http_error",
+    };
+    let bytes = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&bytes).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_string();
+    }
+    ApiError { status, code, message, outcome: crate::agent::Outcome::NotDone }.into_response()
+}
+
+/// Whether `query`, with `+` as space and `%XX` decoded, is UTF-8 (a `%`
+/// not followed by two hex digits stands for itself, as browsers send it).
+fn query_is_utf8(query: &str) -> bool {
+    query.split(['&', '=']).all(|part| {
+        let bytes = part.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (b'%', Some(high), Some(low)) => {
+                    decoded.push((high * 16 + low) as u8);
+                    i += 3;
+                }
+                (b'+', _, _) => {
+                    decoded.push(b' ');
+                    i += 1;
+                }
+                (byte, _, _) => {
+                    decoded.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        std::str::from_utf8(&decoded).is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_is_utf8;
+
+    #[test]
+    fn queries_are_utf8_once_decoded_or_refused() {
+        assert!(query_is_utf8("key=a%20b&consistency=stale"));
+        assert!(query_is_utf8("key=%C3%A9t%C3%A9+x"));
+        assert!(query_is_utf8("key=100%"));
+        assert!(!query_is_utf8("key=%FF"));
+        assert!(!query_is_utf8("key=%C3"));
+        assert!(!query_is_utf8("%FF=x"));
+    }
 }
 
 /// Serves the API on `listener` while the agent serves (it stops with it).
