@@ -110,21 +110,6 @@ fn query_is_utf8(query: &str) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::query_is_utf8;
-
-    #[test]
-    fn queries_are_utf8_once_decoded_or_refused() {
-        assert!(query_is_utf8("key=a%20b&consistency=stale"));
-        assert!(query_is_utf8("key=%C3%A9t%C3%A9+x"));
-        assert!(query_is_utf8("key=100%"));
-        assert!(!query_is_utf8("key=%FF"));
-        assert!(!query_is_utf8("key=%C3"));
-        assert!(!query_is_utf8("%FF=x"));
-    }
-}
-
 /// Serves the API on `listener` while the agent serves (it stops with it).
 pub fn serve(agent: &Arc<Agent>, listener: TcpListener) {
     let router = router(agent.clone());
@@ -153,5 +138,20 @@ async fn refuse_if_failed(
             ApiError::from(Failure::not_done(Kind::NodeFailed, message)).into_response()
         }
         None => next.run(request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_is_utf8;
+
+    #[test]
+    fn queries_are_utf8_once_decoded_or_refused() {
+        assert!(query_is_utf8("key=a%20b&consistency=stale"));
+        assert!(query_is_utf8("key=%C3%A9t%C3%A9+x"));
+        assert!(query_is_utf8("key=100%"));
+        assert!(!query_is_utf8("key=%FF"));
+        assert!(!query_is_utf8("key=%C3"));
+        assert!(!query_is_utf8("%FF=x"));
     }
 }
