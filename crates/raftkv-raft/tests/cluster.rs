@@ -669,6 +669,8 @@ async fn the_leader_observes_a_cut_off_peer_unreachable_then_reachable() {
 async fn observers_see_a_configuration_take_effect_and_commit() {
     let cluster = Cluster::bootstrap(3, false).await;
     let leader = cluster.leader_among(&[1, 2, 3]).await;
+    // A membership change waits for the leader's first commit in its term.
+    cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
     let removed = (1..=3).find(|id| *id != leader).unwrap();
     let stays = (1..=3).find(|id| *id != leader && *id != removed).unwrap();
     let membership = |o: &Observation| matches!(o, Observation::MembershipChanged { .. });
@@ -694,6 +696,8 @@ async fn a_full_observer_never_holds_up_the_node_and_counts_what_it_dropped() {
     let cluster = Cluster::bootstrap(3, false).await;
     let leader = cluster.leader_among(&[1, 2, 3]).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // A membership change waits for the leader's first commit in its term.
+    cluster.raft(leader).apply(command(1000), TIMEOUT).await.unwrap();
     let mut full = cluster.raft(leader).observe(|_| true, 1);
     // Each change is observed when appended and when committed, before the
     // caller is answered: four observations at least.
@@ -717,6 +721,8 @@ async fn a_full_observer_never_holds_up_the_node_and_counts_what_it_dropped() {
 async fn dropping_an_observer_deregisters_it() {
     let cluster = Cluster::bootstrap(3, false).await;
     let leader = cluster.leader_among(&[1, 2, 3]).await;
+    // A membership change waits for the leader's first commit in its term.
+    cluster.raft(leader).apply(command(0), TIMEOUT).await.unwrap();
     let removed = (1..=3).find(|id| *id != leader).unwrap();
     let held = Arc::new(());
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
