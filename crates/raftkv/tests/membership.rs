@@ -119,12 +119,14 @@ async fn a_node_joining_under_write_load_is_promoted_once_caught_up() {
 async fn a_joining_node_that_never_catches_up_is_never_promoted_and_the_join_fails_clearly() {
     let root = tempfile::TempDir::new().unwrap();
     let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(id, root.path())).collect();
-    let short = ["--join-timeout-ms", "4000"];
-    nodes[0].start(&["--bootstrap", short[0], short[1]]);
+    // Three seconds of stability before a promotion: room to see node 4
+    // staging and pause it, however loaded the machine.
+    let timing = ["--server-stabilization-ms", "3000", "--join-timeout-ms", "6000"];
+    nodes[0].start(&[&["--bootstrap"][..], &timing[..]].concat());
     assert_eq!(leader_of(&[&nodes[0]]).await, 1);
     let first = nodes[0].raft.clone();
     for node in &mut nodes[1..] {
-        node.start(&["--join", &first, short[0], short[1]]);
+        node.start(&[&["--join", first.as_str()][..], &timing[..]].concat());
     }
     eventually("three voters", async || {
         let list = members(&nodes[0]).await?;
