@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, LogStore, SnapshotStore, StableStore, Wal, WalOptions};
 use raftkv_raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
@@ -173,7 +174,13 @@ impl Agent {
         let internal = proto::internal_server::InternalServer::new(InternalService::new(agent.clone()))
             .max_decoding_message_size(wire::MAX_MESSAGE);
         agent.hold(tokio::spawn(async move {
+            // Bounded per connection: a peer needs one raft stream and a few
+            // calls at a time; a dead connection is found by keepalive.
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(256))
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .tcp_keepalive(Some(Duration::from_secs(60)))
                 .add_service(raft_service)
                 .add_service(internal)
                 .serve_with_incoming(nodelay(TcpListenerStream::new(listener)))
