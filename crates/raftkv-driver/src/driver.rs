@@ -773,6 +773,7 @@ impl<R> Driver<R> {
     pub fn status(&self, now: Millis) -> Status {
         let core = &self.core;
         let last = core.last_log_id();
+        let since = |at: Millis| std::time::Duration::from_millis(now.saturating_sub(at));
         Status {
             id: self.id(),
             role: core.role(),
@@ -789,7 +790,7 @@ impl<R> Driver<R> {
             last_contact: if core.is_leader() {
                 Some(std::time::Duration::ZERO)
             } else {
-                self.last_leader_contact.map(|at| std::time::Duration::from_millis(now.saturating_sub(at)))
+                self.last_leader_contact.map(since)
             },
             peers: core
                 .peers()
@@ -799,13 +800,9 @@ impl<R> Driver<R> {
                     voter: peer.voter,
                     match_index: peer.match_index,
                     trailing: last.index.0.saturating_sub(peer.match_index.0),
-                    last_contact: peer
-                        .last_contact_at
-                        .map(|at| std::time::Duration::from_millis(now.saturating_sub(at))),
+                    last_contact: peer.last_contact_at.map(since),
                     staging: peer.staging,
-                    caught_up_for: peer
-                        .caught_up_since
-                        .map(|at| std::time::Duration::from_millis(now.saturating_sub(at))),
+                    caught_up_for: peer.caught_up_since.map(since),
                 })
                 .collect(),
         }

@@ -52,12 +52,7 @@ pub async fn discover(
         if let Some(gossip) = gossip {
             // Announce now and then: a target may start after us.
             if round.is_multiple_of(8) {
-                for target in targets {
-                    match target.parse::<SocketAddr>() {
-                        Ok(addr) if addr != gossip.me().gossip_addr => gossip.announce(addr),
-                        _ => {}
-                    }
-                }
+                gossip.announce_all(targets.iter().filter_map(|t| t.parse::<SocketAddr>().ok()));
             }
         }
         round += 1;

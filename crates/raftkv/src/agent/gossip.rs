@@ -301,6 +301,13 @@ impl Gossip {
         let _full = self.inputs.try_send(Input::Announce(addr));
     }
 
+    /// `announce` to each of `addrs` but this node's own address.
+    pub fn announce_all(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs.into_iter().filter(|addr| *addr != self.me.gossip_addr) {
+            self.announce(addr);
+        }
+    }
+
     /// Tells the others that this node leaves (it is declared down at once
     /// rather than after a suspicion); resolves once the news went out.
     pub async fn leave(&self) {

@@ -515,6 +515,12 @@ impl Agent {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            if self.raft.leader().leader != Some(self.id) {
+                // Only a leader judges: a follower asks the raft loop nothing.
+                tracker = Tracker::default();
+                *self.autopilot_state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                continue;
+            }
             let Ok(status) = self.raft.status().await else { continue };
             let config = self.autopilot_config();
             let view = self.gossip.as_ref().map(Gossip::view);

@@ -238,9 +238,7 @@ async fn keep_in_touch(gossip: Gossip, targets: Vec<String>, stable: Arc<dyn Sta
         let alone = view.alive().all(|m| m.gossip_addr == me);
         if alone && round.is_multiple_of(2) {
             let named = targets.iter().filter_map(|t| t.parse::<SocketAddr>().ok());
-            for addr in named.chain(saved.iter().copied()).filter(|addr| *addr != me) {
-                gossip.announce(addr);
-            }
+            gossip.announce_all(named.chain(saved.iter().copied()));
         }
         round += 1;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

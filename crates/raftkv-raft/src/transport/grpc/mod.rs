@@ -598,26 +598,21 @@ mod tests {
         assert!(from_proto(proto::RaftMessage { kind: None }).is_err());
         let vote = proto::RequestVote { term: 1, last_log_id: None, pre_vote: false, leadership_transfer: false };
         assert!(from_proto(proto::RaftMessage { kind: Some(Kind::RequestVote(vote)) }).is_err());
-        let entry = proto::Entry { term: 1, index: 1, payload: None };
-        let append = proto::AppendEntries {
-            term: 1,
-            prev_log_id: Some(proto::LogId { term: 0, index: 0 }),
-            entries: vec![entry],
-            leader_commit: 0,
-            round: 0,
+        let append_of = |payload| {
+            let entry = proto::Entry { term: 1, index: 1, payload };
+            let append = proto::AppendEntries {
+                term: 1,
+                prev_log_id: Some(proto::LogId { term: 0, index: 0 }),
+                entries: vec![entry],
+                leader_commit: 0,
+                round: 0,
+            };
+            from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) })
         };
-        assert!(from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) }).is_err());
+        assert!(append_of(None).is_err());
         // A restore entry without its step is malformed too.
         let restore = proto::entry::Payload::Restore(proto::RestoreStep { step: None });
-        let entry = proto::Entry { term: 1, index: 1, payload: Some(restore) };
-        let append = proto::AppendEntries {
-            term: 1,
-            prev_log_id: Some(proto::LogId { term: 0, index: 0 }),
-            entries: vec![entry],
-            leader_commit: 0,
-            round: 0,
-        };
-        let error = from_proto(proto::RaftMessage { kind: Some(Kind::AppendEntries(append)) }).unwrap_err();
+        let error = append_of(Some(restore)).unwrap_err();
         assert!(error.contains("without a step"), "{error}");
     }
 }
