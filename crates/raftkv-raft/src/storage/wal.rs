@@ -53,6 +53,9 @@
 //! be told apart from a torn write and is cut; nothing wrong is ever returned.
 //! A final record that is whole and checksummed but does not decode (a newer
 //! format, or a bug) is not a tear: it is a `Corrupt` error, never cut.
+//! A segment name or manifest naming a first index of 0, or of 2^62 or more
+//! (which no log reaches, and where the next index could overflow), is a
+//! `Corrupt` error too.
 //!
 //! ## After a failure
 //! A failed fsync poisons the log: the page cache may hold bytes the disk lost,
@@ -93,6 +96,11 @@ const RECORD_HEADER_LEN: u64 = 8;
 const PREALLOCATE_BYTES: u64 = 4 << 20;
 /// Larger records are refused on write and treated as damage on read.
 pub const MAX_RECORD_BYTES: u64 = 256 << 20;
+/// A segment or manifest naming a first index at or above this is damage:
+/// no log gets near it (the core refuses such numbers from the wire too,
+/// `MAX_WIRE_NUMBER`), and below it no `+ 1` on an index read back can
+/// overflow, however many records follow.
+const MAX_FIRST_INDEX: u64 = 1 << 62;
 
 #[derive(Clone, Debug)]
 pub struct WalOptions {
@@ -267,12 +275,12 @@ impl Wal {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
                 match stem.parse::<u64>() {
-                    Ok(first) if first > 0 => named.push((LogIndex(first), path)),
+                    Ok(first) if first > 0 && first < MAX_FIRST_INDEX => named.push((LogIndex(first), path)),
                     _ => {
                         return Err(StorageError::Corrupt {
                             path,
                             offset: 0,
-                            reason: "segment file name is not a first index".to_string(),
+                            reason: "segment file name is not a first index (1..2^62)".to_string(),
                         })
                     }
                 }
@@ -717,7 +725,12 @@ fn read_manifest(vfs: &dyn Vfs, dir: &Path) -> Result<Option<LogIndex>> {
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&data[8..16]);
-    Ok(Some(LogIndex(u64::from_le_bytes(first))))
+    let first = u64::from_le_bytes(first);
+    if first == 0 || first >= MAX_FIRST_INDEX {
+        let reason = format!("log manifest names first index {first}, outside 1..2^62");
+        return Err(StorageError::Corrupt { path, offset: 8, reason });
+    }
+    Ok(Some(LogIndex(first)))
 }
 
 /// Writes the manifest. The error says whether the log must be poisoned: only
