@@ -210,8 +210,7 @@ impl<R: Read> ImageReader<R> {
         if length > MAX_HEADER_BYTES {
             return Err(ImageError::Damaged { what: format!("header length {length} is implausible") });
         }
-        let mut header = vec![0; length as usize];
-        reader.take(&mut header, "the header")?;
+        let header = reader.bytes(length, "the header")?;
         let header: ImageHeader = serde_json::from_slice(&header)
             .map_err(|e| ImageError::Damaged { what: format!("unreadable header: {e}") })?;
         if header.format != FORMAT {
@@ -238,13 +237,10 @@ impl<R: Read> ImageReader<R> {
         Ok(u32::from_le_bytes(bytes))
     }
 
-    fn string(&mut self, max: u32, what: &str) -> Result<String, ImageError> {
-        let length = self.u32(what)?;
-        if length > max {
-            return Err(ImageError::Damaged { what: format!("{what}: length {length} is implausible") });
-        }
-        // Grown as bytes arrive: a damaged length in a short file costs no
-        // large allocation before the end of the file shows it.
+    /// `length` bytes, read into a buffer grown as they arrive: a damaged
+    /// length in a short file costs no large allocation before the end of
+    /// the file shows it.
+    fn bytes(&mut self, length: u32, what: &str) -> Result<Vec<u8>, ImageError> {
         let mut bytes = Vec::with_capacity((length as usize).min(1 << 16));
         (&mut self.input).take(u64::from(length)).read_to_end(&mut bytes)?;
         if bytes.len() != length as usize {
@@ -252,6 +248,15 @@ impl<R: Read> ImageReader<R> {
         }
         self.crc = crc32c::crc32c_append(self.crc, &bytes);
         self.bytes += bytes.len() as u64;
+        Ok(bytes)
+    }
+
+    fn string(&mut self, max: u32, what: &str) -> Result<String, ImageError> {
+        let length = self.u32(what)?;
+        if length > max {
+            return Err(ImageError::Damaged { what: format!("{what}: length {length} is implausible") });
+        }
+        let bytes = self.bytes(length, what)?;
         String::from_utf8(bytes).map_err(|_| ImageError::Damaged { what: format!("{what}: not UTF-8") })
     }
 

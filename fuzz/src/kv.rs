@@ -1,0 +1,162 @@
+//! Harnesses for the decoders of `raftkv` that read bytes from outside the
+//! process: the image of snapshots and backups (`state/image.rs`: a leader's
+//! InstallSnapshot, an operator's backup file, a restore upload) and the
+//! JSON of commands and answers (`state/command.rs`: log entries, forwarded
+//! writes, a leader's answer to a forwarded write).
+//!
+//! Like `raft.rs`: each `pub fn name(data: &[u8])` panics only if a decoder
+//! broke a rule; the fuzz targets, the `cargo test` fuzz tests and the
+//! corpus replay (`crates/raftkv/tests/fuzz_*.rs`) all call them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use raftkv::state::image::{self, ImageHeader, ImageKind, ImageWriter, Members};
+use raftkv::state::{Answer, Command, Kv, KvMachine, KvState, Limits};
+use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
+
+use crate::support::bounded;
+
+const END: &[u8; 8] = b"RKVEND01";
+
+/// An image with `header` and `records` (data records, then staging
+/// records), as the writer makes it.
+pub fn image_bytes(header: &ImageHeader, records: &[(String, String, u64)]) -> Vec<u8> {
+    let mut writer = ImageWriter::new(Vec::new(), header).expect("an image header serializes");
+    for (key, value, index) in records {
+        writer.record(key, value, *index).expect("writing to memory");
+    }
+    writer.finish().expect("as many records as the header says")
+}
+
+/// A header for `keys` data records (and a staging map of `staging` keys).
+pub fn image_header(kind: ImageKind, keys: u64, staging: Option<(String, u64, u64)>) -> ImageHeader {
+    ImageHeader {
+        format: image::FORMAT,
+        kind,
+        index: 42,
+        term: 3,
+        members: Some(Members { voters: vec![1, 2, 3], learners: vec![] }),
+        keys,
+        peers: BTreeMap::new(),
+        staging: staging.map(|(id, next_seq, keys)| image::StagingHeader { id, next_seq, keys }),
+        last_restore: None,
+        created_unix_ms: 1,
+    }
+}
+
+/// Sets the trailer's CRC of an image that ends in one, as a writer would
+/// have: a fuzzer's mutations then reach the reader's checks behind it.
+pub fn fix_trailer(image: &mut [u8]) {
+    let n = image.len();
+    if n >= 12 && &image[n - 12..n - 4] == END {
+        let crc = crc32c::crc32c(&image[..n - 12]);
+        image[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+fn new_machine() -> (Kv, KvMachine) {
+    let kv = Kv::default();
+    let machine = kv.state_machine(|_, _| {});
+    (kv, machine)
+}
+
+/// What two restored states must share.
+fn same_state(a: &KvState, b: &KvState) -> bool {
+    let staging = |s: &KvState| s.staging.as_ref().map(|s| (s.id.clone(), s.next_seq, s.data.clone()));
+    a.data == b.data
+        && a.peers == b.peers
+        && a.applied == b.applied
+        && a.applied_term == b.applied_term
+        && staging(a) == staging(b)
+        && a.last_restore == b.last_restore
+}
+
+/// An image as the fuzzer makes it: a flags byte (bit 0: set the trailer's
+/// CRC as a writer would), then the image. `verify`, the state machine's
+/// `snapshot_check` and `restore` agree on whether it is whole; one that
+/// restores is captured again into an image that verifies and restores to
+/// the same state; a restore in progress in it takes its next chunk.
+pub fn image(data: &[u8]) {
+    let Some((&flags, bytes)) = data.split_first() else { return };
+    let mut bytes = bytes.to_vec();
+    if flags & 1 != 0 {
+        fix_trailer(&mut bytes);
+    }
+    check_image(&bytes);
+}
+
+/// `image` without the flags byte: `bytes` is the image as it arrives.
+pub fn check_image(bytes: &[u8]) {
+    let n = bytes.len();
+    let verified = bounded("image::verify", n, || image::verify(bytes));
+    let (kv, mut machine) = new_machine();
+    let checked = bounded("snapshot_check", n, || {
+        let check = machine.snapshot_check().expect("the machine checks snapshots");
+        check(&mut &bytes[..])
+    });
+    let restored = bounded("KvMachine::restore", n, || machine.restore(&mut &bytes[..]));
+    match &verified {
+        Ok((header, size)) => {
+            assert_eq!(*size, n as u64, "verify's size of an image");
+            assert!(restored.is_ok(), "an image that verifies does not restore: {restored:?}");
+            assert_eq!(checked.is_ok(), header.kind == ImageKind::Snapshot, "snapshot_check of a {:?}", header.kind);
+        }
+        Err(_) => {
+            assert!(restored.is_err(), "an image that does not verify restores");
+            assert!(checked.is_err(), "an image that does not verify passes snapshot_check");
+        }
+    }
+    let Ok((header, _)) = verified else { return };
+
+    // Captured again, it makes an image that restores to the same state.
+    let captured = kv.read().capture(ImageKind::Snapshot, header.members.clone());
+    let mut again = Vec::new();
+    captured.write_image(&mut again).expect("an image is written to memory");
+    assert_eq!(again.len() as u64, captured.size(), "an image's size as announced");
+    image::verify(again.as_slice()).expect("an image this node wrote verifies");
+    let (kv2, mut machine2) = new_machine();
+    machine2.restore(&mut again.as_slice()).expect("an image this node wrote restores");
+    assert!(same_state(&kv.read(), &kv2.read()), "an image does not round-trip through a restore");
+
+    // A restore in progress takes its next chunk. Not after chunk u64::MAX:
+    // `state/machine.rs` counts `next_seq += 1` unchecked, which overflows
+    // (a panic in debug builds) on an image whose staging header says
+    // next_seq u64::MAX; reported in docs/fuzzing.md, outside this harness's
+    // files to fix.
+    let staging = kv.read().staging.as_ref().map(|s| (s.id.clone(), s.next_seq)).filter(|(_, seq)| *seq < u64::MAX);
+    if let Some((id, seq)) = staging {
+        let applied = kv.read().applied.0;
+        let chunk = Command::RestoreChunk { id, seq, pairs: vec![("k".into(), "v".into())] };
+        let entry = Entry {
+            term: Term(1),
+            index: LogIndex(applied.saturating_add(1)),
+            payload: EntryPayload::Command(chunk.encode()),
+        };
+        let answers = machine.apply(&[entry]);
+        Answer::decode(&answers[0]).expect("the machine's answer decodes");
+    }
+}
+
+/// A command or an answer in JSON, as a log entry or a forwarding leader
+/// carries it. A command that decodes encodes to JSON that decodes to it
+/// again, is judged by the client limits without panicking, and applies to
+/// a state machine with an answer that decodes; likewise for answers.
+pub fn command_json(data: &[u8]) {
+    let n = data.len();
+    if let Ok(command) = bounded("Command::decode", n, || Command::decode(data)) {
+        let again = Command::decode(&command.encode()).expect("an encoded command decodes");
+        assert_eq!(again, command, "a command does not round-trip");
+        let _ = command.check_client(&Limits::default());
+    }
+    // Whatever the bytes, the state machine answers (`Invalid` if they are no command).
+    let (_, mut machine) = new_machine();
+    let entry = Entry { term: Term(1), index: LogIndex(1), payload: EntryPayload::Command(data.to_vec().into()) };
+    let answers = bounded("KvMachine::apply", n, || machine.apply(&[entry]));
+    assert_eq!(answers.len(), 1);
+    Answer::decode(&answers[0]).expect("the machine's answer decodes");
+    if let Ok(answer) = bounded("Answer::decode", n, || Answer::decode(data)) {
+        let again = Answer::decode(&answer.encode()).expect("an encoded answer decodes");
+        assert_eq!(again, answer, "an answer does not round-trip");
+    }
+}
