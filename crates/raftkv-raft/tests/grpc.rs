@@ -71,7 +71,7 @@ async fn start_cluster(size: u64, cluster_id: &str) -> (Vec<Node>, Vec<String>) 
         for (j, address) in addresses.iter().enumerate() {
             book.insert(NodeId(j as u64 + 1), address);
         }
-        let identity = Identity { cluster_id: cluster_id.to_string(), id, advertise_addr: addresses[i].clone() };
+        let identity = Identity::new(cluster_id, id, addresses[i].clone());
         let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
         Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), (1..=size).map(NodeId)).unwrap();
         let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));

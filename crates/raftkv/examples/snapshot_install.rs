@@ -119,7 +119,8 @@ async fn run(keys: u64) -> Result<Value, String> {
         return Err(format!("{} is missing: run `cargo build --release -p raftkv` first", bin.display()));
     }
     let root = tempfile::TempDir::new().map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().map_err(|e| e.to_string())?;
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(600));
+    let http = raftkv::http_client::ClientSecurity::default().apply(builder)?.build().map_err(|e| e.to_string())?;
 
     let (leader, leader_raft) = start(&bin, 1, root.path(), &["--bootstrap"])?;
     wait_for("a leader", 30, async || stats(&http, &leader.http).await.is_some_and(|s| s["state"] == "Leader")).await?;

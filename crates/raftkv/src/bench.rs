@@ -92,6 +92,8 @@ pub struct BenchConfig {
     pub consistency: String,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// raftkv: TLS material and token.
+    pub security: crate::http_client::ClientSecurity,
 }
 
 #[derive(Debug)]
@@ -139,7 +141,7 @@ impl Conn {
         match config.system {
             System::Raftkv => Ok(Conn::Http {
                 http: http.clone(),
-                base: format!("http://{target}"),
+                base: config.security.base_url(target),
                 value,
                 consistency: config.consistency.clone(),
             }),
@@ -229,10 +231,14 @@ pub async fn run(config: &BenchConfig) -> Result<BenchResult, String> {
     if config.targets.is_empty() || config.clients == 0 {
         return Err("bench needs at least one --target and one client".to_string());
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.clients)
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
+    let http = config
+        .security
+        .apply(
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(config.clients)
+                .timeout(Duration::from_secs(30))
+                .tcp_nodelay(true),
+        )?
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let mut conns = Vec::with_capacity(config.clients);

@@ -10,11 +10,13 @@
 //! - `state`: the replicated state, its commands and its image format.
 //!
 //! `bench` is the load generator behind `raftkv bench`, a client of raftkv's
-//! HTTP API or of etcd's gRPC one.
+//! HTTP API or of etcd's gRPC one; `http_client` is what any client of the
+//! API needs to be let in (TLS material, a token).
 
 pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod http_client;
 pub mod server;
 pub mod state;

@@ -8,6 +8,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    // One TLS provider for the process (ring), whatever builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let code = raftkv::cli::run().await;
     std::process::exit(code);
 }

@@ -146,7 +146,7 @@ async fn a_joining_node_that_never_catches_up_is_never_promoted_and_the_join_fai
         let leader = nodes[0].http.clone();
         async move {
             let body = json!({"id": 4, "raft_addr": raft4});
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let http = common::http_client(Duration::from_secs(30));
             let response = http.post(format!("http://{leader}/api/v1/join")).json(&body).send().await.unwrap();
             (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
         }

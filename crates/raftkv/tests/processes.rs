@@ -83,13 +83,18 @@ async fn bad_input_gets_the_documented_error_and_the_node_stays_healthy() {
         (http.post(format!("{base}/api/v1/set")).json(&json!({"key": "", "value": "x"})), 400, "empty key"),
         (
             http.post(format!("{base}/api/v1/set")).json(&json!({"key": "k".repeat(5000), "value": "x"})),
-            400,
+            413,
             "huge key",
         ),
         (
+            http.post(format!("{base}/api/v1/set")).json(&json!({"key": "k", "value": "v".repeat(3 << 19)})),
+            413,
+            "a value over the limit in a body within it",
+        ),
+        (
             http.post(format!("{base}/api/v1/set")).json(&json!({"key": "k", "value": "v".repeat(2 << 20)})),
-            400,
-            "huge value",
+            413,
+            "a body over the limit",
         ),
         (
             http.post(format!("{base}/api/v1/set")).json(&json!({"key": "k", "value": "v", "extra": 1})),

@@ -12,6 +12,8 @@ use raftkv_core::{Message, NodeId};
 use tokio::sync::mpsc;
 
 pub mod grpc;
+pub mod listen;
+pub mod tls;
 
 /// Bound on messages queued for a node's raft loop; beyond it messages are
 /// dropped, which Raft tolerates (they are retried or superseded).
@@ -160,5 +162,37 @@ impl Transport for MemTransport {
             }
         };
         Box::pin(async move { result })
+    }
+}
+
+/// At most one log line per period for a recurring event (refused traffic,
+/// say), counting the ones it held back, so that a flood cannot flood the
+/// log too.
+#[derive(Debug)]
+pub struct Ratelimited {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Ratelimited {
+    pub fn new(period: std::time::Duration) -> Ratelimited {
+        Ratelimited { period, last: None, suppressed: 0 }
+    }
+
+    /// Whether to log this occurrence; if not, it is counted.
+    pub fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < self.period) {
+            self.suppressed += 1;
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// How many occurrences were held back since the last logged one.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use raftkv_raft::transport::listen::ListenLimits;
+use raftkv_raft::transport::tls::Tls;
 use raftkv_raft::{Config, RaftError};
 
 use crate::agent::autopilot::AutopilotConfig;
@@ -34,6 +36,30 @@ pub struct AgentConfig {
     /// How long a joining server has to catch up and stay caught up for
     /// the stabilization time before the leader removes it again.
     pub join_timeout: Duration,
+    /// Mutual TLS on the raft port and between nodes (`None`: plain TCP).
+    pub tls: Option<Tls>,
+    /// Connection caps of the raft port.
+    pub raft_listen: ListenLimits,
+    /// Bounds on backup uploads spooled into the data dir.
+    pub uploads: UploadLimits,
+}
+
+/// Bounds on a backup upload (`POST /api/v1/snapshot`), which is spooled
+/// into the data dir before it is checked.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    /// The whole upload must arrive within this.
+    pub timeout: Duration,
+    /// Free space the data dir keeps for the log: an upload that would leave
+    /// less is refused.
+    pub disk_reserve: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> UploadLimits {
+        UploadLimits { max_bytes: 1 << 30, timeout: Duration::from_secs(600), disk_reserve: 256 << 20 }
+    }
 }
 
 impl AgentConfig {

@@ -39,6 +39,7 @@ const ROUND: Duration = Duration::from_millis(250);
 /// `forever`, until `GIVE_UP` passes.
 pub async fn discover(
     me: u64,
+    channels: &raftkv_raft::transport::grpc::Channels,
     targets: &[String],
     forever: bool,
     gossip: Option<&Gossip>,
@@ -63,7 +64,7 @@ pub async fn discover(
                 .extend(view.alive().filter(|m| m.node != me && !m.raft_addr.is_empty()).map(|m| m.raft_addr.clone()));
         }
         for candidate in &candidates {
-            match wire::cluster_info(candidate).await {
+            match wire::cluster_info(channels, candidate).await {
                 Ok(info) if !info.cluster_id.is_empty() => {
                     return Ok(Start::Join { cluster_id: info.cluster_id, via: vec![candidate.clone()] });
                 }

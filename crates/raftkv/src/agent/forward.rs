@@ -279,7 +279,7 @@ mod tests {
         start(Target {
             address: address.to_string(),
             leader: NodeId(2),
-            channels: wire::channels(),
+            channels: wire::channels(None),
             max_message,
             sender: Sender { identity },
             timeout: Duration::from_secs(5),

@@ -10,8 +10,15 @@
 //! notes which cluster ids it has heard (so it joins a cluster that exists
 //! rather than bootstrap another). Datagrams are bounded by
 //! `MAX_DATAGRAM`, and queued input is bounded (excess is dropped, as the
-//! network might). There is no encryption or authentication beyond the
-//! cluster id: anyone who can reach the gossip port can claim membership.
+//! network might).
+//!
+//! With a key (`--encrypt`, 32 bytes, the same on every member), each
+//! datagram is sealed whole with AES-256-GCM: `SEALED_MAGIC`, a random
+//! 96-bit nonce, then the sealed frame and its tag; a datagram that does not
+//! open with the key (no key, another key, altered, plain) is dropped, so
+//! only holders of the key can gossip. Without a key there is no
+//! authentication beyond the cluster id: anyone who can reach the gossip port
+//! can claim membership.
 //!
 //! One task owns the foca instance; the socket's reader and the timers send
 //! it inputs; what it knows is published in a `watch` as a `GossipView`.
@@ -31,8 +38,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 const MAGIC: &[u8; 4] = b"RKG1";
-/// Longest datagram sent or read (foca's packets stay within 1,400 bytes).
-pub const MAX_DATAGRAM: usize = 1400 + 4 + 1 + MAX_CLUSTER_ID;
+/// The magic of a sealed datagram (see the module doc).
+const SEALED_MAGIC: &[u8; 4] = b"RKE1";
+const NONCE: usize = 12;
+/// Longest datagram sent or read (foca's packets stay within 1,400 bytes),
+/// sealed or not.
+pub const MAX_DATAGRAM: usize = 1400 + 4 + 1 + MAX_CLUSTER_ID + SEALED_MAGIC.len() + NONCE + 16;
 const MAX_CLUSTER_ID: usize = 64;
 /// Inputs waiting for the gossip task; more are dropped.
 const QUEUE: usize = 1024;
@@ -208,11 +219,79 @@ pub struct GossipConfig {
     /// How long a suspect has to refute the suspicion before it is declared
     /// down.
     pub suspect_to_down: Duration,
+    /// Seals every datagram; members without it are not heard.
+    pub key: Option<GossipKey>,
+}
+
+/// The key gossip datagrams are sealed with (AES-256-GCM).
+#[derive(Clone)]
+pub struct GossipKey(Arc<ring::aead::LessSafeKey>, [u8; 8]);
+
+impl PartialEq for GossipKey {
+    /// Keys compare by a fingerprint (a SHA-256 prefix) of their bytes.
+    fn eq(&self, other: &GossipKey) -> bool {
+        self.1 == other.1
+    }
+}
+
+impl Eq for GossipKey {}
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipKey(<hidden>)")
+    }
+}
+
+impl GossipKey {
+    /// A key from its base64 text (`raftkv keygen`): 32 bytes.
+    pub fn from_base64(text: &str) -> Result<GossipKey, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "the gossip key is not base64 (make one with `raftkv keygen`)".to_string())?;
+        GossipKey::from_bytes(&bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<GossipKey, String> {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, bytes)
+            .map_err(|_| format!("the gossip key must be 32 bytes, not {}", bytes.len()))?;
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..8]);
+        Ok(GossipKey(Arc::new(ring::aead::LessSafeKey::new(unbound)), fingerprint))
+    }
+
+    /// `SEALED_MAGIC`, a random nonce, `frame` sealed; `None` if no
+    /// randomness could be had.
+    fn seal(&self, frame: &[u8]) -> Option<Bytes> {
+        let mut nonce = [0u8; NONCE];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).ok()?;
+        let mut sealed = frame.to_vec();
+        let aad = ring::aead::Aad::from(SEALED_MAGIC);
+        self.0.seal_in_place_append_tag(ring::aead::Nonce::assume_unique_for_key(nonce), aad, &mut sealed).ok()?;
+        let mut datagram = BytesMut::with_capacity(SEALED_MAGIC.len() + NONCE + sealed.len());
+        datagram.put_slice(SEALED_MAGIC);
+        datagram.put_slice(&nonce);
+        datagram.put_slice(&sealed);
+        Some(datagram.freeze())
+    }
+
+    /// The frame inside a sealed datagram, if it opens with this key.
+    fn open<'a>(&self, datagram: &'a mut [u8]) -> Option<&'a [u8]> {
+        let rest = datagram.strip_prefix(SEALED_MAGIC.as_slice())?;
+        if rest.len() < NONCE {
+            return None;
+        }
+        let start = SEALED_MAGIC.len() + NONCE;
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(&datagram[SEALED_MAGIC.len()..start]).ok()?;
+        let aad = ring::aead::Aad::from(SEALED_MAGIC);
+        let opened = self.0.open_in_place(nonce, aad, &mut datagram[start..]).ok()?;
+        Some(opened)
+    }
 }
 
 impl GossipConfig {
     pub fn new(addr: SocketAddr) -> GossipConfig {
-        GossipConfig { addr, probe_period: Duration::from_secs(1), suspect_to_down: Duration::from_secs(5) }
+        GossipConfig { addr, probe_period: Duration::from_secs(1), suspect_to_down: Duration::from_secs(5), key: None }
     }
 
     fn foca_config(&self) -> foca::Config {
@@ -283,8 +362,9 @@ impl Gossip {
             heard: BTreeMap::new(),
             rejoins: (None, 0),
             published: std::time::Instant::now(),
+            key: config.key.clone(),
         };
-        let reader = tokio::spawn(read(socket, inputs.clone(), cluster_id));
+        let reader = tokio::spawn(read(socket, inputs.clone(), cluster_id, config.key.clone()));
         let task = tokio::spawn(async move {
             member.run(receiver).await;
             reader.abort();
@@ -328,7 +408,12 @@ impl Gossip {
 
 /// Reads datagrams: checks the frame and the cluster id, then hands foca's
 /// packet (with the sender's cluster id) to the member task.
-async fn read(socket: Arc<UdpSocket>, inputs: mpsc::Sender<Input>, cluster_id: watch::Receiver<String>) {
+async fn read(
+    socket: Arc<UdpSocket>,
+    inputs: mpsc::Sender<Input>,
+    cluster_id: watch::Receiver<String>,
+    key: Option<GossipKey>,
+) {
     let mut buffer = vec![0u8; MAX_DATAGRAM];
     loop {
         let (len, from) = match socket.recv_from(&mut buffer).await {
@@ -338,7 +423,17 @@ async fn read(socket: Arc<UdpSocket>, inputs: mpsc::Sender<Input>, cluster_id: w
                 continue;
             }
         };
-        let Some((theirs, packet)) = unframe(&buffer[..len]) else {
+        let framed = match &key {
+            Some(key) => match key.open(&mut buffer[..len]) {
+                Some(frame) => frame,
+                None => {
+                    tracing::debug!(%from, len, "gossip datagram refused: does not open with our key");
+                    continue;
+                }
+            },
+            None => &buffer[..len],
+        };
+        let Some((theirs, packet)) = unframe(framed) else {
             tracing::debug!(%from, len, "gossip datagram refused: not ours or malformed");
             continue;
         };
@@ -392,6 +487,8 @@ struct Member {
     rejoins: (Option<std::time::Instant>, u64),
     /// When the view was last built.
     published: std::time::Instant,
+    /// Seals what is sent.
+    key: Option<GossipKey>,
 }
 
 impl Member {
@@ -437,7 +534,14 @@ impl Member {
         self.heard.retain(|_, (_, at)| at.elapsed() < HEARD_FOR);
         let cluster_id = self.cluster_id.borrow().clone();
         while let Some((to, packet)) = self.runtime.to_send() {
-            let datagram = frame(&cluster_id, &packet);
+            let mut datagram = frame(&cluster_id, &packet);
+            if let Some(key) = &self.key {
+                let Some(sealed) = key.seal(&datagram) else {
+                    tracing::warn!("no randomness to seal a gossip datagram with; not sent");
+                    continue;
+                };
+                datagram = sealed;
+            }
             if let Err(error) = self.socket.send_to(&datagram, to.gossip_addr).await {
                 tracing::debug!(%error, to = %to.gossip_addr, "gossip send failed");
             }
@@ -523,6 +627,29 @@ mod tests {
         assert_eq!(unframe(b""), None);
     }
 
+    #[test]
+    fn sealed_datagrams_open_only_with_their_key_and_unaltered() {
+        let key = GossipKey::from_bytes(&[7u8; 32]).unwrap();
+        let other = GossipKey::from_bytes(&[8u8; 32]).unwrap();
+        let plain = frame("abc", b"packet");
+        let sealed = key.seal(&plain).unwrap();
+        assert_ne!(&sealed[..], &plain[..]);
+        assert!(sealed.len() <= MAX_DATAGRAM);
+        assert_eq!(key.open(&mut sealed.to_vec()), Some(&plain[..]));
+        assert_eq!(other.open(&mut sealed.to_vec()), None, "another key");
+        for i in [0, 5, 20, sealed.len() - 1] {
+            let mut altered = sealed.to_vec();
+            altered[i] ^= 1;
+            assert_eq!(key.open(&mut altered), None, "byte {i} altered");
+        }
+        assert_eq!(key.open(&mut plain.to_vec()), None, "not sealed");
+        assert_eq!(key.open(&mut sealed[..10].to_vec()), None, "truncated");
+        assert_ne!(key.seal(&plain), key.seal(&plain), "a fresh nonce each time");
+        assert!(GossipKey::from_base64("c2hvcnQ=").unwrap_err().contains("32 bytes"));
+        assert!(GossipKey::from_base64("***").is_err());
+        assert!(!format!("{key:?}").contains('7'));
+    }
+
     /// An identity from the future (a forged one, which would win every
     /// conflict for its address for as long as gossip remembers it) is
     /// refused on decoding; one within clock skew is taken; a node's rejoin
@@ -554,8 +681,12 @@ mod tests {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         drop(socket);
-        let config =
-            GossipConfig { addr, probe_period: Duration::from_millis(50), suspect_to_down: Duration::from_millis(300) };
+        let config = GossipConfig {
+            addr,
+            probe_period: Duration::from_millis(50),
+            suspect_to_down: Duration::from_millis(300),
+            key: None,
+        };
         let (cluster_tx, cluster_rx) = watch::channel(cluster.to_string());
         let (gossip, _task) = Gossip::start(&config, id(node, addr), cluster_rx).await.unwrap();
         (gossip, cluster_tx)

@@ -38,7 +38,7 @@ pub mod service;
 pub mod start;
 pub mod wire;
 
-pub use config::{AgentConfig, AgentError};
+pub use config::{AgentConfig, AgentError, UploadLimits};
 pub use node::{Agent, Route};
 pub use outcome::{Failure, Kind, Outcome};
 pub use request::{AdminDone, AdminOp, Member};

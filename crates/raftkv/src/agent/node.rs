@@ -349,8 +349,9 @@ impl Agent {
                 format!("node {} at {} cannot be added: {why}", member.id, member.raft_addr),
             )
         };
-        let info =
-            wire::cluster_info(&member.raft_addr).await.map_err(|e| refuse(format!("it does not answer ({e})")))?;
+        let info = wire::cluster_info(&self.peers.channels, &member.raft_addr)
+            .await
+            .map_err(|e| refuse(format!("it does not answer ({e})")))?;
         if info.cluster_id != self.cluster_id {
             return Err(refuse(format!("it belongs to cluster {:?}, not {:?}", info.cluster_id, self.cluster_id)));
         }
@@ -387,7 +388,7 @@ impl Agent {
                 return Err(reason);
             }
             for target in targets {
-                let joined = match wire::cluster_info(target).await {
+                let joined = match wire::cluster_info(&self.peers.channels, target).await {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
                     Ok(info) => {
                         let (leader, to) = (info.leader_raft_addr, Some(NodeId(info.leader_id)));

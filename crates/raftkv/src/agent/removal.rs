@@ -61,7 +61,7 @@ impl Agent {
             None => self.book.all().into_iter().filter(|(id, _)| *id != self.id).collect(),
         };
         for (id, address) in asked {
-            let Ok(info) = wire::cluster_info(&address).await else { continue };
+            let Ok(info) = wire::cluster_info(&self.peers.channels, &address).await else { continue };
             let newer = info.membership_committed && info.membership_index > ours.0;
             if info.cluster_id == self.cluster_id && info.node_id == id.0 && newer && !info.members.contains(&self.id.0)
             {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, LogStore, SnapshotStore, StableStore, Wal, WalOptions};
-use raftkv_raft::transport::grpc::{AddressBook, GrpcTransport, Identity, RaftService};
+use raftkv_raft::transport::grpc::{AddressBook, ChannelOptions, Channels, GrpcTransport, Identity, RaftService};
+use raftkv_raft::transport::listen::{self, ListenTls};
 use raftkv_raft::{NodeId, Raft};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agent::config::{AgentConfig, AgentError};
 use crate::agent::datadir::{self, storage_error};
@@ -52,6 +52,8 @@ impl Agent {
         let id = NodeId(config.id);
         let raft_addr = config.raft_addr.to_string();
 
+        // Internal calls (and the probes of discovery) go over mutual TLS too.
+        let channels = wire::channels(config.tls.clone());
         let stored = stable.get(datadir::CLUSTER_ID_KEY).map_err(storage_error(&dir))?;
         let stored = stored.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         // Gossip starts first: a new node may find its cluster through it.
@@ -99,7 +101,8 @@ impl Agent {
             _ if !targets.is_empty() || config.bootstrap_expect.is_some() => {
                 let forever = !config.retry_join.is_empty();
                 let handle = gossip.as_ref().map(|(gossip, _)| gossip);
-                let found = discover::discover(config.id, &targets, forever, handle, config.bootstrap_expect).await;
+                let found =
+                    discover::discover(config.id, &channels, &targets, forever, handle, config.bootstrap_expect).await;
                 let cluster_id = match found {
                     Ok(Start::Join { cluster_id, via }) => {
                         join_via = via;
@@ -137,8 +140,12 @@ impl Agent {
         for founder in &founders {
             book.insert(NodeId(founder.node), &founder.raft_addr);
         }
-        let identity = Identity::new(cluster_id.clone(), id, raft_addr.clone());
-        let transport = Arc::new(GrpcTransport::new(identity.clone(), book.clone()));
+        let mut identity = Identity::new(cluster_id.clone(), id, raft_addr.clone());
+        if config.tls.is_some() {
+            identity = identity.requiring_certificates();
+        }
+        let raft_channels = Channels::new(ChannelOptions { tls: config.tls.clone(), ..ChannelOptions::default() });
+        let transport = Arc::new(GrpcTransport::with_channels(identity.clone(), book.clone(), raft_channels));
         let kv = Kv::default();
         let machine = {
             let book = book.clone();
@@ -153,7 +160,7 @@ impl Agent {
         let listener = TcpListener::bind(config.raft_addr)
             .await
             .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
-        let peers = Peers { sender: Sender { identity: identity.clone() }, channels: wire::channels() };
+        let peers = Peers { sender: Sender { identity: identity.clone() }, channels: channels.clone() };
         let needs_join = !existing && !config.bootstrap && founders.is_empty();
         let mut agent = Agent::new(config, cluster_id, raft.clone(), kv, book.clone(), peers, lock);
         agent.needs_join = needs_join;
@@ -173,6 +180,14 @@ impl Agent {
         let raft_service = RaftService::new(identity, raft.inbox(), book).into_server();
         let internal = proto::internal_server::InternalServer::new(InternalService::new(agent.clone()))
             .max_decoding_message_size(wire::MAX_MESSAGE);
+        let limits = agent.config.raft_listen.clone();
+        let tls = match &agent.config.tls {
+            Some(tls) => {
+                agent.hold(tls.watch(Duration::from_secs(2)));
+                ListenTls::Mutual(tls.clone())
+            }
+            None => ListenTls::None,
+        };
         agent.hold(tokio::spawn(async move {
             // Bounded per connection: a peer needs one raft stream and a few
             // calls at a time; a dead connection is found by keepalive.
@@ -183,7 +198,7 @@ impl Agent {
                 .tcp_keepalive(Some(Duration::from_secs(60)))
                 .add_service(raft_service)
                 .add_service(internal)
-                .serve_with_incoming(nodelay(TcpListenerStream::new(listener)))
+                .serve_with_incoming(listen::incoming(listener, limits, tls))
                 .await;
             if let Err(error) = served {
                 tracing::error!(%error, "raft server stopped");
@@ -279,16 +294,4 @@ fn address_book(
         }
     });
     Ok(book)
-}
-
-/// Accepted connections with Nagle's algorithm off: raft acknowledgements and
-/// forwarded answers are small writes that must not wait for a delayed ACK
-/// (about 40 ms on Linux).
-fn nodelay(incoming: TcpListenerStream) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(incoming, |accepted| {
-        if let Ok(stream) = &accepted {
-            let _ = stream.set_nodelay(true);
-        }
-        accepted
-    })
 }

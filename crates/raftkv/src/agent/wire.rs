@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use raftkv_raft::transport::grpc::{caused_by, is_connect_error, ChannelOptions, Channels, Identity};
+use raftkv_raft::transport::tls::Tls;
 use raftkv_raft::{LogIndex, NodeId};
 
 use crate::agent::outcome::{Failure, Kind, Outcome};
@@ -53,9 +54,10 @@ impl Sender {
 }
 
 /// The channels internal calls use, apart from raft's (a forwarded batch of
-/// megabytes must not queue a heartbeat behind it on one connection).
-pub fn channels() -> Channels {
-    Channels::new(ChannelOptions::default())
+/// megabytes must not queue a heartbeat behind it on one connection), over
+/// mutual TLS when the node has it.
+pub fn channels(tls: Option<Tls>) -> Channels {
+    Channels::new(ChannelOptions { tls, ..ChannelOptions::default() })
 }
 
 /// What a failed call's gRPC status says of its outcome (see the module doc).
@@ -117,9 +119,9 @@ impl Peers {
 /// none and is the one call served without a check).
 /// Bounded: a member that accepts connections but never answers is given up
 /// on, so that the caller tries the next.
-pub async fn cluster_info(address: &str) -> Result<proto::ClusterInfoResponse, String> {
+pub async fn cluster_info(channels: &Channels, address: &str) -> Result<proto::ClusterInfoResponse, String> {
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let channel = channels().connect(address).await.map_err(|e| e.to_string())?;
+    let channel = channels.connect(address).await.map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(proto::ClusterInfoRequest {});
     request.set_timeout(TIMEOUT);
     let answer = tokio::time::timeout(

@@ -100,9 +100,39 @@ fn internal(message: String) -> ApiError {
 /// `POST /api/v1/snapshot`: replaces the cluster's keys with the backup's.
 /// One restore at a time per node; once the upload is checked, the restore
 /// runs to its commit (or abort) even if the client goes away.
-pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json<Value>, ApiError> {
+///
+/// The upload is bounded (`UploadLimits`): a declared or actual size over
+/// the cap is 413, an upload not done within the timeout 408, and one that
+/// would leave the data dir less free space than the reserve kept for the
+/// log is 507; each removes what was spooled and changes nothing.
+pub async fn restore(
+    State(agent): State<Arc<Agent>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let limits = agent.config.uploads;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared {
+        if size > limits.max_bytes {
+            return Err(too_large(limits.max_bytes));
+        }
+    }
+    let dir = agent.config.data_dir.clone();
+    check_headroom(&dir, declared.unwrap_or(0), limits.disk_reserve)?;
     let restore = agent.begin_restore()?;
-    receive(body, &restore.upload).await?;
+    let received = tokio::time::timeout(limits.timeout, receive(body, &restore.upload, &dir, limits)).await;
+    match received {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError {
+                status: axum::http::StatusCode::REQUEST_TIMEOUT,
+                code: "upload_timeout",
+                message: format!("the upload did not arrive within {:?}; nothing was restored", limits.timeout),
+                outcome: Outcome::NotDone,
+            })
+        }
+    }
     let restored = agent.restore(restore).await?;
     Ok(Json(json!({
         "index": restored.index,
@@ -112,14 +142,73 @@ pub async fn restore(State(agent): State<Arc<Agent>>, body: Body) -> Result<Json
     })))
 }
 
-/// Streams the request body into `path`.
-async fn receive(body: Body, path: &Path) -> Result<(), ApiError> {
+fn too_large(max: u64) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        code: "too_large",
+        message: format!("the upload exceeds the largest backup this node takes ({max} bytes, --max-upload-bytes)"),
+        outcome: Outcome::NotDone,
+    }
+}
+
+/// Refuses (507) if writing `more` bytes into `dir` would leave less than
+/// `reserve` free: the log needs the room more than an upload does.
+fn check_headroom(dir: &Path, more: u64, reserve: u64) -> Result<(), ApiError> {
+    let Some(free) = free_space(dir) else { return Ok(()) };
+    if free.saturating_sub(more) < reserve {
+        return Err(ApiError {
+            status: axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            code: "insufficient_storage",
+            message: format!(
+                "the data dir has {free} bytes free; taking {more} more would leave less than the {reserve} bytes                  kept for the log (--disk-reserve-bytes); nothing was restored"
+            ),
+            outcome: Outcome::NotDone,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes free for this process in the file system holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `statvfs` fills the zeroed struct it is given and reads
+        // only the NUL-terminated path.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// How often (in bytes spooled) the free space is looked at again.
+const HEADROOM_EVERY: u64 = 8 << 20;
+
+/// Streams the request body into `path`, within `limits`.
+async fn receive(body: Body, path: &Path, dir: &Path, limits: crate::agent::UploadLimits) -> Result<(), ApiError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| internal(format!("cannot spool the upload to {}: {e}", path.display())))?;
     let mut stream = body.into_data_stream();
+    let (mut received, mut checked) = (0u64, 0u64);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        received += piece.len() as u64;
+        if received > limits.max_bytes {
+            return Err(too_large(limits.max_bytes));
+        }
+        if received - checked >= HEADROOM_EVERY {
+            checked = received;
+            check_headroom(dir, HEADROOM_EVERY, limits.disk_reserve)?;
+        }
         file.write_all(&piece)
             .await
             .map_err(|e| internal(format!("cannot spool the upload to {}: {e}", path.display())))?;

@@ -5,8 +5,10 @@
 //! mapping (`error`).
 
 pub mod admin;
+pub mod auth;
 pub mod backup;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod params;
 
@@ -16,29 +18,43 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::agent::{Agent, Failure, Kind};
+use crate::api::auth::{Role, Tokens};
 use crate::api::error::ApiError;
 
-pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/api/v1/set", post(kv::set))
+/// The API, each route under the role it needs (`auth`); `tokens: None`
+/// lets every request through.
+pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
+    let require = |role: Role| {
+        axum::middleware::from_fn_with_state(auth::Require { tokens: tokens.clone(), role }, auth::authorize)
+    };
+    let read = Router::new()
         .route("/api/v1/get", get(kv::get_key))
-        .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
-        .route("/api/v1/cas", post(kv::cas))
         .route("/api/v1/list", get(kv::list))
         .route("/api/v1/members", get(admin::members))
+        .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
+        .route("/api/v1/gossip/members", get(admin::gossip_members))
+        .route("/api/maintain/stats", get(admin::stats))
+        .route_layer(require(Role::Read));
+    let write = Router::new()
+        .route("/api/v1/set", post(kv::set))
+        .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
+        .route("/api/v1/cas", post(kv::cas))
+        .route_layer(require(Role::Write));
+    let admin = Router::new()
         .route("/api/v1/join", post(admin::join))
         .route("/api/v1/remove", post(admin::remove))
         .route("/api/v1/transfer-leader", post(admin::transfer_leader))
-        .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
-        .route("/api/v1/gossip/members", get(admin::gossip_members))
         .route("/api/v1/leave", post(admin::leave))
         .route("/api/v1/snapshot", get(backup::save).post(backup::restore))
-        .route("/api/maintain/stats", get(admin::stats))
         .route("/api/maintain/config", post(admin::reload_config))
         .route("/api/maintain/snapshot", post(admin::take_snapshot))
+        .route_layer(require(Role::Admin));
+    Router::new()
+        .merge(read)
+        .merge(write)
+        .merge(admin)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), refuse_if_failed))
         .layer(axum::middleware::from_fn(envelope))
         .with_state(agent)
@@ -108,21 +124,6 @@ fn query_is_utf8(query: &str) -> bool {
         }
         std::str::from_utf8(&decoded).is_ok()
     })
-}
-
-/// Serves the API on `listener` while the agent serves (it stops with it).
-pub fn serve(agent: &Arc<Agent>, listener: TcpListener) {
-    let router = router(agent.clone());
-    agent.hold(tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Answers leave at once, not after a delayed ACK (Nagle).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    }));
 }
 
 /// A node whose raft node failed for good answers nothing but 503

@@ -26,7 +26,7 @@ pub enum Commands {
     /// Run a server node. Exits 0 after Ctrl-C, 2 if it cannot start, and 3
     /// once its raft node failed for good (a storage failure, say): restart it,
     /// after fixing the cause.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run a 3-node cluster on loopback in this process, until Ctrl-C (exits 3
     /// if a node fails for good).
     Demo(DemoArgs),
@@ -126,6 +126,11 @@ pub enum Commands {
     /// Back up, restore or check the whole state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Certificates for TLS between nodes and for clients (like `consul tls`).
+    #[command(subcommand)]
+    Tls(TlsCommand),
+    /// Print a new gossip encryption key (for --encrypt).
+    Keygen,
     /// Offline: make a stopped node start as part of a smaller cluster after a
     /// loss of quorum (rewrites its configuration to the servers in PEERS).
     Recover {
@@ -136,6 +141,62 @@ pub enum Commands {
         #[arg(long)]
         peers: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TlsCommand {
+    /// The cluster's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Node and client certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create the cluster's CA: raftkv-ca.pem and raftkv-ca-key.pem (keep the key safe).
+    Create {
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Create a node's certificate (--node ID: node-ID.pem, node-ID-key.pem)
+    /// or a client's (--client: client.pem, client-key.pem), signed by the CA.
+    Create(CertCreate),
+}
+
+#[derive(Args)]
+pub struct CertCreate {
+    /// The node id the certificate names.
+    #[arg(long, required_unless_present = "client", conflicts_with = "client")]
+    pub node: Option<u64>,
+    /// A client certificate (names no node; for an API that requires client certificates).
+    #[arg(long)]
+    pub client: bool,
+    /// Extra DNS names the certificate is valid for (repeat).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Extra IP addresses the certificate is valid for (repeat).
+    #[arg(long)]
+    pub ip: Vec<std::net::IpAddr>,
+    #[arg(long, default_value = "raftkv-ca.pem")]
+    pub ca: PathBuf,
+    #[arg(long, default_value = "raftkv-ca-key.pem")]
+    pub ca_key: PathBuf,
+    /// Where to write the files.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +320,51 @@ pub struct AgentArgs {
     /// the leader gives up and removes it again.
     #[arg(long, default_value_t = 60_000)]
     pub join_timeout_ms: u64,
+    /// CA certificate(s) (PEM) of the cluster. With --tls-cert and --tls-key:
+    /// mutual TLS between nodes (only holders of a certificate of this CA
+    /// naming their node id are heard on the raft port) and HTTPS on the API.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM; `raftkv tls cert create --node ID`).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: the HTTP API also requires a client certificate of the CA.
+    #[arg(long, requires = "tls_ca")]
+    pub http_require_client_cert: bool,
+    /// Token file (JSON) of the HTTP API; requests then need a bearer token
+    /// whose role (read, write, admin) allows them. Reloaded when it changes
+    /// and on SIGHUP.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Gossip encryption key: 32 random bytes, base64 (`raftkv keygen`);
+    /// every member needs the same.
+    #[arg(long, env = "RAFTKV_ENCRYPT", hide_env_values = true)]
+    pub encrypt: Option<String>,
+    /// Open connections per listener (HTTP, raft), all clients together.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections per client IP address and listener.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
+    /// HTTP: a request's head must arrive within this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// HTTP: a connection without traffic this long is closed.
+    #[arg(long, default_value_t = 120_000)]
+    pub http_idle_timeout_ms: u64,
+    /// Largest backup upload taken by POST /api/v1/snapshot, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_upload_bytes: u64,
+    /// A backup upload must arrive within this many milliseconds.
+    #[arg(long, default_value_t = 600_000)]
+    pub upload_timeout_ms: u64,
+    /// Free space the data dir keeps for the log: an upload that would
+    /// leave less is refused (507), in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub disk_reserve_bytes: u64,
 }
 
 #[derive(Args)]
@@ -306,6 +412,8 @@ pub struct BenchArgs {
     /// Print only the JSON summary.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -316,10 +424,41 @@ pub enum BenchSystem {
 
 #[derive(Args)]
 pub struct ClientArgs {
-    /// HTTP address of any node.
+    /// HTTP address of any node: host:port, or a URL (http:// or https://).
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub addr: String,
     /// Print the server's JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// How a client is let in: TLS and a token.
+#[derive(Args, Clone)]
+pub struct SecurityArgs {
+    /// CA certificate (PEM) the node's certificate must chain to; given, the
+    /// CLI speaks HTTPS.
+    #[arg(long, env = "RAFTKV_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for a node that requires one (with --key).
+    #[arg(long = "cert", id = "client_cert", env = "RAFTKV_CLIENT_CERT", requires = "client_key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "key", id = "client_key", env = "RAFTKV_CLIENT_KEY", requires = "client_cert")]
+    pub key: Option<PathBuf>,
+    /// Bearer token, for a node started with --tokens.
+    #[arg(long, env = "RAFTKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl SecurityArgs {
+    pub fn security(&self) -> crate::http_client::ClientSecurity {
+        crate::http_client::ClientSecurity {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
+    }
 }

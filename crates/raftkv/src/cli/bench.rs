@@ -12,6 +12,7 @@ pub async fn run(args: BenchArgs) -> i32 {
             BenchSystem::Etcd => System::Etcd,
         },
         targets: args.target,
+        security: args.security.security(),
         clients: args.clients,
         stop: match args.requests {
             Some(n) => Stop::Requests(n),

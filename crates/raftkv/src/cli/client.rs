@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::http_client::ClientSecurity;
+
 /// How long the CLI tries to connect to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an ordinary call may take (not a backup's transfer).
@@ -12,20 +14,22 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Client {
     addr: String,
+    base: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(addr: &str) -> Result<Client, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+    /// A client of the node at `addr` (host:port or a URL), let in with `security`.
+    pub fn new(addr: &str, security: &ClientSecurity) -> Result<Client, String> {
+        let http = security
+            .apply(reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT))?
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Client { addr: addr.to_string(), http })
+        Ok(Client { addr: addr.to_string(), base: security.base_url(addr), http })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     /// Sends one JSON request; returns the status and the body's text.

@@ -53,6 +53,8 @@ async fn client(command: Commands) -> Result<(), String> {
         | Commands::Demo(_)
         | Commands::Bench(_)
         | Commands::Snapshot(_)
+        | Commands::Tls(_)
+        | Commands::Keygen
         | Commands::Recover { .. } => return Err("not a client command".to_string()),
         Commands::Put { key, value, client } => {
             Call::new(Method::POST, client, "/api/v1/set".into(), Some(json!({"key": key, "value": value})), |v| {
@@ -181,7 +183,7 @@ async fn client(command: Commands) -> Result<(), String> {
             })
         }
     };
-    let client = Client::new(&request.client.addr)?;
+    let client = Client::new(&request.client.addr, &request.client.security.security())?;
     let (status, text) = client.call(request.method, &request.path, request.body.as_ref(), request.timeout).await?;
     let (client, human) = (request.client, request.human);
     if client.json {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod kv;
 pub mod serve;
 pub mod snapshot;
+pub mod tls;
 
 use clap::Parser;
 
@@ -20,7 +21,7 @@ pub async fn run() -> i32 {
     match cli.command {
         Commands::Agent(args) => {
             init_logging(cli.log_format);
-            serve::run_agent(args).await
+            serve::run_agent(*args).await
         }
         Commands::Demo(args) => {
             init_logging(cli.log_format);
@@ -28,6 +29,8 @@ pub async fn run() -> i32 {
         }
         Commands::Bench(args) => bench::run(args).await,
         Commands::Snapshot(command) => snapshot::run(command).await,
+        Commands::Tls(command) => tls::run(command),
+        Commands::Keygen => tls::keygen(),
         Commands::Recover { data_dir, peers } => match recover::recover(&data_dir, &peers) {
             Ok(report) => {
                 println!("{report}");

@@ -6,13 +6,84 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::agent::autopilot::AutopilotConfig;
-use crate::agent::gossip::GossipConfig;
-use crate::agent::AgentConfig;
+use crate::agent::gossip::{GossipConfig, GossipKey};
+use crate::agent::{AgentConfig, UploadLimits};
+use crate::api::auth::Tokens;
+use crate::api::http::{HttpOptions, OVER_CAP};
 use crate::cli::args::{AgentArgs, DemoArgs};
 use crate::server;
+use crate::server::ApiOptions;
 use crate::state::Limits;
+use raftkv_raft::transport::listen::{ListenLimits, ListenTls};
+use raftkv_raft::transport::tls::{Tls, TlsFiles};
 
 pub async fn run_agent(args: AgentArgs) -> i32 {
+    let descriptors = raise_open_file_limit();
+    let (mut raft_listen, mut http_listen) =
+        (ListenLimits::default(), ListenLimits { refusal: OVER_CAP, ..ListenLimits::default() });
+    for limits in [&mut raft_listen, &mut http_listen] {
+        limits.max_connections = args.max_connections;
+        limits.max_per_address = args.max_connections_per_ip;
+    }
+    // Both listeners at their caps must leave descriptors for the log,
+    // snapshots and peers: a flood of connections never fails the WAL.
+    if let Some(limit) = descriptors {
+        let budget = (limit.saturating_sub(RESERVED_DESCRIPTORS) / 2) as usize;
+        if args.max_connections > budget {
+            tracing::warn!(
+                open_file_limit = limit,
+                max_connections = args.max_connections,
+                capped_at = budget,
+                "the open-file limit cannot hold --max-connections on both listeners; capping it"
+            );
+            raft_listen.max_connections = budget.max(16);
+            http_listen.max_connections = budget.max(16);
+        }
+    }
+    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            match Tls::load(files) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    eprintln!("raftkv agent: TLS: {error}");
+                    return 2;
+                }
+            }
+        }
+        _ => None,
+    };
+    let tokens = match &args.tokens {
+        Some(path) => match Tokens::load(path) {
+            Ok(tokens) => Some(tokens),
+            Err(error) => {
+                eprintln!("raftkv agent: {error}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let gossip_key = match args.encrypt.as_deref().map(GossipKey::from_base64).transpose() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("raftkv agent: --encrypt: {error}");
+            return 2;
+        }
+    };
+    warn_if_exposed(&args, tls.is_some(), tokens.is_some());
+    let http_tls = match &tls {
+        Some(tls) => ListenTls::Http { tls: tls.clone(), require_client_certificate: args.http_require_client_cert },
+        None => ListenTls::None,
+    };
+    let api = ApiOptions {
+        http: HttpOptions {
+            limits: http_listen,
+            tls: http_tls,
+            header_timeout: Duration::from_millis(args.http_header_timeout_ms.max(100)),
+            idle_timeout: Duration::from_millis(args.http_idle_timeout_ms.max(100)),
+        },
+        tokens: tokens.clone(),
+    };
     let mut raft = raftkv_raft::Config::new(raftkv_raft::NodeId(args.id));
     raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     raft.election_timeout_min = Duration::from_millis(args.election_timeout_ms);
@@ -27,6 +98,7 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         join: args.join,
         retry_join: args.retry_join,
         gossip: args.serf_addr.map(|addr| GossipConfig {
+            key: gossip_key.clone(),
             addr,
             probe_period: Duration::from_millis(args.gossip_probe_ms),
             suspect_to_down: Duration::from_millis(args.gossip_suspect_ms),
@@ -43,14 +115,22 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
             min_quorum: args.min_quorum,
         },
         join_timeout: Duration::from_millis(args.join_timeout_ms),
+        tls: tls.clone(),
+        raft_listen,
+        uploads: UploadLimits {
+            max_bytes: args.max_upload_bytes,
+            timeout: Duration::from_millis(args.upload_timeout_ms),
+            disk_reserve: args.disk_reserve_bytes,
+        },
     };
-    let agent = match server::start(config).await {
+    let agent = match server::start(config, api).await {
         Ok(agent) => agent,
         Err(error) => {
             eprintln!("raftkv agent: {error}");
             return 2;
         }
     };
+    let reloads = tokio::spawn(reload_on_hangup(tls, tokens));
     let code = tokio::select! {
         signal = stop_requested() => {
             tracing::info!(signal, "shutting down");
@@ -66,9 +146,102 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
             0
         }
     };
+    reloads.abort();
     agent.shutdown().await;
     flush_output();
     code
+}
+
+/// Descriptors kept back from the connection caps: the log's segments,
+/// snapshots, peers' connections, gossip, the runtime.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one; returns the limit now
+/// in force (`None` if it cannot be read).
+fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        // `rlim_t` is u64 on Linux, not on every Unix.
+        #[allow(clippy::unnecessary_cast)]
+        Some(limit.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Says loudly what is exposed when a listener faces the network without
+/// TLS or tokens.
+fn warn_if_exposed(args: &AgentArgs, tls: bool, tokens: bool) {
+    let exposed = |addr: &SocketAddr| !addr.ip().is_loopback();
+    if exposed(&args.raft_addr) && !tls {
+        tracing::warn!(
+            raft_addr = %args.raft_addr,
+            "SECURITY: the raft port listens beyond loopback without TLS: anyone who reaches it can learn the \
+             cluster id and send raft traffic as any node. Start with --tls-ca, --tls-cert and --tls-key."
+        );
+    }
+    if exposed(&args.http_addr) && !(tls && tokens) {
+        tracing::warn!(
+            http_addr = %args.http_addr,
+            tls,
+            tokens,
+            "SECURITY: the HTTP API listens beyond loopback without {}: anyone who reaches it can {}. See \
+             README, \"Running it securely\".",
+            if tls || tokens { if tls { "tokens" } else { "TLS" } } else { "TLS or tokens" },
+            if tokens { "read the tokens on the wire" } else { "read and write every key, change the membership and restore backups" }
+        );
+    }
+    if let (Some(addr), None) = (args.serf_addr, &args.encrypt) {
+        if exposed(&addr) {
+            tracing::warn!(serf_addr = %addr, "SECURITY: gossip is not encrypted; give every member the same --encrypt key");
+        }
+    }
+}
+
+/// On SIGHUP, reloads the TLS files and the token file (they are also
+/// reloaded when they change).
+async fn reload_on_hangup(tls: Option<Tls>, tokens: Option<Tokens>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(changed) => tracing::info!(changed, "SIGHUP: TLS files reloaded"),
+                    Err(error) => {
+                        tracing::warn!(%error, "SIGHUP: the TLS files do not load; keeping the previous ones")
+                    }
+                }
+            }
+            if let Some(tokens) = &tokens {
+                match tokens.reload() {
+                    Ok(changed) => tracing::info!(changed, count = tokens.len(), "SIGHUP: tokens reloaded"),
+                    Err(error) => {
+                        tracing::warn!(%error, "SIGHUP: the token file does not load; keeping the previous tokens")
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, tokens);
+    }
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C, or SIGTERM (what a
@@ -134,8 +307,11 @@ pub async fn run_demo(args: DemoArgs) -> i32 {
                 ..AutopilotConfig::default()
             },
             join_timeout: Duration::from_secs(30),
+            tls: None,
+            raft_listen: ListenLimits::default(),
+            uploads: UploadLimits::default(),
         };
-        match server::start(config).await {
+        match server::start(config, ApiOptions::default()).await {
             Ok(agent) => agents.push(agent),
             Err(error) => {
                 eprintln!("raftkv demo: node {id}: {error}");

@@ -8,21 +8,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::args::SnapshotCommand;
+use crate::cli::args::{ClientArgs, SnapshotCommand};
 use crate::cli::client::{encode, Client};
 use crate::state::image::{self, ImageHeader};
 
 pub async fn run(command: SnapshotCommand) -> i32 {
     let (result, json) = match command {
         SnapshotCommand::Save { file, consistency, client } => {
-            let saved = save(&client.addr, &consistency, &file).await;
+            let saved = save(&client, &consistency, &file).await;
             let saved = saved.map(|mut value| {
                 value["file"] = json!(file.display().to_string());
                 value
             });
             (saved, client.json)
         }
-        SnapshotCommand::Restore { file, client } => (restore(&client.addr, &file).await, client.json),
+        SnapshotCommand::Restore { file, client } => (restore(&client, &file).await, client.json),
         SnapshotCommand::Inspect { file, json } => (inspect(&file).map(|(h, size)| describe(&h, size)), json),
     };
     match result {
@@ -81,9 +81,10 @@ fn inspect(file: &Path) -> Result<(ImageHeader, u64), String> {
 
 /// Downloads a backup from the node at `addr` into `file` (written to
 /// `FILE.partial`, checked, then renamed).
-async fn save(addr: &str, consistency: &str, file: &Path) -> Result<Value, String> {
+async fn save(client: &ClientArgs, consistency: &str, file: &Path) -> Result<Value, String> {
+    let addr = &client.addr;
     let path = format!("/api/v1/snapshot?consistency={}", encode(consistency));
-    let mut response = Client::new(addr)?.download(&path).await?;
+    let mut response = Client::new(addr, &client.security.security())?.download(&path).await?;
     let partial = PathBuf::from(format!("{}.partial", file.display()));
     let mut out =
         tokio::fs::File::create(&partial).await.map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
@@ -112,7 +113,8 @@ async fn save(addr: &str, consistency: &str, file: &Path) -> Result<Value, Strin
 
 /// Checks `file`, then uploads it to the node at `addr`, which restores it
 /// into the cluster through the log.
-async fn restore(addr: &str, file: &Path) -> Result<Value, String> {
+async fn restore(client: &ClientArgs, file: &Path) -> Result<Value, String> {
+    let addr = &client.addr;
     let (_, size) = inspect(file).map_err(|e| format!("{e}; nothing was sent"))?;
     let opened = tokio::fs::File::open(file).await.map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     let bar = progress(Some(size), "uploading");
@@ -127,7 +129,9 @@ async fn restore(addr: &str, file: &Path) -> Result<Value, String> {
         }
         piece
     });
-    let answer = Client::new(addr)?.upload("/api/v1/snapshot", reqwest::Body::wrap_stream(stream), size).await;
+    let answer = Client::new(addr, &client.security.security())?
+        .upload("/api/v1/snapshot", reqwest::Body::wrap_stream(stream), size)
+        .await;
     bar.finish_and_clear();
     answer
 }

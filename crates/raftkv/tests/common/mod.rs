@@ -87,7 +87,7 @@ impl Drop for Node {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    http_client(Duration::from_secs(10))
 }
 
 pub async fn stats(node: &Node) -> Option<Value> {
@@ -189,4 +189,11 @@ pub async fn exit_status(node: &mut Node, what: &str) -> std::process::ExitStatu
 /// The node's log so far (stderr of its process).
 pub fn log_of(node: &Node) -> String {
     std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default()
+}
+
+/// A plain HTTP client (reqwest is built without a TLS provider of its own:
+/// `ClientSecurity` gives it rustls with ring).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let builder = reqwest::Client::builder().timeout(timeout);
+    raftkv::http_client::ClientSecurity::default().apply(builder).unwrap().build().unwrap()
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::locks::lock;
+use crate::transport::tls::{Connector, Tls};
 
 /// How [`Channels`] opens connections.
 #[derive(Clone, Debug)]
@@ -34,11 +35,17 @@ pub struct ChannelOptions {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive pings on idle connections, to notice a dead peer.
     pub keep_alive_interval: Option<Duration>,
+    /// Mutual TLS with the peers (`transport::tls`); `None`: plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ChannelOptions {
     fn default() -> ChannelOptions {
-        ChannelOptions { connect_timeout: Duration::from_secs(1), keep_alive_interval: Some(Duration::from_secs(10)) }
+        ChannelOptions {
+            connect_timeout: Duration::from_secs(1),
+            keep_alive_interval: Some(Duration::from_secs(10)),
+            tls: None,
+        }
     }
 }
 
@@ -115,6 +122,8 @@ impl Channels {
 
     /// The endpoint for `address` ("host:port", or a URI with a scheme) with
     /// these options: Nagle's algorithm off, the connect timeout, keep-alive.
+    /// (With TLS, connect it through `transport::tls::Connector`, as
+    /// [`Channels::get`] and [`Channels::connect`] do.)
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, ChannelError> {
         let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
         let endpoint = Endpoint::from_shared(uri)
@@ -134,7 +143,11 @@ impl Channels {
         if let Some(entry) = cached.get(address) {
             return Ok(CachedChannel { address: address.into(), serial: entry.serial, channel: entry.channel.clone() });
         }
-        let channel = self.endpoint(address)?.connect_lazy();
+        let endpoint = self.endpoint(address)?;
+        let channel = match &self.options.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(Connector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
         cached.insert(address.to_string(), Cached { serial, channel: channel.clone(), connected: false });
         Ok(CachedChannel { address: address.into(), serial, channel })
@@ -151,7 +164,13 @@ impl Channels {
         // The endpoint's timeout covers the TCP connect; this bounds the
         // HTTP/2 handshake after it too.
         let timeout = self.options.connect_timeout + Duration::from_millis(100);
-        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        let connecting = async {
+            match &self.options.tls {
+                Some(tls) => endpoint.connect_with_connector(Connector::new(tls.clone())).await,
+                None => endpoint.connect().await,
+            }
+        };
+        let channel = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => {
                 return Err(ChannelError::Connect { address: address.to_string(), reason: error_chain(&error) })

@@ -33,12 +33,21 @@
 //! protocol version other than this node's, an empty cluster id or another
 //! cluster's, a request addressed to another node, and a request that claims
 //! to come from this node (`FAILED_PRECONDITION`). Its messages name both
-//! sides. Authentication of the sender, when it comes, belongs in [`check`]
-//! too: it receives the whole request (metadata, extensions, the connection's
-//! peer certificates), so every service gains it at once.
+//! sides.
+//!
+//! With TLS ([`Identity::require_certificate`], set when the node serves its
+//! raft port with mutual TLS), [`check`] also authenticates the sender: the
+//! connection's verified certificate (which the listener puts in the
+//! request's extensions, see `transport::listen`) must name the node the
+//! header claims (`transport::tls`); a request without one is refused
+//! `UNAUTHENTICATED`, one whose certificate names another node
+//! `PERMISSION_DENIED`. Every service that calls [`check`] gains it at once.
 
 use raftkv_core::NodeId;
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
+
+use crate::transport::listen::ConnInfo;
+use crate::transport::tls::node_name;
 
 /// Who this node is on the wire.
 #[derive(Clone, Debug)]
@@ -47,11 +56,24 @@ pub struct Identity {
     pub id: NodeId,
     /// The address other nodes reach this node's raft service at.
     pub advertise_addr: String,
+    /// Whether a request's sender must be named by the certificate of its
+    /// connection (mutual TLS on the raft port).
+    pub require_certificate: bool,
 }
 
 impl Identity {
     pub fn new(cluster_id: impl Into<String>, id: NodeId, advertise_addr: impl Into<String>) -> Identity {
-        Identity { cluster_id: cluster_id.into(), id, advertise_addr: advertise_addr.into() }
+        Identity {
+            cluster_id: cluster_id.into(),
+            id,
+            advertise_addr: advertise_addr.into(),
+            require_certificate: false,
+        }
+    }
+
+    /// This identity, checking that each sender's certificate names it.
+    pub fn requiring_certificates(self) -> Identity {
+        Identity { require_certificate: true, ..self }
     }
 
     /// The header this node stamps on requests to `to` (`None`: the
@@ -179,10 +201,28 @@ impl WireHeader {
 /// Checks a request's header against this node's identity: the single
 /// admission decision for node-to-node requests (see the module doc).
 pub fn check<T>(identity: &Identity, request: &tonic::Request<T>) -> Result<CheckedHeader, tonic::Status> {
-    check_metadata(identity, request.metadata())
+    let header = check_metadata(identity, request.metadata())?;
+    if identity.require_certificate {
+        let info = request.extensions().get::<ConnInfo>();
+        let Some(certificate) = info.and_then(|info| info.certificate.as_ref()) else {
+            return Err(tonic::Status::unauthenticated(format!(
+                "node {} requires a cluster certificate; the request claiming node {} came without one",
+                identity.id, header.from
+            )));
+        };
+        if !certificate.names_node(header.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "the request claims node {}, but its connection's certificate does not name {} (this is node {})",
+                header.from,
+                node_name(header.from),
+                identity.id
+            )));
+        }
+    }
+    Ok(header)
 }
 
-/// [`check`] on bare metadata (a server interceptor sees only that).
+/// [`check`] on bare metadata, without the certificate check.
 pub fn check_metadata(identity: &Identity, metadata: &MetadataMap) -> Result<CheckedHeader, tonic::Status> {
     let header = WireHeader::read(metadata)?;
     let refuse = |message: String| Err(tonic::Status::failed_precondition(message));
@@ -295,7 +335,7 @@ mod tests {
     use super::*;
 
     fn identity(cluster: &str, id: u64) -> Identity {
-        Identity { cluster_id: cluster.to_string(), id: NodeId(id), advertise_addr: format!("10.0.0.{id}:7000") }
+        Identity::new(cluster, NodeId(id), format!("10.0.0.{id}:7000"))
     }
 
     fn stamped(header: &WireHeader) -> tonic::Request<()> {

@@ -28,6 +28,7 @@ use raftkv_core::{
 
 use crate::locks::lock;
 
+use super::listen::ConnInfo;
 use super::{Inbox, SendFuture, Transport, TransportError};
 
 mod channels;
@@ -46,6 +47,9 @@ pub mod proto {
 
 use proto::raft_client::RaftClient;
 use proto::raft_message::Kind;
+
+/// Refused traffic is logged at most once per this period.
+const REFUSAL_LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest raft message either way (a batch of appends, a snapshot chunk).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -210,11 +214,18 @@ pub struct RaftService {
     identity: Identity,
     inbox: Inbox,
     book: AddressBook,
+    refusals: Mutex<super::Ratelimited>,
+}
+
+/// Where a request came from: the listener's connection info
+/// (`transport::listen`), or tonic's own.
+pub fn remote<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
+    request.extensions().get::<ConnInfo>().map(|info| info.remote).or_else(|| request.remote_addr())
 }
 
 impl RaftService {
     pub fn new(identity: Identity, inbox: Inbox, book: AddressBook) -> RaftService {
-        RaftService { identity, inbox, book }
+        RaftService { identity, inbox, book, refusals: Mutex::new(super::Ratelimited::new(REFUSAL_LOG_PERIOD)) }
     }
 
     /// The tonic service to add to a server.
@@ -239,6 +250,17 @@ impl RaftService {
         Ok(header.from)
     }
 
+    /// Logs refused traffic at warn, at most one line per 10 s (with how
+    /// many were held back), naming the peer's address.
+    fn refused(&self, remote: Option<std::net::SocketAddr>, status: &tonic::Status) {
+        let mut limiter = lock(&self.refusals);
+        if limiter.allow() {
+            let suppressed = limiter.take_suppressed();
+            let remote = remote.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            tracing::warn!(node = %self.identity.id, %remote, code = ?status.code(), reason = status.message(), suppressed, "raft traffic refused");
+        }
+    }
+
     /// Hands a batch's messages to the node, all or none.
     fn receive(&self, from: NodeId, batch: proto::Batch) -> Result<(), tonic::Status> {
         let mut messages = Vec::with_capacity(batch.messages.len());
@@ -260,17 +282,19 @@ impl proto::raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<tonic::Streaming<proto::Batch>>,
     ) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
-        let from = self.admit(&request)?;
+        let remote = remote(&request);
+        let from = self.admit(&request).inspect_err(|status| self.refused(remote, status))?;
         let mut batches = request.into_inner();
-        while let Some(batch) = batches.message().await? {
-            self.receive(from, batch)?;
+        while let Some(batch) = batches.message().await.inspect_err(|status| self.refused(remote, status))? {
+            self.receive(from, batch).inspect_err(|status| self.refused(remote, status))?;
         }
         Ok(tonic::Response::new(proto::Ack {}))
     }
 
     async fn send(&self, request: tonic::Request<proto::Batch>) -> Result<tonic::Response<proto::Ack>, tonic::Status> {
-        let from = self.admit(&request)?;
-        self.receive(from, request.into_inner())?;
+        let remote = remote(&request);
+        let from = self.admit(&request).inspect_err(|status| self.refused(remote, status))?;
+        self.receive(from, request.into_inner()).inspect_err(|status| self.refused(remote, status))?;
         Ok(tonic::Response::new(proto::Ack {}))
     }
 }

@@ -1,0 +1,339 @@
+//! TLS between nodes, mutual: every node presents a certificate signed by the
+//! cluster's CA and accepts connections only from holders of one.
+//!
+//! ## Names
+//! A node's certificate carries two DNS names (subject alternative names):
+//! [`SERVER_NAME`], which a client checks when it connects to any node (so
+//! that it talks to a member of this cluster's CA, whatever the address),
+//! and [`node_name`] of its node id. A receiver checks that the id a request
+//! claims in its wire header is one its connection's certificate names
+//! ([`PeerCertificate::names_node`], called by the header check), so that a
+//! holder of a cluster certificate (a removed node, a client) cannot speak
+//! as another node. Client certificates (for the HTTP API) carry
+//! [`CLIENT_NAME`] and no node name.
+//!
+//! ## Rotation
+//! [`Tls`] holds the files' current contents. [`Tls::reload`] reads the three
+//! files again and swaps them in if they form a valid set (a bad set is
+//! refused and the old one kept); [`Tls::watch`] does so whenever a file's
+//! modification time or size changes. Connections open at the time keep the
+//! certificates they were opened with; new ones, either way, use the new
+//! set. To rotate the CA, put the old and the new CA in the CA file (it may
+//! hold several), roll the nodes' certificates, then drop the old CA.
+//!
+//! rustls with the `ring` provider; TLS 1.3 and 1.2.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use raftkv_core::NodeId;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The name every node's certificate carries, checked by a client
+/// connecting to a node.
+pub const SERVER_NAME: &str = "server.raftkv";
+/// The name a client certificate carries (it names no node).
+pub const CLIENT_NAME: &str = "client.raftkv";
+
+/// The name a certificate of node `id` carries.
+pub fn node_name(id: NodeId) -> String {
+    format!("node-{}.{SERVER_NAME}", id.0)
+}
+
+/// Where a node's TLS material lives (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate(s) peers' certificates must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate (and any intermediates after it).
+    pub cert: PathBuf,
+    /// This node's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {reason}")]
+    Read { what: &'static str, path: PathBuf, reason: String },
+    #[error("{what} {path} holds no {expected}")]
+    Empty { what: &'static str, path: PathBuf, expected: &'static str },
+    #[error("invalid TLS material ({ca}, {cert}, {key}): {reason}")]
+    Invalid { ca: PathBuf, cert: PathBuf, key: PathBuf, reason: String },
+}
+
+/// One consistent set of material and the configurations made from it.
+struct Loaded {
+    /// Peers must present a certificate (the raft port).
+    mutual: Arc<ServerConfig>,
+    /// Clients may present one (an HTTP API that takes tokens instead).
+    open: Arc<ServerConfig>,
+    /// Clients must present one, HTTP/1.1 and HTTP/2 (an HTTP API that requires client certificates).
+    mutual_http: Arc<ServerConfig>,
+    /// This node connecting to another, presenting its certificate.
+    client: Arc<ClientConfig>,
+    /// Modification time and length of each file when read.
+    stamps: [Option<(SystemTime, u64)>; 3],
+}
+
+/// A node's TLS material, reloadable. Clones share it.
+#[derive(Clone)]
+pub struct Tls {
+    files: Arc<TlsFiles>,
+    loaded: Arc<RwLock<Arc<Loaded>>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Reads and checks the three files.
+    pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+        let loaded = load(&files)?;
+        Ok(Tls { files: Arc::new(files), loaded: Arc::new(RwLock::new(Arc::new(loaded))) })
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        // A poisoned lock still holds a complete `Arc` (writers only swap it).
+        self.loaded.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The server side of the raft port: client certificates required,
+    /// HTTP/2 only.
+    pub fn mutual_server_config(&self) -> Arc<ServerConfig> {
+        self.current().mutual.clone()
+    }
+
+    /// The server side of an HTTP API: client certificates required or
+    /// optional (then never asked for), HTTP/2 and HTTP/1.1.
+    pub fn http_server_config(&self, require_client_certificate: bool) -> Arc<ServerConfig> {
+        let loaded = self.current();
+        if require_client_certificate {
+            loaded.mutual_http.clone()
+        } else {
+            loaded.open.clone()
+        }
+    }
+
+    /// The client side: this node's certificate, the cluster's CA, HTTP/2.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.current().client.clone()
+    }
+
+    /// Reads the files again and swaps them in if they form a valid set;
+    /// `Ok(false)` if nothing changed on disk. A set that does not load is
+    /// refused and the old one stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        if stamps(&self.files) == self.current().stamps {
+            return Ok(false);
+        }
+        let loaded = load(&self.files)?;
+        *self.loaded.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
+        Ok(true)
+    }
+
+    /// Reloads whenever the files change, checking every `every`, until the
+    /// returned task is aborted. Failures are logged and retried.
+    pub fn watch(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(every).await;
+                match tls.reload() {
+                    Ok(true) => {
+                        failing = false;
+                        tracing::info!(cert = %tls.files.cert.display(), "TLS certificates reloaded");
+                    }
+                    Ok(false) => {}
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, "TLS files changed but do not load; keeping the previous ones");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+}
+
+fn stamps(files: &TlsFiles) -> [Option<(SystemTime, u64)>; 3] {
+    let stamp = |path: &Path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    [stamp(&files.ca), stamp(&files.cert), stamp(&files.key)]
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads the CA certificates of `path` into a root store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let certs = read_certs("CA file", path)?;
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::Empty { what: "CA file", path: path.to_path_buf(), expected: "usable CA certificate" });
+    }
+    if ignored > 0 {
+        tracing::warn!(path = %path.display(), ignored, "CA file holds certificates that do not parse");
+    }
+    Ok(roots)
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_error = |reason: String| TlsError::Read { what, path: path.to_path_buf(), reason };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| read_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { what, path: path.to_path_buf(), expected: "PEM certificate" });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+        what: "key file",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    let stamps = stamps(files);
+    let roots = Arc::new(load_roots(&files.ca)?);
+    let chain = read_certs("certificate file", &files.cert)?;
+    let key = read_key(&files.key)?;
+    let invalid = |reason: String| TlsError::Invalid {
+        ca: files.ca.clone(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        reason,
+    };
+    // The node's own certificate must chain to the CA it trusts: a node
+    // whose certificate its peers would refuse is a configuration error,
+    // found here rather than as failing connections.
+    check_chain(&roots, &chain).map_err(invalid)?;
+
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let server = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, alpn: &[&[u8]]| {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&versions)
+            .map_err(|e| e.to_string())?;
+        let builder = match verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain.clone(), key.clone_key()).map_err(|e| e.to_string())?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok::<_, String>(Arc::new(config))
+    };
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+    let mutual = server(Some(verifier.clone()), &[b"h2"]).map_err(invalid)?;
+    let mutual_http = server(Some(verifier), &[b"h2", b"http/1.1"]).map_err(invalid)?;
+    let open = server(None, &[b"h2", b"http/1.1"]).map_err(invalid)?;
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| invalid(e.to_string()))?;
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Loaded { mutual, open, mutual_http, client: Arc::new(client), stamps })
+}
+
+/// Whether `chain` (leaf first) chains to `roots` as a server certificate
+/// for [`SERVER_NAME`] or as a client certificate, now.
+fn check_chain(roots: &RootCertStore, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    let (leaf, intermediates) = chain.split_first().ok_or("the certificate file holds no certificate")?;
+    let now = rustls_pki_types::UnixTime::now();
+    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(SERVER_NAME).map_err(|e| e.to_string())?;
+    match server.verify_server_cert(leaf, intermediates, &name, &[], now) {
+        Ok(_) => Ok(()),
+        Err(server_error) => {
+            // A client certificate (no server name) is fine for a client.
+            let client = WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
+                .build()
+                .map_err(|e| e.to_string())?;
+            client
+                .verify_client_cert(leaf, intermediates, now)
+                .map(|_| ())
+                .map_err(|_| format!("the certificate is not valid with this CA: {server_error}"))
+        }
+    }
+}
+
+/// The verified certificate a peer presented on a connection.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub CertificateDer<'static>);
+
+impl PeerCertificate {
+    /// Whether the certificate names node `id` (see the module doc). The
+    /// chain was verified during the handshake; this checks the name only.
+    pub fn names_node(&self, id: NodeId) -> bool {
+        let Ok(name) = ServerName::try_from(node_name(id)) else { return false };
+        match webpki::EndEntityCert::try_from(&self.0) {
+            Ok(cert) => cert.verify_is_valid_for_subject_name(&name).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Connects to `uri`'s host and port over TCP (Nagle off), then TLS as a
+/// client presenting this node's certificate and expecting a node's; the
+/// connector of a tonic endpoint (`Endpoint::connect_with_connector`).
+#[derive(Clone, Debug)]
+pub struct Connector {
+    tls: Tls,
+}
+
+impl Connector {
+    pub fn new(tls: Tls) -> Connector {
+        Connector { tls }
+    }
+}
+
+type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<tonic::codegen::http::Uri> for Connector {
+    type Response = Connected;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Connected, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let config = self.tls.client_config();
+        Box::pin(async move {
+            let host = uri.host().ok_or_else(|| format!("no host in {uri}"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().ok_or_else(|| format!("no port in {uri}"))?;
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(SERVER_NAME)?;
+            let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! Serving the API: connections come from a bounded listener
+//! (`raftkv_raft::transport::listen`: caps per listener and per client
+//! address, TLS handshakes under a deadline), and each is served by hyper
+//! with bounds of its own:
+//!
+//! - the request head must arrive within `header_timeout` (a slowloris
+//!   client sending a byte at a time is cut off);
+//! - a connection with no traffic for `idle_timeout` is closed (after any
+//!   request in flight ends), and one that has not sent a whole request
+//!   head yet gets only `header_timeout`;
+//! - at most 256 concurrent HTTP/2 streams per connection.
+//!
+//! A connection over a cap is answered 503 with the JSON error envelope and
+//! closed, without reading its request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use raftkv_raft::transport::listen::{self, Conn, ListenLimits, ListenTls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+
+/// How the API listener serves.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub limits: ListenLimits,
+    pub tls: ListenTls,
+    /// Bound on receiving a request's head.
+    pub header_timeout: Duration,
+    /// A connection without traffic this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> HttpOptions {
+        HttpOptions {
+            limits: ListenLimits { refusal: OVER_CAP, ..ListenLimits::default() },
+            tls: ListenTls::None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The answer to a connection over a cap.
+pub const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+connection: close\r\nretry-after: 1\r\ncontent-length: 113\r\n\r\n\
+{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry later\",\"outcome\":\"not_done\"}}";
+
+/// Serves `router` on `listener` until the returned task is aborted.
+pub fn serve(router: Router, listener: TcpListener, options: HttpOptions) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut incoming = listen::incoming(listener, options.limits.clone(), options.tls.clone());
+        let options = Arc::new(options);
+        while let Some(accepted) = incoming.next().await {
+            let Ok(conn) = accepted else { continue };
+            tokio::spawn(serve_connection(router.clone(), conn, options.clone()));
+        }
+    })
+}
+
+async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>) {
+    let info = conn.info().clone();
+    let activity = Arc::new(Activity { since: Instant::now(), last: AtomicU64::new(0), heads: AtomicBool::new(false) });
+    let io = Watched { inner: conn, activity: activity.clone() };
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        seen.heads.store(true, Ordering::Relaxed);
+        request.extensions_mut().insert(info.clone());
+        let router = router.clone();
+        async move { tower::ServiceExt::oneshot(router, request.map(axum::body::Body::new)).await }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Duration::from_secs(30));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let check = (options.header_timeout / 4).max(Duration::from_millis(100));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = tokio::time::sleep(check), if !closing => {
+                let limit = if activity.heads.load(Ordering::Relaxed) { options.idle_timeout } else { options.header_timeout };
+                if activity.idle() >= limit {
+                    // Ends an idle connection now, a busy one after its request.
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, and whether a request head arrived.
+struct Activity {
+    since: Instant,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+    heads: AtomicBool,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last.store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.since.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// A connection that notes when it last read or wrote.
+struct Watched {
+    inner: Conn,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_over_cap_answer_is_well_formed() {
+        let text = std::str::from_utf8(super::OVER_CAP).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        assert_eq!(body.len(), length);
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "too_many_connections");
+    }
+}
