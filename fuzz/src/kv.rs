@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use raftkv::state::image::{self, ImageHeader, ImageKind, ImageWriter, Members};
-use raftkv::state::{Answer, Command, Kv, KvMachine, KvState, Limits};
+use raftkv::state::{Answer, Command, Kv, KvMachine, KvState, Limits, Peer};
 use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 
 use crate::support::bounded;
@@ -159,4 +159,47 @@ pub fn command_json(data: &[u8]) {
         let again = Answer::decode(&answer.encode()).expect("an encoded answer decodes");
         assert_eq!(again, answer, "an answer does not round-trip");
     }
+}
+
+/// Small valid inputs of each kv harness, in its own input format: the seed
+/// corpora of the fuzz targets (`fuzz/corpus/<name>/`), also replayed by
+/// `cargo test`.
+pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let record = |k: &str, v: &str, i: u64| (k.to_string(), v.to_string(), i);
+    let data = vec![record("alpha", "one", 3), record("beta", "", 4), record("ключ", "значение", 5)];
+    let mut with_peers = image_header(ImageKind::Snapshot, 3, None);
+    with_peers.peers.insert(1, Peer { raft_addr: "127.0.0.1:7001".into(), http_addr: "127.0.0.1:8001".into() });
+    with_peers.last_restore = Some(("r1".into(), 2));
+    let staging = image_header(ImageKind::Snapshot, 3, Some(("r2".into(), 1, 1)));
+    let staged: Vec<_> = data.iter().cloned().chain([record("gamma", "three", 6)]).collect();
+    let images = [
+        image_bytes(&image_header(ImageKind::Snapshot, 0, None), &[]),
+        image_bytes(&image_header(ImageKind::Backup, 3, None), &data),
+        image_bytes(&with_peers, &data),
+        image_bytes(&staging, &staged),
+    ];
+    let image = images.iter().flat_map(|i| [[&[0u8][..], i].concat(), [&[1u8][..], i].concat()]).collect();
+
+    let commands = [
+        Command::Set { key: "a".into(), value: "1".into() },
+        Command::Delete { key: "a".into() },
+        Command::Cas { key: "a".into(), expected: Some("1".into()), value: "2".into() },
+        Command::Cas { key: "b".into(), expected: None, value: "2".into() },
+        Command::RegisterPeer { id: 2, raft_addr: "127.0.0.1:7002".into(), http_addr: "127.0.0.1:8002".into() },
+        Command::RestoreBegin { id: "r".into() },
+        Command::RestoreChunk { id: "r".into(), seq: 0, pairs: vec![("k".into(), "v".into())] },
+        Command::RestoreCommit { id: "r".into(), chunks: 1, keys: 1 },
+        Command::RestoreAbort { id: "r".into() },
+    ];
+    let answers = [
+        Answer::Done,
+        Answer::Deleted { existed: true },
+        Answer::CasFailed { current: Some("1".into()) },
+        Answer::Invalid { reason: "x".into() },
+        Answer::Restored { keys: 3 },
+        Answer::RestoreFailed { reason: "y".into() },
+    ];
+    let command_json =
+        commands.iter().map(|c| c.encode().to_vec()).chain(answers.iter().map(|a| a.encode().to_vec())).collect();
+    vec![("image", image), ("command_json", command_json)]
 }

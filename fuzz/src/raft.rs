@@ -26,7 +26,7 @@ use raftkv_raft::storage::codec::{decode_configuration, decode_entry, encode_ent
 use raftkv_raft::storage::vfs::{Vfs, VfsFile};
 use raftkv_raft::storage::{FileSnapshotStore, FileStableStore, LogStore, SnapshotStore, StableStore, Wal, WalOptions};
 use raftkv_raft::transport::grpc::{check_metadata, from_proto, proto, to_proto, Identity, WireHeader};
-use raftkv_raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use raftkv_raft::{Configuration, Entry, EntryPayload, LogId, LogIndex, Message, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::support::bounded;
@@ -617,4 +617,203 @@ pub fn wire_header(data: &[u8]) {
         let again = WireHeader::read(&written).expect("a header this node wrote reads back");
         assert_eq!(again, header, "a header does not round-trip");
     }
+}
+
+// ---- Seeds ---------------------------------------------------------------------
+
+/// Entries of every kind, a log from index 1.
+pub fn seed_entries() -> Vec<Entry> {
+    use raftkv_core::RestoreStep::{Begin, Chunk, Commit};
+    use EntryPayload::{Command, Config, Noop, Restore};
+    let mut config = Configuration::new([NodeId(1), NodeId(2), NodeId(3)]);
+    config.learners.insert(NodeId(4));
+    let mut staged = config.clone();
+    staged.staging.insert(NodeId(4));
+    let mut joint = config.clone();
+    joint.voters_outgoing.insert(NodeId(5));
+    let payloads = vec![
+        Noop,
+        Command(Bytes::from_static(br#"{"op":"set","key":"a","value":"1"}"#)),
+        Command(Bytes::new()),
+        Config(config),
+        Config(staged),
+        Config(joint),
+        Restore(Begin { id: 7, len: 5, crc32c: 0xdead_beef }),
+        Restore(Chunk { id: 7, seq: 0, data: Bytes::from_static(b"hello") }),
+        Restore(Commit { id: 7, chunks: 1 }),
+    ];
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| Entry { term: Term(1 + i as u64 / 4), index: LogIndex(1 + i as u64), payload })
+        .collect()
+}
+
+/// Messages of every kind.
+pub fn seed_messages() -> Vec<Message> {
+    use raftkv_core::{
+        AppendEntries, AppendEntriesResponse, AppendResult, InstallSnapshot, InstallSnapshotResponse, RequestVote,
+        RequestVoteResponse,
+    };
+    let id = LogId::new(Term(2), LogIndex(4));
+    let config = Configuration::new([NodeId(1), NodeId(2)]);
+    let append = |entries: Vec<Entry>| {
+        Message::AppendEntries(AppendEntries {
+            term: Term(3),
+            prev_log_id: id,
+            entries,
+            leader_commit: LogIndex(3),
+            round: 9,
+        })
+    };
+    let response = |result| Message::AppendEntriesResponse(AppendEntriesResponse { term: Term(3), round: 9, result });
+    vec![
+        Message::RequestVote(RequestVote {
+            term: Term(3),
+            last_log_id: id,
+            pre_vote: true,
+            leadership_transfer: false,
+        }),
+        Message::RequestVoteResponse(RequestVoteResponse { term: Term(3), granted: true, pre_vote: false }),
+        append(Vec::new()),
+        append(seed_entries()),
+        response(AppendResult::Success { match_index: LogIndex(7) }),
+        response(AppendResult::Conflict { rejected: LogIndex(4), hint: id }),
+        response(AppendResult::StaleTerm),
+        Message::InstallSnapshot(InstallSnapshot {
+            term: Term(3),
+            meta: SnapshotMeta { last_log_id: id, config },
+            offset: 0,
+            data: Bytes::from_static(b"RKVIMG01 and the rest of a snapshot"),
+            done: true,
+        }),
+        Message::InstallSnapshotResponse(InstallSnapshotResponse {
+            term: Term(3),
+            snapshot: id,
+            next_offset: 35,
+            done: true,
+        }),
+        Message::TimeoutNow { term: Term(3) },
+        Message::ReadIndexRequest { term: Term(3), read_id: 77 },
+        Message::ReadIndexResponse { term: Term(3), read_id: 77, index: Some(LogIndex(6)) },
+        Message::ReadIndexResponse { term: Term(3), read_id: 78, index: None },
+    ]
+}
+
+/// Small valid inputs of each raft harness, in its own input format: the
+/// seed corpora of the fuzz targets (`fuzz/corpus/<name>/`), also replayed
+/// by `cargo test`.
+pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let entries = seed_entries();
+    let mut records = Vec::new();
+    for entry in &entries {
+        records.extend_from_slice(&record(entry));
+    }
+    let with_flags = |flags: u8, first: u64, records: &[u8]| {
+        let mut out = vec![flags];
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(records);
+        out
+    };
+    let torn = &records[..records.len() - 5];
+    let wal_record = vec![
+        with_flags(0, 1, &records),
+        with_flags(2, 1, &records),
+        with_flags(4, 1, &records),
+        with_flags(0, 1, torn),
+        with_flags(1, 1, &records),
+        with_flags(0, 1, &[]),
+    ];
+
+    let file = |kind: u8, content: &[u8]| {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(content.len() as u16).to_le_bytes());
+        out.extend_from_slice(content);
+        out
+    };
+    let (a, b) = entries.split_at(4);
+    let wal_dir = vec![
+        file(1, &segment(1, &entries)),
+        [file(1, &segment(1, a)), file(1, &segment(5, b))].concat(),
+        [file(1, &segment(1, a)), file(1, &segment(5, b)), file(0, &manifest(3))].concat(),
+        [file(1, &segment(1, a)), file(1, &segment(5, b)), file(7, &7u64.to_le_bytes())].concat(),
+        [file(1, &segment(1, a)), file(1, &segment(5, &[])), file(4, b"left over")].concat(),
+        [file(0, &manifest(10))].concat(),
+    ];
+
+    let entry_codec = entries
+        .iter()
+        .map(|entry| {
+            let mut out = Vec::new();
+            encode_entry(entry, &mut out);
+            out
+        })
+        .collect();
+
+    let mut hard_state = BTreeMap::new();
+    hard_state.insert("CurrentTerm".to_string(), 5u64.to_be_bytes().to_vec());
+    hard_state.insert("LastVoteCand".to_string(), 2u64.to_be_bytes().to_vec());
+    hard_state.insert("cluster_id".to_string(), b"3f2a".to_vec());
+    let stable_store = [BTreeMap::new(), hard_state]
+        .iter()
+        .flat_map(|values| [[&[0u8][..], &stable_file(values)].concat(), [&[1u8][..], &stable_file(values)].concat()])
+        .collect();
+
+    let data = b"the bytes of a snapshot".to_vec();
+    let meta = StoredMeta {
+        version: 1,
+        index: 9,
+        term: 2,
+        voters: vec![1, 2, 3],
+        voters_outgoing: vec![],
+        learners: vec![4],
+        staging: vec![4],
+        size: data.len() as u64,
+        checksum: crc32c::crc32c(&data),
+    };
+    let snapshot_input = |flags: u8, meta: &[u8], data: &[u8]| {
+        let mut out = vec![flags];
+        out.extend_from_slice(&(meta.len() as u16).to_le_bytes());
+        out.extend_from_slice(meta);
+        out.extend_from_slice(data);
+        out
+    };
+    let fields = serde_json::to_vec(&meta).expect("metadata serializes");
+    let snapshot_meta = vec![
+        snapshot_input(0, &meta_file(&meta), &data),
+        snapshot_input(1, &fields, &data),
+        snapshot_input(3, &fields, &data[..5]),
+        snapshot_input(0, &meta_file(&StoredMeta { staging: vec![], ..meta.clone() }), &data),
+    ];
+
+    let messages = seed_messages();
+    let mut raft_message: Vec<Vec<u8>> =
+        messages.iter().map(|m| proto::Batch { messages: vec![to_proto(m)] }.encode_to_vec()).collect();
+    raft_message.push(proto::Batch { messages: messages.iter().map(to_proto).collect() }.encode_to_vec());
+
+    let identity = Identity::new("cluster", NodeId(2), "127.0.0.1:7002");
+    let mut wire_header = Vec::new();
+    for to in [Some(NodeId(1)), None] {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        identity.header(to).write_to(&mut metadata);
+        let mut out = Vec::new();
+        for (name, value) in metadata.into_headers().iter() {
+            let key = HEADER_KEYS.iter().position(|k| *k == name.as_str()).unwrap_or(HEADER_KEYS.len() - 1);
+            let value = &value.as_bytes()[..value.len().min(255)];
+            out.push(key as u8);
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
+        }
+        wire_header.push(out);
+    }
+
+    vec![
+        ("wal_record", wal_record),
+        ("wal_dir", wal_dir),
+        ("entry_codec", entry_codec),
+        ("stable_store", stable_store),
+        ("snapshot_meta", snapshot_meta),
+        ("raft_message", raft_message),
+        ("wire_header", wire_header),
+    ]
 }
