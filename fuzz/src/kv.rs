@@ -161,6 +161,63 @@ pub fn command_json(data: &[u8]) {
     }
 }
 
+/// The internal gRPC's messages (forwarded writes, admin operations, cluster
+/// info, and their answers), as a node receives them from another: prost
+/// decodes each kind, the conversions read them or refuse them, and what
+/// converts converts back unchanged. A forwarded batch's commands are judged
+/// as the serving side judges them (decoded, within the client limits); an
+/// applied answer decodes as the forwarding side decodes it.
+pub fn internal_rpc(data: &[u8]) {
+    use prost::Message as _;
+    use raftkv::agent::wire::{self, proto};
+    let n = data.len();
+    if let Ok(batch) = bounded("ApplyBatchRequest::decode", n, || proto::ApplyBatchRequest::decode(data)) {
+        for command in batch.commands {
+            if let Ok(command) = Command::decode(&command) {
+                let _ = command.check_client(&Limits::default());
+            }
+        }
+    }
+    if let Ok(response) = bounded("ApplyBatchResponse::decode", n, || proto::ApplyBatchResponse::decode(data)) {
+        if let Some(refused) = response.refused {
+            check_failure(refused);
+        }
+        for result in response.results {
+            match result.result {
+                Some(proto::apply_result::Result::Applied(applied)) => {
+                    let _ = Answer::decode(&applied.response);
+                }
+                Some(proto::apply_result::Result::Failure(failure)) => check_failure(failure),
+                None => {}
+            }
+        }
+    }
+    if let Ok(request) = bounded("AdminRequest::decode", n, || proto::AdminRequest::decode(data)) {
+        if let Ok(op) = wire::admin_from_proto(request) {
+            let again = wire::admin_from_proto(wire::admin_to_proto(op.clone()));
+            assert_eq!(again, Ok(op), "an admin operation does not round-trip");
+        }
+    }
+    if let Ok(response) = bounded("AdminResponse::decode", n, || proto::AdminResponse::decode(data)) {
+        match response.result {
+            Some(proto::admin_response::Result::Failure(failure)) => check_failure(failure),
+            Some(proto::admin_response::Result::Done(done)) if !done.autopilot_json.is_empty() => {
+                let _ = serde_json::from_slice::<raftkv::agent::autopilot::AutopilotState>(&done.autopilot_json);
+            }
+            _ => {}
+        }
+    }
+    let _ = bounded("ClusterInfoResponse::decode", n, || proto::ClusterInfoResponse::decode(data));
+}
+
+/// A failure from another node reads as one this node sends the same way.
+fn check_failure(failure: raftkv::agent::wire::proto::Failure) {
+    use raftkv::agent::wire;
+    let read = wire::failure_from_proto(failure);
+    let again = wire::failure_from_proto(wire::failure_to_proto(read.clone()));
+    assert_eq!(again, read, "a failure does not round-trip");
+}
+
 /// Small valid inputs of each kv harness, in its own input format: the seed
 /// corpora of the fuzz targets (`fuzz/corpus/<name>/`), also replayed by
 /// `cargo test`.
@@ -201,5 +258,61 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     ];
     let command_json =
         commands.iter().map(|c| c.encode().to_vec()).chain(answers.iter().map(|a| a.encode().to_vec())).collect();
-    vec![("image", image), ("command_json", command_json)]
+    let internal_rpc = internal_seeds(&commands.iter().map(|c| c.encode().to_vec()).collect::<Vec<_>>());
+    vec![("image", image), ("command_json", command_json), ("internal_rpc", internal_rpc)]
+}
+
+fn internal_seeds(commands: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use prost::Message as _;
+    use raftkv::agent::wire::{self, proto};
+    use raftkv::agent::{AdminDone, AdminOp, Failure, Kind, Member, Outcome};
+    use raftkv_raft::NodeId;
+    let failure = Failure { kind: Kind::NoLeader, outcome: Outcome::NotDone, message: "no leader is known".into() };
+    let member = Member { id: NodeId(4), raft_addr: "127.0.0.1:7004".into(), http_addr: "127.0.0.1:8004".into() };
+    let mut seeds = vec![
+        proto::ApplyBatchRequest { commands: commands.iter().cloned().map(Into::into).collect() }.encode_to_vec(),
+        proto::ApplyBatchResponse {
+            refused: None,
+            results: vec![
+                proto::ApplyResult {
+                    result: Some(proto::apply_result::Result::Applied(proto::Applied {
+                        index: 7,
+                        response: Answer::Done.encode(),
+                    })),
+                },
+                proto::ApplyResult {
+                    result: Some(proto::apply_result::Result::Failure(wire::failure_to_proto(failure.clone()))),
+                },
+            ],
+        }
+        .encode_to_vec(),
+        proto::ApplyBatchResponse { refused: Some(wire::failure_to_proto(failure.clone())), results: vec![] }
+            .encode_to_vec(),
+        proto::ClusterInfoResponse {
+            cluster_id: "3f2a".into(),
+            leader_id: 1,
+            leader_raft_addr: "127.0.0.1:7001".into(),
+            node_id: 2,
+            members: vec![1, 2, 3],
+            membership_index: 5,
+            membership_committed: true,
+            removed: false,
+        }
+        .encode_to_vec(),
+    ];
+    for op in [
+        AdminOp::Join { member, replace: true },
+        AdminOp::Remove(NodeId(3)),
+        AdminOp::Transfer(None),
+        AdminOp::Transfer(Some(NodeId(2))),
+        AdminOp::AutopilotState,
+    ] {
+        seeds.push(wire::admin_to_proto(op).encode_to_vec());
+    }
+    for answer in
+        [Ok(AdminDone::Changed(raftkv_raft::LogIndex(9))), Ok(AdminDone::Transferred(NodeId(2))), Err(failure)]
+    {
+        seeds.push(wire::admin_answer_to_proto(answer).encode_to_vec());
+    }
+    seeds
 }

@@ -58,3 +58,8 @@ fn image() {
 fn command_json() {
     replay("command_json", harness::command_json);
 }
+
+#[test]
+fn internal_rpc() {
+    replay("internal_rpc", harness::internal_rpc);
+}

@@ -1,8 +1,8 @@
 //! Fuzz tests of raftkv's decoders of bytes from outside the process: the
 //! image of snapshots and backups (`state/image.rs`, read from a leader's
-//! InstallSnapshot, a backup file or a restore upload) and the JSON of
+//! InstallSnapshot, a backup file or a restore upload), the JSON of
 //! commands and answers (`state/command.rs`, read from the log and from
-//! forwarded writes). Arbitrary bytes and valid encodings with mutations
+//! forwarded writes) and the internal gRPC's messages (`agent/wire.rs`). Arbitrary bytes and valid encodings with mutations
 //! (bit flips, truncations, splices, length fields set huge) must give
 //! errors as values, never a panic or a huge allocation, and what is valid
 //! must round-trip. The checks live in `fuzz/src/kv.rs`, shared with the
@@ -314,5 +314,25 @@ proptest! {
         let mut damaged = encoded.to_vec();
         mutate(&mut damaged, &mutations);
         harness::command_json(&damaged);
+    }
+}
+
+// ---- The internal gRPC -----------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config(5000))]
+
+    #[test]
+    fn internal_rpc_takes_arbitrary_bytes(data in bytes(256)) {
+        harness::internal_rpc(&data);
+    }
+
+    #[test]
+    fn internal_rpc_takes_mutated_messages(seed in any::<prop::sample::Index>(), mutations in mutations()) {
+        let seeds = harness::seeds().into_iter().find(|(name, _)| *name == "internal_rpc").unwrap().1;
+        let mut data = seed.get(&seeds).clone();
+        harness::internal_rpc(&data);
+        mutate(&mut data, &mutations);
+        harness::internal_rpc(&data);
     }
 }
