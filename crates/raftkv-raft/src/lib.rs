@@ -65,8 +65,8 @@ pub use config::{Config, ReloadableConfig};
 pub use error::{RaftError, SnapshotOp};
 pub use observe::{Observation, Observer};
 pub use raftkv_core::{
-    Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId, ProposeError,
-    ReadError, ReadMode, Role, SnapshotMeta, Term,
+    AppendEntries, Configuration, Entry, EntryPayload, HardState, LogId, LogIndex, MembershipChange, Message, NodeId,
+    ProposeError, ReadError, ReadMode, Role, SnapshotMeta, Term,
 };
 pub use runtime::{LeaderInfo, PeerStatus, Status};
 pub use state_machine::{SnapshotCheck, SnapshotSource, StateMachine};

@@ -36,8 +36,12 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
                 capped_at = budget,
                 "the open-file limit cannot hold --max-connections on both listeners; capping it"
             );
-            raft_listen.max_connections = budget.max(16);
-            http_listen.max_connections = budget.max(16);
+            // One client address keeps to three quarters of it, leaving
+            // room for the others.
+            for limits in [&mut raft_listen, &mut http_listen] {
+                limits.max_connections = budget.max(16);
+                limits.max_per_address = limits.max_per_address.min(limits.max_connections * 3 / 4).max(1);
+            }
         }
     }
     let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
