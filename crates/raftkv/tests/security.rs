@@ -206,7 +206,7 @@ async fn forge_append(
     let entry = raftkv_raft::Entry {
         term: raftkv_raft::Term(1000),
         index: raftkv_raft::LogIndex(1),
-        payload: raftkv_raft::EntryPayload::Command(command.encode().into()),
+        payload: raftkv_raft::EntryPayload::Command(command.encode()),
     };
     let append = raftkv_raft::Message::AppendEntries(raftkv_raft::AppendEntries {
         term: raftkv_raft::Term(1000),
@@ -247,8 +247,9 @@ async fn a_tls_cluster_refuses_strangers_and_forgers_survives_a_leader_kill_and_
     let old_client = https(&old_pki.join("raftkv-ca.pem"));
     assert_eq!(tls_leader(&old_client, &[&nodes[0]]).await, 1);
     let join = nodes[0].raft.clone();
-    for i in 1..3 {
-        start(&mut nodes[i], args(i as u64 + 1, &["--join", &join]));
+    for node in &mut nodes[1..] {
+        let id = node.id;
+        start(node, args(id, &["--join", &join]));
     }
     eventually("three voters over TLS", async || {
         let stats = stats_over(&old_client, &nodes[0]).await?;
