@@ -283,6 +283,11 @@ async fn a_tls_cluster_refuses_strangers_and_forgers_survives_a_leader_kill_and_
     };
     let stranger = forge_append(&with(&other_pki, "node-4"), &nodes[0].raft, "any", 4, 1).await.unwrap_err();
     assert_eq!(stranger.code(), tonic::Code::Unavailable, "{stranger:?}");
+    // Nor does it reach the internal service, or any other on the port.
+    let info = raftkv::agent::wire::cluster_info(&with(&other_pki, "node-4"), &nodes[0].raft).await;
+    assert!(info.is_err(), "a stranger learnt {info:?}");
+    let info = raftkv::agent::wire::cluster_info(&plain, &nodes[0].raft).await;
+    assert!(info.is_err(), "a plain client learnt {info:?}");
     // A certificate of this CA that names another node, or none: refused
     // whatever the header claims. (The cluster id is learnt as an attacker
     // would, from ClusterInfo, which a certificate holder may call.)

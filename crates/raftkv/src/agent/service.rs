@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftkv_raft::transport::Ratelimited;
 use raftkv_raft::NodeId;
 
 use crate::agent::node::{Agent, Route};
@@ -23,17 +24,34 @@ pub struct InternalService {
     agent: Arc<Agent>,
     /// The members as last looked up, and when.
     members: Mutex<(Instant, BTreeSet<NodeId>)>,
+    /// Refused calls are logged at most once per period.
+    refusals: Mutex<Ratelimited>,
 }
 
 impl InternalService {
     pub fn new(agent: Arc<Agent>) -> InternalService {
-        InternalService { agent, members: Mutex::new((Instant::now(), BTreeSet::new())) }
+        InternalService {
+            agent,
+            members: Mutex::new((Instant::now(), BTreeSet::new())),
+            refusals: Mutex::new(Ratelimited::new(Duration::from_secs(10))),
+        }
     }
 
     /// The caller speaks for this cluster and this node leads: the
     /// operation may run. Returns the caller's id.
     fn admit<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, Failure> {
-        let from = self.agent.peers.sender.check(request)?;
+        let from = self.agent.peers.sender.check(request).inspect_err(|failure| {
+            let mut limiter = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if limiter.allow() {
+                let remote = raftkv_raft::transport::grpc::remote(request);
+                tracing::warn!(
+                    remote = ?remote,
+                    reason = %failure.message,
+                    suppressed = limiter.take_suppressed(),
+                    "internal call refused"
+                );
+            }
+        })?;
         match self.agent.route() {
             Ok(Route::Here) => Ok(from),
             _ => Err(self.agent.not_leader()),
