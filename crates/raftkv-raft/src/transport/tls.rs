@@ -337,3 +337,85 @@ impl tower_service::Service<tonic::codegen::http::Uri> for Connector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+
+    use super::*;
+
+    struct Ca {
+        cert: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap().pem();
+        Ca { cert, issuer: Issuer::new(params, key) }
+    }
+
+    /// A certificate for `names`, valid for servers and clients, and its key.
+    fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        (params.signed_by(&key, &ca.issuer).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, ca: &str, (cert, key): &(String, String)) -> TlsFiles {
+        let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        std::fs::write(&files.ca, ca).unwrap();
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        files
+    }
+
+    #[test]
+    fn a_node_certificate_names_its_node_only() {
+        let ca = ca();
+        let (cert, _) = leaf(&ca, &[SERVER_NAME, &node_name(NodeId(3))]);
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let peer = PeerCertificate(der);
+        assert!(peer.names_node(NodeId(3)));
+        assert!(!peer.names_node(NodeId(33)));
+        assert!(!peer.names_node(NodeId(4)));
+        let (client, _) = leaf(&ca, &[CLIENT_NAME]);
+        let client = PeerCertificate(CertificateDer::from_pem_slice(client.as_bytes()).unwrap());
+        assert!(!client.names_node(NodeId(3)));
+    }
+
+    #[test]
+    fn material_that_does_not_fit_together_is_refused_and_a_bad_reload_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (ca(), ca());
+        let good = leaf(&ours, &[SERVER_NAME, &node_name(NodeId(1))]);
+        let files = write(dir.path(), &ours.cert, &good);
+        let tls = Tls::load(files.clone()).unwrap();
+        assert!(!tls.reload().unwrap(), "nothing changed");
+        // A certificate of another CA.
+        let foreign = leaf(&theirs, &[SERVER_NAME, &node_name(NodeId(1))]);
+        std::fs::write(&files.cert, &foreign.0).unwrap();
+        std::fs::write(&files.key, &foreign.1).unwrap();
+        let error = tls.reload().unwrap_err();
+        assert!(error.to_string().contains("not valid with this CA"), "{error}");
+        assert!(Tls::load(files.clone()).is_err());
+        // A key that is not the certificate's.
+        std::fs::write(&files.cert, &good.0).unwrap();
+        std::fs::write(&files.key, &foreign.1).unwrap();
+        assert!(Tls::load(files.clone()).is_err());
+        // Garbage, and an empty CA file.
+        std::fs::write(&files.key, "not a key").unwrap();
+        assert!(tls.reload().is_err());
+        std::fs::write(&files.ca, "").unwrap();
+        assert!(matches!(Tls::load(files.clone()), Err(TlsError::Read { .. } | TlsError::Empty { .. })));
+        // The old material still serves.
+        let _ = tls.mutual_server_config();
+        // Fixed files load again, and a CA file may hold several CAs.
+        std::fs::write(&files.ca, format!("{}{}", theirs.cert, ours.cert)).unwrap();
+        std::fs::write(&files.key, &good.1).unwrap();
+        assert!(tls.reload().unwrap());
+    }
+}
