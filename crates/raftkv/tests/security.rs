@@ -434,6 +434,8 @@ async fn floods_slow_clients_and_bad_uploads_are_refused_and_the_node_keeps_serv
         "20",
         "--http-header-timeout-ms",
         "2000",
+        "--http-idle-timeout-ms",
+        "2000",
         "--max-upload-bytes",
         "1000000",
         "--upload-timeout-ms",
@@ -523,6 +525,24 @@ async fn floods_slow_clients_and_bad_uploads_are_refused_and_the_node_keeps_serv
         .filter(|p| p.file_name().unwrap().to_string_lossy().contains("upload"))
         .collect();
     assert!(spooled.is_empty(), "uploads left behind: {spooled:?}");
+
+    // A client that asks for a large answer and does not read it is cut off
+    // (one idle period for the request, one more for the answer).
+    let value = "v".repeat(900_000);
+    for i in 0..10 {
+        let response = client()
+            .post(format!("http://{}/api/v1/set", node.http))
+            .json(&json!({"key": format!("big{i}"), "value": value}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let mut reader = connect_from("127.0.0.1", &node.http).await.unwrap();
+    reader.write_all(b"GET /api/v1/snapshot HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (answer, closed) = read_until_closed(&mut reader, Duration::from_secs(10)).await;
+    assert!(closed && answer.len() < 9_000_000, "a slow reader held its connection: {} bytes read", answer.len());
 
     // Through all of it the node served and its log never failed.
     assert_eq!(set(&node, "k", "after").await.status(), 200);

@@ -5,9 +5,10 @@
 //!
 //! - the request head must arrive within `header_timeout` (a slowloris
 //!   client sending a byte at a time is cut off);
-//! - a connection with no traffic for `idle_timeout` is closed (after any
-//!   request in flight ends), and one that has not sent a whole request
-//!   head yet gets only `header_timeout`;
+//! - a connection on which no request began for `idle_timeout` is closed
+//!   (after the requests in flight, given one more `idle_timeout` to end:
+//!   a client that never reads its answer is cut off too), and one that has
+//!   not sent a whole request head yet gets only `header_timeout`;
 //! - at most 256 concurrent HTTP/2 streams per connection.
 //!
 //! A connection over a cap is answered 503 with the JSON error envelope and
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use raftkv_raft::transport::listen::{self, Conn, ListenLimits, ListenTls};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
@@ -66,10 +66,9 @@ pub fn serve(router: Router, listener: TcpListener, options: HttpOptions) -> tok
 async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>) {
     let info = conn.info().clone();
     let activity = Arc::new(Activity { since: Instant::now(), last: AtomicU64::new(0), heads: AtomicBool::new(false) });
-    let io = Watched { inner: conn, activity: activity.clone() };
     let seen = activity.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        seen.heads.store(true, Ordering::Relaxed);
+        seen.request_started();
         request.extensions_mut().insert(info.clone());
         let router = router.clone();
         async move { tower::ServiceExt::oneshot(router, request.map(axum::body::Body::new)).await }
@@ -77,26 +76,35 @@ async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>)
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Duration::from_secs(30));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
     tokio::pin!(connection);
     let check = (options.header_timeout / 4).max(Duration::from_millis(100));
-    let mut closing = false;
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
-            () = tokio::time::sleep(check), if !closing => {
-                let limit = if activity.heads.load(Ordering::Relaxed) { options.idle_timeout } else { options.header_timeout };
-                if activity.idle() >= limit {
-                    // Ends an idle connection now, a busy one after its request.
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+            () = tokio::time::sleep(check) => match closing {
+                None => {
+                    let limit = if activity.heads.load(Ordering::Relaxed) { options.idle_timeout } else { options.header_timeout };
+                    if activity.since_last_request() >= limit {
+                        // Ends an idle connection now, a busy one after its
+                        // requests (HTTP/2: a GOAWAY, then the open streams).
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
                 }
-            }
+                // A client that does not read its answer does not hold the
+                // connection for longer than another idle period.
+                Some(since) if since.elapsed() >= options.idle_timeout => return,
+                Some(_) => {}
+            },
         }
     }
 }
 
-/// When a connection last moved bytes, and whether a request head arrived.
+/// When the connection's last request began (or the connection, before its
+/// first): a connection is idle for as long as no request begins, whatever
+/// bytes move (HTTP/2 pings, a slow upload, a slow reader).
 struct Activity {
     since: Instant,
     /// Milliseconds after `since`.
@@ -105,61 +113,13 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    fn request_started(&self) {
+        self.heads.store(true, Ordering::Relaxed);
         self.last.store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn idle(&self) -> Duration {
+    fn since_last_request(&self) -> Duration {
         self.since.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
-    }
-}
-
-/// A connection that notes when it last read or wrote.
-struct Watched {
-    inner: Conn,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
