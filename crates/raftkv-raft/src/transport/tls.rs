@@ -78,6 +78,8 @@ struct Loaded {
     client: Arc<ClientConfig>,
     /// Modification time and length of each file when read.
     stamps: [Option<(SystemTime, u64)>; 3],
+    /// This node's own certificate.
+    leaf: CertificateDer<'static>,
 }
 
 /// A node's TLS material, reloadable. Clones share it.
@@ -85,6 +87,8 @@ struct Loaded {
 pub struct Tls {
     files: Arc<TlsFiles>,
     loaded: Arc<RwLock<Arc<Loaded>>>,
+    /// The node whose certificate this must be, if any.
+    node: Option<NodeId>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -97,7 +101,35 @@ impl Tls {
     /// Reads and checks the three files.
     pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let loaded = load(&files)?;
-        Ok(Tls { files: Arc::new(files), loaded: Arc::new(RwLock::new(Arc::new(loaded))) })
+        Ok(Tls { files: Arc::new(files), loaded: Arc::new(RwLock::new(Arc::new(loaded))), node: None })
+    }
+
+    /// [`Tls::load`] for node `id`: its certificate must name it (and
+    /// [`SERVER_NAME`]), now and on every reload.
+    pub fn load_for_node(files: TlsFiles, id: NodeId) -> Result<Tls, TlsError> {
+        let mut tls = Tls::load(files)?;
+        tls.node = Some(id);
+        tls.check_node(&tls.current().leaf)?;
+        Ok(tls)
+    }
+
+    fn check_node(&self, leaf: &CertificateDer<'static>) -> Result<(), TlsError> {
+        let Some(id) = self.node else { return Ok(()) };
+        if names_exactly(leaf, SERVER_NAME) && names_exactly(leaf, &node_name(id)) {
+            return Ok(());
+        }
+        Err(TlsError::Invalid {
+            ca: self.files.ca.clone(),
+            cert: self.files.cert.clone(),
+            key: self.files.key.clone(),
+            reason: format!(
+                "the certificate does not name node {} ({} and {}): make one with `raftkv tls cert create --node {}`",
+                id.0,
+                node_name(id),
+                SERVER_NAME,
+                id.0
+            ),
+        })
     }
 
     pub fn files(&self) -> &TlsFiles {
@@ -139,6 +171,7 @@ impl Tls {
             return Ok(false);
         }
         let loaded = load(&self.files)?;
+        self.check_node(&loaded.leaf)?;
         *self.loaded.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
         Ok(true)
     }
@@ -215,6 +248,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let stamps = stamps(files);
     let roots = Arc::new(load_roots(&files.ca)?);
     let chain = read_certs("certificate file", &files.cert)?;
+    // `read_certs` returns at least one certificate.
+    let leaf = chain[0].clone();
     let key = read_key(&files.key)?;
     let invalid = |reason: String| TlsError::Invalid {
         ca: files.ca.clone(),
@@ -243,7 +278,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .build()
         .map_err(|e| invalid(e.to_string()))?;
-    let mutual = server(Some(verifier.clone()), &[b"h2"]).map_err(invalid)?;
+    let mutual = server(Some(Arc::new(NodesOnly(verifier.clone()))), &[b"h2"]).map_err(invalid)?;
     let mutual_http = server(Some(verifier), &[b"h2", b"http/1.1"]).map_err(invalid)?;
     let open = server(None, &[b"h2", b"http/1.1"]).map_err(invalid)?;
     let mut client = ClientConfig::builder_with_provider(provider())
@@ -253,7 +288,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .with_client_auth_cert(chain, key)
         .map_err(|e| invalid(e.to_string()))?;
     client.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Loaded { mutual, open, mutual_http, client: Arc::new(client), stamps })
+    Ok(Loaded { mutual, open, mutual_http, client: Arc::new(client), stamps, leaf })
 }
 
 /// Whether `chain` (leaf first) chains to `roots` as a server certificate
@@ -289,11 +324,72 @@ impl PeerCertificate {
     /// Whether the certificate names node `id` (see the module doc). The
     /// chain was verified during the handshake; this checks the name only.
     pub fn names_node(&self, id: NodeId) -> bool {
-        let Ok(name) = ServerName::try_from(node_name(id)) else { return false };
-        match webpki::EndEntityCert::try_from(&self.0) {
-            Ok(cert) => cert.verify_is_valid_for_subject_name(&name).is_ok(),
-            Err(_) => false,
+        names_exactly(&self.0, &node_name(id))
+    }
+}
+
+/// Whether `cert` carries the DNS name `name` itself: a wildcard
+/// (`*.server.raftkv`) names no node, so that no one certificate can speak
+/// for every node.
+pub fn names_exactly(cert: &CertificateDer<'_>, name: &str) -> bool {
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(cert) => cert.valid_dns_names().any(|dns| dns.eq_ignore_ascii_case(name)),
+        Err(_) => false,
+    }
+}
+
+/// The raft port's client verifier: a certificate of the CA that names
+/// [`SERVER_NAME`] exactly (a node's), so that a client certificate meant for
+/// the HTTP API is refused at the handshake, before any service sees it.
+#[derive(Debug)]
+struct NodesOnly(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for NodesOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        if !names_exactly(end_entity, SERVER_NAME) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName));
         }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -385,6 +481,10 @@ mod tests {
         let (client, _) = leaf(&ca, &[CLIENT_NAME]);
         let client = PeerCertificate(CertificateDer::from_pem_slice(client.as_bytes()).unwrap());
         assert!(!client.names_node(NodeId(3)));
+        // A wildcard names no node.
+        let (wild, _) = leaf(&ca, &[SERVER_NAME, "*.server.raftkv"]);
+        let wild = PeerCertificate(CertificateDer::from_pem_slice(wild.as_bytes()).unwrap());
+        assert!(!wild.names_node(NodeId(3)));
     }
 
     #[test]
@@ -417,5 +517,14 @@ mod tests {
         std::fs::write(&files.ca, format!("{}{}", theirs.cert, ours.cert)).unwrap();
         std::fs::write(&files.key, &good.1).unwrap();
         assert!(tls.reload().unwrap());
+        // A node's material must name that node, on load and on reload.
+        assert!(Tls::load_for_node(files.clone(), NodeId(1)).is_ok());
+        let error = Tls::load_for_node(files.clone(), NodeId(2)).unwrap_err();
+        assert!(error.to_string().contains("does not name node 2"), "{error}");
+        let node = Tls::load_for_node(files.clone(), NodeId(1)).unwrap();
+        let other = leaf(&ours, &[SERVER_NAME, &node_name(NodeId(2))]);
+        std::fs::write(&files.cert, format!("{}\n", other.0)).unwrap();
+        std::fs::write(&files.key, &other.1).unwrap();
+        assert!(node.reload().is_err(), "a reload to another node's certificate");
     }
 }

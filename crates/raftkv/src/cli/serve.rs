@@ -47,7 +47,7 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
     let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         (Some(ca), Some(cert), Some(key)) => {
             let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
-            match Tls::load(files) {
+            match Tls::load_for_node(files, raftkv_raft::NodeId(args.id)) {
                 Ok(tls) => Some(tls),
                 Err(error) => {
                     eprintln!("raftkv agent: TLS: {error}");

@@ -112,6 +112,11 @@ fn create_cert(args: &CertCreate) -> Result<Vec<PathBuf>, String> {
         }
     };
     for name in &args.dns {
+        // Those names say which node a certificate speaks for: only --node gives them.
+        let lower = name.to_ascii_lowercase();
+        if lower == SERVER_NAME || lower.ends_with(&format!(".{SERVER_NAME}")) || lower == CLIENT_NAME {
+            return Err(format!("--dns {name}: names under {SERVER_NAME} are reserved for node certificates (--node)"));
+        }
         sans.push(dns(name)?);
     }
     sans.extend(args.ip.iter().copied().map(SanType::IpAddress));
