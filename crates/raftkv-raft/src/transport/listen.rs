@@ -11,6 +11,7 @@
 //! extensions, where the header check finds it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -43,7 +44,8 @@ pub struct ListenLimits {
     pub max_connections: usize,
     /// Open connections from one IP address.
     pub max_per_address: usize,
-    /// A TLS handshake not done by then is dropped.
+    /// A TLS handshake not done by then is dropped, and so is a connection
+    /// whose first bytes (after any handshake) do not arrive by then.
     pub handshake_timeout: Duration,
     /// Written to a connection refused for being over a cap, before it is
     /// closed (an HTTP listener answers a 503 this way); empty: just closed.
@@ -120,6 +122,14 @@ pub struct Conn {
     stream: Stream,
     info: ConnInfo,
     _slot: Slot,
+    /// Until the first bytes arrive: when the connection is given up on.
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    fn new(stream: Stream, info: ConnInfo, slot: Slot, timeout: Duration) -> Conn {
+        Conn { stream, info, _slot: slot, first_bytes: Some(Box::pin(tokio::time::sleep(timeout))) }
+    }
 }
 
 impl Conn {
@@ -130,10 +140,20 @@ impl Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Stream::Client(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        };
+        if let Some(deadline) = &mut this.first_bytes {
+            if buf.filled().len() > before {
+                this.first_bytes = None;
+            } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no request within the deadline")));
+            }
         }
+        polled
     }
 }
 
@@ -242,7 +262,8 @@ async fn accept_loop(
         let config = match &tls {
             ListenTls::None => {
                 let info = ConnInfo { remote, certificate: None };
-                if accepted.send(Ok(Conn { stream: Stream::Plain(tcp), info, _slot: slot })).await.is_err() {
+                let conn = Conn::new(Stream::Plain(tcp), info, slot, limits.handshake_timeout);
+                if accepted.send(Ok(conn)).await.is_err() {
                     return;
                 }
                 continue;
@@ -271,7 +292,7 @@ async fn accept_loop(
                 .and_then(|chain| chain.first())
                 .map(|leaf| PeerCertificate(leaf.clone().into_owned()));
             let info = ConnInfo { remote, certificate };
-            let _ = accepted.send(Ok(Conn { stream: Stream::Client(Box::new(stream)), info, _slot: slot })).await;
+            let _ = accepted.send(Ok(Conn::new(Stream::Client(Box::new(stream)), info, slot, timeout))).await;
         });
     }
 }
@@ -294,5 +315,28 @@ mod tests {
         drop(first);
         let _again = take_slot(&counts, &limits, a).unwrap();
         assert_eq!(lock(&counts).total, 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_given_up_and_one_that_sends_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_stream::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ListenLimits { handshake_timeout: Duration::from_millis(100), ..ListenLimits::default() };
+        let mut incoming = incoming(listener, limits, ListenTls::None);
+        let _silent = TcpStream::connect(address).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let mut buffer = [0u8; 8];
+        let error = conn.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let mut talker = TcpStream::connect(address).await.unwrap();
+        talker.write_all(b"hello").await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        assert_eq!(conn.read(&mut buffer).await.unwrap(), 5);
+        // Once it has spoken, a pause is no longer the first bytes' deadline.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        talker.write_all(b"!").await.unwrap();
+        assert_eq!(conn.read(&mut buffer).await.unwrap(), 1);
     }
 }

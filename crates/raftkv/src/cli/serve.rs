@@ -25,6 +25,9 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         limits.max_connections = args.max_connections;
         limits.max_per_address = args.max_connections_per_ip;
     }
+    // A peer needs a few connections (raft's stream, the internal calls'):
+    // 64 from one address covers many nodes behind one NAT.
+    raft_listen.max_per_address = raft_listen.max_per_address.min(RAFT_PER_ADDRESS);
     // Both listeners at their caps must leave descriptors for the log,
     // snapshots and peers: a flood of connections never fails the WAL.
     if let Some(limit) = descriptors {
@@ -155,6 +158,9 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
     flush_output();
     code
 }
+
+/// Connections to the raft port from one address, at most.
+const RAFT_PER_ADDRESS: usize = 64;
 
 /// Descriptors kept back from the connection caps: the log's segments,
 /// snapshots, peers' connections, gossip, the runtime.
