@@ -620,3 +620,55 @@ async fn under_a_low_open_file_limit_a_connection_flood_leaves_descriptors_for_t
     assert!(log_of(&node).contains("capping it"), "{}", tail(&log_of(&node), 20));
     drop(flood);
 }
+
+// ---- Removed members ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_until_an_operator_adds_it_again() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut nodes = three_node_cluster(root.path()).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    let victim = nodes.iter().position(|n| n.id != leader).unwrap();
+    let mut victim_node = nodes.remove(victim);
+    let victim_id = victim_node.id;
+    let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
+    let (status, answer) = post(leader_node, "/api/v1/remove", json!({"id": victim_id})).await;
+    assert_eq!(status, 200, "{answer}");
+    victim_node.kill9();
+
+    // Anyone speaking as the removed node (its certificate, without TLS its
+    // id) is refused by every member, however high its term.
+    let plain = raftkv_raft::transport::grpc::Channels::default();
+    let cluster_id = raftkv::agent::wire::cluster_info(&plain, &leader_node.raft).await.unwrap().cluster_id;
+    eventually("the removal to be tracked", async || {
+        let url = format!("http://{}/api/v1/members", leader_node.http);
+        let members: Value = client().get(url).send().await.ok()?.json().await.ok()?;
+        members["removed"].as_array()?.contains(&json!(victim_id)).then_some(())
+    })
+    .await;
+    let refusal = forge_append(&plain, &leader_node.raft, &cluster_id, victim_id, leader).await.unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::PermissionDenied, "{refusal:?}");
+    assert!(refusal.message().contains("was removed"), "{refusal:?}");
+    assert_eq!(get_json(leader_node, "forged", "linearizable").await.0, 404);
+
+    // Wiped and started again, it cannot add itself back.
+    std::fs::remove_dir_all(&victim_node.dir).unwrap();
+    let join = leader_node.raft.clone();
+    victim_node.start(&["--join", &join]);
+    let victim_node = &victim_node;
+    eventually("the self-join to be refused", async || {
+        log_of(victim_node).contains("was removed from this cluster").then_some(())
+    })
+    .await;
+    // An operator adds it again; it becomes a voter and serves.
+    assert_eq!(set(leader_node, "back", "again").await.status(), 200);
+    let member = json!({"id": victim_id, "raft_addr": victim_node.raft, "http_addr": victim_node.http});
+    let (status, answer) = post(leader_node, "/api/v1/join", member).await;
+    assert_eq!(status, 200, "{answer}");
+    eventually("the re-added node to serve", async || {
+        let (status, body) = get_json(victim_node, "back", "linearizable").await;
+        (status == 200 && body["value"] == "again").then_some(())
+    })
+    .await;
+}

@@ -22,6 +22,9 @@ pub const PEERS_KEY: &str = "raftkv.peers";
 /// The gossip addresses of the other nodes last seen, for a restart to
 /// announce itself to (as serf's snapshot does).
 pub const GOSSIP_PEERS_KEY: &str = "raftkv.gossip_peers";
+/// Stable-store key of the members this node last saw in a committed
+/// configuration and the ids removed since (`agent::removal`), JSON.
+pub const REMOVED_KEY: &str = "raftkv.removed";
 
 const UPLOAD_PREFIX: &str = "restore-";
 const UPLOAD_SUFFIX: &str = ".upload";

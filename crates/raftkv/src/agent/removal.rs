@@ -12,17 +12,89 @@
 //! `node_failed` naming the removal; stats say `Removed`. To return, wipe its
 //! data dir and join again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftkv_raft::storage::StableStore;
 use raftkv_raft::{LogIndex, NodeId};
 
+use crate::agent::datadir;
 use crate::agent::node::Agent;
 use crate::agent::wire;
 
 const ROUND: Duration = Duration::from_secs(2);
 
+/// How often the committed configuration is looked at for removed members.
+const TRACK_EVERY: Duration = Duration::from_secs(1);
+
+/// The members this node last saw in a committed configuration, and the
+/// ids removed from the cluster since it has known it (etcd's removed
+/// members): their raft and internal traffic is refused, and a removed node
+/// cannot add itself back; an operator's join (`raftkv join ID ADDR`, an
+/// admin action) can, and its id is taken back once the configuration that
+/// holds it commits. Kept in the stable store across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Removed {
+    pub members: BTreeSet<u64>,
+    pub removed: BTreeSet<u64>,
+}
+
+impl Removed {
+    pub fn load(stable: &dyn StableStore) -> Removed {
+        let bytes = stable.get(datadir::REMOVED_KEY).ok().flatten();
+        bytes.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+    }
+
+    /// Moves on to the committed configuration `members`: who left is
+    /// removed, who is in it is not. Returns whether anything changed.
+    pub fn advance(&mut self, members: BTreeSet<u64>, me: u64) -> bool {
+        let before = self.clone();
+        for gone in self.members.difference(&members) {
+            if *gone != me {
+                self.removed.insert(*gone);
+            }
+        }
+        for present in &members {
+            self.removed.remove(present);
+        }
+        self.members = members;
+        *self != before
+    }
+}
+
 impl Agent {
+    /// Keeps the removed ids (see `Removed`) as committed configurations
+    /// come and go, in the address book (which refuses their traffic) and
+    /// the stable store.
+    pub(crate) async fn track_removed(self: Arc<Agent>, stable: Arc<dyn StableStore>) {
+        let mut known = Removed::load(stable.as_ref());
+        loop {
+            tokio::time::sleep(TRACK_EVERY).await;
+            let Ok(status) = self.raft.status().await else { return };
+            if status.membership_index > status.commit_index || status.membership.members().is_empty() {
+                continue;
+            }
+            let members = status.membership.members().into_iter().map(|id| id.0).collect();
+            if !known.advance(members, self.id.0) {
+                continue;
+            }
+            for id in &known.members {
+                self.book.readmit(NodeId(*id));
+            }
+            for id in &known.removed {
+                if self.book.mark_removed(NodeId(*id)) {
+                    tracing::info!(node = id, "node removed from the cluster: its traffic is refused from now on");
+                }
+            }
+            match serde_json::to_vec(&known).map(|bytes| stable.set(datadir::REMOVED_KEY, &bytes)) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot persist the removed members"),
+                Err(error) => tracing::warn!(%error, "cannot encode the removed members"),
+            }
+        }
+    }
+
     /// Watches for this node's removal (see the module doc).
     pub(crate) async fn watch_removal(self: Arc<Agent>) {
         let mut was_member = false;
@@ -74,5 +146,27 @@ impl Agent {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_leaves_a_committed_configuration_is_removed_until_one_holds_it_again() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        let mut removed = Removed::default();
+        assert!(removed.advance(set(&[1, 2, 3]), 1));
+        assert!(removed.removed.is_empty(), "nothing was removed from nothing");
+        assert!(!removed.advance(set(&[1, 2, 3]), 1), "no change");
+        assert!(removed.advance(set(&[1, 2]), 1));
+        assert_eq!(removed.removed, set(&[3]));
+        // This node is never its own tombstone.
+        assert!(removed.advance(set(&[2]), 1));
+        assert_eq!(removed.removed, set(&[3]));
+        // Back in a configuration: taken back.
+        assert!(removed.advance(set(&[2, 3]), 1));
+        assert_eq!(removed.removed, set(&[]));
     }
 }

@@ -52,6 +52,15 @@ impl InternalService {
                 );
             }
         })?;
+        if self.agent.book.is_removed(from) {
+            return Err(Failure::not_done(
+                Kind::Refused,
+                format!(
+                    "node {from} was removed from this cluster; it cannot take part or add itself back: an operator \
+                     adds it again (raftkv join {from} ADDRESS, with an admin token)"
+                ),
+            ));
+        }
         match self.agent.route() {
             Ok(Route::Here) => Ok(from),
             _ => Err(self.agent.not_leader()),

@@ -137,6 +137,10 @@ impl Agent {
         cluster_tx.send_replace(cluster_id.clone());
 
         let book = address_book(stable.clone(), id, &raft_addr).map_err(storage_error(&dir))?;
+        let removed = crate::agent::removal::Removed::load(stable.as_ref());
+        for id in &removed.removed {
+            book.mark_removed(NodeId(*id));
+        }
         for founder in &founders {
             book.insert(NodeId(founder.node), &founder.raft_addr);
         }
@@ -206,6 +210,7 @@ impl Agent {
         }));
         agent.hold(tokio::spawn(agent.clone().register_members()));
         agent.hold(tokio::spawn(agent.clone().watch_removal()));
+        agent.hold(tokio::spawn(agent.clone().track_removed(stable.clone())));
         agent.hold(tokio::spawn(agent.clone().run_autopilot()));
         // A node that failed for good stops serving at once; the process owner
         // decides what comes next (`raftkv agent` exits).

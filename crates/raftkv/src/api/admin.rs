@@ -59,7 +59,11 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             .iter()
             .map(|id| describe(id, if status.membership.is_staging(*id) { "staging" } else { "nonvoter" })),
     );
-    Ok(Json(json!({"members": members, "leader": status.leader.map(|l| l.0), "term": status.term.0})))
+    // Ids removed from the cluster, whose traffic this node refuses.
+    let removed: Vec<u64> = agent.book.removed().into_iter().map(|id| id.0).collect();
+    Ok(Json(
+        json!({"members": members, "leader": status.leader.map(|l| l.0), "term": status.term.0, "removed": removed}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -56,16 +56,39 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 type ChangeCallback = Box<dyn Fn(&BTreeMap<NodeId, String>) + Send + Sync>;
 
-/// Node id -> raft address ("host:port"). Clones share the book.
+/// Node id -> raft address ("host:port"), and the ids removed from the
+/// cluster, whose traffic `RaftService` refuses (etcd's removed members: a
+/// removed node, or anyone holding its certificate, cannot disrupt or write
+/// through raft). Clones share the book.
 #[derive(Clone, Default)]
 pub struct AddressBook {
     addresses: Arc<RwLock<BTreeMap<NodeId, String>>>,
     on_change: Arc<Mutex<Option<ChangeCallback>>>,
+    removed: Arc<RwLock<std::collections::BTreeSet<NodeId>>>,
 }
 
 impl AddressBook {
     pub fn new() -> AddressBook {
         AddressBook::default()
+    }
+
+    /// Marks `id` removed: its requests are refused from now on. Returns
+    /// whether it was news.
+    pub fn mark_removed(&self, id: NodeId) -> bool {
+        self.removed.write().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+
+    /// Takes `id` back (a configuration holds it again). Returns whether it was marked.
+    pub fn readmit(&self, id: NodeId) -> bool {
+        self.removed.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
+
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.removed.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    pub fn removed(&self) -> std::collections::BTreeSet<NodeId> {
+        self.removed.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Calls `callback` with the whole book whenever an address is added or
@@ -238,6 +261,12 @@ impl RaftService {
     /// Returns the sender.
     fn admit<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
         let header = check(&self.identity, request)?;
+        if self.book.is_removed(header.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} was removed from this cluster; node {} refuses its traffic (add it again to take it back)",
+                header.from, self.identity.id
+            )));
+        }
         if header.to.is_none() {
             return Err(tonic::Status::failed_precondition(format!(
                 "raft messages from node {} name no receiver ({TO_KEY}); this is node {}",
