@@ -23,6 +23,10 @@ use crate::agent::request::{AdminDone, AdminOp, Member};
 use crate::agent::wire::{self, Peers};
 use crate::state::{Answer, Command, Kv};
 
+/// Backup downloads one node serves at once: each holds a blocking thread
+/// while its client reads, and the raft runtime's snapshots need those threads.
+pub const MAX_BACKUP_DOWNLOADS: usize = 4;
+
 /// A running agent.
 pub struct Agent {
     pub id: NodeId,
@@ -41,6 +45,8 @@ pub struct Agent {
     _lock: std::fs::File,
     /// Held by the restore this node coordinates (one at a time).
     pub(crate) restoring: Arc<tokio::sync::Mutex<()>>,
+    /// Backup downloads running (`MAX_BACKUP_DOWNLOADS` at most).
+    pub downloads: Arc<tokio::sync::Semaphore>,
     /// Started without state and without `--bootstrap`: not a member yet.
     pub(crate) needs_join: bool,
     /// Raft addresses to join through (found at start-up).
@@ -89,6 +95,7 @@ impl Agent {
             tasks: Mutex::new(Vec::new()),
             _lock: lock,
             restoring: Arc::new(tokio::sync::Mutex::new(())),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUP_DOWNLOADS)),
             needs_join: false,
             join_via: Vec::new(),
             gossip: None,

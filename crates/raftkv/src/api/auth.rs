@@ -241,6 +241,28 @@ pub async fn authorize(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let remote = request.extensions().get::<raftkv_raft::transport::listen::ConnInfo>().map(|info| info.remote);
+    let response = admit(require, request, next).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // At most one line per 10 s (with how many were held back): a
+        // guessing client cannot flood the log.
+        let mut limiter = REFUSALS.lock().unwrap_or_else(|p| p.into_inner());
+        if limiter.allow() {
+            let suppressed = limiter.take_suppressed();
+            tracing::warn!(target: "raftkv::audit", status = status.as_u16(), %method, path, remote = ?remote, suppressed, "request refused");
+        }
+    }
+    response
+}
+
+static REFUSALS: std::sync::LazyLock<std::sync::Mutex<raftkv_raft::transport::Ratelimited>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(raftkv_raft::transport::Ratelimited::new(Duration::from_secs(10)))
+    });
+
+async fn admit(require: Require, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let Some(tokens) = &require.tokens else { return next.run(request).await };
     let known =
         match bearer(&request) {

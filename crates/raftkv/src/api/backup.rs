@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use crate::agent::node::MAX_BACKUP_DOWNLOADS;
 use crate::agent::{Agent, Failure, Outcome};
 use crate::api::error::ApiError;
 use crate::api::params::consistency;
@@ -31,7 +32,21 @@ pub struct BackupQuery {
 
 /// `GET /api/v1/snapshot`: the state at a linearizable point (by default), as
 /// an image with its exact size in `Content-Length`.
+///
+/// At most `MAX_BACKUP_DOWNLOADS` at a time per node (each holds a blocking thread
+/// while its client reads, threads the raft runtime's snapshots need too);
+/// beyond, 503 `too_many_backups`, not done.
 pub async fn save(State(agent): State<Arc<Agent>>, Query(query): Query<BackupQuery>) -> Result<Response, ApiError> {
+    let Ok(permit) = agent.downloads.clone().try_acquire_owned() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: "too_many_backups",
+            message: format!(
+                "{MAX_BACKUP_DOWNLOADS} backups are being downloaded from this node; retry when one is done"
+            ),
+            outcome: Outcome::NotDone,
+        });
+    };
     let mode = consistency(query.consistency.as_deref())?;
     agent.read_barrier(mode).await?;
     let status = agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
@@ -48,6 +63,7 @@ pub async fn save(State(agent): State<Arc<Agent>>, Query(query): Query<BackupQue
     };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut out = ChannelWriter { tx, buf: Vec::with_capacity(1 << 16) };
         let result = captured.write_image(&mut out).and_then(|()| out.flush());
         if let Err(error) = result {
@@ -160,7 +176,7 @@ fn check_headroom(dir: &Path, more: u64, reserve: u64) -> Result<(), ApiError> {
             status: axum::http::StatusCode::INSUFFICIENT_STORAGE,
             code: "insufficient_storage",
             message: format!(
-                "the data dir has {free} bytes free; taking {more} more would leave less than the {reserve} bytes                  kept for the log (--disk-reserve-bytes); nothing was restored"
+                "the data dir has {free} bytes free; taking {more} more would leave less than the {reserve} bytes kept for the log (--disk-reserve-bytes); nothing was restored"
             ),
             outcome: Outcome::NotDone,
         });
