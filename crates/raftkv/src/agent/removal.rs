@@ -10,7 +10,8 @@
 //! own that lacks it means it was removed. It then says so in its log,
 //! stops its raft node (no more campaigns), and answers every request with
 //! `node_failed` naming the removal; stats say `Removed`. To return, wipe its
-//! data dir and join again.
+//! data dir, start it with `--join`, and have an operator add it (`Removed`:
+//! the members refuse a removed id's traffic and its own request to rejoin).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -111,7 +112,11 @@ impl Agent {
                 None
             };
             if let Some(reason) = reason {
-                let reason = format!("{reason}; it no longer takes part: wipe its data dir and join again to return");
+                let reason = format!(
+                    "{reason}; it no longer takes part: to return, wipe its data dir, start it with --join and have \
+                     an operator add it (raftkv join {} ADDRESS)",
+                    self.id
+                );
                 tracing::error!(id = %self.id, %reason, "removed from the cluster");
                 *self.removed.write().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 self.raft.shutdown().await;
