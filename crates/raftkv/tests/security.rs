@@ -547,6 +547,22 @@ async fn floods_slow_clients_and_bad_uploads_are_refused_and_the_node_keeps_serv
             .unwrap();
         assert_eq!(response.status().as_u16(), 200);
     }
+    // A list answer is bounded in bytes and says there is more; the next
+    // page starts after its last key.
+    let url = format!("http://{}/api/v1/list?prefix=big", node.http);
+    let page: Value = client().get(&url).send().await.unwrap().json().await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert!(
+        page["more"] == true && items.len() < 30 && !items.is_empty(),
+        "{} items, more {}",
+        items.len(),
+        page["more"]
+    );
+    let last = items.last().unwrap()["key"].as_str().unwrap().to_string();
+    let rest: Value = client().get(format!("{url}&start_after={last}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items.len() + rest["items"].as_array().unwrap().len(), 30);
+    assert_eq!(rest["more"], false);
+
     // At most four backups download at once; a fifth is told to retry.
     let mut readers = Vec::new();
     for _ in 0..4 {

@@ -127,8 +127,15 @@ pub async fn cas(
 pub struct ListQuery {
     prefix: Option<String>,
     limit: Option<usize>,
+    /// Only keys after this one (the last key of the previous page).
+    start_after: Option<String>,
     consistency: Option<String>,
 }
+
+/// Keys and values one list answer holds at most, in bytes (beyond, the
+/// answer says `more`): a request must not make the node build a response
+/// of the whole state in memory.
+const MAX_LIST_BYTES: usize = 16 << 20;
 
 pub async fn list(State(agent): State<Arc<Agent>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let prefix = query.prefix.unwrap_or_default();
@@ -136,12 +143,21 @@ pub async fn list(State(agent): State<Arc<Agent>>, Query(query): Query<ListQuery
     let mode = consistency(query.consistency.as_deref())?;
     agent.read_barrier(mode).await?;
     let state = agent.kv.read();
-    let items: Vec<Value> = state
-        .data
-        .range(prefix.clone()..)
-        .take_while(|(key, _)| key.starts_with(&prefix))
-        .take(limit)
-        .map(|(key, value)| json!({"key": key, "value": value.value, "index": value.index.0}))
-        .collect();
-    Ok(Json(json!({"items": items})))
+    let start = match query.start_after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+        _ => std::ops::Bound::Included(prefix.clone()),
+    };
+    let (mut items, mut bytes, mut more) = (Vec::new(), 0usize, false);
+    for (key, value) in state.data.range((start, std::ops::Bound::Unbounded)) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if items.len() >= limit || (bytes >= MAX_LIST_BYTES && !items.is_empty()) {
+            more = true;
+            break;
+        }
+        bytes += key.len() + value.value.len();
+        items.push(json!({"key": key, "value": value.value, "index": value.index.0}));
+    }
+    Ok(Json(json!({"items": items, "more": more})))
 }

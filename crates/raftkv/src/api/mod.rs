@@ -26,6 +26,8 @@ use crate::api::error::ApiError;
 /// The API, each route under the role it needs (`auth`); `tokens: None`
 /// lets every request through.
 pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
+    // Authorization comes first: a failed node's reason is for clients let in.
+    let failed = || axum::middleware::from_fn_with_state(agent.clone(), refuse_if_failed);
     let require = |role: Role| {
         axum::middleware::from_fn_with_state(auth::Require { tokens: tokens.clone(), role }, auth::authorize)
     };
@@ -36,11 +38,13 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
         .route("/api/v1/gossip/members", get(admin::gossip_members))
         .route("/api/maintain/stats", get(admin::stats))
+        .route_layer(failed())
         .route_layer(require(Role::Read));
     let write = Router::new()
         .route("/api/v1/set", post(kv::set))
         .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
         .route("/api/v1/cas", post(kv::cas))
+        .route_layer(failed())
         .route_layer(require(Role::Write));
     let admin = Router::new()
         .route("/api/v1/join", post(admin::join))
@@ -50,14 +54,9 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/snapshot", get(backup::save).post(backup::restore))
         .route("/api/maintain/config", post(admin::reload_config))
         .route("/api/maintain/snapshot", post(admin::take_snapshot))
+        .route_layer(failed())
         .route_layer(require(Role::Admin));
-    Router::new()
-        .merge(read)
-        .merge(write)
-        .merge(admin)
-        .layer(axum::middleware::from_fn_with_state(agent.clone(), refuse_if_failed))
-        .layer(axum::middleware::from_fn(envelope))
-        .with_state(agent)
+    Router::new().merge(read).merge(write).merge(admin).layer(axum::middleware::from_fn(envelope)).with_state(agent)
 }
 
 /// Every answer speaks one language: a query that is not UTF-8 once
