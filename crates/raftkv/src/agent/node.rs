@@ -258,9 +258,14 @@ impl Agent {
         let timeout = self.config.request_timeout;
         match op {
             AdminOp::Join { member, replace } => self.add_voter(member, replace).await.map(AdminDone::Changed),
-            AdminOp::AutopilotState => match self.autopilot_state() {
-                Some(state) => Ok(AdminDone::Autopilot(Box::new(state))),
-                None => Err(self.not_leader()),
+            AdminOp::AutopilotState => match (self.autopilot_state(), self.route()) {
+                (Some(state), _) => Ok(AdminDone::Autopilot(Box::new(state))),
+                // Just elected: the first round (within 100 ms) has not run.
+                (None, Ok(Route::Here)) => Err(Failure::not_done(
+                    Kind::NotReady,
+                    "the autopilot has not finished its first round on this new leader; retry",
+                )),
+                (None, _) => Err(self.not_leader()),
             },
             AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, None, timeout).await?)),
             AdminOp::Transfer(target) => {

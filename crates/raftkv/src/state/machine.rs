@@ -257,7 +257,14 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
                     reason: format!("restore {id}: chunk {seq} arrived, chunk {} expected", staging.next_seq),
                 };
             }
-            staging.next_seq += 1;
+            // Only a forged snapshot's staging header could be at the end of
+            // the range; every node refuses it alike.
+            let Some(next) = staging.next_seq.checked_add(1) else {
+                return Answer::RestoreFailed {
+                    reason: format!("restore {id}: chunk {seq} is past the last possible"),
+                };
+            };
+            staging.next_seq = next;
             for (key, value) in pairs {
                 staging.data.insert(key, Value { value, index });
             }
@@ -298,6 +305,18 @@ mod tests {
 
     fn entry(index: u64, command: &Command) -> Entry {
         Entry { term: Term(1), index: LogIndex(index), payload: EntryPayload::Command(command.encode()) }
+    }
+
+    #[test]
+    fn a_staging_sequence_at_the_end_of_the_range_fails_the_restore_instead_of_wrapping() {
+        let mut state = KvState::default();
+        let id = "r1".to_string();
+        state.staging = Some(Staging { id: id.clone(), next_seq: u64::MAX, data: imbl::OrdMap::new() });
+        let chunk = Command::RestoreChunk { id, seq: u64::MAX, pairs: vec![("k".into(), "v".into())] };
+        let on_peer: PeerCallback = Box::new(|_, _| {});
+        let answer = apply(&mut state, chunk, LogIndex(9), &on_peer);
+        assert!(matches!(answer, Answer::RestoreFailed { .. }), "{answer:?}");
+        assert_eq!(state.staging.as_ref().map(|s| (s.next_seq, s.data.len())), Some((u64::MAX, 0)));
     }
 
     #[test]
