@@ -180,30 +180,48 @@ impl Tls {
     /// returned task is aborted. Failures are logged and retried.
     pub fn watch(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(every).await;
-                match tls.reload() {
-                    Ok(true) => {
-                        failing = false;
-                        tracing::info!(cert = %tls.files.cert.display(), "TLS certificates reloaded");
-                    }
-                    Ok(false) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(%error, "TLS files changed but do not load; keeping the previous ones");
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
+        let what = format!("TLS files ({})", tls.files.cert.display());
+        watch_reloads(every, what, move || tls.reload())
     }
 }
 
+/// When a file last changed, as far as reloading cares: its modification
+/// time and length (`None` if it cannot be read).
+pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// Calls `reload` every `every` until the returned task is aborted: the one
+/// loop behind every reload-on-change (TLS material, an application's token
+/// file). `reload` says whether anything changed; `what` names the files in
+/// the log, where a failure is reported once until a reload succeeds again.
+pub fn watch_reloads<E: std::fmt::Display>(
+    every: Duration,
+    what: String,
+    mut reload: impl FnMut() -> Result<bool, E> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match reload() {
+                Ok(true) => {
+                    failing = false;
+                    tracing::info!(files = %what, "reloaded");
+                }
+                Ok(false) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(files = %what, %error, "changed but do not load; keeping the previous ones");
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
 fn stamps(files: &TlsFiles) -> [Option<(SystemTime, u64)>; 3] {
-    let stamp = |path: &Path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-    [stamp(&files.ca), stamp(&files.cert), stamp(&files.key)]
+    [file_stamp(&files.ca), file_stamp(&files.cert), file_stamp(&files.key)]
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -33,6 +33,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use raftkv_raft::transport::tls::file_stamp;
+
 use crate::agent::Outcome;
 use crate::api::error::ApiError;
 
@@ -105,12 +107,8 @@ fn digest(secret: &str) -> [u8; 32] {
     out
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
 fn load(path: &Path) -> Result<Loaded, String> {
-    let stamp = stamp(path);
+    let stamp = file_stamp(path);
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
     let file: TokenFile =
@@ -165,7 +163,7 @@ impl Tokens {
     /// Reads the file again if it changed; a file that does not load is
     /// refused and the tokens stay as they were.
     pub fn reload(&self) -> Result<bool, String> {
-        if stamp(&self.path) == self.current().stamp {
+        if file_stamp(&self.path) == self.current().stamp {
             return Ok(false);
         }
         let loaded = load(&self.path)?;
@@ -176,24 +174,8 @@ impl Tokens {
     /// Reloads whenever the file changes, checking every `every`.
     pub fn watch(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let tokens = self.clone();
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(every).await;
-                match tokens.reload() {
-                    Ok(true) => {
-                        failing = false;
-                        tracing::info!(file = %tokens.path.display(), count = tokens.len(), "tokens reloaded");
-                    }
-                    Ok(false) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(%error, "the token file changed but does not load; keeping the previous tokens");
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
+        let what = format!("token file ({})", tokens.path.display());
+        raftkv_raft::transport::tls::watch_reloads(every, what, move || tokens.reload())
     }
 
     fn lookup(&self, secret: &str) -> Option<Known> {
