@@ -547,3 +547,39 @@ fn a_whole_final_record_that_does_not_decode_is_refused_not_cut() {
     }
     assert_eq!(fs::read(&segment).unwrap(), data, "the log must keep the record it cannot read");
 }
+
+#[test]
+fn a_last_segment_crafted_to_make_the_search_quadratic_is_refused_not_cut() {
+    // Entry 1 is damaged, and behind it every 24 bytes sits a record header
+    // whose index field names entry 2 and whose length reaches half the
+    // file: checking each in turn would checksum ~180 GB. The search gives
+    // up within its budget, and the log is refused, not cut back to nothing.
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(dir.path(), unpadded(WalOptions::default())).unwrap();
+        wal.append(&entries(1, 1, 1)).unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    let mut data = fs::read(&segment).unwrap();
+    let damaged = 24 + 8 + 17;
+    data[damaged] ^= 0x10;
+    let file_len: usize = 4 << 20;
+    let claimed = (file_len / 2) as u32;
+    while data.len() + 24 <= file_len {
+        data.extend_from_slice(&claimed.to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        data.extend_from_slice(&1u64.to_le_bytes());
+        data.extend_from_slice(&2u64.to_le_bytes());
+    }
+    fs::write(&segment, &data).unwrap();
+    match Wal::open(dir.path(), unpadded(WalOptions::default())) {
+        Err(StorageError::Corrupt { path, offset, reason }) => {
+            assert_eq!(path, segment);
+            assert_eq!(offset, 24, "the damaged record: {reason}");
+            assert!(reason.contains("gave up"), "{reason}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(wal) => panic!("opened a crafted log with last index {:?}", wal.last_index()),
+    }
+    assert_eq!(fs::read(&segment).unwrap(), data, "nothing was cut");
+}

@@ -47,7 +47,9 @@
 //! Every record is checked. Damage in the last segment is a torn tail (a crash
 //! during a write that was never acknowledged), cut off with a warning, only
 //! if no valid record of a later index lies anywhere after it (searched by the
-//! index field, since the damaged length cannot be trusted). Damage anywhere
+//! index field, since the damaged length cannot be trusted; the search
+//! checksums at most `SEARCH_BUDGET` bytes, and a segment crafted to exceed
+//! that is refused, never cut). Damage anywhere
 //! else, or followed by a valid record, is a `Corrupt` error naming the file
 //! and offset: never skipped, never a panic. A damaged *final* record cannot
 //! be told apart from a torn write and is cut; nothing wrong is ever returned.
@@ -345,8 +347,12 @@ impl Wal {
                         // A crash tears only the end of the last segment: the damage
                         // is a torn tail only if no later entry survives behind it.
                         let whole = matches!(damage, Record::Undecodable(_));
-                        let torn = is_last && !whole && !valid_record_follows(&data, offset, expected);
-                        if is_last && torn {
+                        let behind = if is_last && !whole {
+                            valid_record_follows(&data, offset, expected, SEARCH_BUDGET)
+                        } else {
+                            Behind::Entry
+                        };
+                        if behind == Behind::Nothing {
                             tracing::warn!(
                                 path = %path.display(),
                                 offset,
@@ -357,6 +363,13 @@ impl Wal {
                             file.sync_data().map_err(|e| StorageError::io("sync", &path, e))?;
                             segments.push(Segment { first, path, file, offsets, end: offset, allocated: offset });
                             continue 'segments;
+                        }
+                        if let Behind::GaveUp { checked } = behind {
+                            let reason = format!(
+                                "damaged record in the last segment, and the search for an intact entry behind it \
+                                 gave up after checksumming {checked} bytes (a crafted segment?): refused, not cut"
+                            );
+                            return Err(corrupt(offset, reason));
                         }
                         let reason = match damage {
                             Record::Damaged(reason) => reason,
@@ -672,27 +685,63 @@ impl Wal {
     }
 }
 
+/// What the search behind a damaged record found.
+#[derive(Debug, PartialEq, Eq)]
+enum Behind {
+    /// A whole, valid record of a later entry: the damage is inside the log.
+    Entry,
+    /// Nothing valid: the damage is a torn tail.
+    Nothing,
+    /// The search checksummed `SEARCH_BUDGET` bytes without an answer. Only
+    /// a crafted segment gets here (natural damage and preallocated zeros
+    /// hold few plausible index fields); it is refused, never cut.
+    GaveUp { checked: u64 },
+}
+
+/// The bytes the search behind a damaged record may checksum: four times
+/// the largest segment, so any real answer is found, while a crafted
+/// segment (a plausible index field every few bytes, each claiming a length
+/// that reaches far) cannot make opening quadratic.
+const SEARCH_BUDGET: u64 = 4 * MAX_RECORD_BYTES;
+
 /// Whether a whole, valid record of a later entry lies anywhere after the
 /// damaged record of entry `expected` at `offset`. If so, the damage is not a
 /// torn tail but corruption inside the log (possibly over several records). The
 /// damaged record's length field cannot be trusted, so the search looks at every
 /// position for an index field (16 bytes into a record) naming one of the
-/// entries that could follow, and checks the whole record there.
-fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex) -> bool {
+/// entries that could follow, and checks the whole record there, within
+/// `budget` bytes checksummed in all.
+fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex, budget: u64) -> Behind {
     const MIN_RECORD: u64 = RECORD_HEADER_LEN + 17;
     let from = offset as usize + 1 + 16;
     if from + 8 > data.len() {
-        return false;
+        return Behind::Nothing;
     }
     let lowest = expected.0 + 1;
     let highest = expected.0 + (data.len() as u64 - offset) / MIN_RECORD + 1;
-    (from..=data.len() - 8).any(|at| {
+    let mut checked = 0u64;
+    for at in from..=data.len() - 8 {
         let mut field = [0u8; 8];
         field.copy_from_slice(&data[at..at + 8]);
         let index = u64::from_le_bytes(field);
-        (lowest..=highest).contains(&index)
-            && matches!(read_record(data, (at - 16) as u64), Record::Entry(entry, _) if entry.index.0 == index)
-    })
+        if !(lowest..=highest).contains(&index) {
+            continue;
+        }
+        // The record would start 16 bytes before its index field; what
+        // `read_record` checksums there is its claimed length, if that fits.
+        let start = at - 16;
+        let claimed = u64::from(u32::from_le_bytes([data[start], data[start + 1], data[start + 2], data[start + 3]]));
+        if RECORD_HEADER_LEN + claimed <= (data.len() - start) as u64 {
+            checked += claimed;
+            if checked > budget {
+                return Behind::GaveUp { checked };
+            }
+        }
+        if matches!(read_record(data, start as u64), Record::Entry(entry, _) if entry.index.0 == index) {
+            return Behind::Entry;
+        }
+    }
+    Behind::Nothing
 }
 
 /// Writes zeros over `from..to` of `file`.
