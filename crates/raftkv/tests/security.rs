@@ -712,3 +712,58 @@ async fn a_removed_node_is_refused_until_an_operator_adds_it_again() {
     })
     .await;
 }
+
+/// Bytes free in the file system holding `dir`, as `df` sees them.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_stops_before_its_log_eats_the_reserve() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut node = Node::new(1, root.path());
+    // 32 MiB of values that JSON escapes six-fold: the upload fits with
+    // 32 MiB to spare, the log it would write (~190 MiB) does not.
+    let value = "\u{1}".repeat(64 << 10);
+    let keys = 512u64;
+    let header = raftkv::state::image::ImageHeader {
+        format: raftkv::state::image::FORMAT,
+        kind: raftkv::state::image::ImageKind::Backup,
+        index: 1,
+        term: 1,
+        members: None,
+        keys,
+        peers: Default::default(),
+        staging: None,
+        last_restore: None,
+        created_unix_ms: 0,
+    };
+    let mut writer = raftkv::state::image::ImageWriter::new(Vec::new(), &header).unwrap();
+    for k in 0..keys {
+        writer.record(&format!("key{k:04}"), &value, 1).unwrap();
+    }
+    let image = writer.finish().unwrap();
+    let reserve = free_bytes(root.path()) - image.len() as u64 - (32 << 20);
+    node.start(&["--bootstrap", "--disk-reserve-bytes", &reserve.to_string()]);
+    leader_of(&[&node]).await;
+    assert_eq!(set(&node, "k", "before").await.status(), 200);
+
+    let response = client().post(format!("http://{}/api/v1/snapshot", node.http)).body(image).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 507);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "insufficient_storage", "{error}");
+    assert_eq!(error["error"]["outcome"], "not_done", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("restore chunk"), "{error}");
+
+    // Nothing was restored, the upload is gone, and the node still writes.
+    let (status, answer) = get_json(&node, "k", "linearizable").await;
+    assert_eq!((status, &answer["value"]), (200, &json!("before")), "{answer}");
+    assert_eq!(get_json(&node, "key0000", "linearizable").await.0, 404);
+    let leftovers = std::fs::read_dir(&node.dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("restore-"))
+        .count();
+    assert_eq!(leftovers, 0, "the spooled upload was left behind");
+    assert_eq!(set(&node, "k", "after").await.status(), 200);
+}

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::agent::config::AgentError;
+use crate::agent::outcome::{Failure, Kind};
 
 /// The stable-store key of the cluster id this node belongs to.
 pub const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
@@ -78,6 +79,42 @@ pub fn remove_stale_uploads(dir: &Path) {
                 tracing::warn!(%error, file = %name, "cannot remove a stale restore upload");
             }
         }
+    }
+}
+
+/// Refuses (not done, 507) if writing `more` bytes into `dir` would leave
+/// less than `reserve` free. `doing` names the write in the message
+/// ("taking", "logging").
+pub fn check_headroom(dir: &Path, more: u64, reserve: u64, doing: &str) -> Result<(), Failure> {
+    let Some(free) = free_space(dir) else { return Ok(()) };
+    if free.saturating_sub(more) < reserve {
+        let message = format!(
+            "the data dir has {free} bytes free; {doing} {more} more would leave less than the {reserve} bytes \
+             kept for the log (--disk-reserve-bytes)"
+        );
+        return Err(Failure::not_done(Kind::InsufficientStorage, message));
+    }
+    Ok(())
+}
+
+/// Bytes free for this process in the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `statvfs` fills the zeroed struct it is given and reads
+        // only the NUL-terminated path.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
     }
 }
 

@@ -70,12 +70,14 @@ pub enum Kind {
     RestoreFailed,
     /// A joining server did not catch up in time and was removed again.
     NotCaughtUp,
+    /// The data dir has no room left beyond what is kept for the log.
+    InsufficientStorage,
     /// A bug or an unexpected state; the message says which.
     Internal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::BadRequest,
         Kind::TooLarge,
         Kind::NoLeader,
@@ -92,6 +94,7 @@ impl Kind {
         Kind::RestoreRunning,
         Kind::RestoreFailed,
         Kind::NotCaughtUp,
+        Kind::InsufficientStorage,
         Kind::Internal,
     ];
 
@@ -113,6 +116,7 @@ impl Kind {
             Kind::RestoreRunning => "restore_running",
             Kind::RestoreFailed => "restore_failed",
             Kind::NotCaughtUp => "not_caught_up",
+            Kind::InsufficientStorage => "insufficient_storage",
             Kind::Internal => "internal",
         }
     }

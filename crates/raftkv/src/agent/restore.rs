@@ -148,7 +148,21 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
     while let Some(chunk) = rx.recv().await {
         let pairs =
             chunk.map_err(|e| Failure::internal(Outcome::NotDone, format!("reading the checked backup: {e}")))?;
-        write_idempotent(agent, Command::RestoreChunk { id: id.to_string(), seq, pairs }).await?;
+        let command = Command::RestoreChunk { id: id.to_string(), seq, pairs };
+        // The log takes the chunk as encoded (escaped JSON, a few times the
+        // image's bytes for binary-looking values); stop before it eats into
+        // the room kept for the log. Every node logs the same entries, and
+        // nodes of one cluster are alike; a follower that does run out
+        // fail-stops, which loses nothing.
+        let logged = command.encode().len() as u64;
+        let reserve = agent.config.uploads.disk_reserve;
+        datadir::check_headroom(&agent.config.data_dir, logged, reserve, "logging a restore chunk of").map_err(
+            |failure| Failure {
+                message: format!("restore {id} stopped at chunk {seq}: {}", failure.message),
+                ..failure
+            },
+        )?;
+        write_idempotent(agent, command).await?;
         seq += 1;
     }
     Ok(seq)

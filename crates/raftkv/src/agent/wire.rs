@@ -163,6 +163,7 @@ impl From<Kind> for proto::Kind {
             Kind::RestoreRunning => proto::Kind::RestoreRunning,
             Kind::RestoreFailed => proto::Kind::RestoreFailed,
             Kind::NotCaughtUp => proto::Kind::NotCaughtUp,
+            Kind::InsufficientStorage => proto::Kind::InsufficientStorage,
             Kind::Internal => proto::Kind::Internal,
         }
     }

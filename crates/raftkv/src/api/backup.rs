@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use crate::agent::datadir;
 use crate::agent::node::MAX_BACKUP_DOWNLOADS;
 use crate::agent::{Agent, Failure, Outcome};
 use crate::api::error::ApiError;
@@ -167,42 +168,12 @@ fn too_large(max: u64) -> ApiError {
     }
 }
 
-/// Refuses (507) if writing `more` bytes into `dir` would leave less than
+/// Refuses (507) if spooling `more` bytes into `dir` would leave less than
 /// `reserve` free: the log needs the room more than an upload does.
 fn check_headroom(dir: &Path, more: u64, reserve: u64) -> Result<(), ApiError> {
-    let Some(free) = free_space(dir) else { return Ok(()) };
-    if free.saturating_sub(more) < reserve {
-        return Err(ApiError {
-            status: axum::http::StatusCode::INSUFFICIENT_STORAGE,
-            code: "insufficient_storage",
-            message: format!(
-                "the data dir has {free} bytes free; taking {more} more would leave less than the {reserve} bytes kept for the log (--disk-reserve-bytes); nothing was restored"
-            ),
-            outcome: Outcome::NotDone,
-        });
-    }
-    Ok(())
-}
-
-/// Bytes free for this process in the file system holding `dir`.
-fn free_space(dir: &Path) -> Option<u64> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `statvfs` fills the zeroed struct it is given and reads
-        // only the NUL-terminated path.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-            return None;
-        }
-        Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        None
-    }
+    datadir::check_headroom(dir, more, reserve, "taking").map_err(|failure| {
+        ApiError::from(Failure { message: format!("{}; nothing was restored", failure.message), ..failure })
+    })
 }
 
 /// How often (in bytes spooled) the free space is looked at again.

@@ -60,6 +60,7 @@ impl From<Failure> for ApiError {
             | Kind::ShuttingDown
             | Kind::NodeFailed => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout | Kind::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // A request that may have taken effect is never answered as one to

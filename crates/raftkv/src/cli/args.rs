@@ -361,8 +361,8 @@ pub struct AgentArgs {
     /// A backup upload must arrive within this many milliseconds.
     #[arg(long, default_value_t = 600_000)]
     pub upload_timeout_ms: u64,
-    /// Free space the data dir keeps for the log: an upload that would
-    /// leave less is refused (507), in bytes.
+    /// Free space the data dir keeps for the log, in bytes: an upload, or a
+    /// restore's log, that would leave less is refused (507, nothing restored).
     #[arg(long, default_value_t = 256 << 20)]
     pub disk_reserve_bytes: u64,
 }
