@@ -2,7 +2,8 @@
 //! process: the image of snapshots and backups (`state/image.rs`: a leader's
 //! InstallSnapshot, an operator's backup file, a restore upload) and the
 //! JSON of commands and answers (`state/command.rs`: log entries, forwarded
-//! writes, a leader's answer to a forwarded write).
+//! writes, a leader's answer to a forwarded write), the internal gRPC's
+//! messages and gossip datagrams (`agent/gossip.rs`).
 //!
 //! Like `raft.rs`: each `pub fn name(data: &[u8])` panics only if a decoder
 //! broke a rule; the fuzz targets, the `cargo test` fuzz tests and the
@@ -215,6 +216,37 @@ fn check_failure(failure: raftkv::agent::wire::proto::Failure) {
     assert_eq!(again, read, "a failure does not round-trip");
 }
 
+/// Gossip datagrams as a member's socket receives them
+/// (`agent::gossip::fuzzing::receive`): the AES-GCM opening, the frame with
+/// its cluster id, foca's codec with raftkv's bounds, and foca's handling of
+/// what decodes. The input is a flag byte (bit 0: seal each datagram with
+/// the member's key first, so mutations reach the frame and foca through
+/// the encryption; else the bytes arrive as sent and must open or be read
+/// unsealed), then datagrams, each behind a two-byte little-endian length.
+pub fn gossip(data: &[u8]) {
+    let Some((&flags, mut rest)) = data.split_first() else { return };
+    let mut datagrams = Vec::new();
+    while rest.len() >= 2 && datagrams.len() < 16 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        datagrams.push(rest[2..2 + len].to_vec());
+        rest = &rest[2 + len..];
+    }
+    let n = data.len();
+    let members = bounded("gossip receive", n, || raftkv::agent::gossip::fuzzing::receive(&datagrams, flags & 1 == 1));
+    // At most as many members as the datagrams could name.
+    assert!(members <= n / 8, "{members} members from {n} bytes");
+}
+
+/// `datagrams` in the `gossip` harness's input format.
+pub fn gossip_input(sealed: bool, datagrams: &[Vec<u8>]) -> Vec<u8> {
+    let mut input = vec![u8::from(sealed)];
+    for datagram in datagrams {
+        input.extend_from_slice(&(datagram.len() as u16).to_le_bytes());
+        input.extend_from_slice(datagram);
+    }
+    input
+}
+
 /// Small valid inputs of each kv harness, in its own input format: the seed
 /// corpora of the fuzz targets (`fuzz/corpus/<name>/`), also replayed by
 /// `cargo test`.
@@ -256,7 +288,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let command_json =
         commands.iter().map(|c| c.encode().to_vec()).chain(answers.iter().map(|a| a.encode().to_vec())).collect();
     let internal_rpc = internal_seeds(&commands.iter().map(|c| c.encode().to_vec()).collect::<Vec<_>>());
-    vec![("image", image), ("command_json", command_json), ("internal_rpc", internal_rpc)]
+    let samples = raftkv::agent::gossip::fuzzing::samples();
+    let mut gossip: Vec<Vec<u8>> = samples.iter().map(|d| gossip_input(true, std::slice::from_ref(d))).collect();
+    gossip.push(gossip_input(true, &samples));
+    gossip.push(gossip_input(false, &samples));
+    vec![("image", image), ("command_json", command_json), ("internal_rpc", internal_rpc), ("gossip", gossip)]
 }
 
 fn internal_seeds(commands: &[Vec<u8>]) -> Vec<Vec<u8>> {

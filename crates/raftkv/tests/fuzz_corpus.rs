@@ -63,3 +63,8 @@ fn command_json() {
 fn internal_rpc() {
     replay("internal_rpc", harness::internal_rpc);
 }
+
+#[test]
+fn gossip() {
+    replay("gossip", harness::gossip);
+}

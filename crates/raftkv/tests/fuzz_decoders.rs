@@ -2,7 +2,8 @@
 //! image of snapshots and backups (`state/image.rs`, read from a leader's
 //! InstallSnapshot, a backup file or a restore upload), the JSON of
 //! commands and answers (`state/command.rs`, read from the log and from
-//! forwarded writes) and the internal gRPC's messages (`agent/wire.rs`). Arbitrary bytes and valid encodings with mutations
+//! forwarded writes), the internal gRPC's messages (`agent/wire.rs`) and
+//! gossip datagrams (`agent/gossip.rs`). Arbitrary bytes and valid encodings with mutations
 //! (bit flips, truncations, splices, length fields set huge) must give
 //! errors as values, never a panic or a huge allocation, and what is valid
 //! must round-trip. The checks live in `fuzz/src/kv.rs`, shared with the
@@ -335,4 +336,40 @@ proptest! {
         mutate(&mut data, &mutations);
         harness::internal_rpc(&data);
     }
+}
+
+// ---- Gossip datagrams ------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    #[test]
+    fn gossip_takes_arbitrary_datagrams(data in bytes(1024)) {
+        harness::gossip(&data);
+    }
+
+    #[test]
+    fn gossip_takes_real_datagrams_with_mutations(
+        sealed in any::<bool>(),
+        mutations in proptest::collection::vec(mutations(), 1..4),
+    ) {
+        let mut datagrams = raftkv::agent::gossip::fuzzing::samples();
+        for (datagram, mutations) in datagrams.iter_mut().zip(&mutations) {
+            mutate(datagram, mutations);
+        }
+        harness::gossip(&harness::gossip_input(sealed, &datagrams));
+    }
+}
+
+/// The samples are what real members exchange: a member hearing them comes
+/// to know the other one (foca's members do not count the member itself),
+/// so the harness reaches foca's handling.
+#[test]
+fn gossip_samples_introduce_a_member() {
+    use raftkv::agent::gossip::fuzzing::{receive, samples};
+    let samples = samples();
+    assert!(samples.len() >= 2, "{} samples", samples.len());
+    assert_eq!(receive(&[], true), 0);
+    assert_eq!(receive(&samples, true), 1);
+    assert_eq!(receive(&samples, false), 1);
 }

@@ -611,6 +611,119 @@ impl Member {
     }
 }
 
+/// The receive path of a member without its socket, for the fuzz tests
+/// (the workspace's and cargo-fuzz's): what a datagram from the network
+/// goes through, in the same order as `read` and `Member::run`.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    type Node = (
+        Foca<GossipId, CheckedCodec, SmallRng, foca::NoCustomBroadcast>,
+        AccumulatingRuntime<GossipId>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    );
+
+    fn node(id: u64) -> Node {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16));
+        let me = GossipId {
+            node: id,
+            gossip_addr: addr,
+            raft_addr: format!("127.0.0.1:{}", 8000 + id),
+            http_addr: format!("127.0.0.1:{}", 9000 + id),
+            // Fixed (November 2023), so that the samples are addressed to
+            // the member that `receive` builds.
+            generation: 1_700_000_000_000_000_000,
+        };
+        let config = GossipConfig::new(addr).foca_config();
+        let codec = CheckedCodec::default();
+        let known = codec.members.clone();
+        (Foca::new(me, config, SmallRng::seed_from_u64(id), codec), AccumulatingRuntime::new(), known)
+    }
+
+    /// Runs the timers foca asked for so far, once each, and drops what it
+    /// sends and notifies; returns the packets it sent.
+    fn settle((foca, runtime, known): &mut Node) -> Vec<(GossipId, Bytes)> {
+        let mut sent = Vec::new();
+        let mut timers = Vec::new();
+        while let Some((_, timer)) = runtime.to_schedule() {
+            timers.push(timer);
+        }
+        for timer in timers {
+            let _ = foca.handle_timer(timer, &mut *runtime);
+        }
+        while let Some(packet) = runtime.to_send() {
+            sent.push(packet);
+        }
+        while runtime.to_notify().is_some() {}
+        while runtime.to_schedule().is_some() {}
+        known.store(foca.iter_membership_state().len(), std::sync::atomic::Ordering::Relaxed);
+        sent
+    }
+
+    /// The key a fuzzed member holds.
+    fn key() -> GossipKey {
+        // Invariant: 32 bytes always make an AES-256 key.
+        GossipKey::from_bytes(&[7u8; 32]).expect("a 32-byte key")
+    }
+
+    /// Hands each datagram to one member (node 1 of cluster "fuzz"), as its
+    /// socket would: cut at `MAX_DATAGRAM`, opened with the member's key
+    /// (sealed with it first if `sealed`, else as sent), unframed, checked
+    /// against the cluster id, decoded and applied by foca, its timers run.
+    /// Returns how many members it then knows (itself not counted).
+    pub fn receive(datagrams: &[Vec<u8>], sealed: bool) -> usize {
+        let key = key();
+        let mut member = node(1);
+        for datagram in datagrams {
+            let mut datagram = datagram[..datagram.len().min(MAX_DATAGRAM)].to_vec();
+            if sealed {
+                match key.seal(&datagram) {
+                    Some(sealed) if sealed.len() <= MAX_DATAGRAM + SEALED_MAGIC.len() + NONCE + 16 => {
+                        datagram = sealed.to_vec()
+                    }
+                    _ => continue,
+                }
+            }
+            let opened = key.open(&mut datagram.clone()).map(<[u8]>::to_vec);
+            assert!(!sealed || opened.is_some(), "a datagram sealed with the key does not open with it");
+            let framed = opened.unwrap_or(datagram);
+            let Some((theirs, packet)) = unframe(&framed) else { continue };
+            if !theirs.is_empty() && theirs != "fuzz" {
+                continue;
+            }
+            let _ = member.0.handle_data(packet, &mut member.1);
+            settle(&mut member);
+        }
+        let members = member.0.iter_membership_state().len();
+        members
+    }
+
+    /// Datagrams real members exchange (framed for cluster "fuzz", not
+    /// sealed): node 2 announces itself to node 1, and a few rounds of
+    /// their answers. Seeds for the fuzzers.
+    pub fn samples() -> Vec<Vec<u8>> {
+        let (mut one, mut two) = (node(1), node(2));
+        let mut datagrams = Vec::new();
+        let _ = two.0.announce(one.0.identity().clone(), &mut two.1);
+        let mut to_one = settle(&mut two);
+        for _ in 0..3 {
+            let mut to_two = Vec::new();
+            for (_, packet) in to_one.drain(..) {
+                datagrams.push(frame("fuzz", &packet).to_vec());
+                let _ = one.0.handle_data(&packet, &mut one.1);
+                to_two.extend(settle(&mut one));
+            }
+            for (_, packet) in to_two {
+                datagrams.push(frame("fuzz", &packet).to_vec());
+                let _ = two.0.handle_data(&packet, &mut two.1);
+                to_one.extend(settle(&mut two));
+            }
+        }
+        datagrams
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
