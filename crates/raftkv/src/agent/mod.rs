@@ -39,6 +39,6 @@ pub mod start;
 pub mod wire;
 
 pub use config::{AgentConfig, AgentError, UploadLimits};
-pub use node::{Agent, Route};
+pub use node::{Agent, Readiness, Route};
 pub use outcome::{Failure, Kind, Outcome};
 pub use request::{AdminDone, AdminOp, Member};

@@ -380,8 +380,68 @@ impl Agent {
 
     async fn first_other_voter(&self) -> Result<NodeId, Failure> {
         let status = self.raft.status().await?;
-        let other = status.membership.voters.iter().copied().find(|v| *v != self.id);
+        let other = most_caught_up_voter(&status, self.config.raft.election_timeout_min)
+            .or_else(|| status.membership.voters.iter().copied().find(|v| *v != self.id));
         other.ok_or_else(|| Failure::not_done(Kind::Refused, "no other voter to hand leadership to"))
+    }
+
+    /// Whether this node is ready to serve: a leader is known and this
+    /// node has applied every entry it knows to be committed. `not_ready`
+    /// says which is missing.
+    pub async fn readiness(&self) -> Result<Readiness, Failure> {
+        let status = self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
+        let applied_index = self.raft.applied_index();
+        let Some(leader) = status.leader else {
+            return Err(Failure::not_done(Kind::NotReady, "no leader is known yet"));
+        };
+        if applied_index < status.commit_index {
+            let message =
+                format!("applied up to entry {applied_index} of the {} known to be committed", status.commit_index);
+            return Err(Failure::not_done(Kind::NotReady, message));
+        }
+        Ok(Readiness { leader, term: status.term, commit_index: status.commit_index, applied_index })
+    }
+
+    /// Logs one line once this node is ready (`readiness`).
+    pub(crate) async fn log_when_ready(self: Arc<Agent>) {
+        loop {
+            if let Ok(ready) = self.readiness().await {
+                tracing::info!(
+                    leader = %ready.leader,
+                    term = %ready.term,
+                    applied = %ready.applied_index,
+                    "ready: a leader is known and every entry known committed is applied"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Before a planned stop: if this node leads, hands leadership to the
+    /// most caught-up voter in contact (thesis §3.10), so that the cluster
+    /// does not wait out an election timeout. Best effort: the outcome is
+    /// logged, and the stop goes on either way.
+    pub async fn hand_off_leadership(&self) {
+        let Ok(status) = self.raft.status().await else { return };
+        if status.leader != Some(self.id) {
+            return;
+        }
+        let Some(target) = most_caught_up_voter(&status, self.config.raft.election_timeout_min) else {
+            if status.membership.voters.len() > 1 {
+                tracing::warn!("no other voter in contact to hand leadership to; stopping as leader");
+            }
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.raft.leadership_transfer(target).await {
+            Ok(()) => tracing::info!(
+                %target,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "handed leadership over before stopping"
+            ),
+            Err(error) => tracing::warn!(%target, %error, "could not hand leadership over; stopping anyway"),
+        }
     }
 
     /// Asks the cluster to add this node as a voter: any of `targets` says
@@ -586,4 +646,25 @@ impl Agent {
         let mut left = self.left.subscribe();
         let _ = left.wait_for(|left| *left).await;
     }
+}
+
+/// On the leader: the voter (not this node) with the highest match index
+/// among those that answered within `contact`, the freshest contact
+/// breaking ties.
+fn most_caught_up_voter(status: &raftkv_raft::Status, contact: Duration) -> Option<NodeId> {
+    status
+        .peers
+        .iter()
+        .filter(|p| p.voter && p.id != status.id && p.last_contact.is_some_and(|c| c < contact))
+        .max_by_key(|p| (p.match_index, std::cmp::Reverse(p.last_contact)))
+        .map(|p| p.id)
+}
+
+/// A node ready to serve (`Agent::readiness`).
+#[derive(Clone, Copy, Debug)]
+pub struct Readiness {
+    pub leader: NodeId,
+    pub term: raftkv_raft::Term,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
 }

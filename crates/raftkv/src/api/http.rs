@@ -13,6 +13,11 @@
 //!
 //! A connection over a cap is answered 503 with the JSON error envelope and
 //! closed, without reading its request.
+//!
+//! `Drain` stops a server gracefully: the listener closes (new connections
+//! are refused, so clients fail over to another node), every connection is
+//! asked to close once its requests are answered (HTTP/2: GOAWAY), and the
+//! caller waits for them, within a bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use raftkv_raft::transport::listen::{self, Conn, ListenLimits, ListenTls};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How the API listener serves.
 #[derive(Clone, Debug)]
@@ -51,19 +58,49 @@ pub const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: 
 connection: close\r\nretry-after: 1\r\ncontent-length: 113\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry later\",\"outcome\":\"not_done\"}}";
 
-/// Serves `router` on `listener` until the returned task is aborted.
-pub fn serve(router: Router, listener: TcpListener, options: HttpOptions) -> tokio::task::JoinHandle<()> {
+/// Ends a server's serving gracefully (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    stop: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Drain {
+    pub fn new() -> Drain {
+        Drain::default()
+    }
+
+    /// Closes the listener, asks every connection to close after the
+    /// requests it is serving, and waits for them for at most `within`.
+    /// Returns whether all of them closed in time (the rest are cut off
+    /// when the process ends).
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.stop.cancel();
+        self.connections.close();
+        tokio::time::timeout(within, self.connections.wait()).await.is_ok()
+    }
+}
+
+/// Serves `router` on `listener` until `drain` is drained or the returned
+/// task is aborted.
+pub fn serve(router: Router, listener: TcpListener, options: HttpOptions, drain: Drain) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut incoming = listen::incoming(listener, options.limits.clone(), options.tls.clone());
         let options = Arc::new(options);
-        while let Some(accepted) = incoming.next().await {
+        loop {
+            let accepted = tokio::select! {
+                accepted = incoming.next() => accepted,
+                () = drain.stop.cancelled() => break,
+            };
+            let Some(accepted) = accepted else { break };
             let Ok(conn) = accepted else { continue };
-            tokio::spawn(serve_connection(router.clone(), conn, options.clone()));
+            drain.connections.spawn(serve_connection(router.clone(), conn, options.clone(), drain.stop.clone()));
         }
+        // Dropping the listener refuses new connections from here on.
     })
 }
 
-async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>) {
+async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>, stop: CancellationToken) {
     let info = conn.info().clone();
     let activity = Arc::new(Activity { since: Instant::now(), last: AtomicU64::new(0), heads: AtomicBool::new(false) });
     let seen = activity.clone();
@@ -83,6 +120,12 @@ async fn serve_connection(router: Router, conn: Conn, options: Arc<HttpOptions>)
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
+            () = stop.cancelled(), if closing.is_none() => {
+                // Draining: idle connections end now, busy ones after
+                // their answers.
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
+            }
             () = tokio::time::sleep(check) => match closing {
                 None => {
                     let limit = if activity.heads.load(Ordering::Relaxed) { options.idle_timeout } else { options.header_timeout };

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod backup;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod params;
@@ -56,7 +57,15 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/maintain/snapshot", post(admin::take_snapshot))
         .route_layer(failed())
         .route_layer(require(Role::Admin));
-    Router::new().merge(read).merge(write).merge(admin).layer(axum::middleware::from_fn(envelope)).with_state(agent)
+    // Probes carry no token, and answer for a failed node themselves.
+    let open = Router::new().route("/v1/health", get(health::health)).route("/v1/ready", get(health::ready));
+    Router::new()
+        .merge(open)
+        .merge(read)
+        .merge(write)
+        .merge(admin)
+        .layer(axum::middleware::from_fn(envelope))
+        .with_state(agent)
 }
 
 /// Every answer speaks one language: a query that is not UTF-8 once

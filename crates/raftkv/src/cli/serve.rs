@@ -130,34 +130,52 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
             disk_reserve: args.disk_reserve_bytes,
         },
     };
-    let agent = match server::start(config, api).await {
-        Ok(agent) => agent,
+    let server = match server::start(config, api).await {
+        Ok(server) => server,
         Err(error) => {
             eprintln!("raftkv agent: {error}");
             return 2;
         }
     };
     let reloads = tokio::spawn(reload_on_hangup(tls, tokens));
-    let code = tokio::select! {
-        signal = stop_requested() => {
-            tracing::info!(signal, "shutting down");
+    let stop = tokio::select! {
+        signal = stop_requested() => Stop::Asked(signal),
+        reason = server.failed() => Stop::Failed(reason),
+        () = server.left() => Stop::Left,
+    };
+    reloads.abort();
+    let code = match stop {
+        Stop::Asked(signal) => {
+            tracing::info!(signal, "shutting down: handing leadership over, draining requests");
+            server.stop(DRAIN).await;
             0
         }
-        reason = agent.failed() => {
+        Stop::Failed(reason) => {
             tracing::error!(%reason, "the node failed; exiting so that it can be restarted");
+            server.agent.shutdown().await;
             NODE_FAILED
         }
-        () = agent.left() => {
+        Stop::Left => {
             // The answer to the leave request goes out first.
             tokio::time::sleep(Duration::from_millis(200)).await;
+            server.agent.shutdown().await;
             0
         }
     };
-    reloads.abort();
-    agent.shutdown().await;
+    tracing::info!(code, "stopped");
     flush_output();
     code
 }
+
+/// Why an agent stops.
+enum Stop {
+    Asked(&'static str),
+    Failed(String),
+    Left,
+}
+
+/// How long a planned stop waits for the requests in flight.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Connections to the raft port from one address, at most.
 const RAFT_PER_ADDRESS: usize = 64;
@@ -322,7 +340,7 @@ pub async fn run_demo(args: DemoArgs) -> i32 {
             uploads: UploadLimits::default(),
         };
         match server::start(config, ApiOptions::default()).await {
-            Ok(agent) => agents.push(agent),
+            Ok(server) => agents.push(server.agent.clone()),
             Err(error) => {
                 eprintln!("raftkv demo: node {id}: {error}");
                 for agent in &agents {

@@ -1,0 +1,172 @@
+//! Operating real `raftkv` processes: health and readiness probes, and
+//! planned stops (SIGTERM, SIGINT) that hand leadership over and drain
+//! requests, so that a rolling restart under load loses no acknowledged
+//! write.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn probe(node: &Node, path: &str) -> (u16, Value) {
+    match client().get(format!("http://{}{path}", node.http)).send().await {
+        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_say_whether_a_node_can_serve() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut nodes = three_node_cluster(root.path()).await;
+    for node in &nodes {
+        let (status, body) = probe(node, "/v1/health").await;
+        assert_eq!((status, &body["health"]), (200, &json!(true)), "node {}: {body}", node.id);
+        let body = eventually("every node ready", async || {
+            let (status, body) = probe(node, "/v1/ready").await;
+            (status == 200).then_some(body)
+        })
+        .await;
+        assert_eq!(body["ready"], true, "{body}");
+        assert!(body["applied_index"].as_u64() >= body["commit_index"].as_u64(), "{body}");
+        assert!(body["leader"].as_u64().is_some(), "{body}");
+    }
+    assert!(log_of(&nodes[2]).contains("ready: a leader is known"), "{}", tail(&log_of(&nodes[2]), 20));
+
+    // Alone, a node is alive but not ready: it knows no leader.
+    let survivor = nodes.pop().unwrap();
+    for node in &mut nodes {
+        node.kill9();
+    }
+    let (status, body) = eventually("the survivor to lose its leader", async || {
+        let (status, body) = probe(&survivor, "/v1/ready").await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "not_ready", "{body}");
+    assert_eq!(body["error"]["outcome"], "not_done", "{body}");
+    assert_eq!(probe(&survivor, "/v1/health").await.0, 200);
+}
+
+/// Writes unique keys through any of `endpoints`, moving to the next one
+/// when a node does not answer or says the write was not done; records
+/// what was acknowledged and the longest time between acknowledgements.
+struct Writers {
+    acknowledged: Arc<Mutex<Vec<(String, String)>>>,
+    longest_gap: Arc<Mutex<Duration>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(endpoints: Vec<String>, clients: usize) -> Writers {
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let longest_gap = Arc::new(Mutex::new(Duration::ZERO));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|c| {
+                let (endpoints, acknowledged, last, longest_gap, stop) =
+                    (endpoints.clone(), acknowledged.clone(), last.clone(), longest_gap.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let http = http_client(Duration::from_secs(2));
+                    let mut at = c % endpoints.len();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let (key, value) = (format!("w{c}-{n}"), n.to_string());
+                        let sent = http
+                            .post(format!("http://{}/api/v1/set", endpoints[at]))
+                            .json(&json!({"key": key, "value": value}))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(response) if response.status().is_success() => {
+                                let now = Instant::now();
+                                let mut last = last.lock().unwrap();
+                                let gap = now - *last;
+                                *last = now;
+                                let mut longest = longest_gap.lock().unwrap();
+                                *longest = (*longest).max(gap);
+                                acknowledged.lock().unwrap().push((key, value));
+                            }
+                            // Refused, unknown or unanswered: try the next node.
+                            _ => at = (at + 1) % endpoints.len(),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { acknowledged, longest_gap, stop, tasks }
+    }
+
+    /// The longest gap so far, and starts a new measure.
+    fn take_gap(&self) -> Duration {
+        std::mem::take(&mut *self.longest_gap.lock().unwrap())
+    }
+
+    async fn finish(self) -> Vec<(String, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        std::mem::take(&mut *self.acknowledged.lock().unwrap())
+    }
+}
+
+async fn ready(node: &Node) {
+    eventually("the node to be ready", async || (probe(node, "/v1/ready").await.0 == 200).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_sigterm_under_writes_loses_nothing_acknowledged() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut nodes = three_node_cluster(root.path()).await;
+    for node in &nodes {
+        ready(node).await;
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
+    let writers = Writers::start(endpoints, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut gaps = Vec::new();
+    // Each node in turn, the leader last (it is the interesting one).
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut order: Vec<usize> = (0..3).filter(|&i| nodes[i].id != leader).collect();
+    order.push(nodes.iter().position(|n| n.id == leader).unwrap());
+    for i in order {
+        let led = stats(&nodes[i]).await.is_some_and(|s| s["state"] == "Leader");
+        writers.take_gap();
+        nodes[i].signal(if i % 2 == 0 { "-TERM" } else { "-INT" });
+        let status = exit_status(&mut nodes[i], "the node to stop").await;
+        assert!(status.success(), "node {} exited with {status}: {}", nodes[i].id, tail(&log_of(&nodes[i]), 20));
+        let log = log_of(&nodes[i]);
+        if led {
+            assert!(log.contains("handed leadership over before stopping"), "{}", tail(&log, 20));
+        }
+        assert!(log.contains("stopped"), "{}", tail(&log, 20));
+        nodes[i].start(&[]);
+        ready(&nodes[i]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gaps.push((nodes[i].id, led, writers.take_gap()));
+    }
+    let acknowledged = writers.finish().await;
+    println!(
+        "rolling restart: {} writes acknowledged; longest gap per restart (node, led, gap): {gaps:?}",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 100, "{} writes acknowledged", acknowledged.len());
+
+    // Every acknowledged write is there, on every node.
+    for node in &nodes {
+        ready(node).await;
+        for (key, value) in &acknowledged {
+            let (status, body) = get_json(node, key, "linearizable").await;
+            assert_eq!((status, &body["value"]), (200, &json!(value)), "node {}, key {key}: {body}", node.id);
+        }
+    }
+}
