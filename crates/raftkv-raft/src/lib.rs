@@ -50,6 +50,7 @@ pub mod transport;
 mod config;
 mod error;
 mod locks;
+pub mod metrics;
 mod observe;
 mod runtime;
 mod state_machine;

@@ -170,3 +170,69 @@ async fn a_rolling_restart_with_sigterm_under_writes_loses_nothing_acknowledged(
         }
     }
 }
+
+/// The value of the sample `series` (name and labels, as printed) in a
+/// Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn scrape(node: &Node) -> (u16, String) {
+    let response = client().get(format!("http://{}/metrics", node.http)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_nodes_state_and_what_it_did() {
+    let root = tempfile::TempDir::new().unwrap();
+    let nodes = three_node_cluster(root.path()).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let (leader, follower) = {
+        let at = nodes.iter().position(|n| n.id == leader).unwrap();
+        (&nodes[at], &nodes[(at + 1) % 3])
+    };
+    for i in 0..50 {
+        assert_eq!(set(leader, &format!("m{i}"), "v").await.status(), 200);
+    }
+    let (status, text) = scrape(leader).await;
+    assert_eq!(status, 200, "{text}");
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+    assert_eq!(value("raftkv_raft_role{role=\"leader\"}"), 1.0);
+    assert_eq!(value("raftkv_raft_role{role=\"follower\"}"), 0.0);
+    assert!(value("raftkv_raft_commit_index") >= 50.0);
+    assert!(value("raftkv_raft_applied_index") >= 50.0);
+    assert!(value("raftkv_raft_term") >= 1.0);
+    assert!(value("raftkv_raft_entries_appended_total") >= 50.0);
+    assert!(value("raftkv_raft_commit_duration_seconds_count") >= 1.0);
+    assert!(value("raftkv_raft_append_duration_seconds_count") >= 1.0);
+    assert!(value("raftkv_storage_fsync_duration_seconds_count") >= 1.0);
+    assert!(value("raftkv_storage_wal_bytes_written_total") > 0.0);
+    assert!(value("raftkv_storage_wal_segments") >= 1.0);
+    assert!(value("raftkv_raft_leader_changes_total") >= 1.0);
+    let sets = "raftkv_http_requests_total{method=\"POST\",route=\"/api/v1/set\",status=\"200\"}";
+    assert!(value(sets) >= 50.0, "{sets}");
+    assert!(value("raftkv_http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/set\"}") >= 50.0);
+    for peer in nodes.iter().filter(|n| n.id != leader.id) {
+        assert!(value(&format!("raftkv_raft_peer_match_index{{peer=\"{}\"}}", peer.id)) >= 50.0);
+        assert!(sample(&text, &format!("raftkv_raft_peer_lag_entries{{peer=\"{}\"}}", peer.id)).is_some());
+    }
+    assert_eq!(value("raftkv_autopilot_failure_tolerance"), 1.0);
+
+    // A follower shows its own role and no peers.
+    let (_, text) = scrape(follower).await;
+    assert_eq!(sample(&text, "raftkv_raft_role{role=\"follower\"}"), Some(1.0), "{text}");
+    assert!(!text.contains("raftkv_raft_peer_match_index{"), "{text}");
+    assert!(sample(&text, "raftkv_raft_entries_appended_total").is_some_and(|n| n >= 50.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_metrics_the_route_says_so() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut node = Node::new(1, root.path());
+    node.start(&["--bootstrap", "--no-metrics"]);
+    leader_of(&[&node]).await;
+    let response = client().get(format!("http://{}/metrics", node.http)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("--no-metrics"), "{body}");
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_core::{Core, LogIndex, Message, NodeId};
+use raftkv_core::{Core, LogIndex, Message, NodeId, Role};
 use raftkv_driver::{Applier, ApplyJob, Driver, Effect, Failure, LeaderInfo};
 use tokio::sync::{mpsc, watch};
 
@@ -66,7 +66,21 @@ struct RaftLoop {
     leader: watch::Sender<LeaderInfo>,
     /// Delivered to with `try_send` only: an observer never holds up the loop.
     observers: Observers,
+    /// What `measure` compares with and times (see `crate::metrics`).
+    measured: Measured,
 }
+
+/// The raft loop's measurements between wake-ups.
+struct Measured {
+    role: Role,
+    /// On the leader: the last index of each batch of proposals and when
+    /// it arrived, oldest first, until committed.
+    proposed: std::collections::VecDeque<(LogIndex, Instant)>,
+}
+
+/// Batches of proposals timed at once, at most (older ones are dropped
+/// untimed: a leader that cannot commit has other signs).
+const MAX_TIMED_BATCHES: usize = 4096;
 
 /// What a node runs on.
 pub(crate) struct Node {
@@ -130,6 +144,7 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         config: config.clone(),
         leader,
         observers: Observers::default(),
+        measured: Measured { role: Role::Follower, proposed: std::collections::VecDeque::new() },
     };
     let max_batch = config.max_batch.max(1);
     let mut ticker = tokio::time::interval(config.tick_interval);
@@ -192,6 +207,7 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
             }
         }
         raft.carry_out();
+        raft.measure();
         if raft.driver.failure().is_some() {
             break;
         }
@@ -221,6 +237,47 @@ impl RaftLoop {
     }
 
     fn handle_requests(&mut self, first: Request, requests: &mut mpsc::Receiver<Request>, max_batch: usize) {
+        let before = self.driver.core().last_log_id().index;
+        self.take_requests(first, requests, max_batch);
+        let core = self.driver.core();
+        let last = core.last_log_id().index;
+        if core.is_leader() && last > before {
+            let proposed = &mut self.measured.proposed;
+            if proposed.len() == MAX_TIMED_BATCHES {
+                proposed.pop_front();
+            }
+            proposed.push_back((last, Instant::now()));
+        }
+    }
+
+    /// Counts elections and times commits (`crate::metrics`), after each
+    /// wake-up: a role compared, and a clock read only while proposals wait.
+    fn measure(&mut self) {
+        let core = self.driver.core();
+        let role = core.role();
+        if role != self.measured.role {
+            if role == Role::Candidate {
+                metrics::counter!(crate::metrics::ELECTIONS).increment(1);
+            }
+            if role != Role::Leader {
+                self.measured.proposed.clear();
+            }
+            self.measured.role = role;
+        }
+        let commit = core.commit_index();
+        if self.measured.proposed.front().is_some_and(|(index, _)| *index <= commit) {
+            let now = Instant::now();
+            while let Some(&(index, at)) = self.measured.proposed.front() {
+                if index > commit {
+                    break;
+                }
+                metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(now - at);
+                self.measured.proposed.pop_front();
+            }
+        }
+    }
+
+    fn take_requests(&mut self, first: Request, requests: &mut mpsc::Receiver<Request>, max_batch: usize) {
         let mut commands = Vec::new();
         let mut replies = Vec::new();
         let mut next = Some(first);
@@ -336,6 +393,7 @@ impl RaftLoop {
             Effect::SnapshotTaken { reply, id } => reply.snapshot_taken(id),
             Effect::LeaderChanged(info) => {
                 tracing::info!(node = %self.id, leader = ?info.leader.map(|l| l.0), term = %info.term, "leader changed");
+                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
                 self.leader.send_replace(info);
                 if !self.observers.is_empty() {
                     self.observe(Observation::leader_changed(info));

@@ -17,12 +17,17 @@ pub(crate) fn write_snapshot(
     source: Box<dyn SnapshotSource>,
 ) -> Result<SnapshotInfo, StorageError> {
     let id = meta.last_log_id;
+    let started = std::time::Instant::now();
     let mut sink = store.create(meta)?;
     if let Err(e) = source.write_to(&mut sink) {
         let _ = sink.cancel();
         return Err(StorageError::io("write snapshot", id.to_string(), e));
     }
-    sink.commit()
+    let info = sink.commit()?;
+    metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS).record(started.elapsed());
+    metrics::gauge!(crate::metrics::SNAPSHOT_BYTES).set(info.size as f64);
+    metrics::counter!(crate::metrics::SNAPSHOTS).increment(1);
+    Ok(info)
 }
 
 /// The stored snapshot that covers exactly up to `id`.

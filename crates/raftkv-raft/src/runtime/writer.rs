@@ -48,7 +48,20 @@ pub(crate) fn log_writer(
             queued.push(job);
         }
         let (steps, seq) = StoreJob::merge(queued);
-        let event = match run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks) {
+        let entries: usize = steps
+            .iter()
+            .map(|step| match step {
+                raftkv_driver::StoreStep::Write(write) => write.entries.len(),
+                _ => 0,
+            })
+            .sum();
+        let started = std::time::Instant::now();
+        let ran = run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks);
+        if entries > 0 && ran.is_ok() {
+            metrics::histogram!(crate::metrics::APPEND_SECONDS).record(started.elapsed());
+            metrics::counter!(crate::metrics::ENTRIES_APPENDED).increment(entries as u64);
+        }
+        let event = match ran {
             Err(error) => WriterEvent::Failed(error),
             Ok(()) => match seq {
                 Some(seq) => WriterEvent::Persisted(seq),

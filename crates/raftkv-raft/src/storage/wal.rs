@@ -400,6 +400,7 @@ impl Wal {
             (None, Some(segment)) => segment.first,
             (None, None) => LogIndex(1),
         };
+        metrics::gauge!(crate::metrics::WAL_SEGMENTS).set(segments.len() as f64);
         let wal = Wal {
             dir,
             vfs,
@@ -462,6 +463,7 @@ impl Wal {
             }
             segment.allocated = target;
         }
+        metrics::counter!(crate::metrics::WAL_BYTES).increment(buf.len() as u64);
         if let Err(e) = segment.file.write_all_at(&buf, start) {
             let error = StorageError::io("write", &segment.path, e);
             // Cut off whatever part of the batch landed; the log stays as it was.
@@ -563,6 +565,7 @@ impl Wal {
                     end: HEADER_LEN,
                     allocated: HEADER_LEN,
                 });
+                metrics::gauge!(crate::metrics::WAL_SEGMENTS).set(inner.segments.len() as f64);
                 Ok(())
             }
             Err(error) => {
@@ -590,11 +593,14 @@ impl Wal {
         if let Some(reason) = lock(&self.sync).poisoned.clone() {
             return Err(StorageError::Poisoned { reason });
         }
-        file.sync_data().map_err(|e| {
+        let started = std::time::Instant::now();
+        let synced = file.sync_data().map_err(|e| {
             let error = StorageError::io("sync", path, e);
             lock(&self.sync).poisoned = Some(error.to_string());
             error
-        })
+        });
+        metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(started.elapsed());
+        synced
     }
 
     fn poison(&self, inner: &mut Inner, error: &StorageError) {
@@ -624,6 +630,7 @@ impl Wal {
             inner.segments.remove(0);
             removed = true;
         }
+        metrics::gauge!(crate::metrics::WAL_SEGMENTS).set(inner.segments.len() as f64);
         if removed {
             self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
         }
@@ -880,6 +887,7 @@ impl Wal {
                 removed = true;
             }
         }
+        metrics::gauge!(crate::metrics::WAL_SEGMENTS).set(inner.segments.len() as f64);
         if removed {
             self.vfs.sync_dir(&self.dir).map_err(|e| StorageError::io("sync", &self.dir, e))?;
         }

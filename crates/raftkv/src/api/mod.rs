@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod params;
 
 use std::sync::Arc;
@@ -40,13 +41,15 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/gossip/members", get(admin::gossip_members))
         .route("/api/maintain/stats", get(admin::stats))
         .route_layer(failed())
-        .route_layer(require(Role::Read));
+        .route_layer(require(Role::Read))
+        .route_layer(axum::middleware::from_fn(metrics::track));
     let write = Router::new()
         .route("/api/v1/set", post(kv::set))
         .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
         .route("/api/v1/cas", post(kv::cas))
         .route_layer(failed())
-        .route_layer(require(Role::Write));
+        .route_layer(require(Role::Write))
+        .route_layer(axum::middleware::from_fn(metrics::track));
     let admin = Router::new()
         .route("/api/v1/join", post(admin::join))
         .route("/api/v1/remove", post(admin::remove))
@@ -56,9 +59,15 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/maintain/config", post(admin::reload_config))
         .route("/api/maintain/snapshot", post(admin::take_snapshot))
         .route_layer(failed())
-        .route_layer(require(Role::Admin));
-    // Probes carry no token, and answer for a failed node themselves.
-    let open = Router::new().route("/v1/health", get(health::health)).route("/v1/ready", get(health::ready));
+        .route_layer(require(Role::Admin))
+        .route_layer(axum::middleware::from_fn(metrics::track));
+    // Probes and scrapers carry no token (like etcd's /health and
+    // /metrics), and these answer for a failed node themselves.
+    let open = Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/v1/ready", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(metrics::track));
     Router::new()
         .merge(open)
         .merge(read)

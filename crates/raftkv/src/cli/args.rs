@@ -365,6 +365,9 @@ pub struct AgentArgs {
     /// restore's log, that would leave less is refused (507, nothing restored).
     #[arg(long, default_value_t = 256 << 20)]
     pub disk_reserve_bytes: u64,
+    /// Record no metrics (`GET /metrics` answers 404).
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 #[derive(Args)]

@@ -18,6 +18,12 @@ use raftkv_raft::transport::listen::{ListenLimits, ListenTls};
 use raftkv_raft::transport::tls::{Tls, TlsFiles};
 
 pub async fn run_agent(args: AgentArgs) -> i32 {
+    if !args.no_metrics {
+        if let Err(error) = crate::api::metrics::install() {
+            eprintln!("raftkv agent: {error}");
+            return 2;
+        }
+    }
     let descriptors = raise_open_file_limit();
     let (mut raft_listen, mut http_listen) =
         (ListenLimits::default(), ListenLimits { refusal: OVER_CAP, ..ListenLimits::default() });
