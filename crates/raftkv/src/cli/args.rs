@@ -2,23 +2,121 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// What the client commands' exit statuses mean (the agent's are under `raftkv agent --help`).
+const EXIT_STATUSES: &str = "\
+Exit status of the client commands:
+  0  done
+  1  failed, or not done: nothing took effect (a bad argument, a refusal, no
+     endpoint reachable, an unhealthy endpoint for `endpoint health`)
+  2  bad command line
+  4  a write may or may not have taken effect (no answer after it was sent, or
+     a 504 / outcome \"unknown\"): it was not sent again; retry only what is idempotent";
+
 #[derive(Parser)]
-#[command(name = "raftkv", version, about = "A replicated key-value store on Raft", args_override_self = true)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A replicated key-value store on Raft",
+    args_override_self = true,
+    after_help = EXIT_STATUSES
+)]
 pub struct Cli {
     /// Log format of the agent.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub global: GlobalClientArgs,
     #[command(subcommand)]
     pub command: Commands,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
+    /// Lines for people (coloured on a terminal).
     Human,
+    /// One JSON object per line.
     Json,
+}
+
+/// Options of every client command; they may come before or after the
+/// command's name.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Client options")]
+pub struct GlobalClientArgs {
+    /// Nodes to send requests to, comma-separated, each host:port or
+    /// http(s)://host:port. A request a node did not take (it cannot be
+    /// connected to, or answers 503 with outcome "not_done") goes on to the
+    /// next; a write that may have taken effect is never sent again (exit 4);
+    /// reads are tried on each in turn. Default: --addr, else 127.0.0.1:8001.
+    #[arg(long, global = true, env = "RAFTKV_ENDPOINTS", value_delimiter = ',', value_name = "ENDPOINTS")]
+    pub endpoints: Vec<String>,
+    /// Deadline of the whole command, e.g. 5s, 500ms, 2m (default: 30s per
+    /// request, 5s for `endpoint`, longer for join and leave, none for
+    /// snapshot transfers).
+    #[arg(long, global = true, env = "RAFTKV_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Output format of get, list, members, stats and endpoint (json works
+    /// for every client command).
+    #[arg(short = 'w', long, global = true, value_enum, default_value_t = WriteOut::Simple)]
+    pub write_out: WriteOut,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum WriteOut {
+    /// Plain lines, as `raftkv` always printed them.
+    Simple,
+    /// The server's JSON, as one document.
+    Json,
+    /// Aligned columns under a header.
+    Table,
+}
+
+/// Read consistency.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, ValueEnum)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (ReadIndex: the
+    /// leader confirms it still leads).
+    #[default]
+    Linearizable,
+    /// Like linearizable, trusting the leader's lease instead of a round of
+    /// heartbeats (wrong only if clocks drift beyond the configured bound).
+    Lease,
+    /// The asked node's state as it is, possibly behind.
+    Stale,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+/// A duration with its unit: `1.5s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("{text:?} needs a unit: ms, s, m or h (e.g. 5s, 500ms)")),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h (e.g. 5s, 500ms)")),
+    };
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 5s, 500ms)"))?;
+    Duration::try_from_secs_f64(number * scale)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?}: a duration must be positive and not huge"))
 }
 
 #[derive(Subcommand)]
@@ -32,44 +130,75 @@ pub enum Commands {
     Demo(DemoArgs),
     /// Load a cluster with a closed loop of clients and report throughput and latency.
     Bench(BenchArgs),
-    /// Set a key.
+    /// Set KEY to a value: VALUE, `-` to read it from stdin, or --file.
     Put {
+        /// The key to set.
         key: String,
-        value: String,
+        #[command(flatten)]
+        value: ValueArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Read a key.
+    /// Read a key, or with --prefix every key under a prefix.
     Get {
-        key: String,
-        #[arg(long, default_value = "linearizable")]
-        consistency: String,
+        /// The key to read.
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Read every key that starts with PREFIX, with its value, in key
+        /// order ("" for all keys), page by page.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// With --prefix: stop after N keys.
+        #[arg(long, requires = "prefix", value_name = "N")]
+        limit: Option<usize>,
+        #[command(flatten)]
+        paging: PagingArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Delete a key.
+    /// Delete a key, or with --prefix every key under a prefix.
     Delete {
-        key: String,
+        /// The key to delete.
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Delete every key that starts with PREFIX ("" for all keys): lists
+        /// them page by page and deletes each with its own write, then says
+        /// how many. NOT ATOMIC: a failure part way leaves the keys before it
+        /// deleted, and a key written under PREFIX meanwhile may survive.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// With --prefix: how the keys are listed.
+        #[command(flatten)]
+        paging: PagingArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Set KEY to VALUE if it currently holds EXPECTED (--absent: if it does not exist).
     Cas {
+        /// The key to set.
         key: String,
-        value: String,
+        #[command(flatten)]
+        value: ValueArgs,
+        /// The value KEY must hold for the swap to happen.
         #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
         expected: Option<String>,
+        /// Swap only if KEY does not exist.
         #[arg(long)]
         absent: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List keys under a prefix.
+    /// List the keys under a prefix with their values, every page of them
+    /// unless --limit.
     List {
+        /// Only keys that start with this ("": every key).
         #[arg(default_value = "")]
         prefix: String,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// Stop after N keys (default: all of them).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        #[command(flatten)]
+        paging: PagingArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -88,7 +217,9 @@ pub enum Commands {
     /// voter once it has caught up and stayed so (the server stabilization
     /// time), and is removed again if it does not within the join timeout.
     Join {
+        /// The new node's id.
         id: u64,
+        /// Where the new node listens for raft (its --raft-addr).
         raft_addr: String,
         /// Where the node serves its HTTP API (shown by `members`).
         #[arg(long)]
@@ -99,8 +230,9 @@ pub enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Make the node at --addr leave the cluster: it hands leadership over,
-    /// is removed from the configuration, tells gossip, and exits.
+    /// Make the node at --addr (or the one endpoint) leave the cluster: it
+    /// hands leadership over, is removed from the configuration, tells
+    /// gossip, and exits.
     Leave {
         #[command(flatten)]
         client: ClientArgs,
@@ -113,16 +245,21 @@ pub enum Commands {
     Operator(OperatorCommand),
     /// Remove node ID from the cluster.
     Remove {
+        /// The id of the node to remove.
         id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Hand leadership to node ID (or to another voter).
     TransferLeader {
+        /// The voter to hand leadership to (default: another voter, the leader's choice).
         id: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Each endpoint's health and status (like `etcdctl endpoint`).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// Back up, restore or check the whole state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -140,6 +277,47 @@ pub enum Commands {
         /// JSON: [{"id": 1, "address": "127.0.0.1:9001", "non_voter": false}, ...]
         #[arg(long)]
         peers: PathBuf,
+    },
+}
+
+/// Where a value comes from: the VALUE argument, stdin (`-`), or a file.
+#[derive(Args)]
+pub struct ValueArgs {
+    /// The value; `-` reads it from stdin, as it is (a final newline too).
+    #[arg(required_unless_present = "file")]
+    pub value: Option<String>,
+    /// Read the value from FILE, as it is (for values too long for an
+    /// argument). It must be UTF-8 text.
+    #[arg(long, conflicts_with = "value", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// How a read of many keys pages through them.
+#[derive(Args)]
+pub struct PagingArgs {
+    /// Keys asked for per request (a page also stops at 16 MiB of keys and values).
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub page_size: usize,
+    /// Read consistency.
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: Consistency,
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// Ask every endpoint whether it is healthy (GET /v1/health: its raft
+    /// node runs) and ready (GET /v1/ready: it knows a leader and has applied
+    /// everything it knows committed). Exits 1 if any endpoint is not both.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every endpoint's node id, raft state, leader, term, commit and applied
+    /// index (GET /api/maintain/stats, /v1/health, /v1/ready). Exits 1 if any
+    /// endpoint did not answer.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -187,8 +365,10 @@ pub struct CertCreate {
     /// Extra IP addresses the certificate is valid for (repeat).
     #[arg(long)]
     pub ip: Vec<std::net::IpAddr>,
+    /// The CA's certificate.
     #[arg(long, default_value = "raftkv-ca.pem")]
     pub ca: PathBuf,
+    /// The CA's private key.
     #[arg(long, default_value = "raftkv-ca-key.pem")]
     pub ca_key: PathBuf,
     /// Where to write the files.
@@ -228,21 +408,26 @@ pub enum AutopilotCommand {
 pub enum SnapshotCommand {
     /// Download a consistent backup of the cluster's keys into FILE.
     Save {
+        /// Where to write the backup (through FILE.partial, renamed once checked).
         file: PathBuf,
-        #[arg(long, default_value = "linearizable")]
-        consistency: String,
+        /// Read consistency of the state saved.
+        #[arg(long, value_enum, default_value_t)]
+        consistency: Consistency,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Replace the cluster's keys with those of the backup FILE (through raft).
     Restore {
+        /// The backup to restore (checked whole before anything is sent).
         file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Check a backup FILE and print its index, term, configuration, size and key count.
     Inspect {
+        /// The backup to check.
         file: PathBuf,
+        /// Print JSON (same as -w json).
         #[arg(long)]
         json: bool,
     },
@@ -393,6 +578,7 @@ pub struct BenchArgs {
     /// The system under test.
     #[arg(long, value_enum, default_value_t = BenchSystem::Raftkv)]
     pub system: BenchSystem,
+    /// Clients, each with one request at a time.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Seconds to run (unless --requests is given).
@@ -404,14 +590,15 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     pub keys: u64,
+    /// Bytes of each value written.
     #[arg(long, default_value_t = 128)]
     pub value_size: usize,
     /// Weights of writes, reads and compare-and-swaps, as write:read:cas.
     #[arg(long, default_value = "100:0:0")]
     pub mix: crate::bench::Mix,
-    /// Read consistency: linearizable, lease (raftkv) or stale.
-    #[arg(long, default_value = "linearizable")]
-    pub consistency: String,
+    /// Read consistency of the reads (etcd has no lease reads; stale is its serializable).
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: Consistency,
     /// Print only the JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -421,16 +608,19 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum BenchSystem {
+    /// raftkv's HTTP API.
     Raftkv,
+    /// etcd's v3 gRPC API.
     Etcd,
 }
 
 #[derive(Args)]
 pub struct ClientArgs {
-    /// HTTP address of any node: host:port, or a URL (http:// or https://).
-    #[arg(long, default_value = "127.0.0.1:8001")]
-    pub addr: String,
-    /// Print the server's JSON.
+    /// HTTP address of one node: host:port, or a URL (http:// or https://);
+    /// the same as --endpoints with one endpoint [default: 127.0.0.1:8001].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// Print the server's JSON (same as -w json).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -462,6 +652,22 @@ impl SecurityArgs {
             cert: self.cert.clone(),
             key: self.key.clone(),
             token: self.token.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit_and_must_be_positive() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["5", "5x", "s", "0s", "-1s", "1e400s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 }

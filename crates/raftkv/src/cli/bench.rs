@@ -4,8 +4,12 @@ use std::time::Duration;
 
 use crate::bench::{self, BenchConfig, Stop, System};
 use crate::cli::args::{BenchArgs, BenchSystem};
+use crate::cli::client::{Cluster, Deadline};
+use crate::cli::Globals;
 
-pub async fn run(args: BenchArgs) -> i32 {
+/// Exits 1, with the reason, if a raftkv target cannot be reached before the
+/// run (nothing is run then) or no request at all succeeded.
+pub async fn run(args: BenchArgs, globals: &Globals) -> i32 {
     let config = BenchConfig {
         system: match args.system {
             BenchSystem::Raftkv => System::Raftkv,
@@ -21,9 +25,15 @@ pub async fn run(args: BenchArgs) -> i32 {
         keys: args.keys,
         value_size: args.value_size,
         mix: args.mix,
-        consistency: args.consistency,
+        consistency: args.consistency.as_str().to_string(),
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    if config.system == System::Raftkv {
+        if let Err(reason) = reachable(&config, globals).await {
+            eprintln!("raftkv bench: {reason}; nothing was run");
+            return 1;
+        }
+    }
     match bench::run(&config).await {
         Ok(result) => {
             let summary = result.to_json(&config);
@@ -42,11 +52,37 @@ pub async fn run(args: BenchArgs) -> i32 {
                 );
             }
             println!("{summary}");
+            if result.ops == 0 {
+                eprintln!(
+                    "raftkv bench: no request succeeded ({} errors, by HTTP status, 0 for no answer: {})",
+                    result.errors, summary["error_statuses"]
+                );
+                return 1;
+            }
             0
         }
         Err(error) => {
             eprintln!("raftkv bench: {error}");
             1
         }
+    }
+}
+
+/// Whether every raftkv target answers its health probe (GET /v1/health).
+async fn reachable(config: &BenchConfig, globals: &Globals) -> Result<(), String> {
+    let deadline = Deadline::new(globals.timeout(), Duration::from_secs(5));
+    let cluster = Cluster::new(&config.targets, &config.security, deadline)?;
+    let mut failures = Vec::new();
+    for (target, answer) in cluster.each("/v1/health").await {
+        match answer {
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => failures.push(format!("{target}: {}", answer.error().message())),
+            Err(reason) => failures.push(format!("{target}: {reason}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cannot reach every --target: {}", failures.join("; ")))
     }
 }

@@ -10,14 +10,62 @@ pub mod serve;
 pub mod snapshot;
 pub mod tls;
 
-use clap::Parser;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::agent::recover;
-use crate::cli::args::{Cli, Commands, LogFormat};
+use crate::cli::args::{Cli, ClientArgs, Commands, GlobalClientArgs, LogFormat, WriteOut};
+use crate::cli::client::DEFAULT_ENDPOINT;
+
+/// The client options given before or after the command's name, and where
+/// `--endpoints` came from.
+pub struct Globals {
+    pub args: GlobalClientArgs,
+    /// `--endpoints` came from `RAFTKV_ENDPOINTS`, not the command line.
+    pub endpoints_from_env: bool,
+}
+
+impl Globals {
+    /// The endpoints of a client command: `--endpoints` or `--addr` on the
+    /// command line (not both), else `RAFTKV_ENDPOINTS`, else the default.
+    pub fn endpoints(&self, client: &ClientArgs) -> Result<Vec<String>, String> {
+        let given: Vec<String> =
+            self.args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if !self.args.endpoints.is_empty() && given.is_empty() {
+            return Err("--endpoints (or RAFTKV_ENDPOINTS) names no endpoint".to_string());
+        }
+        match (&client.addr, self.endpoints_from_env) {
+            (Some(_), false) if !given.is_empty() => Err("give --addr or --endpoints, not both".to_string()),
+            (Some(addr), _) => Ok(vec![addr.clone()]),
+            (None, _) if !given.is_empty() => Ok(given),
+            (None, _) => Ok(vec![DEFAULT_ENDPOINT.to_string()]),
+        }
+    }
+
+    /// The output format: `--json` is `-w json`.
+    pub fn write_out(&self, client: &ClientArgs) -> WriteOut {
+        if client.json {
+            WriteOut::Json
+        } else {
+            self.args.write_out
+        }
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.args.timeout
+    }
+}
 
 /// Runs the command line; returns the process's exit status.
 pub async fn run() -> i32 {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let endpoints_from_env = matches.value_source("endpoints") == Some(clap::parser::ValueSource::EnvVariable);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let globals = Globals { args: cli.global, endpoints_from_env };
     match cli.command {
         Commands::Agent(args) => {
             init_logging(cli.log_format);
@@ -27,8 +75,8 @@ pub async fn run() -> i32 {
             init_logging(cli.log_format);
             serve::run_demo(args).await
         }
-        Commands::Bench(args) => bench::run(args).await,
-        Commands::Snapshot(command) => snapshot::run(command).await,
+        Commands::Bench(args) => bench::run(args, &globals).await,
+        Commands::Snapshot(command) => snapshot::run(command, &globals).await,
         Commands::Tls(command) => tls::run(command),
         Commands::Keygen => tls::keygen(),
         Commands::Recover { data_dir, peers } => match recover::recover(&data_dir, &peers) {
@@ -41,7 +89,7 @@ pub async fn run() -> i32 {
                 1
             }
         },
-        command => kv::run(command).await,
+        command => kv::run(command, &globals).await,
     }
 }
 

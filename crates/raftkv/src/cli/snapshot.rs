@@ -8,22 +8,51 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::args::{ClientArgs, SnapshotCommand};
-use crate::cli::client::{encode, Client};
+use crate::cli::args::{ClientArgs, Consistency, SnapshotCommand, WriteOut};
+use crate::cli::client::{encode, show_duration, Client};
+use crate::cli::Globals;
 use crate::state::image::{self, ImageHeader};
 
-pub async fn run(command: SnapshotCommand) -> i32 {
+/// Save and restore talk to the first endpoint; `--timeout` bounds the whole
+/// transfer (exit 4 if a restore's upload was cut: it may have been taken).
+pub async fn run(command: SnapshotCommand, globals: &Globals) -> i32 {
+    let timeout = globals.timeout();
+    let within = |what: &'static str| {
+        move |outcome: Result<Result<Value, String>, tokio::time::error::Elapsed>| {
+            outcome.unwrap_or_else(|_| {
+                Err(format!("{what} timed out after {} (--timeout)", show_duration(timeout.unwrap_or_default())))
+            })
+        }
+    };
+    let mut cut_off_exit = 1;
     let (result, json) = match command {
         SnapshotCommand::Save { file, consistency, client } => {
-            let saved = save(&client, &consistency, &file).await;
+            let saved = match timeout {
+                Some(t) => within("save")(tokio::time::timeout(t, save(globals, &client, consistency, &file)).await),
+                None => save(globals, &client, consistency, &file).await,
+            };
             let saved = saved.map(|mut value| {
                 value["file"] = json!(file.display().to_string());
                 value
             });
-            (saved, client.json)
+            (saved, globals.write_out(&client) == WriteOut::Json)
         }
-        SnapshotCommand::Restore { file, client } => (restore(&client, &file).await, client.json),
-        SnapshotCommand::Inspect { file, json } => (inspect(&file).map(|(h, size)| describe(&h, size)), json),
+        SnapshotCommand::Restore { file, client } => {
+            let restored = match timeout {
+                Some(t) => {
+                    let outcome = tokio::time::timeout(t, restore(globals, &client, &file)).await;
+                    if outcome.is_err() {
+                        cut_off_exit = 4;
+                    }
+                    within("restore (it may or may not have been taken)")(outcome)
+                }
+                None => restore(globals, &client, &file).await,
+            };
+            (restored, globals.write_out(&client) == WriteOut::Json)
+        }
+        SnapshotCommand::Inspect { file, json } => {
+            (inspect(&file).map(|(h, size)| describe(&h, size)), json || globals.args.write_out == WriteOut::Json)
+        }
     };
     match result {
         Ok(value) if json => {
@@ -39,7 +68,7 @@ pub async fn run(command: SnapshotCommand) -> i32 {
         }
         Err(message) => {
             eprintln!("raftkv snapshot: {message}");
-            1
+            cut_off_exit
         }
     }
 }
@@ -81,9 +110,9 @@ fn inspect(file: &Path) -> Result<(ImageHeader, u64), String> {
 
 /// Downloads a backup from the node at `addr` into `file` (written to
 /// `FILE.partial`, checked, then renamed).
-async fn save(client: &ClientArgs, consistency: &str, file: &Path) -> Result<Value, String> {
-    let addr = &client.addr;
-    let path = format!("/api/v1/snapshot?consistency={}", encode(consistency));
+async fn save(globals: &Globals, client: &ClientArgs, consistency: Consistency, file: &Path) -> Result<Value, String> {
+    let addr = &first_endpoint(globals, client)?;
+    let path = format!("/api/v1/snapshot?consistency={}", encode(consistency.as_str()));
     let mut response = Client::new(addr, &client.security.security())?.download(&path).await?;
     let partial = PathBuf::from(format!("{}.partial", file.display()));
     let mut out =
@@ -113,8 +142,8 @@ async fn save(client: &ClientArgs, consistency: &str, file: &Path) -> Result<Val
 
 /// Checks `file`, then uploads it to the node at `addr`, which restores it
 /// into the cluster through the log.
-async fn restore(client: &ClientArgs, file: &Path) -> Result<Value, String> {
-    let addr = &client.addr;
+async fn restore(globals: &Globals, client: &ClientArgs, file: &Path) -> Result<Value, String> {
+    let addr = &first_endpoint(globals, client)?;
     let (_, size) = inspect(file).map_err(|e| format!("{e}; nothing was sent"))?;
     let opened = tokio::fs::File::open(file).await.map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     let bar = progress(Some(size), "uploading");
@@ -134,4 +163,9 @@ async fn restore(client: &ClientArgs, file: &Path) -> Result<Value, String> {
         .await;
     bar.finish_and_clear();
     answer
+}
+
+/// The endpoint a transfer talks to: the first one.
+fn first_endpoint(globals: &Globals, client: &ClientArgs) -> Result<String, String> {
+    globals.endpoints(client)?.into_iter().next().ok_or_else(|| "no endpoint given".to_string())
 }
