@@ -47,9 +47,9 @@
 //! Every record is checked. Damage in the last segment is a torn tail (a crash
 //! during a write that was never acknowledged), cut off with a warning, only
 //! if no valid record of a later index lies anywhere after it (searched by the
-//! index field, since the damaged length cannot be trusted; the search
-//! checksums at most `SEARCH_BUDGET` bytes, and a segment crafted to exceed
-//! that is refused, never cut). Damage anywhere
+//! index field, since the damaged length cannot be trusted; in linear time,
+//! and a segment crafted with more candidates than any torn write leaves is
+//! refused, never cut). Damage anywhere
 //! else, or followed by a valid record, is a `Corrupt` error naming the file
 //! and offset: never skipped, never a panic. A damaged *final* record cannot
 //! be told apart from a torn write and is cut; nothing wrong is ever returned.
@@ -348,7 +348,7 @@ impl Wal {
                         // is a torn tail only if no later entry survives behind it.
                         let whole = matches!(damage, Record::Undecodable(_));
                         let behind = if is_last && !whole {
-                            valid_record_follows(&data, offset, expected, SEARCH_BUDGET)
+                            valid_record_follows(&data, offset, expected)
                         } else {
                             Behind::Entry
                         };
@@ -364,10 +364,10 @@ impl Wal {
                             segments.push(Segment { first, path, file, offsets, end: offset, allocated: offset });
                             continue 'segments;
                         }
-                        if let Behind::GaveUp { checked } = behind {
+                        if let Behind::GaveUp { why } = behind {
                             let reason = format!(
-                                "damaged record in the last segment, and the search for an intact entry behind it \
-                                 gave up after checksumming {checked} bytes (a crafted segment?): refused, not cut"
+                                "damaged record in the last segment, and behind it {why}: no torn write leaves \
+                                 that (a crafted segment?); refused, not cut"
                             );
                             return Err(corrupt(offset, reason));
                         }
@@ -699,34 +699,46 @@ enum Behind {
     Entry,
     /// Nothing valid: the damage is a torn tail.
     Nothing,
-    /// The search checksummed `SEARCH_BUDGET` bytes without an answer. Only
-    /// a crafted segment gets here (natural damage and preallocated zeros
-    /// hold few plausible index fields); it is refused, never cut.
-    GaveUp { checked: u64 },
+    /// The search met more candidates than natural damage holds (see
+    /// `MAX_CANDIDATES`, `MAX_FALSE_MATCHES`): a crafted segment, refused,
+    /// never cut.
+    GaveUp { why: String },
 }
 
-/// The bytes the search behind a damaged record may checksum: four times
-/// the largest segment, so any real answer is found, while a crafted
-/// segment (a plausible index field every few bytes, each claiming a length
-/// that reaches far) cannot make opening quadratic.
-const SEARCH_BUDGET: u64 = 4 * MAX_RECORD_BYTES;
+/// Candidate records (a plausible index field behind a length that fits)
+/// the search weighs at most. Torn writes and preallocated zeros hold few;
+/// a quarter million takes megabytes of data laid out as records, and
+/// about half a second to weigh.
+const MAX_CANDIDATES: usize = 1 << 18;
+
+/// Candidates whose checksum holds but that are not the entry their index
+/// field names, at most: by chance one in 2^32; each costs decoding.
+const MAX_FALSE_MATCHES: usize = 64;
 
 /// Whether a whole, valid record of a later entry lies anywhere after the
 /// damaged record of entry `expected` at `offset`. If so, the damage is not a
 /// torn tail but corruption inside the log (possibly over several records). The
 /// damaged record's length field cannot be trusted, so the search looks at every
 /// position for an index field (16 bytes into a record) naming one of the
-/// entries that could follow, and checks the whole record there, within
-/// `budget` bytes checksummed in all.
-fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex, budget: u64) -> Behind {
-    const MIN_RECORD: u64 = RECORD_HEADER_LEN + 17;
+/// entries that could follow, behind a length that fits, and checks the
+/// record there.
+///
+/// In linear time: candidates may overlap (a crafted segment can make every
+/// few bytes one, each reaching far), so their checksums are not computed
+/// one by one. One pass over the bytes takes the CRC of each prefix that
+/// starts or ends a candidate's payload; CRC-32C being linear, a payload's
+/// is then `P(end) ^ combine(P(start), 0, len)`.
+fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex) -> Behind {
+    const MIN_RECORD: u64 = RECORD_HEADER_LEN + ENTRY_HEADER_LEN as u64;
     let from = offset as usize + 1 + 16;
     if from + 8 > data.len() {
         return Behind::Nothing;
     }
     let lowest = expected.0 + 1;
     let highest = expected.0 + (data.len() as u64 - offset) / MIN_RECORD + 1;
-    let mut checked = 0u64;
+    let le32 = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+    // (record start, payload start, payload end, stored checksum, index field)
+    let mut candidates = Vec::new();
     for at in from..=data.len() - 8 {
         let mut field = [0u8; 8];
         field.copy_from_slice(&data[at..at + 8]);
@@ -734,21 +746,93 @@ fn valid_record_follows(data: &[u8], offset: u64, expected: LogIndex, budget: u6
         if !(lowest..=highest).contains(&index) {
             continue;
         }
-        // The record would start 16 bytes before its index field; what
-        // `read_record` checksums there is its claimed length, if that fits.
         let start = at - 16;
-        let claimed = u64::from(u32::from_le_bytes([data[start], data[start + 1], data[start + 2], data[start + 3]]));
-        if RECORD_HEADER_LEN + claimed <= (data.len() - start) as u64 {
-            checked += claimed;
-            if checked > budget {
-                return Behind::GaveUp { checked };
-            }
+        let len = u64::from(le32(start));
+        let payload = start + RECORD_HEADER_LEN as usize;
+        if !(ENTRY_HEADER_LEN as u64..=MAX_RECORD_BYTES).contains(&len) || len > (data.len() - payload) as u64 {
+            continue;
+        }
+        if candidates.len() == MAX_CANDIDATES {
+            return Behind::GaveUp { why: format!("more than {MAX_CANDIDATES} candidate records") };
+        }
+        candidates.push((start, payload, payload + len as usize, le32(start + 4), index));
+    }
+    let Some(&(_, base, _, _, _)) = candidates.first() else { return Behind::Nothing };
+    let mut marks: Vec<usize> = candidates.iter().flat_map(|&(_, s, e, _, _)| [s, e]).collect();
+    marks.sort_unstable();
+    marks.dedup();
+    let mut prefixes = Vec::with_capacity(marks.len());
+    let (mut crc, mut at) = (0u32, base);
+    for &mark in &marks {
+        crc = crc32c::crc32c_append(crc, &data[at..mark]);
+        prefixes.push(crc);
+        at = mark;
+    }
+    let prefix = |at: usize| marks.binary_search(&at).ok().map(|i| prefixes[i]);
+    let mut false_matches = 0;
+    for (start, payload, end, stored, index) in candidates {
+        let (Some(before), Some(after)) = (prefix(payload), prefix(end)) else { continue };
+        if after ^ crc_shift(before, end - payload) != stored {
+            continue;
         }
         if matches!(read_record(data, start as u64), Record::Entry(entry, _) if entry.index.0 == index) {
             return Behind::Entry;
         }
+        false_matches += 1;
+        if false_matches > MAX_FALSE_MATCHES {
+            return Behind::GaveUp {
+                why: format!("more than {MAX_FALSE_MATCHES} checksummed records that are not entries"),
+            };
+        }
     }
     Behind::Nothing
+}
+
+/// `crc32c_combine(crc, 0, len)`: what a CRC-32C over some bytes
+/// contributes to the CRC of those bytes followed by `len` more, i.e. `crc`
+/// times x^(8 len) modulo the (reflected) Castagnoli polynomial. In O(log
+/// len) multiplications, with the powers x^(2^k) computed once (as zlib's
+/// `crc32_combine` does): a thousand times faster than the crate's combine,
+/// which the search behind a damaged record calls once per candidate.
+fn crc_shift(crc: u32, len: usize) -> u32 {
+    const POLY: u32 = 0x82f6_3b78;
+    fn multiply(a: u32, mut b: u32) -> u32 {
+        let (mut m, mut product) = (1u32 << 31, 0u32);
+        loop {
+            if a & m != 0 {
+                product ^= b;
+                if a & (m - 1) == 0 {
+                    return product;
+                }
+            }
+            m >>= 1;
+            if m == 0 {
+                return product;
+            }
+            b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
+        }
+    }
+    static POWERS: std::sync::OnceLock<[u32; 64]> = std::sync::OnceLock::new();
+    let powers = POWERS.get_or_init(|| {
+        // x^(2^k), k = 0..64 (reflected: x^0 is bit 31).
+        let mut table = [0u32; 64];
+        let mut p = 1u32 << 30;
+        for entry in &mut table {
+            *entry = p;
+            p = multiply(p, p);
+        }
+        table
+    });
+    // x^(8 len) = the product of x^(2^(k+3)) over the bits k of len.
+    let (mut factor, mut n, mut k) = (1u32 << 31, len as u64, 3usize);
+    while n != 0 {
+        if n & 1 != 0 {
+            factor = multiply(powers[k & 63], factor);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    multiply(factor, crc)
 }
 
 /// Writes zeros over `from..to` of `file`.
@@ -916,5 +1000,24 @@ impl Wal {
         sync.synced_seq = sync.synced_seq.max(inner.written_seq);
         sync.wake_waiters();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crc_shift;
+
+    #[test]
+    fn crc_shift_is_the_crates_combine_with_nothing_appended() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for len in [0usize, 1, 2, 7, 8, 100, 1023, 4096, 1 << 20, 3 << 27] {
+            for crc in [0u32, 1, 0xdead_beef, crc32c::crc32c(&data)] {
+                assert_eq!(crc_shift(crc, len), crc32c::crc32c_combine(crc, 0, len), "crc {crc:x}, len {len}");
+            }
+        }
+        // A range's CRC from two prefix CRCs.
+        let (a, b) = (1234, 4321);
+        let (before, after) = (crc32c::crc32c(&data[..a]), crc32c::crc32c(&data[..b]));
+        assert_eq!(after ^ crc_shift(before, b - a), crc32c::crc32c(&data[a..b]));
     }
 }
