@@ -252,10 +252,17 @@ async fn accept_loop(
                     tracing::warn!(listener = %local, client = %remote, cap, suppressed = refusals.take_suppressed(), "connection refused: over a cap");
                 }
                 if !limits.refusal.is_empty() {
-                    // A fresh socket's send buffer takes a short answer at once.
-                    let _ = tcp.try_write(limits.refusal);
+                    // A fresh socket's send buffer takes a short answer at
+                    // once. Written on the plain socket: tokio's `try_write`
+                    // refuses (WouldBlock) until the reactor has seen the
+                    // new socket writable, and a busy reactor had not, so
+                    // the answer was lost.
+                    if let Ok(mut socket) = tcp.into_std() {
+                        let _ = std::io::Write::write(&mut socket, limits.refusal);
+                    }
+                } else {
+                    drop(tcp);
                 }
-                drop(tcp);
                 continue;
             }
         };
