@@ -236,3 +236,50 @@ async fn without_metrics_the_route_says_so() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("--no-metrics"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_without_waiting_for_the_drain() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut node = Node::new(1, root.path());
+    node.start(&["--bootstrap"]);
+    leader_of(&[&node]).await;
+    // An upload that never finishes holds a request open through the drain.
+    let mut upload = tokio::net::TcpStream::connect(&node.http).await.unwrap();
+    let head = "POST /api/v1/snapshot HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\nsome bytes";
+    tokio::io::AsyncWriteExt::write_all(&mut upload, head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal("-TERM");
+    eventually("the stop to begin draining", async || log_of(&node).contains("draining requests").then_some(())).await;
+    node.signal("-TERM");
+    let status = exit_status(&mut node, "the node to exit").await;
+    assert_eq!(status.code(), Some(143), "{}", tail(&log_of(&node), 20));
+    assert!(log_of(&node).contains("asked again"), "{}", tail(&log_of(&node), 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_is_refused_and_a_node_that_cannot_listen_writes_nothing() {
+    let root = tempfile::TempDir::new().unwrap();
+    let mut node = Node::new(1, root.path());
+    node.start(&["--bootstrap"]);
+    leader_of(&[&node]).await;
+    node.signal("-TERM");
+    assert!(exit_status(&mut node, "node 1 to stop").await.success());
+
+    // The same data dir under another id.
+    let mut other = Node::new(2, root.path());
+    other.dir = node.dir.clone();
+    other.start(&[]);
+    let status = exit_status(&mut other, "node 2 to refuse the data dir").await;
+    assert_eq!(status.code(), Some(2));
+    let log = std::fs::read_to_string(other.dir.with_extension("log")).unwrap();
+    assert!(log.contains("belongs to node 1, not to --id 2"), "{log}");
+
+    // A raft address in use: the node exits before creating its data dir.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut blocked = Node::new(3, root.path());
+    blocked.raft = taken.local_addr().unwrap().to_string();
+    blocked.start(&["--bootstrap"]);
+    let status = exit_status(&mut blocked, "node 3 to fail to listen").await;
+    assert_eq!(status.code(), Some(2));
+    assert!(!blocked.dir.exists(), "a node that could not listen created {}", blocked.dir.display());
+}

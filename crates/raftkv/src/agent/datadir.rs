@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::agent::config::AgentError;
 use crate::agent::outcome::{Failure, Kind};
 
+/// The stable-store key of the id of the node the data dir belongs to.
+pub const NODE_ID_KEY: &str = "raftkv.node_id";
 /// The stable-store key of the cluster id this node belongs to.
 pub const CLUSTER_ID_KEY: &str = "raftkv.cluster_id";
 /// The stable-store key of the address book (JSON: node id -> raft address).

@@ -344,7 +344,18 @@ impl Gossip {
         me: GossipId,
         cluster_id: watch::Receiver<String>,
     ) -> std::io::Result<(Gossip, tokio::task::JoinHandle<()>)> {
-        let socket = Arc::new(UdpSocket::bind(config.addr).await?);
+        let socket = UdpSocket::bind(config.addr).await?;
+        Ok(Gossip::start_on(socket, config, me, cluster_id))
+    }
+
+    /// Like `start`, on a socket bound already (at `config.addr`).
+    pub fn start_on(
+        socket: UdpSocket,
+        config: &GossipConfig,
+        me: GossipId,
+        cluster_id: watch::Receiver<String>,
+    ) -> (Gossip, tokio::task::JoinHandle<()>) {
+        let socket = Arc::new(socket);
         let (inputs, receiver) = mpsc::channel(QUEUE);
         let (publish, view) = watch::channel(GossipView::default());
         let seed = fastrand::u64(..);
@@ -369,7 +380,7 @@ impl Gossip {
             member.run(receiver).await;
             reader.abort();
         });
-        Ok((Gossip { inputs, view, me }, task))
+        (Gossip { inputs, view, me }, task)
     }
 
     pub fn me(&self) -> &GossipId {

@@ -55,6 +55,8 @@ pub struct Agent {
     pub gossip: Option<Gossip>,
     /// Set once this node has left the cluster (`leave`): the process ends.
     left: watch::Sender<bool>,
+    /// Set when a planned stop begins: the node is no longer ready.
+    stopping: std::sync::atomic::AtomicBool,
     /// Why this node no longer takes part, once it learnt that it was removed
     /// from the configuration (`removal`).
     pub(crate) removed: std::sync::RwLock<Option<String>>,
@@ -100,6 +102,7 @@ impl Agent {
             join_via: Vec::new(),
             gossip: None,
             left: watch::channel(false).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             removed: std::sync::RwLock::new(None),
         }
     }
@@ -380,26 +383,38 @@ impl Agent {
 
     async fn first_other_voter(&self) -> Result<NodeId, Failure> {
         let status = self.raft.status().await?;
-        let other = most_caught_up_voter(&status, self.config.raft.election_timeout_min)
+        let other = voters_by_progress(&status, self.config.raft.election_timeout_min)
+            .first()
+            .copied()
             .or_else(|| status.membership.voters.iter().copied().find(|v| *v != self.id));
         other.ok_or_else(|| Failure::not_done(Kind::Refused, "no other voter to hand leadership to"))
     }
 
-    /// Whether this node is ready to serve: a leader is known and this
-    /// node has applied every entry it knows to be committed. `not_ready`
-    /// says which is missing.
+    /// Whether this node is ready to serve: it is not stopping, a leader
+    /// is known, and it has applied everything the cluster had committed
+    /// when asked: a read index from the leader (one heartbeat round, as a
+    /// linearizable read takes; on a follower the leader is asked), so a
+    /// node that restarted far behind is not ready until it caught up.
+    /// `not_ready` says which is missing.
     pub async fn readiness(&self) -> Result<Readiness, Failure> {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Failure::not_done(Kind::NotReady, "this node is stopping"));
+        }
         let status = self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
-        let applied_index = self.raft.applied_index();
         let Some(leader) = status.leader else {
             return Err(Failure::not_done(Kind::NotReady, "no leader is known yet"));
         };
-        if applied_index < status.commit_index {
-            let message =
-                format!("applied up to entry {applied_index} of the {} known to be committed", status.commit_index);
+        let committed = self
+            .raft
+            .read_index(ReadMode::Linearizable, READY_WITHIN)
+            .await
+            .map_err(|e| Failure::not_done(Kind::NotReady, format!("no read index from leader {leader}: {e}")))?;
+        let applied_index = self.raft.applied_index();
+        if applied_index < committed {
+            let message = format!("applied up to entry {applied_index}; the cluster has committed {committed}");
             return Err(Failure::not_done(Kind::NotReady, message));
         }
-        Ok(Readiness { leader, term: status.term, commit_index: status.commit_index, applied_index })
+        Ok(Readiness { leader, term: status.term, commit_index: committed, applied_index })
     }
 
     /// Logs one line once this node is ready (`readiness`).
@@ -418,29 +433,35 @@ impl Agent {
         }
     }
 
-    /// Before a planned stop: if this node leads, hands leadership to the
-    /// most caught-up voter in contact (thesis §3.10), so that the cluster
-    /// does not wait out an election timeout. Best effort: the outcome is
-    /// logged, and the stop goes on either way.
+    /// Before a planned stop: the node says it is not ready any more, and
+    /// if it leads, hands leadership to the most caught-up voter in contact
+    /// (thesis §3.10), or to the next if that one does not take over, so
+    /// that the cluster does not wait out an election timeout. Best effort:
+    /// the outcome is logged, and the stop goes on either way.
     pub async fn hand_off_leadership(&self) {
-        let Ok(status) = self.raft.status().await else { return };
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Ok(Ok(status)) = tokio::time::timeout(READY_WITHIN, self.raft.status()).await else { return };
         if status.leader != Some(self.id) {
             return;
         }
-        let Some(target) = most_caught_up_voter(&status, self.config.raft.election_timeout_min) else {
-            if status.membership.voters.len() > 1 {
-                tracing::warn!("no other voter in contact to hand leadership to; stopping as leader");
+        let contact = self.config.raft.heartbeat_interval * 3;
+        let targets = voters_by_progress(&status, contact);
+        if targets.is_empty() && status.membership.voters.len() > 1 {
+            tracing::warn!("no other voter in contact to hand leadership to; stopping as leader");
+        }
+        for target in targets.into_iter().take(2) {
+            let started = std::time::Instant::now();
+            match self.raft.leadership_transfer(target).await {
+                Ok(()) => {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(%target, elapsed_ms, "handed leadership over before stopping");
+                    return;
+                }
+                Err(error) => tracing::warn!(%target, %error, "could not hand leadership over"),
             }
-            return;
-        };
-        let started = std::time::Instant::now();
-        match self.raft.leadership_transfer(target).await {
-            Ok(()) => tracing::info!(
-                %target,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "handed leadership over before stopping"
-            ),
-            Err(error) => tracing::warn!(%target, %error, "could not hand leadership over; stopping anyway"),
+            if self.raft.leader().leader != Some(self.id) {
+                return;
+            }
         }
     }
 
@@ -648,17 +669,22 @@ impl Agent {
     }
 }
 
-/// On the leader: the voter (not this node) with the highest match index
-/// among those that answered within `contact`, the freshest contact
-/// breaking ties.
-fn most_caught_up_voter(status: &raftkv_raft::Status, contact: Duration) -> Option<NodeId> {
-    status
+/// On the leader: the voters (not this node) that answered within
+/// `contact`, the highest match index first, the freshest contact breaking
+/// ties.
+fn voters_by_progress(status: &raftkv_raft::Status, contact: Duration) -> Vec<NodeId> {
+    let mut peers: Vec<_> = status
         .peers
         .iter()
         .filter(|p| p.voter && p.id != status.id && p.last_contact.is_some_and(|c| c < contact))
-        .max_by_key(|p| (p.match_index, std::cmp::Reverse(p.last_contact)))
-        .map(|p| p.id)
+        .collect();
+    peers.sort_by_key(|p| (std::cmp::Reverse(p.match_index), p.last_contact));
+    peers.into_iter().map(|p| p.id).collect()
 }
+
+/// How long readiness waits for the leader's read index, and a stop for
+/// the node's status.
+const READY_WITHIN: Duration = Duration::from_secs(1);
 
 /// A node ready to serve (`Agent::readiness`).
 #[derive(Clone, Copy, Debug)]

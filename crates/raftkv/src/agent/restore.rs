@@ -68,8 +68,14 @@ impl Agent {
         let checked = tokio::task::spawn_blocking(move || check_backup(&path, limits))
             .await
             .map_err(|e| Failure::internal(Outcome::NotDone, format!("checking the backup: {e}")))?;
-        let (header, size) = checked.map_err(|e| Failure::bad_request(format!("backup refused: {e}")))?;
-        tracing::info!(id = %restore.id, index = header.index, keys = header.keys, bytes = size, "restoring a backup");
+        let (header, size, logged) = checked.map_err(|e| Failure::bad_request(format!("backup refused: {e}")))?;
+        // The whole restore's log must fit before anything is staged (each
+        // chunk is checked again as it goes: the disk is shared).
+        let reserve = self.config.uploads.disk_reserve;
+        datadir::check_headroom(&self.config.data_dir, logged, reserve, "logging the restore's").map_err(|f| {
+            Failure { message: format!("restore {} refused before it began: {}", restore.id, f.message), ..f }
+        })?;
+        tracing::info!(id = %restore.id, index = header.index, keys = header.keys, bytes = size, logged, "restoring a backup");
         let agent = self.clone();
         let task = tokio::spawn(async move {
             let result = propose(&agent, &restore.id, &restore.upload, header.keys).await;
@@ -87,14 +93,38 @@ impl Agent {
 }
 
 /// Reads the whole backup: format, counts and checksum, and every key and value
-/// within this server's limits (the same as for writes).
-fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64), String> {
+/// within this server's limits (the same as for writes). Returns its header,
+/// its size, and about how many bytes its chunks take in the log (as JSON).
+fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64, u64), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("reopening the upload: {e}"))?;
+    let mut logged = 0u64;
     let within_limits = |n: u64, record: &image::Record| {
         limits.check_key(&record.key).map_err(|e| format!("record {n}: {e}"))?;
-        limits.check_value(&record.value).map_err(|e| format!("record {n} ({:?}): {e}", record.key))
+        limits.check_value(&record.value).map_err(|e| format!("record {n} ({:?}): {e}", record.key))?;
+        // `["key","value"],` as the chunk's JSON holds it.
+        logged += json_len(&record.key) + json_len(&record.value) + 4;
+        Ok(())
     };
-    image::verify_each(file, within_limits).map_err(|e| e.to_string())
+    let (header, size) = image::verify_each(file, within_limits).map_err(|e| e.to_string())?;
+    Ok((header, size, logged))
+}
+
+/// The length of `text` as a JSON string, escapes and quotes included.
+fn json_len(text: &str) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter does not fail, and a string always serializes.
+    let _ = serde_json::to_writer(&mut count, text);
+    count.0
 }
 
 /// Begin, chunks, commit; returns the commit's index and the keys restored.
@@ -200,5 +230,13 @@ async fn write_idempotent(agent: &Agent, command: Command) -> Result<(u64, Answe
 /// A step worth another try: leadership or the connection to the leader
 /// moved under it. Others (bad input, a failed node) will fail again.
 fn retryable(failure: &Failure) -> bool {
-    matches!(failure.kind, Kind::OutcomeUnknown | Kind::Timeout | Kind::NotSent | Kind::NoLeader)
+    matches!(
+        failure.kind,
+        Kind::OutcomeUnknown
+            | Kind::Timeout
+            | Kind::NotSent
+            | Kind::NoLeader
+            | Kind::LeadershipTransfer
+            | Kind::NotReady
+    )
 }

@@ -39,6 +39,19 @@ impl Agent {
             return Err(AgentError::Config("--id must be a positive integer".to_string()));
         }
         config.validate()?;
+        // Every listener is bound before the data dir is touched: a node
+        // that cannot listen writes nothing.
+        let listener = TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
+        let gossip_socket = match &config.gossip {
+            Some(gossip) => Some(
+                tokio::net::UdpSocket::bind(gossip.addr)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr: gossip.addr, source })?,
+            ),
+            None => None,
+        };
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| AgentError::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
@@ -50,6 +63,7 @@ impl Agent {
             Arc::new(FileStableStore::open(datadir::stable_file(&dir)).map_err(storage_error(&dir))?);
         let existing = Raft::has_existing_state(log.as_ref(), stable.as_ref())?;
         let id = NodeId(config.id);
+        check_owner(stable.as_ref(), &dir, id)?;
         let raft_addr = config.raft_addr.to_string();
 
         // Internal calls (and the probes of discovery) go over mutual TLS too.
@@ -58,8 +72,8 @@ impl Agent {
         let stored = stored.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         // Gossip starts first: a new node may find its cluster through it.
         let (cluster_tx, cluster_rx) = watch::channel(stored.clone().unwrap_or_default());
-        let gossip = match &config.gossip {
-            Some(gossip_config) => {
+        let gossip = match (&config.gossip, gossip_socket) {
+            (Some(gossip_config), Some(socket)) => {
                 let me = GossipId {
                     node: config.id,
                     gossip_addr: gossip_config.addr,
@@ -67,12 +81,9 @@ impl Agent {
                     http_addr: config.http_addr.to_string(),
                     generation: generation(),
                 };
-                let started = Gossip::start(gossip_config, me, cluster_rx)
-                    .await
-                    .map_err(|source| AgentError::Listen { addr: gossip_config.addr, source })?;
-                Some(started)
+                Some(Gossip::start_on(socket, gossip_config, me, cluster_rx))
             }
-            None => None,
+            _ => None,
         };
         let stop_gossip = |gossip: &Option<(Gossip, tokio::task::JoinHandle<()>)>| {
             if let Some((_, task)) = gossip {
@@ -161,9 +172,6 @@ impl Agent {
             Arc::new(FileSnapshotStore::open(datadir::snapshot_dir(&dir), 2).map_err(storage_error(&dir))?);
         let raft = Raft::new(config.raft_config(), machine, log, stable.clone(), snapshots, transport)?;
 
-        let listener = TcpListener::bind(config.raft_addr)
-            .await
-            .map_err(|source| AgentError::Listen { addr: config.raft_addr, source })?;
         let peers = Peers { sender: Sender { identity: identity.clone() }, channels: channels.clone() };
         let needs_join = !existing && !config.bootstrap && founders.is_empty();
         let mut agent = Agent::new(config, cluster_id, raft.clone(), kv, book.clone(), peers, lock);
@@ -299,4 +307,30 @@ fn address_book(
         }
     });
     Ok(book)
+}
+
+/// Refuses a data dir that belongs to another node: started with another
+/// `--id`, a node would take over that node's votes and log. A data dir
+/// without an owner yet (new, or from before owners were kept) is this
+/// node's from now on.
+fn check_owner(stable: &dyn StableStore, dir: &std::path::Path, id: NodeId) -> Result<(), AgentError> {
+    let stored = stable.get(datadir::NODE_ID_KEY).map_err(storage_error(dir))?;
+    match stored {
+        Some(bytes) => {
+            let owner = std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<u64>().ok());
+            match owner {
+                Some(owner) if owner == id.0 => Ok(()),
+                Some(owner) => Err(AgentError::Config(format!(
+                    "{} belongs to node {owner}, not to --id {id}: give each node its own data dir",
+                    dir.display()
+                ))),
+                None => Err(AgentError::Config(format!(
+                    "{}: the stored node id is unreadable ({} bytes)",
+                    dir.display(),
+                    bytes.len()
+                ))),
+            }
+        }
+        None => stable.set(datadir::NODE_ID_KEY, id.0.to_string().as_bytes()).map_err(storage_error(dir)),
+    }
 }

@@ -152,9 +152,20 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
     reloads.abort();
     let code = match stop {
         Stop::Asked(signal) => {
-            tracing::info!(signal, "shutting down: handing leadership over, draining requests");
-            server.stop(DRAIN).await;
-            0
+            tracing::info!(signal, "shutting down: handing leadership over, draining requests (again to stop at once)");
+            tokio::select! {
+                () = server.stop(DRAIN) => 0,
+                again = stop_requested() => {
+                    // What was acknowledged is on disk already; what runs is
+                    // cut off, and its clients see the connection drop.
+                    tracing::warn!(signal = again, "asked again: stopping now, without waiting");
+                    if again == "interrupt" { 130 } else { 143 }
+                }
+                () = tokio::time::sleep(STOP_WITHIN) => {
+                    tracing::error!(?STOP_WITHIN, "the stop did not finish in time; exiting");
+                    1
+                }
+            }
         }
         Stop::Failed(reason) => {
             tracing::error!(%reason, "the node failed; exiting so that it can be restarted");
@@ -182,6 +193,10 @@ enum Stop {
 
 /// How long a planned stop waits for the requests in flight.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// A planned stop's bound as a whole: a hand-off (two election timeouts at
+/// most), the drain, and raft's own shutdown.
+const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 /// Connections to the raft port from one address, at most.
 const RAFT_PER_ADDRESS: usize = 64;
