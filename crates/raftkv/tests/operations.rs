@@ -283,3 +283,47 @@ async fn a_data_dir_of_another_node_is_refused_and_a_node_that_cannot_listen_wri
     assert_eq!(status.code(), Some(2));
     assert!(!blocked.dir.exists(), "a node that could not listen created {}", blocked.dir.display());
 }
+
+#[test]
+fn settings_come_from_flags_then_environment_then_the_config_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("raftkv.toml");
+    std::fs::write(
+        &file,
+        "id = 7\nhttp_addr = \"127.0.0.1:8007\"\nraft-addr = \"127.0.0.1:9007\"\ndata_dir = \"data/7\"\n\
+         join = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\nheartbeat_ms = 50\nelection_timeout_ms = 500\n\
+         max_trailing_logs = 99\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&file)
+        .args(["--heartbeat-ms", "60", "--encrypt", "c2VjcmV0", "--print-config"])
+        .env("RAFTKV_ELECTION_TIMEOUT_MS", "800")
+        .env("RAFTKV_HEARTBEAT_MS", "70")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(printed["id"].as_integer(), Some(7), "from the file");
+    assert_eq!(printed["max_trailing_logs"].as_integer(), Some(99), "from the file");
+    assert_eq!(printed["join"].as_array().map(Vec::len), Some(2), "from the file");
+    assert_eq!(printed["election_timeout_ms"].as_integer(), Some(800), "the environment over the file");
+    assert_eq!(printed["heartbeat_ms"].as_integer(), Some(60), "the flag over both");
+    assert_eq!(printed["encrypt"].as_str(), Some("<hidden>"), "secrets are not printed");
+    assert_eq!(printed["request_timeout_ms"].as_integer(), Some(10_000), "the default");
+
+    // Contradictions and unknown settings are refused, with the reason.
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&file)
+        .args(["--bootstrap", "--print-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{out:?}");
+    std::fs::write(&file, "id = 7\nheartbeat = 50\n").unwrap();
+    let out = std::process::Command::new(BIN).args(["agent", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`heartbeat` is not a setting"), "{out:?}");
+}

@@ -433,125 +433,143 @@ pub enum SnapshotCommand {
     },
 }
 
-#[derive(Args)]
+/// `raftkv agent`'s settings. Each comes from the command line, else from
+/// its `RAFTKV_*` environment variable, else from the `--config` file, else
+/// its default (see `cli::config`).
+#[derive(Args, serde::Serialize)]
 pub struct AgentArgs {
-    /// This node's id (a positive integer, unique in the cluster).
+    /// A TOML file of settings, named like the flags (`http_addr =
+    /// "127.0.0.1:8001"`, `join = ["..."]`, `bootstrap = true`); flags and
+    /// environment variables win over it.
+    #[arg(long, env = "RAFTKV_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the settings in force (from flags, environment and file) as
+    /// TOML, and exit.
     #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "RAFTKV_ID")]
     pub id: u64,
     /// Where the HTTP API listens.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_HTTP_ADDR")]
     pub http_addr: SocketAddr,
     /// Where raft and internal RPCs listen; other nodes connect here, so it must
     /// be an address they can reach (not 0.0.0.0).
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_RAFT_ADDR")]
     pub raft_addr: SocketAddr,
-    #[arg(long)]
+    /// Where this node keeps its log, state and snapshots (its own: a data
+    /// dir that belongs to another node id is refused).
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Start a new cluster with this node as its only voter.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_BOOTSTRAP", conflicts_with_all = ["join", "retry_join", "bootstrap_expect"])]
     pub bootstrap: bool,
     /// Address of a member to join through: its raft address, or its gossip
     /// address (--serf-addr) when this node gossips too (repeat to try
     /// several; given up after 30 s).
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Like --join, but tried until a member answers.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_RETRY_JOIN", value_delimiter = ',')]
     pub retry_join: Vec<String>,
     /// Where gossip (SWIM over UDP) listens: members find each other and
     /// each other's failures through it. It must be reachable by the others.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_SERF_ADDR")]
     pub serf_addr: Option<SocketAddr>,
     /// Found a new cluster once this many servers without a cluster have
     /// found each other by gossip (all of them started with the same N);
     /// needs --serf-addr.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_BOOTSTRAP_EXPECT", requires = "serf_addr")]
     pub bootstrap_expect: Option<usize>,
     /// Gossip: how often this node probes another, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, env = "RAFTKV_GOSSIP_PROBE_MS")]
     pub gossip_probe_ms: u64,
     /// Gossip: how long a suspect has to answer before it is declared down.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, env = "RAFTKV_GOSSIP_SUSPECT_MS")]
     pub gossip_suspect_ms: u64,
     /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "RAFTKV_HEARTBEAT_MS")]
     pub heartbeat_ms: u64,
     /// Minimum election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, env = "RAFTKV_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: u64,
     /// Timeout of one client request, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "RAFTKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: u64,
     /// Autopilot: a server that has not answered the leader for this long
     /// is unhealthy.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, env = "RAFTKV_LAST_CONTACT_THRESHOLD_MS")]
     pub last_contact_threshold_ms: u64,
     /// Autopilot: a server trailing the leader by more entries is unhealthy,
     /// and a joining one is not caught up.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, env = "RAFTKV_MAX_TRAILING_LOGS")]
     pub max_trailing_logs: u64,
     /// Autopilot: how long a joining server must stay caught up before it
     /// becomes a voter (and a server healthy to count as stable, or silent
     /// to count as dead). At least twice --election-timeout-ms.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "RAFTKV_SERVER_STABILIZATION_MS")]
     pub server_stabilization_ms: u64,
     /// Autopilot: remove dead servers, never leaving fewer than --min-quorum
     /// voters or fewer healthy voters than a quorum.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "RAFTKV_CLEANUP_DEAD_SERVERS")]
     pub cleanup_dead_servers: bool,
-    #[arg(long, default_value_t = 3)]
+    /// Autopilot: the fewest voters dead-server cleanup leaves.
+    #[arg(long, default_value_t = 3, env = "RAFTKV_MIN_QUORUM")]
     pub min_quorum: usize,
     /// How long a joining server has to catch up and stay caught up before
     /// the leader gives up and removes it again.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 60_000, env = "RAFTKV_JOIN_TIMEOUT_MS")]
     pub join_timeout_ms: u64,
     /// CA certificate(s) (PEM) of the cluster. With --tls-cert and --tls-key:
     /// mutual TLS between nodes (only holders of a certificate of this CA
     /// naming their node id are heard on the raft port) and HTTPS on the API.
-    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, requires_all = ["tls_cert", "tls_key"], env = "RAFTKV_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// This node's certificate (PEM; `raftkv tls cert create --node ID`).
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long, requires = "tls_ca", env = "RAFTKV_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// This node's private key (PEM).
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long, requires = "tls_ca", env = "RAFTKV_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// With TLS: the HTTP API also requires a client certificate of the CA.
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long, requires = "tls_ca", env = "RAFTKV_HTTP_REQUIRE_CLIENT_CERT")]
     pub http_require_client_cert: bool,
     /// Token file (JSON) of the HTTP API; requests then need a bearer token
     /// whose role (read, write, admin) allows them. Reloaded when it changes
     /// and on SIGHUP.
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_TOKENS")]
     pub tokens: Option<PathBuf>,
     /// Gossip encryption key: 32 random bytes, base64 (`raftkv keygen`);
     /// every member needs the same.
     #[arg(long, env = "RAFTKV_ENCRYPT", hide_env_values = true)]
+    #[serde(serialize_with = "hidden")]
     pub encrypt: Option<String>,
     /// Open connections per listener (HTTP, raft), all clients together.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, env = "RAFTKV_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// Open connections per client IP address and listener.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, env = "RAFTKV_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: usize,
     /// HTTP: a request's head must arrive within this many milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "RAFTKV_HTTP_HEADER_TIMEOUT_MS")]
     pub http_header_timeout_ms: u64,
     /// HTTP: a connection without traffic this long is closed.
-    #[arg(long, default_value_t = 120_000)]
+    #[arg(long, default_value_t = 120_000, env = "RAFTKV_HTTP_IDLE_TIMEOUT_MS")]
     pub http_idle_timeout_ms: u64,
     /// Largest backup upload taken by POST /api/v1/snapshot, in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = 1 << 30, env = "RAFTKV_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: u64,
     /// A backup upload must arrive within this many milliseconds.
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(long, default_value_t = 600_000, env = "RAFTKV_UPLOAD_TIMEOUT_MS")]
     pub upload_timeout_ms: u64,
     /// Free space the data dir keeps for the log, in bytes: an upload, or a
     /// restore's log, that would leave less is refused (507, nothing restored).
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 256 << 20, env = "RAFTKV_DISK_RESERVE_BYTES")]
     pub disk_reserve_bytes: u64,
     /// Record no metrics (`GET /metrics` answers 404).
-    #[arg(long)]
+    #[arg(long, env = "RAFTKV_NO_METRICS")]
     pub no_metrics: bool,
 }
 
@@ -653,6 +671,14 @@ impl SecurityArgs {
             key: self.key.clone(),
             token: self.token.clone(),
         }
+    }
+}
+
+/// A secret, printed as whether it is set.
+fn hidden<S: serde::Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("<hidden>"),
+        None => serializer.serialize_none(),
     }
 }
 

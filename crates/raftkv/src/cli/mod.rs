@@ -5,6 +5,7 @@
 pub mod args;
 pub mod bench;
 pub mod client;
+pub mod config;
 pub mod kv;
 pub mod serve;
 pub mod snapshot;
@@ -59,7 +60,15 @@ impl Globals {
 
 /// Runs the command line; returns the process's exit status.
 pub async fn run() -> i32 {
-    let matches = Cli::command().get_matches();
+    let command = Cli::command();
+    let argv = match config::expand(std::env::args_os().collect(), &command) {
+        Ok(argv) => argv,
+        Err(error) => {
+            eprintln!("raftkv agent: {error}");
+            return 2;
+        }
+    };
+    let matches = command.get_matches_from(argv);
     let endpoints_from_env = matches.value_source("endpoints") == Some(clap::parser::ValueSource::EnvVariable);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

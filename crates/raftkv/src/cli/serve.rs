@@ -18,6 +18,18 @@ use raftkv_raft::transport::listen::{ListenLimits, ListenTls};
 use raftkv_raft::transport::tls::{Tls, TlsFiles};
 
 pub async fn run_agent(args: AgentArgs) -> i32 {
+    if args.print_config {
+        return match toml::to_string(&args) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(error) => {
+                eprintln!("raftkv agent: cannot print the settings: {error}");
+                1
+            }
+        };
+    }
     if !args.no_metrics {
         if let Err(error) = crate::api::metrics::install() {
             eprintln!("raftkv agent: {error}");
