@@ -327,3 +327,35 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`heartbeat` is not a setting"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_files_reloadable_settings_below_the_flags() {
+    let root = tempfile::TempDir::new().unwrap();
+    let file = root.path().join("raftkv.toml");
+    std::fs::write(&file, "max_trailing_logs = 77\nmin_quorum = 2\n").unwrap();
+    let mut node = Node::new(1, root.path());
+    node.start(&["--bootstrap", "--config", file.to_str().unwrap()]);
+    leader_of(&[&node]).await;
+    let (status, settings) = post(&node, "/api/maintain/config", json!({})).await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!((settings["max_trailing_logs"].as_u64(), settings["min_quorum"].as_u64()), (Some(77), Some(2)));
+
+    // The stabilization time is a flag of this node (see `Node::start`): the
+    // file's value for it is not taken, on reload either.
+    std::fs::write(&file, "max_trailing_logs = 55\nmin_quorum = 2\nserver_stabilization_ms = 3000\n").unwrap();
+    node.signal("-HUP");
+    let settings = eventually("the reload", async || {
+        let (_, settings) = post(&node, "/api/maintain/config", json!({})).await;
+        (settings["max_trailing_logs"] == 55).then_some(settings)
+    })
+    .await;
+    assert_eq!(settings["server_stabilization_ms"], 1000, "{settings}");
+    assert!(log_of(&node).contains("SIGHUP: settings reloaded"), "{}", tail(&log_of(&node), 10));
+
+    // A file that no longer parses changes nothing.
+    std::fs::write(&file, "max_trailing_logs = [\n").unwrap();
+    node.signal("-HUP");
+    eventually("the refusal", async || log_of(&node).contains("the settings do not load").then_some(())).await;
+    let (_, settings) = post(&node, "/api/maintain/config", json!({})).await;
+    assert_eq!(settings["max_trailing_logs"], 55, "{settings}");
+}

@@ -40,10 +40,17 @@ pub fn expand(argv: Vec<OsString>, command: &Command) -> Result<Vec<OsString>, S
     Ok(expanded)
 }
 
-fn flags_from_file(path: &Path, agent: &Command, given: &[String]) -> Result<Vec<String>, String> {
+/// The file's settings that neither the command line (`given`, the
+/// agent's arguments) nor the environment gives: (flag name, its action,
+/// value). Keys that name no setting are refused.
+pub fn file_settings(
+    path: &Path,
+    agent: &Command,
+    given: &[String],
+) -> Result<Vec<(String, ArgAction, toml::Value)>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
     let table: toml::Table = text.parse().map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let mut flags = Vec::new();
+    let mut settings = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
         let arg = agent
@@ -53,11 +60,19 @@ fn flags_from_file(path: &Path, agent: &Command, given: &[String]) -> Result<Vec
         let flag = format!("--{long}");
         let on_command_line = given.iter().any(|g| *g == flag || g.starts_with(&format!("{flag}=")));
         let in_environment = arg.get_env().is_some_and(|name| std::env::var_os(name).is_some());
-        if on_command_line || in_environment {
-            continue;
+        if !on_command_line && !in_environment {
+            settings.push((long, arg.get_action().clone(), value));
         }
+    }
+    Ok(settings)
+}
+
+fn flags_from_file(path: &Path, agent: &Command, given: &[String]) -> Result<Vec<String>, String> {
+    let mut flags = Vec::new();
+    for (long, action, value) in file_settings(path, agent, given)? {
+        let (flag, key) = (format!("--{long}"), long.replace('-', "_"));
         let wrong = |expected: &str| format!("--config {}: `{key}` must be {expected}", path.display());
-        match (arg.get_action(), value) {
+        match (&action, value) {
             (ArgAction::SetTrue, toml::Value::Boolean(true)) => flags.push(flag),
             (ArgAction::SetTrue, toml::Value::Boolean(false)) => {}
             (ArgAction::SetTrue, _) => return Err(wrong("true or false")),
@@ -74,6 +89,16 @@ fn flags_from_file(path: &Path, agent: &Command, given: &[String]) -> Result<Vec
         }
     }
     Ok(flags)
+}
+
+/// The agent's own arguments on the command line this process was started
+/// with (what follows `agent`).
+pub fn given_to_agent() -> Vec<String> {
+    let argv: Vec<String> = std::env::args().collect();
+    match argv.iter().position(|arg| arg == "agent") {
+        Some(at) => argv[at + 1..].to_vec(),
+        None => Vec::new(),
+    }
 }
 
 /// A TOML scalar as a flag's value.

@@ -96,6 +96,7 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
         }
     };
     warn_if_exposed(&args, tls.is_some(), tokens.is_some());
+    let config_file = args.config.clone();
     let http_tls = match &tls {
         Some(tls) => ListenTls::Http { tls: tls.clone(), require_client_certificate: args.http_require_client_cert },
         None => ListenTls::None,
@@ -155,7 +156,8 @@ pub async fn run_agent(args: AgentArgs) -> i32 {
             return 2;
         }
     };
-    let reloads = tokio::spawn(reload_on_hangup(tls, tokens));
+    let settings = config_file.map(|path| (path, server.agent.clone()));
+    let reloads = tokio::spawn(reload_on_hangup(tls, tokens, settings));
     let stop = tokio::select! {
         signal = stop_requested() => Stop::Asked(signal),
         reason = server.failed() => Stop::Failed(reason),
@@ -274,13 +276,26 @@ fn warn_if_exposed(args: &AgentArgs, tls: bool, tokens: bool) {
 }
 
 /// On SIGHUP, reloads the TLS files and the token file (they are also
-/// reloaded when they change).
-async fn reload_on_hangup(tls: Option<Tls>, tokens: Option<Tokens>) {
+/// reloaded when they change), and the `--config` file's reloadable
+/// settings (`reload_settings`).
+async fn reload_on_hangup(
+    tls: Option<Tls>,
+    tokens: Option<Tokens>,
+    settings: Option<(std::path::PathBuf, std::sync::Arc<crate::agent::Agent>)>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
         while hangups.recv().await.is_some() {
+            if let Some((path, agent)) = &settings {
+                match reload_settings(path, agent).await {
+                    Ok(applied) => tracing::info!(file = %path.display(), ?applied, "SIGHUP: settings reloaded"),
+                    Err(error) => {
+                        tracing::warn!(file = %path.display(), %error, "SIGHUP: the settings do not load; keeping the previous ones")
+                    }
+                }
+            }
             if let Some(tls) = &tls {
                 match tls.reload() {
                     Ok(changed) => tracing::info!(changed, "SIGHUP: TLS files reloaded"),
@@ -301,8 +316,48 @@ async fn reload_on_hangup(tls: Option<Tls>, tokens: Option<Tokens>) {
     }
     #[cfg(not(unix))]
     {
-        let _ = (tls, tokens);
+        let _ = (tls, tokens, settings);
     }
+}
+
+/// Applies the `--config` file's reloadable settings (those that
+/// `POST /api/maintain/config` changes) that the command line and the
+/// environment do not give; returns their names. Others take effect at the
+/// next start.
+async fn reload_settings(path: &std::path::Path, agent: &crate::agent::Agent) -> Result<Vec<String>, String> {
+    use clap::CommandFactory;
+    let command = crate::cli::args::Cli::command();
+    let agent_command = command.find_subcommand("agent").ok_or("no agent command")?;
+    let settings = crate::cli::config::file_settings(path, agent_command, &crate::cli::config::given_to_agent())?;
+    let mut raft = raftkv_raft::ReloadableConfig::default();
+    let mut autopilot = agent.autopilot_config();
+    let mut applied = Vec::new();
+    for (long, _, value) in settings {
+        let number = || {
+            value.as_integer().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| format!("`{long}` must be a number"))
+        };
+        let ms = |n: u64| Duration::from_millis(n);
+        match long.as_str() {
+            "heartbeat-ms" => raft.heartbeat_interval = Some(ms(number()?)),
+            "election-timeout-ms" => {
+                let n = number()?;
+                raft.election_timeout_min = Some(ms(n));
+                raft.election_timeout_max = Some(ms(n.saturating_mul(2)));
+            }
+            "last-contact-threshold-ms" => autopilot.last_contact_threshold = ms(number()?),
+            "max-trailing-logs" => autopilot.max_trailing_logs = number()?,
+            "server-stabilization-ms" => autopilot.server_stabilization_time = ms(number()?),
+            "min-quorum" => autopilot.min_quorum = usize::try_from(number()?).map_err(|e| e.to_string())?,
+            "cleanup-dead-servers" => {
+                autopilot.cleanup_dead_servers =
+                    value.as_bool().ok_or_else(|| format!("`{long}` must be true or false"))?
+            }
+            _ => continue,
+        }
+        applied.push(long);
+    }
+    agent.reload(raft, autopilot).await.map_err(|failure| failure.message)?;
+    Ok(applied)
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C, or SIGTERM (what a
