@@ -21,6 +21,12 @@ use crate::api::params::body;
 
 pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
     let status = agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
+    if status.membership.voters.is_empty() && status.membership.learners.is_empty() {
+        // Started, not a member yet (joining): an empty list would read as
+        // a cluster with no members.
+        let message = "this node knows no configuration yet (it is joining); ask another node or retry";
+        return Err(Failure::not_done(Kind::NotReady, message).into());
+    }
     let peers = agent.kv.read().peers.clone();
     let book = agent.book.all();
     // Replication, contact and health are known on the leader only (null

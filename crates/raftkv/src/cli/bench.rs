@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::bench::{self, BenchConfig, Stop, System};
 use crate::cli::args::{BenchArgs, BenchSystem};
 use crate::cli::client::{Cluster, Deadline};
-use crate::cli::Globals;
+use crate::cli::globals::Globals;
 
 /// Exits 1, with the reason, if a raftkv target cannot be reached before the
 /// run (nothing is run then) or no request at all succeeded.

@@ -12,7 +12,7 @@ use crate::cli::args::{
     WriteOut,
 };
 use crate::cli::client::{encode, Answer, CallError, Cluster, Deadline, Effect, CALL_TIMEOUT};
-use crate::cli::Globals;
+use crate::cli::globals::Globals;
 
 pub async fn run(command: Commands, globals: &Globals) -> i32 {
     match client(command, globals).await {

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cli::args::{ClientArgs, Consistency, SnapshotCommand, WriteOut};
 use crate::cli::client::{encode, show_duration, Client};
-use crate::cli::Globals;
+use crate::cli::globals::Globals;
 use crate::state::image::{self, ImageHeader};
 
 /// Save and restore talk to the first endpoint; `--timeout` bounds the whole
