@@ -390,6 +390,11 @@ impl Agent {
         other.ok_or_else(|| Failure::not_done(Kind::Refused, "no other voter to hand leadership to"))
     }
 
+    /// Whether a planned stop has begun (`hand_off_leadership`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether this node is ready to serve: it is not stopping, a leader
     /// is known, and it has applied everything the cluster had committed
     /// when asked: a read index from the leader (one heartbeat round, as a
@@ -397,7 +402,7 @@ impl Agent {
     /// node that restarted far behind is not ready until it caught up.
     /// `not_ready` says which is missing.
     pub async fn readiness(&self) -> Result<Readiness, Failure> {
-        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.is_stopping() {
             return Err(Failure::not_done(Kind::NotReady, "this node is stopping"));
         }
         let status = self.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;

@@ -178,6 +178,13 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
     while let Some(chunk) = rx.recv().await {
         let pairs =
             chunk.map_err(|e| Failure::internal(Outcome::NotDone, format!("reading the checked backup: {e}")))?;
+        if agent.is_stopping() {
+            // Before the drain ends: the abort that follows frees the
+            // staging on every node, instead of leaving it until the next
+            // restore.
+            let message = format!("restore {id} stopped at chunk {seq}: this node is stopping");
+            return Err(Failure::not_done(Kind::ShuttingDown, message));
+        }
         let command = Command::RestoreChunk { id: id.to_string(), seq, pairs };
         // The log takes the chunk as encoded (escaped JSON, a few times the
         // image's bytes for binary-looking values); stop before it eats into
