@@ -143,7 +143,9 @@ async fn propose(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<(u64
 /// Begin and the chunks; returns how many chunks were staged.
 async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, Failure> {
     write_idempotent(agent, Command::RestoreBegin { id: id.to_string() }).await?;
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>(2);
+    // Each chunk with the bytes it takes in the log (`json_len`, as
+    // `check_backup` weighed the whole restore).
+    let (tx, mut rx) = mpsc::channel::<Result<(Vec<(String, String)>, u64), String>>(2);
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let send = |chunk| tx.blocking_send(chunk).is_ok();
@@ -155,28 +157,29 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
             Ok(reader) => reader,
             Err(e) => return send(Err(e.to_string())),
         };
-        let (mut pairs, mut bytes) = (Vec::new(), 0);
+        let (mut pairs, mut bytes, mut logged) = (Vec::new(), 0, 0);
         for _ in 0..keys {
             match reader.next_record() {
                 Ok(Some(record)) => {
                     bytes += record.key.len() + record.value.len() + 16;
+                    logged += json_len(&record.key) + json_len(&record.value) + 4;
                     pairs.push((record.key, record.value));
                     if bytes >= CHUNK_BYTES {
-                        if !send(Ok(std::mem::take(&mut pairs))) {
+                        if !send(Ok((std::mem::take(&mut pairs), logged))) {
                             return false;
                         }
-                        bytes = 0;
+                        (bytes, logged) = (0, 0);
                     }
                 }
                 Ok(None) => return send(Err("the backup ended early".into())),
                 Err(e) => return send(Err(e.to_string())),
             }
         }
-        pairs.is_empty() || send(Ok(pairs))
+        pairs.is_empty() || send(Ok((pairs, logged)))
     });
     let mut seq = 0;
     while let Some(chunk) = rx.recv().await {
-        let pairs =
+        let (pairs, logged) =
             chunk.map_err(|e| Failure::internal(Outcome::NotDone, format!("reading the checked backup: {e}")))?;
         if agent.is_stopping() {
             // Before the drain ends: the abort that follows frees the
@@ -190,8 +193,9 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
         // image's bytes for binary-looking values); stop before it eats into
         // the room kept for the log. Every node logs the same entries, and
         // nodes of one cluster are alike; a follower that does run out
-        // fail-stops, which loses nothing.
-        let logged = command.encode().len() as u64;
+        // fail-stops, which loses nothing. (The pairs as counted, and the
+        // command's own fields.)
+        let logged = logged + 128 + id.len() as u64;
         let reserve = agent.config.uploads.disk_reserve;
         datadir::check_headroom(&agent.config.data_dir, logged, reserve, "logging a restore chunk of").map_err(
             |failure| Failure {
@@ -246,4 +250,26 @@ fn retryable(failure: &Failure) -> bool {
             | Kind::LeadershipTransfer
             | Kind::NotReady
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_len;
+    use crate::state::Command;
+
+    /// The per-chunk count of the log's bytes is never below the encoding's.
+    #[test]
+    fn a_chunks_logged_bytes_are_counted_at_least_in_full() {
+        let id = "3-17a9c0ffee".to_string();
+        for pairs in [
+            vec![],
+            vec![("k".to_string(), "v".to_string())],
+            (0..100).map(|i| (format!("key\"{i}"), "\u{1}\n\\ value é".repeat(i))).collect(),
+        ] {
+            let counted: u64 =
+                pairs.iter().map(|(k, v)| json_len(k) + json_len(v) + 4).sum::<u64>() + 128 + id.len() as u64;
+            let command = Command::RestoreChunk { id: id.clone(), seq: u64::MAX, pairs };
+            assert!(counted >= command.encode().len() as u64, "{counted} < {}", command.encode().len());
+        }
+    }
 }
