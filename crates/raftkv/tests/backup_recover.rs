@@ -172,18 +172,7 @@ async fn damaged_backups_are_refused_and_the_data_is_untouched() {
         assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
     }
     // Well-formed, but with a key over the server's limit (4 KiB): refused too.
-    let header = raftkv::state::image::ImageHeader {
-        format: raftkv::state::image::FORMAT,
-        kind: raftkv::state::image::ImageKind::Backup,
-        index: 1,
-        term: 1,
-        members: None,
-        keys: 1,
-        peers: Default::default(),
-        staging: None,
-        last_restore: None,
-        created_unix_ms: 0,
-    };
+    let header = backup_header(1);
     let mut writer = raftkv::state::image::ImageWriter::new(Vec::new(), &header).unwrap();
     writer.record(&"k".repeat(5000), "v", 1).unwrap();
     let oversized = writer.finish().unwrap();
