@@ -22,7 +22,7 @@ const END: &[u8; 8] = b"RKVEND01";
 
 /// An image with `header` and `records` (data records, then staging
 /// records), as the writer makes it.
-pub fn image_bytes(header: &ImageHeader, records: &[(String, String, u64)]) -> Vec<u8> {
+pub fn image_bytes(header: &ImageHeader, records: &[(String, Vec<u8>, u64)]) -> Vec<u8> {
     let mut writer = ImageWriter::new(Vec::new(), header).expect("an image header serializes");
     for (key, value, index) in records {
         writer.record(key, value, *index).expect("writing to memory");
@@ -251,16 +251,21 @@ pub fn gossip_input(sealed: bool, datagrams: &[Vec<u8>]) -> Vec<u8> {
 /// corpora of the fuzz targets (`fuzz/corpus/<name>/`), also replayed by
 /// `cargo test`.
 pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
-    let record = |k: &str, v: &str, i: u64| (k.to_string(), v.to_string(), i);
-    let data = vec![record("alpha", "one", 3), record("beta", "", 4), record("ключ", "значение", 5)];
-    let mut with_peers = image_header(ImageKind::Snapshot, 3, None);
+    let record = |k: &str, v: &[u8], i: u64| (k.to_string(), v.to_vec(), i);
+    let data = vec![
+        record("alpha", b"one", 3),
+        record("beta", b"", 4),
+        record("ключ", "значение".as_bytes(), 5),
+        record("binary", &[0xff, 0, 0xfe], 6),
+    ];
+    let mut with_peers = image_header(ImageKind::Snapshot, 4, None);
     with_peers.peers.insert(1, Peer { raft_addr: "127.0.0.1:7001".into(), http_addr: "127.0.0.1:8001".into() });
     with_peers.last_restore = Some(("r1".into(), 2));
-    let staging = image_header(ImageKind::Snapshot, 3, Some(("r2".into(), 1, 1)));
-    let staged: Vec<_> = data.iter().cloned().chain([record("gamma", "three", 6)]).collect();
+    let staging = image_header(ImageKind::Snapshot, 4, Some(("r2".into(), 1, 1)));
+    let staged: Vec<_> = data.iter().cloned().chain([record("gamma", b"three", 7)]).collect();
     let images = [
         image_bytes(&image_header(ImageKind::Snapshot, 0, None), &[]),
-        image_bytes(&image_header(ImageKind::Backup, 3, None), &data),
+        image_bytes(&image_header(ImageKind::Backup, 4, None), &data),
         image_bytes(&with_peers, &data),
         image_bytes(&staging, &staged),
     ];
@@ -268,6 +273,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
 
     let commands = [
         Command::Set { key: "a".into(), value: "1".into() },
+        Command::Set { key: "b".into(), value: vec![0xff, 0].into() },
         Command::Delete { key: "a".into() },
         Command::Cas { key: "a".into(), expected: Some("1".into()), value: "2".into() },
         Command::Cas { key: "b".into(), expected: None, value: "2".into() },
@@ -281,6 +287,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         Answer::Done,
         Answer::Deleted { existed: true },
         Answer::CasFailed { current: Some("1".into()) },
+        Answer::CasFailed { current: Some(vec![0xfe].into()) },
         Answer::Invalid { reason: "x".into() },
         Answer::Restored { keys: 3 },
         Answer::RestoreFailed { reason: "y".into() },

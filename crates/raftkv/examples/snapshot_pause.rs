@@ -21,7 +21,7 @@ fn main() {
                 term: Term(1),
                 index: LogIndex(i + 1),
                 payload: EntryPayload::Command(
-                    Command::Set { key: format!("key-{i:09}"), value: value.clone() }.encode(),
+                    Command::Set { key: format!("key-{i:09}"), value: value.as_str().into() }.encode(),
                 ),
             })
             .collect();

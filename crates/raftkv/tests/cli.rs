@@ -213,18 +213,75 @@ async fn values_from_stdin_and_files_round_trip() {
     assert_eq!(both.status.code(), Some(2));
     assert!(stderr(&both).contains("cannot be used with"), "{}", stderr(&both));
     assert_eq!(raftkv(&["put", "k", "--addr", addr]).status.code(), Some(2));
-    // Not UTF-8, a missing file, over the limit: clear errors, nothing written.
+    // Any bytes: a binary value goes in and comes back exactly, as the raw
+    // bytes on stdout and as base64 in JSON; keys with `/ ?#%+` and spaces
+    // name themselves.
+    let bytes: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0, b'\n']).collect();
     let binary = root.path().join("binary");
-    std::fs::write(&binary, [b'a', 0xff, 0xfe]).unwrap();
-    let refused = raftkv(&["put", "bin", "--file", binary.to_str().unwrap(), "--addr", addr]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(stderr(&refused).contains("not UTF-8"), "{}", stderr(&refused));
-    let missing = raftkv(&["put", "bin", "--file", "/nonexistent/value", "--addr", addr]);
+    std::fs::write(&binary, &bytes).unwrap();
+    let key = "bin/a key?#%+é";
+    ok(&["put", key, "--file", binary.to_str().unwrap(), "--addr", addr]);
+    let got = raftkv(&["get", key, "--addr", addr]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(got.stdout, bytes, "the binary value read back differs");
+    let got = json_of(&["get", key, "--addr", addr, "-w", "json"]);
+    assert_eq!(got["key"], key);
+    assert!(got["value"].is_null(), "{got}");
+    assert_eq!(got["value_base64"].as_str().map(|b| b.len()), Some(bytes.len().div_ceil(3) * 4), "{got}");
+    let piped = raftkv_with_stdin(&["put", "bin2", "-", "--addr", addr], Some(&bytes[250..]));
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(raftkv(&["get", "bin2", "--addr", addr]).stdout, &bytes[250..]);
+    ok(&["put", "swapped", "text", "--addr", addr]);
+    ok(&["cas", "swapped", "--file", binary.to_str().unwrap(), "--expected", "text", "--addr", addr]);
+    assert_eq!(raftkv(&["get", "swapped", "--addr", addr]).stdout, bytes);
+    // A failed swap tells the binary value it found, in base64.
+    let conflict = raftkv(&["cas", "swapped", "new", "--expected", "text", "--addr", addr, "-w", "json"]);
+    assert_eq!(conflict.status.code(), Some(1), "{}", stderr(&conflict));
+    assert!(stderr(&conflict).contains("409"), "{}", stderr(&conflict));
+
+    // The raw route as any HTTP client uses it: the bytes, the index in a
+    // header; a delete; the JSON routes take base64 too.
+    let http = client();
+    let url = format!("http://{addr}/api/v1/kv/bin%2Fa%20key%3F%23%25%2B%C3%A9");
+    let raw = http.get(&url).send().await.unwrap();
+    assert_eq!(raw.status(), 200);
+    assert_eq!(raw.headers()["content-type"], "application/octet-stream");
+    assert!(raw.headers()["x-raftkv-index"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(raw.bytes().await.unwrap(), bytes);
+    let stale = http.get(format!("{url}?consistency=stale")).send().await.unwrap();
+    assert_eq!(stale.bytes().await.unwrap(), bytes);
+    let set = http
+        .post(format!("http://{addr}/api/v1/set"))
+        .json(&serde_json::json!({"key": "b64", "value_base64": "/wA="}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    assert_eq!(
+        http.get(format!("http://{addr}/api/v1/kv/b64")).send().await.unwrap().bytes().await.unwrap()[..],
+        [0xff, 0]
+    );
+    for bad in [
+        serde_json::json!({"key": "b64", "value_base64": "not base64!"}),
+        serde_json::json!({"key": "b64", "value": "x", "value_base64": "AA=="}),
+        serde_json::json!({"key": "b64"}),
+    ] {
+        let refused = http.post(format!("http://{addr}/api/v1/set")).json(&bad).send().await.unwrap();
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+    let deleted = http.delete(&url).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+    let listed = ok(&["list", "bin", "--addr", addr]);
+    assert!(listed.contains("bin2\tbase64:+vv8/f7///4ACg=="), "{listed}");
+    // A missing file, over the limit: clear errors, nothing written.
+    let missing = raftkv(&["put", "nothing", "--file", "/nonexistent/value", "--addr", addr]);
     assert!(stderr(&missing).contains("/nonexistent/value"), "{}", stderr(&missing));
     let too_big = raftkv_with_stdin(&["put", "huge", "-", "--addr", addr], Some(format!("{big}x").as_bytes()));
     assert_eq!(too_big.status.code(), Some(1), "{}", stderr(&too_big));
     assert!(stderr(&too_big).contains("413"), "{}", stderr(&too_big));
-    assert_eq!(get_json(&node, "bin", "linearizable").await.0, 404);
+    assert_eq!(get_json(&node, "nothing", "linearizable").await.0, 404);
+    assert_eq!(get_json(&node, "huge", "linearizable").await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

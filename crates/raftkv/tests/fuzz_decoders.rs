@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use raftkv::state::image::{self, ImageError, ImageHeader, ImageKind};
-use raftkv::state::{Command, Kv, Peer};
+use raftkv::state::{Blob, Command, Kv, Peer};
 use raftkv_raft::StateMachine;
 
 #[global_allocator]
@@ -103,20 +103,25 @@ fn mutate(data: &mut Vec<u8>, mutations: &[Mutation]) {
 #[derive(Clone, Debug)]
 struct Image {
     header: ImageHeader,
-    data: BTreeMap<String, (String, u64)>,
-    staging: BTreeMap<String, (String, u64)>,
+    data: BTreeMap<String, (Vec<u8>, u64)>,
+    staging: BTreeMap<String, (Vec<u8>, u64)>,
 }
 
 impl Image {
     fn bytes(&self) -> Vec<u8> {
-        let records: Vec<(String, String, u64)> =
+        let records: Vec<(String, Vec<u8>, u64)> =
             (self.data.iter().chain(&self.staging)).map(|(k, (v, i))| (k.clone(), v.clone(), *i)).collect();
         harness::image_bytes(&self.header, &records)
     }
 }
 
-fn records() -> impl Strategy<Value = BTreeMap<String, (String, u64)>> {
-    proptest::collection::btree_map("\\PC{0,8}", ("\\PC{0,16}", any::<u64>()), 0..6)
+fn records() -> impl Strategy<Value = BTreeMap<String, (Vec<u8>, u64)>> {
+    proptest::collection::btree_map("\\PC{0,8}", (value(), any::<u64>()), 0..6)
+}
+
+/// A value: text, or any bytes.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof!["\\PC{0,16}".prop_map(String::into_bytes), proptest::collection::vec(any::<u8>(), 0..16),]
 }
 
 fn an_image() -> impl Strategy<Value = Image> {
@@ -171,8 +176,8 @@ proptest! {
         kv.state_machine(|_, _| {}).restore(&mut bytes.as_slice()).unwrap();
         {
             let state = kv.read();
-            let data: BTreeMap<String, (String, u64)> =
-                state.data.iter().map(|(k, v)| (k.clone(), (v.value.clone(), v.index.0))).collect();
+            let data: BTreeMap<String, (Vec<u8>, u64)> =
+                state.data.iter().map(|(k, v)| (k.clone(), (v.value.to_vec(), v.index.0))).collect();
             prop_assert_eq!(&data, &image.data);
             prop_assert_eq!(state.applied.0, image.header.index);
             prop_assert_eq!(state.staging.as_ref().map(|s| s.data.len()), image.header.staging.as_ref().map(|_| image.staging.len()));
@@ -193,7 +198,7 @@ proptest! {
 #[test]
 fn image_lengths_set_huge_are_refused_without_allocating() {
     let header = harness::image_header(ImageKind::Snapshot, 1, None);
-    let bytes = harness::image_bytes(&header, &[("key".to_string(), "value".to_string(), 7)]);
+    let bytes = harness::image_bytes(&header, &[("key".to_string(), b"value".to_vec(), 7)]);
     let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let key_at = 12 + header_len;
     let value_at = key_at + 4 + 3;
@@ -220,12 +225,12 @@ fn text() -> impl Strategy<Value = String> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (text(), text()).prop_map(|(key, value)| Command::Set { key, value }),
+        (text(), value()).prop_map(|(key, value)| Command::Set { key, value: value.into() }),
         text().prop_map(|key| Command::Delete { key }),
-        (text(), proptest::option::of(text()), text()).prop_map(|(key, expected, value)| Command::Cas {
+        (text(), proptest::option::of(value()), value()).prop_map(|(key, expected, value)| Command::Cas {
             key,
-            expected,
-            value
+            expected: expected.map(Blob::from),
+            value: value.into(),
         }),
         (any::<u64>(), text(), text()).prop_map(|(id, raft_addr, http_addr)| Command::RegisterPeer {
             id,
@@ -233,8 +238,9 @@ fn command() -> impl Strategy<Value = Command> {
             http_addr
         }),
         text().prop_map(|id| Command::RestoreBegin { id }),
-        (text(), any::<u64>(), proptest::collection::vec((text(), text()), 0..3))
-            .prop_map(|(id, seq, pairs)| Command::RestoreChunk { id, seq, pairs }),
+        (text(), any::<u64>(), proptest::collection::vec((text(), value()), 0..3)).prop_map(|(id, seq, pairs)| {
+            Command::RestoreChunk { id, seq, pairs: pairs.into_iter().map(|(k, v)| (k, Blob::from(v))).collect() }
+        }),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(id, chunks, keys)| Command::RestoreCommit { id, chunks, keys }),
         text().prop_map(|id| Command::RestoreAbort { id }),
     ]

@@ -73,6 +73,7 @@ async fn each_role_can_do_exactly_its_operations_on_every_route() {
         ("GET", "/v1/ready", None, "open"),
         ("GET", "/api/v1/get?key=k", None, "read"),
         ("GET", "/api/v1/list", None, "read"),
+        ("GET", "/api/v1/kv/k", None, "read"),
         ("GET", "/api/v1/members", None, "read"),
         ("GET", "/api/v1/operator/autopilot/health", None, "read"),
         ("GET", "/api/v1/gossip/members", None, "read"),
@@ -81,6 +82,8 @@ async fn each_role_can_do_exactly_its_operations_on_every_route() {
         ("DELETE", "/api/v1/delete?key=k", None, "write"),
         ("POST", "/api/v1/delete?key=k", None, "write"),
         ("POST", "/api/v1/cas", Some(json!({"key": "k", "expected": "x", "value": "y"})), "write"),
+        ("PUT", "/api/v1/kv/k", Some(json!("v")), "write"),
+        ("DELETE", "/api/v1/kv/k", None, "write"),
         ("POST", "/api/v1/join", Some(json!({"id": "x"})), "admin"),
         ("POST", "/api/v1/remove", Some(json!({"id": "x"})), "admin"),
         ("POST", "/api/v1/transfer-leader", Some(json!({"id": "x"})), "admin"),
@@ -736,7 +739,7 @@ async fn a_restore_stops_before_its_log_eats_the_reserve() {
     let header = backup_header(keys);
     let mut writer = raftkv::state::image::ImageWriter::new(Vec::new(), &header).unwrap();
     for k in 0..keys {
-        writer.record(&format!("key{k:04}"), &value, 1).unwrap();
+        writer.record(&format!("key{k:04}"), value.as_bytes(), 1).unwrap();
     }
     let image = writer.finish().unwrap();
     let reserve = free_bytes(root.path()) - image.len() as u64 - (32 << 20);

@@ -14,7 +14,7 @@ use crate::agent::datadir;
 use crate::agent::node::Agent;
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::state::image::{self, ImageHeader, ImageReader};
-use crate::state::{Answer, Command, Limits};
+use crate::state::{Answer, Blob, Command, Limits};
 
 /// Payload bytes of key/value pairs per `RestoreChunk` entry.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -102,15 +102,15 @@ fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64, u64), 
         limits.check_key(&record.key).map_err(|e| format!("record {n}: {e}"))?;
         limits.check_value(&record.value).map_err(|e| format!("record {n} ({:?}): {e}", record.key))?;
         // `["key","value"],` as the chunk's JSON holds it.
-        logged += json_len(&record.key) + json_len(&record.value) + 4;
+        logged += json_len(&record.key) + json_len(&Blob(record.value.clone())) + 4;
         Ok(())
     };
     let (header, size) = image::verify_each(file, within_limits).map_err(|e| e.to_string())?;
     Ok((header, size, logged))
 }
 
-/// The length of `text` as a JSON string, escapes and quotes included.
-fn json_len(text: &str) -> u64 {
+/// The length of `value` in JSON, escapes and quotes included.
+fn json_len(value: &impl serde::Serialize) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -122,8 +122,8 @@ fn json_len(text: &str) -> u64 {
         }
     }
     let mut count = Count(0);
-    // Writing to a counter does not fail, and a string always serializes.
-    let _ = serde_json::to_writer(&mut count, text);
+    // Writing to a counter does not fail, and strings and blobs always serialize.
+    let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
 
@@ -145,7 +145,7 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
     write_idempotent(agent, Command::RestoreBegin { id: id.to_string() }).await?;
     // Each chunk with the bytes it takes in the log (`json_len`, as
     // `check_backup` weighed the whole restore).
-    let (tx, mut rx) = mpsc::channel::<Result<(Vec<(String, String)>, u64), String>>(2);
+    let (tx, mut rx) = mpsc::channel::<Result<(Vec<(String, Blob)>, u64), String>>(2);
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let send = |chunk| tx.blocking_send(chunk).is_ok();
@@ -161,9 +161,10 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
         for _ in 0..keys {
             match reader.next_record() {
                 Ok(Some(record)) => {
-                    bytes += record.key.len() + record.value.len() + 16;
-                    logged += json_len(&record.key) + json_len(&record.value) + 4;
-                    pairs.push((record.key, record.value));
+                    let value = Blob(record.value);
+                    bytes += record.key.len() + value.len() + 16;
+                    logged += json_len(&record.key) + json_len(&value) + 4;
+                    pairs.push((record.key, value));
                     if bytes >= CHUNK_BYTES {
                         if !send(Ok((std::mem::take(&mut pairs), logged))) {
                             return false;
@@ -255,7 +256,7 @@ fn retryable(failure: &Failure) -> bool {
 #[cfg(test)]
 mod tests {
     use super::json_len;
-    use crate::state::Command;
+    use crate::state::{Blob, Command};
 
     /// The per-chunk count of the log's bytes is never below the encoding's.
     #[test]
@@ -263,8 +264,9 @@ mod tests {
         let id = "3-17a9c0ffee".to_string();
         for pairs in [
             vec![],
-            vec![("k".to_string(), "v".to_string())],
-            (0..100).map(|i| (format!("key\"{i}"), "\u{1}\n\\ value é".repeat(i))).collect(),
+            vec![("k".to_string(), Blob::from("v"))],
+            (0..100).map(|i| (format!("key\"{i}"), Blob::from("\u{1}\n\\ value é".repeat(i)))).collect(),
+            (0..100).map(|i| (format!("k{i}"), Blob::from(vec![0xff; i]))).collect(),
         ] {
             let counted: u64 =
                 pairs.iter().map(|(k, v)| json_len(k) + json_len(v) + 4).sum::<u64>() + 128 + id.len() as u64;

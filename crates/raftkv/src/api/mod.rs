@@ -36,6 +36,7 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
     let read = Router::new()
         .route("/api/v1/get", get(kv::get_key))
         .route("/api/v1/list", get(kv::list))
+        .route("/api/v1/kv/{*key}", get(kv::get_raw))
         .route("/api/v1/members", get(admin::members))
         .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
         .route("/api/v1/gossip/members", get(admin::gossip_members))
@@ -47,6 +48,7 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/set", post(kv::set))
         .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
         .route("/api/v1/cas", post(kv::cas))
+        .route("/api/v1/kv/{*key}", axum::routing::put(kv::put_raw).delete(kv::delete_raw))
         .route_layer(failed())
         .route_layer(require(Role::Write))
         .route_layer(axum::middleware::from_fn(metrics::track));

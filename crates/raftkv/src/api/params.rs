@@ -33,7 +33,7 @@ pub fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
 }
 
 /// A value over the limit is 413.
-pub fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
+pub fn check_value(limits: &Limits, value: &[u8]) -> Result<(), ApiError> {
     limits.check_value(value).map_err(too_large)
 }
 

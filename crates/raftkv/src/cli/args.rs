@@ -286,8 +286,8 @@ pub struct ValueArgs {
     /// The value; `-` reads it from stdin, as it is (a final newline too).
     #[arg(required_unless_present = "file")]
     pub value: Option<String>,
-    /// Read the value from FILE, as it is (for values too long for an
-    /// argument). It must be UTF-8 text.
+    /// Read the value from FILE, as it is: any bytes (for values too long
+    /// for an argument, or not text).
     #[arg(long, conflicts_with = "value", value_name = "FILE")]
     pub file: Option<PathBuf>,
 }

@@ -74,6 +74,21 @@ pub struct Endpoint {
     base: String,
 }
 
+/// What a request carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    Empty,
+    Json(&'a Value),
+    /// Bytes as they are (`application/octet-stream`).
+    Raw(&'a bytes::Bytes),
+}
+
+impl<'a> From<Option<&'a Value>> for Payload<'a> {
+    fn from(body: Option<&'a Value>) -> Payload<'a> {
+        body.map_or(Payload::Empty, Payload::Json)
+    }
+}
+
 /// An answer a call ends with (success or a final error status).
 #[derive(Debug)]
 pub struct Answer {
@@ -164,16 +179,17 @@ impl Cluster {
         &self.endpoints
     }
 
-    /// Sends one JSON request to the endpoints in turn until one takes it
-    /// (see the module doc); returns that endpoint's answer, success or a
-    /// final error status.
-    pub async fn call(
+    /// Sends one request to the endpoints in turn until one takes it (see
+    /// the module doc); returns that endpoint's answer, success or a final
+    /// error status.
+    pub async fn call<'a>(
         &self,
         effect: Effect,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: impl Into<Payload<'a>>,
     ) -> Result<Answer, CallError> {
+        let body = body.into();
         let Some(budget) = self.deadline.budget() else {
             return Err(CallError::NotDone("timed out before the request was sent (--timeout)".to_string()));
         };
@@ -234,7 +250,7 @@ impl Cluster {
         endpoint: &Endpoint,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Payload<'_>,
         timeout: Duration,
     ) -> Result<Answer, Failed> {
         let mut request = self
@@ -242,8 +258,12 @@ impl Cluster {
             .request(method, format!("{}{path}", endpoint.base))
             .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request.json(body);
+        match body {
+            Payload::Empty => {}
+            Payload::Json(body) => request = request.json(body),
+            Payload::Raw(bytes) => {
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(bytes.clone())
+            }
         }
         let response = request.send().await.map_err(|e| transport_failure(&e, timeout))?;
         let status = response.status();
@@ -256,7 +276,7 @@ impl Cluster {
     pub async fn each(&self, path: &str) -> Vec<(String, Result<Answer, String>)> {
         let timeout = self.deadline.budget().unwrap_or(Duration::from_millis(1));
         let calls = self.endpoints.iter().map(|endpoint| async move {
-            let answer = self.attempt(endpoint, reqwest::Method::GET, path, None, timeout).await;
+            let answer = self.attempt(endpoint, reqwest::Method::GET, path, Payload::Empty, timeout).await;
             let answer = answer.map_err(|failed| match failed {
                 Failed::NotSent(reason) | Failed::Sent(reason) => reason,
             });
@@ -457,4 +477,18 @@ pub fn error_message(text: &str) -> String {
 /// Percent-encodes a query value.
 pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Percent-encodes a path segment: every byte but RFC 3986's unreserved
+/// ones (so `/`, `?`, `#`, `%` and spaces in a key stay in the key).
+pub fn encode_segment(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }

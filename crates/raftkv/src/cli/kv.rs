@@ -11,8 +11,9 @@ use crate::cli::args::{
     AutopilotCommand, ClientArgs, Commands, EndpointCommand, GossipCommand, OperatorCommand, PagingArgs, ValueArgs,
     WriteOut,
 };
-use crate::cli::client::{encode, Answer, CallError, Cluster, Deadline, Effect, CALL_TIMEOUT};
+use crate::cli::client::{encode, encode_segment, Answer, CallError, Cluster, Deadline, Effect, Payload, CALL_TIMEOUT};
 use crate::cli::globals::Globals;
+use crate::state::Blob;
 
 pub async fn run(command: Commands, globals: &Globals) -> i32 {
     match client(command, globals).await {
@@ -116,6 +117,24 @@ async fn call(
     cluster.call(effect, method, path, body.as_ref()).await?.json()
 }
 
+/// An item's value as one line shows it: the text, or `base64:` and the
+/// bytes in base64 when they are not UTF-8 text.
+fn value_field(item: &Value) -> String {
+    match item["value_base64"].as_str() {
+        Some(encoded) => format!("base64:{encoded}"),
+        None => field(&item["value"]),
+    }
+}
+
+/// A key as a path segment of `/api/v1/kv/`; an empty key is refused here,
+/// where the route could not even name it.
+fn key_path(key: &str) -> Result<String, CallError> {
+    if key.is_empty() {
+        return Err(CallError::NotDone("the key must not be empty; nothing was sent".to_string()));
+    }
+    Ok(format!("/api/v1/kv/{}", encode_segment(key)))
+}
+
 async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
     use reqwest::Method;
     let (shown, write_out) = match command {
@@ -129,32 +148,42 @@ async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
         Commands::Put { key, value, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let value = read_value(value, &cluster.deadline).await?;
-            let body = json!({"key": key, "value": value});
-            let v = call(&cluster, Effect::Write, Method::POST, "/api/v1/set", Some(body)).await?;
+            let answer = cluster.call(Effect::Write, Method::PUT, &key_path(&key)?, Payload::Raw(&value.0)).await?;
+            let v = answer.json()?;
             (Shown::plain(v.clone(), format!("OK (index {})", v["index"])), globals.write_out(&client))
         }
         Commands::Get { key: Some(key), prefix: _, limit: _, paging, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let path = format!("/api/v1/get?key={}&consistency={}", encode(&key), paging.consistency.as_str());
             let v = call(&cluster, Effect::Read, Method::GET, &path, None).await?;
+            let write_out = globals.write_out(&client);
+            if let (Some(encoded), WriteOut::Simple) = (v["value_base64"].as_str(), write_out) {
+                // Bytes that are not text go out as they are, with nothing added.
+                let value = Blob::from_base64(encoded)
+                    .map_err(|e| CallError::NotDone(format!("the server's value_base64 is not base64: {e}")))?;
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&value.0).and_then(|()| stdout.flush());
+                return Ok(());
+            }
             let table = Table {
                 header: vec!["KEY", "VALUE", "INDEX"],
-                rows: vec![vec![field(&v["key"]), field(&v["value"]), field(&v["index"])]],
+                rows: vec![vec![field(&v["key"]), value_field(&v), field(&v["index"])]],
             };
-            (Shown { json: v.clone(), simple: field(&v["value"]), table: Some(table) }, globals.write_out(&client))
+            (Shown { json: v.clone(), simple: field(&v["value"]), table: Some(table) }, write_out)
         }
         Commands::Get { key: None, prefix, limit, paging, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let prefix = prefix.unwrap_or_default();
             let (items, more) = list_all(&cluster, &prefix, limit, &paging).await?;
             // As etcdctl prints `get --prefix`: the key on one line, its value on the next.
-            let simple = items.iter().flat_map(|i| [field(&i["key"]), field(&i["value"])]).collect::<Vec<_>>();
+            let simple = items.iter().flat_map(|i| [field(&i["key"]), value_field(i)]).collect::<Vec<_>>();
             (items_shown(items, more, simple.join("\n")), globals.write_out(&client))
         }
         Commands::List { prefix, limit, paging, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let (items, more) = list_all(&cluster, &prefix, limit, &paging).await?;
-            let simple = items.iter().map(|i| format!("{}\t{}", field(&i["key"]), field(&i["value"])));
+            let simple = items.iter().map(|i| format!("{}\t{}", field(&i["key"]), value_field(i)));
             let simple = simple.collect::<Vec<_>>().join("\n");
             (items_shown(items, more, simple), globals.write_out(&client))
         }
@@ -175,7 +204,9 @@ async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
         Commands::Cas { key, value, expected, absent: _, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let value = read_value(value, &cluster.deadline).await?;
-            let body = json!({"key": key, "expected": expected, "value": value});
+            let (field, value) = value.json_field();
+            let mut body = json!({"key": key, "expected": expected});
+            body[field] = value;
             let v = call(&cluster, Effect::Write, Method::POST, "/api/v1/cas", Some(body)).await?;
             (Shown::plain(v.clone(), format!("OK (index {})", v["index"])), globals.write_out(&client))
         }
@@ -269,15 +300,12 @@ async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
 
 /// The value of `put` or `cas`: the argument, stdin (`-`) or a file; read
 /// within the command's deadline.
-async fn read_value(args: ValueArgs, deadline: &Deadline) -> Result<String, CallError> {
+async fn read_value(args: ValueArgs, deadline: &Deadline) -> Result<Blob, CallError> {
     use tokio::io::AsyncReadExt;
-    let (bytes, source) = match (args.value, args.file) {
+    let bytes = match (args.value, args.file) {
         (_, Some(file)) => {
             let read = tokio::fs::read(&file).await;
-            (
-                read.map_err(|e| format!("cannot read the value from {}: {e}", file.display()))?,
-                file.display().to_string(),
-            )
+            read.map_err(|e| format!("cannot read the value from {}: {e}", file.display()))?
         }
         (Some(value), None) if value == "-" => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -292,17 +320,12 @@ async fn read_value(args: ValueArgs, deadline: &Deadline) -> Result<String, Call
                 _ => read.await,
             };
             read.map_err(|e| format!("cannot read the value from stdin: {e}"))?;
-            (bytes, "stdin".to_string())
+            bytes
         }
-        (Some(value), None) => return Ok(value),
+        (Some(value), None) => return Ok(Blob::from(value)),
         (None, None) => return Err(CallError::NotDone("give a VALUE, - (stdin) or --file FILE".to_string())),
     };
-    String::from_utf8(bytes).map_err(|e| {
-        CallError::NotDone(format!(
-            "the value from {source} is not UTF-8 text (invalid at byte {}): values are strings; nothing was sent",
-            e.utf8_error().valid_up_to()
-        ))
-    })
+    Ok(Blob::from(bytes))
 }
 
 /// One page of `GET /api/v1/list`: its items and whether there are more.
@@ -384,7 +407,7 @@ async fn delete_prefix(cluster: &Cluster, prefix: &str, paging: &PagingArgs) -> 
 /// What `get --prefix` and `list` show: the server's list answer (all pages
 /// in one), the plain lines, a table.
 fn items_shown(items: Vec<Value>, more: bool, simple: String) -> Shown {
-    let rows = items.iter().map(|i| vec![field(&i["key"]), field(&i["value"]), field(&i["index"])]).collect();
+    let rows = items.iter().map(|i| vec![field(&i["key"]), value_field(i), field(&i["index"])]).collect();
     let table = Table { header: vec!["KEY", "VALUE", "INDEX"], rows };
     Shown { json: json!({"items": items, "more": more}), simple, table: Some(table) }
 }

@@ -4,13 +4,15 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::state::blob::Blob;
+
 /// A write, as stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     Set {
         key: String,
-        value: String,
+        value: Blob,
     },
     Delete {
         key: String,
@@ -18,8 +20,8 @@ pub enum Command {
     /// Set `key` to `value` if its current value is `expected` (`None`: absent).
     Cas {
         key: String,
-        expected: Option<String>,
-        value: String,
+        expected: Option<Blob>,
+        value: Blob,
     },
     /// Records where node `id` listens, before it is added as a voter.
     RegisterPeer {
@@ -35,7 +37,7 @@ pub enum Command {
     RestoreChunk {
         id: String,
         seq: u64,
-        pairs: Vec<(String, String)>,
+        pairs: Vec<(String, Blob)>,
     },
     /// Replaces the state with restore `id`'s, if it received `chunks` chunks
     /// holding `keys` keys.
@@ -69,7 +71,7 @@ pub enum Answer {
         existed: bool,
     },
     CasFailed {
-        current: Option<String>,
+        current: Option<Blob>,
     },
     /// The entry could not be decoded (only a bug or a foreign writer does this).
     Invalid {
@@ -119,7 +121,7 @@ impl Limits {
         Ok(())
     }
 
-    pub fn check_value(&self, value: &str) -> Result<(), String> {
+    pub fn check_value(&self, value: &[u8]) -> Result<(), String> {
         if value.len() > self.max_value_bytes {
             return Err(format!("value of {} bytes exceeds the limit of {}", value.len(), self.max_value_bytes));
         }
@@ -135,12 +137,12 @@ impl Command {
         match self {
             Command::Set { key, value } | Command::Cas { key, value, .. } => {
                 limits.check_key(key)?;
-                limits.check_value(value)
+                limits.check_value(&value.0)
             }
             Command::Delete { key } => limits.check_key(key),
             Command::RestoreChunk { pairs, .. } => pairs.iter().try_for_each(|(key, value)| {
                 limits.check_key(key)?;
-                limits.check_value(value)
+                limits.check_value(&value.0)
             }),
             Command::RestoreBegin { .. } | Command::RestoreCommit { .. } | Command::RestoreAbort { .. } => Ok(()),
             Command::RegisterPeer { .. } => Err("peer records are written by the leader, not by clients".to_string()),

@@ -9,6 +9,11 @@
 //! "RKVEND01" | CRC-32C (u32 LE) of every byte before it
 //! ```
 //!
+//! Keys are UTF-8. Values are any bytes since format 2; format 1, written
+//! before values could be binary, is the same layout with UTF-8 values, and
+//! is still read. A reader older than format 2 refuses a format 2 image by
+//! its header instead of failing on its first binary value.
+//!
 //! The header comes first so that `inspect` and the restore's checks know what
 //! to expect before reading the body; the trailer's checksum covers the whole
 //! file, so a truncated or bit-flipped file is refused, never half-loaded.
@@ -17,13 +22,17 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::state::command::Peer;
 
 const MAGIC: &[u8; 8] = b"RKVIMG01";
 const END: &[u8; 8] = b"RKVEND01";
-pub const FORMAT: u32 = 1;
+/// The format written.
+pub const FORMAT: u32 = 2;
+/// The oldest format read.
+const OLDEST_FORMAT: u32 = 1;
 const MAX_HEADER_BYTES: u32 = 64 << 20;
 const MAX_KEY_BYTES: u32 = 1 << 20;
 const MAX_VALUE_BYTES: u32 = 256 << 20;
@@ -75,12 +84,12 @@ pub struct ImageHeader {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub key: String,
-    pub value: String,
+    pub value: Bytes,
     pub index: u64,
 }
 
 impl Record {
-    fn encoded_len(key: &str, value: &str) -> u64 {
+    fn encoded_len(key: &str, value: &[u8]) -> u64 {
         (4 + key.len() + 4 + value.len() + 8) as u64
     }
 }
@@ -95,7 +104,7 @@ pub enum ImageError {
     Damaged { what: String },
     #[error("checksum mismatch: the file says {stored:08x}, its contents give {computed:08x} (damaged or altered)")]
     Checksum { stored: u32, computed: u32 },
-    #[error("unsupported image format {0} (this raftkv reads format {FORMAT})")]
+    #[error("unsupported image format {0} (this raftkv reads formats {OLDEST_FORMAT} to {FORMAT})")]
     Format(u32),
     /// A record the caller's check refused (see `verify_each`).
     #[error("{0}")]
@@ -114,7 +123,7 @@ impl From<ImageError> for io::Error {
 }
 
 /// The exact size in bytes of an image with this header and these records.
-pub fn encoded_size<'a>(header: &ImageHeader, records: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+pub fn encoded_size<'a>(header: &ImageHeader, records: impl Iterator<Item = (&'a str, &'a [u8])>) -> u64 {
     let header_len = serde_json::to_vec(header).map_or(0, |h| h.len()) as u64;
     let body: u64 = records.map(|(k, v)| Record::encoded_len(k, v)).sum();
     8 + 4 + header_len + body + 8 + 4
@@ -144,11 +153,11 @@ impl<W: Write> ImageWriter<W> {
         self.out.write_all(bytes)
     }
 
-    pub fn record(&mut self, key: &str, value: &str, index: u64) -> io::Result<()> {
+    pub fn record(&mut self, key: &str, value: &[u8], index: u64) -> io::Result<()> {
         self.put(&(key.len() as u32).to_le_bytes())?;
         self.put(key.as_bytes())?;
         self.put(&(value.len() as u32).to_le_bytes())?;
-        self.put(value.as_bytes())?;
+        self.put(value)?;
         self.put(&index.to_le_bytes())?;
         self.written += 1;
         Ok(())
@@ -213,7 +222,7 @@ impl<R: Read> ImageReader<R> {
         let header = reader.bytes(length, "the header")?;
         let header: ImageHeader = serde_json::from_slice(&header)
             .map_err(|e| ImageError::Damaged { what: format!("unreadable header: {e}") })?;
-        if header.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&header.format) {
             return Err(ImageError::Format(header.format));
         }
         reader.remaining = header.keys.saturating_add(header.staging.as_ref().map_or(0, |s| s.keys));
@@ -251,12 +260,17 @@ impl<R: Read> ImageReader<R> {
         Ok(bytes)
     }
 
-    fn string(&mut self, max: u32, what: &str) -> Result<String, ImageError> {
+    /// A length (at most `max`), then that many bytes.
+    fn field(&mut self, max: u32, what: &str) -> Result<Vec<u8>, ImageError> {
         let length = self.u32(what)?;
         if length > max {
             return Err(ImageError::Damaged { what: format!("{what}: length {length} is implausible") });
         }
-        let bytes = self.bytes(length, what)?;
+        self.bytes(length, what)
+    }
+
+    fn string(&mut self, max: u32, what: &str) -> Result<String, ImageError> {
+        let bytes = self.field(max, what)?;
         String::from_utf8(bytes).map_err(|_| ImageError::Damaged { what: format!("{what}: not UTF-8") })
     }
 
@@ -267,7 +281,7 @@ impl<R: Read> ImageReader<R> {
         }
         let n = self.read + 1;
         let key = self.string(MAX_KEY_BYTES, &format!("record {n}'s key"))?;
-        let value = self.string(MAX_VALUE_BYTES, &format!("record {n}'s value"))?;
+        let value = Bytes::from(self.field(MAX_VALUE_BYTES, &format!("record {n}'s value"))?);
         let mut index = [0; 8];
         self.take(&mut index, &format!("record {n}'s index"))?;
         self.remaining -= 1;
@@ -343,10 +357,10 @@ mod tests {
         let header = header(records.len() as u64);
         let mut writer = ImageWriter::new(Vec::new(), &header).unwrap();
         for (i, (k, v)) in records.iter().enumerate() {
-            writer.record(k, v, i as u64 + 1).unwrap();
+            writer.record(k, v.as_bytes(), i as u64 + 1).unwrap();
         }
         let bytes = writer.finish().unwrap();
-        assert_eq!(bytes.len() as u64, encoded_size(&header, records.iter().copied()));
+        assert_eq!(bytes.len() as u64, encoded_size(&header, records.iter().map(|(k, v)| (*k, v.as_bytes()))));
         bytes
     }
 
@@ -359,8 +373,33 @@ mod tests {
         while let Some(record) = reader.next_record().unwrap() {
             keys.push((record.key, record.value, record.index));
         }
-        assert_eq!(keys[2], ("ключ".to_string(), "значение".to_string(), 3));
+        assert_eq!(keys[2], ("ключ".to_string(), Bytes::from("значение"), 3));
         assert_eq!(reader.finish().unwrap(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn values_are_any_bytes_and_format_1_images_still_read() {
+        let binary: Vec<u8> = (0..=255).collect();
+        let mut writer = ImageWriter::new(Vec::new(), &header(1)).unwrap();
+        writer.record("k", &binary, 7).unwrap();
+        let bytes = writer.finish().unwrap();
+        let mut reader = ImageReader::open(bytes.as_slice()).unwrap();
+        assert_eq!(reader.header.format, 2);
+        let record = reader.next_record().unwrap().unwrap();
+        assert_eq!((record.key.as_str(), &record.value[..], record.index), ("k", &binary[..], 7));
+
+        // Written by a raftkv before format 2: the same layout, text values.
+        let old = ImageHeader { format: 1, ..header(1) };
+        let mut writer = ImageWriter::new(Vec::new(), &old).unwrap();
+        writer.record("k", b"text", 7).unwrap();
+        let (read, _) = verify(writer.finish().unwrap().as_slice()).unwrap();
+        assert_eq!(read.format, 1);
+
+        for format in [0, 3] {
+            let future = ImageHeader { format, ..header(0) };
+            let bytes = ImageWriter::new(Vec::new(), &future).unwrap().finish().unwrap();
+            assert!(matches!(verify(bytes.as_slice()), Err(ImageError::Format(f)) if f == format));
+        }
     }
 
     #[test]

@@ -15,12 +15,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryPayload, LogIndex, StateMachine, Term};
 
+use crate::state::blob::Blob;
 use crate::state::command::{Answer, Command, Peer};
 use crate::state::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter, Members, StagingHeader};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
-    pub value: String,
+    pub value: Bytes,
     /// Index of the entry that last wrote it.
     pub index: LogIndex,
 }
@@ -62,7 +63,7 @@ impl Captured {
 
     /// The exact size of the image `write_image` produces.
     pub fn size(&self) -> u64 {
-        image::encoded_size(&self.header, self.records().map(|(k, v)| (k.as_str(), v.value.as_str())))
+        image::encoded_size(&self.header, self.records().map(|(k, v)| (k.as_str(), &v.value[..])))
     }
 
     pub fn header(&self) -> &ImageHeader {
@@ -222,14 +223,14 @@ impl StateMachine for KvMachine {
 fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerCallback) -> Answer {
     match command {
         Command::Set { key, value } => {
-            state.data.insert(key, Value { value, index });
+            state.data.insert(key, Value { value: value.0, index });
             Answer::Done
         }
         Command::Delete { key } => Answer::Deleted { existed: state.data.remove(&key).is_some() },
         Command::Cas { key, expected, value } => {
-            let current = state.data.get(&key).map(|v| v.value.clone());
+            let current = state.data.get(&key).map(|v| Blob(v.value.clone()));
             if current == expected {
-                state.data.insert(key, Value { value, index });
+                state.data.insert(key, Value { value: value.0, index });
                 Answer::Done
             } else {
                 Answer::CasFailed { current }
@@ -266,7 +267,7 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
             };
             staging.next_seq = next;
             for (key, value) in pairs {
-                staging.data.insert(key, Value { value, index });
+                staging.data.insert(key, Value { value: value.0, index });
             }
             Answer::Done
         }
@@ -391,7 +392,7 @@ mod tests {
     }
 
     fn chunk(id: &str, seq: u64, pairs: &[(&str, &str)]) -> Command {
-        let pairs = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs = pairs.iter().map(|(k, v)| (k.to_string(), Blob::from(*v))).collect();
         Command::RestoreChunk { id: id.into(), seq, pairs }
     }
 
