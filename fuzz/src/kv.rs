@@ -337,6 +337,16 @@ fn internal_seeds(commands: &[Vec<u8>]) -> Vec<Vec<u8>> {
             membership_index: 5,
             membership_committed: true,
             removed: false,
+            activity: Some(proto::NodeActivity {
+                role: "follower".into(),
+                term: 4,
+                commit_index: 9,
+                applied_index: 9,
+                last_log_index: 10,
+                reads: Some(proto::RequestCounts { done: 3, failed: 1, micros: 900, buckets: vec![1, 2, 0, 1] }),
+                writes: None,
+                serving: true,
+            }),
         }
         .encode_to_vec(),
     ];

@@ -38,6 +38,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/kv/k", "PUT"),
     ("/api/v1/kv/a/b", "DELETE"),
     ("/api/v1/list", "GET"),
+    ("/api/v1/dashboard", "GET"),
     ("/api/v1/members", "GET"),
     ("/api/v1/join", "POST"),
     ("/api/v1/remove", "POST"),

@@ -71,6 +71,9 @@ async fn each_role_can_do_exactly_its_operations_on_every_route() {
         // Probes carry no token.
         ("GET", "/v1/health", None, "open"),
         ("GET", "/v1/ready", None, "open"),
+        ("GET", "/ui", None, "open"),
+        ("GET", "/ui/dashboard.js", None, "open"),
+        ("GET", "/api/v1/dashboard", None, "read"),
         ("GET", "/api/v1/get?key=k", None, "read"),
         ("GET", "/api/v1/list", None, "read"),
         ("GET", "/api/v1/kv/k", None, "read"),

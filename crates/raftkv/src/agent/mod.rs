@@ -2,6 +2,8 @@
 //! takes to run in a cluster. Read bottom-up:
 //!
 //! - `config`, `datadir`: what it starts with, where it keeps its data.
+//! - `activity`: the reads and writes it answered and the leadership
+//!   changes it saw, for the dashboard.
 //! - `gossip`: SWIM membership over UDP (who is alive, their addresses),
 //!   for discovery, `--bootstrap-expect` and the autopilot.
 //! - `autopilot`: server health, failure tolerance and dead-server cleanup
@@ -22,6 +24,7 @@
 //! - `start`: start-up, resume and join; `restore`: a backup restored
 //!   through the log; `recover`: offline recovery after a loss of quorum.
 
+pub mod activity;
 pub mod autopilot;
 pub mod config;
 pub mod datadir;

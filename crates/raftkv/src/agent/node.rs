@@ -14,13 +14,14 @@ use raftkv_raft::transport::grpc::AddressBook;
 use raftkv_raft::{LogIndex, NodeId, Raft, ReadMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::agent::activity::{Activity, LeaderEvent, Reading};
 use crate::agent::autopilot::{AutopilotConfig, AutopilotState, Tracker};
 use crate::agent::config::AgentConfig;
 use crate::agent::forward::{self, Forward};
 use crate::agent::gossip::Gossip;
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::agent::request::{AdminDone, AdminOp, Member};
-use crate::agent::wire::{self, Peers};
+use crate::agent::wire::{self, proto, Peers};
 use crate::state::{Answer, Command, Kv};
 
 /// Backup downloads one node serves at once: each holds a blocking thread
@@ -64,6 +65,8 @@ pub struct Agent {
     /// (`None` unless this node leads).
     autopilot: std::sync::RwLock<AutopilotConfig>,
     autopilot_state: Mutex<Option<AutopilotState>>,
+    /// What this node served and saw, for the dashboard.
+    pub activity: Activity,
 }
 
 /// Where an operation that must run on the leader runs.
@@ -104,6 +107,7 @@ impl Agent {
             left: watch::channel(false).0,
             stopping: std::sync::atomic::AtomicBool::new(false),
             removed: std::sync::RwLock::new(None),
+            activity: Activity::default(),
         }
     }
 
@@ -420,6 +424,49 @@ impl Agent {
             return Err(Failure::not_done(Kind::NotReady, message));
         }
         Ok(Readiness { leader, term: status.term, commit_index: committed, applied_index })
+    }
+
+    /// What this node reports of itself to the dashboard (`ClusterInfo`).
+    pub fn activity_report(&self, status: &raftkv_raft::Status) -> proto::NodeActivity {
+        let counts = |reading: Reading| proto::RequestCounts {
+            done: reading.done,
+            failed: reading.failed,
+            micros: reading.micros,
+            buckets: reading.buckets,
+        };
+        let role = match status.role {
+            raftkv_raft::Role::Leader => "leader",
+            raftkv_raft::Role::Candidate | raftkv_raft::Role::PreCandidate => "candidate",
+            raftkv_raft::Role::Follower => "follower",
+            raftkv_raft::Role::Learner => "learner",
+        };
+        proto::NodeActivity {
+            role: role.to_string(),
+            term: status.term.0,
+            commit_index: status.commit_index.0,
+            applied_index: self.raft.applied_index().0,
+            last_log_index: status.last_log_index.0,
+            reads: Some(counts(self.activity.reads())),
+            writes: Some(counts(self.activity.writes())),
+            serving: status.leader.is_some()
+                && !self.is_stopping()
+                && self.raft.failure().is_none()
+                && self.removed().is_none(),
+        }
+    }
+
+    /// Keeps the leadership changes this node sees in `activity`.
+    pub(crate) async fn record_leadership(self: Arc<Agent>) {
+        use raftkv_raft::Observation;
+        let mut observer = self.raft.observe(|o| matches!(o, Observation::LeaderChanged { .. }), 64);
+        while let Some(observation) = observer.recv().await {
+            if let Observation::LeaderChanged { leader, term } = observation {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.activity.leader_changed(LeaderEvent { unix_ms, term: term.0, leader: leader.map(|l| l.0) });
+            }
+        }
     }
 
     /// Logs one line once this node is ready (`readiness`).

@@ -153,7 +153,8 @@ impl proto::internal_server::Internal for InternalService {
             Ok(Route::Leader { id, address }) => (id.0, address),
             Err(_) => (0, String::new()),
         };
-        let (members, membership_index, membership_committed) = match self.agent.raft.status().await {
+        let status = self.agent.raft.status().await;
+        let (members, membership_index, membership_committed) = match &status {
             Ok(status) => (
                 status.membership.members().into_iter().map(|id| id.0).collect(),
                 status.membership_index.0,
@@ -161,6 +162,7 @@ impl proto::internal_server::Internal for InternalService {
             ),
             Err(_) => (Vec::new(), 0, false),
         };
+        let activity = status.ok().map(|status| self.agent.activity_report(&status));
         Ok(tonic::Response::new(proto::ClusterInfoResponse {
             cluster_id: self.agent.cluster_id.clone(),
             leader_id,
@@ -170,6 +172,7 @@ impl proto::internal_server::Internal for InternalService {
             membership_index,
             membership_committed,
             removed: self.agent.removed().is_some(),
+            activity,
         }))
     }
 

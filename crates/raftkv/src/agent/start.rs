@@ -220,6 +220,7 @@ impl Agent {
         agent.hold(tokio::spawn(agent.clone().watch_removal()));
         agent.hold(tokio::spawn(agent.clone().track_removed(stable.clone())));
         agent.hold(tokio::spawn(agent.clone().run_autopilot()));
+        agent.hold(tokio::spawn(agent.clone().record_leadership()));
         // A node that failed for good stops serving at once; the process owner
         // decides what comes next (`raftkv agent` exits).
         let failed = agent.clone();

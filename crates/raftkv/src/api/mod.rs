@@ -1,12 +1,14 @@
 //! The HTTP API (axum, JSON), by concern: `kv` (keys), `admin` (members,
 //! leadership, statistics, settings, snapshots), `backup` (whole-state
-//! backups and restores). Every handler checks its input (`params`) before it
+//! backups and restores), `health` and `metrics` (probes and Prometheus),
+//! `dashboard` (the live page at `/ui` and its data). Every handler checks its input (`params`) before it
 //! asks the agent for anything, and every failure is answered through one
 //! mapping (`error`).
 
 pub mod admin;
 pub mod auth;
 pub mod backup;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod http;
@@ -21,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::agent::activity::Op;
 use crate::agent::{Agent, Failure, Kind};
 use crate::api::auth::{Role, Tokens};
 use crate::api::error::ApiError;
@@ -33,10 +36,16 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
     let require = |role: Role| {
         axum::middleware::from_fn_with_state(auth::Require { tokens: tokens.clone(), role }, auth::authorize)
     };
-    let read = Router::new()
+    // The dashboard's rates count the key routes' answers.
+    let count = |op: Op| axum::middleware::from_fn_with_state((agent.clone(), op), dashboard::count);
+    let kv_reads = Router::new()
         .route("/api/v1/get", get(kv::get_key))
         .route("/api/v1/list", get(kv::list))
         .route("/api/v1/kv/{*key}", get(kv::get_raw))
+        .route_layer(count(Op::Read));
+    let read = Router::new()
+        .merge(kv_reads)
+        .route("/api/v1/dashboard", get(dashboard::data))
         .route("/api/v1/members", get(admin::members))
         .route("/api/v1/operator/autopilot/health", get(admin::autopilot_health))
         .route("/api/v1/gossip/members", get(admin::gossip_members))
@@ -49,6 +58,7 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/delete", axum::routing::delete(kv::delete).post(kv::delete))
         .route("/api/v1/cas", post(kv::cas))
         .route("/api/v1/kv/{*key}", axum::routing::put(kv::put_raw).delete(kv::delete_raw))
+        .route_layer(count(Op::Write))
         .route_layer(failed())
         .route_layer(require(Role::Write))
         .route_layer(axum::middleware::from_fn(metrics::track));
@@ -69,7 +79,14 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/v1/health", get(health::health))
         .route("/v1/ready", get(health::ready))
         .route("/metrics", get(metrics::scrape))
-        .route_layer(axum::middleware::from_fn(metrics::track));
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        // The dashboard's page and assets (its data is a read route).
+        .route("/ui", get(dashboard::page))
+        .route("/ui/", get(dashboard::page))
+        .route("/ui/dashboard.js", get(dashboard::script))
+        .route("/ui/dashboard.css", get(dashboard::style))
+        .route("/ui/uPlot.iife.min.js", get(dashboard::uplot_script))
+        .route("/ui/uPlot.min.css", get(dashboard::uplot_style));
     Router::new()
         .merge(open)
         .merge(read)
