@@ -177,6 +177,17 @@ async fn timeout_bounds_commands_against_a_paused_node_and_writes_are_not_resent
     assert_eq!(status, 404, "the write went to another endpoint too");
 
     // A bad duration is a usage error.
+    // The largest value, text that escapes six times in JSON, through a
+    // follower (forwarded to the leader): taken, and read back whole.
+    let leader = leader_of(&[&nodes[0], &nodes[1]]).await;
+    let follower = nodes.iter().find(|n| n.id != leader && n.id != 3).unwrap();
+    let controls = "\u{1}".repeat(1 << 20);
+    let url = format!("http://{}/api/v1/kv/controls", follower.http);
+    let put = client().put(&url).body(controls.clone()).send().await.unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let got = client().get(&url).send().await.unwrap();
+    assert!(got.bytes().await.unwrap() == controls.as_bytes(), "the value read back differs");
+
     let bad = raftkv(&["get", "k", "--timeout", "5"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("needs a unit"), "{}", stderr(&bad));
@@ -228,6 +239,11 @@ async fn values_from_stdin_and_files_round_trip() {
     assert_eq!(got["key"], key);
     assert!(got["value"].is_null(), "{got}");
     assert_eq!(got["value_base64"].as_str().map(|b| b.len()), Some(bytes.len().div_ceil(3) * 4), "{got}");
+    // Dot segments are keys too.
+    for key in [".", ".."] {
+        ok(&["put", key, &format!("dots {key}"), "--addr", addr]);
+        assert_eq!(ok(&["get", key, "--addr", addr]), format!("dots {key}\n"));
+    }
     let piped = raftkv_with_stdin(&["put", "bin2", "-", "--addr", addr], Some(&bytes[250..]));
     assert!(piped.status.success(), "{}", stderr(&piped));
     assert_eq!(raftkv(&["get", "bin2", "--addr", addr]).stdout, &bytes[250..]);

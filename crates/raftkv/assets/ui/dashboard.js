@@ -140,6 +140,8 @@ function renderLeadership(data) {
 }
 
 function render(data) {
+  // An answer older than the one shown (polls overlapped) is dropped.
+  if (view.previous && data.unix_ms <= view.previous.unix_ms) return;
   const leader = data.leader === null ? "no leader known" : `leader: node ${data.leader}`;
   $("summary").textContent = `${leader} · term ${data.term} · ${data.members.length} members · viewed from node ${data.node}`;
   const before = view.previous;
@@ -203,6 +205,12 @@ async function poll() {
   }
 }
 
+// The next poll starts a second after the last one ended: polls never overlap.
+async function pollForever() {
+  await poll();
+  setTimeout(pollForever, POLL_MS);
+}
+
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, $("token").value);
@@ -210,5 +218,4 @@ $("login").addEventListener("submit", (event) => {
   poll();
 });
 
-poll();
-setInterval(poll, POLL_MS);
+pollForever();

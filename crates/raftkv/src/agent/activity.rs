@@ -15,7 +15,8 @@ use std::time::Duration;
 /// takes everything above the last.
 pub const BUCKET_BOUNDS_US: [u64; 14] =
     [100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000];
-const BUCKETS: usize = BUCKET_BOUNDS_US.len() + 1;
+/// How many latency buckets a reading has.
+pub const BUCKETS: usize = BUCKET_BOUNDS_US.len() + 1;
 
 /// How many leadership changes are kept.
 const KEPT_EVENTS: usize = 32;

@@ -79,8 +79,9 @@ async fn forward_batches(target: Target, mut queue: mpsc::UnboundedReceiver<Forw
                 None => return,
             },
         };
-        // One write too large for any message is refused unsent.
-        if first.command.len() + COMMAND_OVERHEAD > budget.max(1) {
+        // One write too large for any message is refused unsent; one larger
+        // than a batch's budget goes alone.
+        if first.command.len() + COMMAND_OVERHEAD > max_message.saturating_sub(HEADER_BYTES).max(1) {
             let message = format!(
                 "a command of {} bytes cannot fit an internal message (at most {max_message} bytes); it was not sent",
                 first.command.len()

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftkv_raft::NodeId;
 use serde_json::{json, Value};
 
-use crate::agent::activity::{Op, BUCKET_BOUNDS_US};
+use crate::agent::activity::{Op, BUCKETS, BUCKET_BOUNDS_US};
 use crate::agent::wire::{self, proto};
 use crate::agent::{Agent, Failure};
 use crate::api::error::ApiError;
@@ -76,7 +76,10 @@ pub async fn uplot_style() -> Response {
 }
 
 /// Counts each answer of the routes it wraps as a read or a write in the
-/// agent's `activity` (the dashboard's rates and latencies).
+/// agent's `activity` (the dashboard's rates and latencies). A key found
+/// absent (404) and a compare-and-swap that did not swap (409, a committed
+/// entry) were served; a method the route does not take (405) ran nothing
+/// and is not counted.
 pub async fn count(
     State((agent, op)): State<(Arc<Agent>, Op)>,
     request: axum::extract::Request,
@@ -84,7 +87,11 @@ pub async fn count(
 ) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
-    agent.activity.record(op, response.status().is_success(), started.elapsed());
+    let status = response.status();
+    if status != StatusCode::METHOD_NOT_ALLOWED {
+        let served = status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT;
+        agent.activity.record(op, served, started.elapsed());
+    }
     response
 }
 
@@ -104,9 +111,13 @@ pub async fn data(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiErr
         asked.spawn(async move {
             let answer = tokio::time::timeout(ASK_WITHIN, wire::cluster_info(&agent.peers.channels, &address)).await;
             let report = match answer {
-                Ok(Ok(info)) if info.node_id == id.0 => {
-                    info.activity.ok_or_else(|| "reports no activity (an older version?)".to_string())
-                }
+                Ok(Ok(info)) if info.node_id == id.0 => match info.activity {
+                    None => Err("reports no activity (an older version?)".to_string()),
+                    Some(report) if !well_formed(&report) => {
+                        Err("reports request counts in another form (another version?)".to_string())
+                    }
+                    Some(report) => Ok(report),
+                },
                 Ok(Ok(info)) => Err(format!("{address} answers as node {}", info.node_id)),
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(format!("no answer within {ASK_WITHIN:?}")),
@@ -184,6 +195,12 @@ pub async fn data(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiErr
         "members": members,
         "leadership": leadership,
     })))
+}
+
+/// Whether a member's report counts in this node's latency buckets (their
+/// counts add up with this node's only then).
+fn well_formed(report: &proto::NodeActivity) -> bool {
+    [&report.reads, &report.writes].iter().all(|c| c.as_ref().is_some_and(|c| c.buckets.len() == BUCKETS))
 }
 
 fn counts(counts: Option<&proto::RequestCounts>) -> Value {

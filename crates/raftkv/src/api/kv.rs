@@ -202,7 +202,12 @@ pub async fn cas(
                 None => ("current", Value::Null),
             };
             let body = json!({
-                "error": {"code": "cas_mismatch", "message": "the current value differs from the expected one"},
+                "error": {
+                    "code": "cas_mismatch",
+                    "message": "the current value differs from the expected one",
+                    // The comparison itself committed; nothing was swapped.
+                    "outcome": "done",
+                },
                 field: current,
                 "index": index.0,
             });
@@ -249,7 +254,8 @@ pub async fn list(State(agent): State<Arc<Agent>>, Query(query): Query<ListQuery
             more = true;
             break;
         }
-        bytes += key.len() + value.value.len();
+        // As the answer's JSON holds it (text may grow six times in escapes).
+        bytes += key.len() + Blob(value.value.clone()).json_field_len();
         items.push(item(key, value));
     }
     Ok(Json(json!({"items": items, "more": more})))

@@ -28,6 +28,9 @@ use crate::agent::{Agent, Failure, Kind};
 use crate::api::auth::{Role, Tokens};
 use crate::api::error::ApiError;
 
+/// The largest body a write route reads.
+const WRITE_BODY_LIMIT: usize = 8 << 20;
+
 /// The API, each route under the role it needs (`auth`); `tokens: None`
 /// lets every request through.
 pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
@@ -59,6 +62,9 @@ pub fn router(agent: Arc<Agent>, tokens: Option<Tokens>) -> Router {
         .route("/api/v1/cas", post(kv::cas))
         .route("/api/v1/kv/{*key}", axum::routing::put(kv::put_raw).delete(kv::delete_raw))
         .route_layer(count(Op::Write))
+        // A value of the largest size as a JSON string with every byte
+        // escaped (six times) fits; the value limit is checked after.
+        .layer(axum::extract::DefaultBodyLimit::max(WRITE_BODY_LIMIT))
         .route_layer(failed())
         .route_layer(require(Role::Write))
         .route_layer(axum::middleware::from_fn(metrics::track));

@@ -126,13 +126,22 @@ fn value_field(item: &Value) -> String {
     }
 }
 
-/// A key as a path segment of `/api/v1/kv/`; an empty key is refused here,
-/// where the route could not even name it.
-fn key_path(key: &str) -> Result<String, CallError> {
+/// Sets `key` to `value`: the raw body to `/api/v1/kv/{key}`, or for the
+/// keys `.` and `..`, which a URL cannot carry as a path segment (they are
+/// dot segments, encoded or not), JSON to `/api/v1/set`.
+async fn put(cluster: &Cluster, key: &str, value: &Blob) -> Result<Value, CallError> {
+    use reqwest::Method;
     if key.is_empty() {
         return Err(CallError::NotDone("the key must not be empty; nothing was sent".to_string()));
     }
-    Ok(format!("/api/v1/kv/{}", encode_segment(key)))
+    if key == "." || key == ".." {
+        let (field, encoded) = value.json_field();
+        let mut body = json!({"key": key});
+        body[field] = encoded;
+        return call(cluster, Effect::Write, Method::POST, "/api/v1/set", Some(body)).await;
+    }
+    let path = format!("/api/v1/kv/{}", encode_segment(key));
+    cluster.call(Effect::Write, Method::PUT, &path, Payload::Raw(&value.0)).await?.json()
 }
 
 async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
@@ -148,8 +157,7 @@ async fn client(command: Commands, globals: &Globals) -> Result<(), CallError> {
         Commands::Put { key, value, client } => {
             let cluster = cluster(globals, &client, CALL_TIMEOUT)?;
             let value = read_value(value, &cluster.deadline).await?;
-            let answer = cluster.call(Effect::Write, Method::PUT, &key_path(&key)?, Payload::Raw(&value.0)).await?;
-            let v = answer.json()?;
+            let v = put(&cluster, &key, &value).await?;
             (Shown::plain(v.clone(), format!("OK (index {})", v["index"])), globals.write_out(&client))
         }
         Commands::Get { key: Some(key), prefix: _, limit: _, paging, client } => {

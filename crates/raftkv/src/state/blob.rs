@@ -1,7 +1,10 @@
 //! A value: any bytes. In the log's JSON a value that is UTF-8 text is a
 //! plain JSON string (exactly as every entry written before values could be
-//! binary), and any other value is `{"base64": "..."}`; both read back to
-//! the same bytes. The HTTP API's JSON answers name the field `value` for
+//! binary), unless its escapes would make it longer than base64 (text full
+//! of control characters grows up to six times as a JSON string); any other
+//! value, and such text, is `{"base64": "..."}`. Both forms read back to the
+//! same bytes, so a log entry is never more than 4/3 of its value's size
+//! plus a few bytes. The HTTP API's JSON answers name the field `value` for
 //! text and `value_base64` for other bytes (`Blob::json_field`).
 
 use std::fmt;
@@ -38,6 +41,15 @@ impl Blob {
         match self.as_text() {
             Some(text) => ("value", serde_json::Value::String(text.to_string())),
             None => ("value_base64", serde_json::Value::String(BASE64.encode(&self.0))),
+        }
+    }
+
+    /// The length of this value in an API answer's JSON (`json_field`), quotes
+    /// included.
+    pub fn json_field_len(&self) -> usize {
+        match self.as_text() {
+            Some(text) => json_string_len(text),
+            None => 2 + base64_len(self.0.len()),
         }
     }
 
@@ -80,9 +92,32 @@ impl From<Bytes> for Blob {
     }
 }
 
+/// The length of `text` as a JSON string, quotes and escapes included (as
+/// serde_json escapes: `"`, `\\` and the control characters).
+pub fn json_string_len(text: &str) -> usize {
+    let escaped: usize = text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum();
+    escaped + 2
+}
+
+/// The length of `n` bytes in padded base64.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// `{"base64":""}` around the base64 text.
+const BASE64_WRAPPING: usize = 13;
+
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.as_text() {
+        let text = self.as_text().filter(|text| json_string_len(text) <= base64_len(text.len()) + BASE64_WRAPPING);
+        match text {
             Some(text) => serializer.serialize_str(text),
             None => {
                 let mut map = serializer.serialize_map(Some(1))?;
@@ -147,6 +182,21 @@ mod tests {
             let json = serde_json::to_vec(&blob).unwrap();
             assert_eq!(serde_json::from_slice::<Blob>(&json).unwrap(), blob);
         }
+    }
+
+    #[test]
+    fn text_that_escapes_longer_than_base64_is_logged_as_base64() {
+        let controls = Blob::from("\u{1}".repeat(3000));
+        let json = serde_json::to_vec(&controls).unwrap();
+        assert!(json.starts_with(b"{\"base64\":"), "{}", String::from_utf8_lossy(&json[..20]));
+        assert_eq!(json.len(), 4000 + BASE64_WRAPPING);
+        assert_eq!(serde_json::from_slice::<Blob>(&json).unwrap(), controls);
+        // Every kind of character: the length counted is serde_json's own.
+        let mixed: String = (0..=0x7fu8).map(char::from).chain("é€😀".chars()).collect();
+        assert_eq!(json_string_len(&mixed), serde_json::to_string(&mixed).unwrap().len());
+        assert_eq!(Blob::from(mixed.as_str()).json_field_len(), serde_json::to_string(&mixed).unwrap().len());
+        // A few quotes in ordinary text keep it a string.
+        assert_eq!(serde_json::to_string(&Blob::from("say \"hi\"")).unwrap(), "\"say \\\"hi\\\"\"");
     }
 
     #[test]
