@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 
+/// One deliberate bug, named for the rule it breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InjectedBug {
     /// Commit an entry of an earlier term by counting its replicas (§5.4.2 forbids it).
@@ -39,6 +40,7 @@ pub enum InjectedBug {
 }
 
 impl InjectedBug {
+    /// Every bug, in a fixed order.
     pub const ALL: [InjectedBug; 11] = [
         InjectedBug::CommitOldTermByCount,
         InjectedBug::VoteWithoutLogCheck,
@@ -53,6 +55,7 @@ impl InjectedBug {
         InjectedBug::PromoteBeforeCaughtUp,
     ];
 
+    /// The bug's name on the simulator's command line (e.g. `"commit-old-term"`).
     pub fn name(self) -> &'static str {
         match self {
             InjectedBug::CommitOldTermByCount => "commit-old-term",
@@ -69,6 +72,7 @@ impl InjectedBug {
         }
     }
 
+    /// The bug called `name` (see [`InjectedBug::name`]), if any.
     pub fn from_name(name: &str) -> Option<InjectedBug> {
         InjectedBug::ALL.into_iter().find(|bug| bug.name() == name)
     }
@@ -83,6 +87,7 @@ pub fn set_active(bug: Option<InjectedBug>) {
     ACTIVE.with(|active| active.set(bug));
 }
 
+/// Whether `bug` is the one on for this thread.
 pub fn enabled(bug: InjectedBug) -> bool {
     ACTIVE.with(|active| active.get() == Some(bug))
 }
@@ -96,6 +101,7 @@ pub fn any_enabled() -> bool {
 /// from "triggered but not caught").
 pub static TRIGGERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Counts one decision changed by an injected bug, in [`TRIGGERED`].
 pub fn note_triggered() {
     TRIGGERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }

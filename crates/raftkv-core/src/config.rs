@@ -7,13 +7,20 @@ use crate::types::NodeId;
 /// Upper bound on every timeout, so timer arithmetic never nears overflow.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
+/// Protocol settings of one core. Times are milliseconds of the caller's
+/// clock. [`CoreConfig::validate`] checks them (`Core::new` and
+/// `Core::reload_config` call it).
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
+    /// This node's id.
     pub id: NodeId,
     /// How often a leader sends heartbeats (default 100 ms).
     pub heartbeat_interval_ms: u64,
     /// Election timeouts are drawn uniformly from `[min, max)` (paper §5.2).
+    /// This is `min` (default 1000 ms); it also bounds leases and how long a
+    /// node refuses votes after hearing a leader (thesis §6.4.1, §4.2.3).
     pub election_timeout_min_ms: u64,
+    /// The exclusive upper end of the election timeout range (default 2000 ms).
     pub election_timeout_max_ms: u64,
     /// PreVote (thesis §9.6): a node first asks whether it could win, without
     /// bumping its term, so a partitioned node cannot disrupt the cluster on return.
@@ -23,7 +30,10 @@ pub struct CoreConfig {
     pub check_quorum: bool,
     /// Appends in flight to one peer before the leader waits for answers.
     pub max_inflight_appends: usize,
+    /// Most entries in one AppendEntries (default 512).
     pub max_entries_per_append: usize,
+    /// Most bytes of entries in one AppendEntries, as `Entry::size_bytes`
+    /// counts them (default 1 MiB); a larger single entry still goes alone.
     pub max_bytes_per_append: usize,
     /// Bound on how much faster a follower's clock may run than the leader's over
     /// one election timeout; the lease ends this much earlier.
@@ -57,6 +67,9 @@ impl CoreConfig {
         }
     }
 
+    /// Checks every setting and how they relate (positive intervals and limits,
+    /// heartbeat < minimum election timeout < maximum, drift below the minimum,
+    /// timeouts at most one hour); the error names the first one broken.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |reason: &'static str| Err(ConfigError { reason });
         if self.heartbeat_interval_ms == 0 {
@@ -88,8 +101,10 @@ impl CoreConfig {
     }
 }
 
+/// Settings the core cannot run with, or durable state it cannot start from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// What is wrong, in words.
     pub reason: &'static str,
 }
 

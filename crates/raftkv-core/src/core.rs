@@ -32,6 +32,7 @@ use crate::types::{
 /// What a node restarts from: exactly what its runtime made durable.
 #[derive(Clone, Debug, Default)]
 pub struct DurableState {
+    /// The term and vote last made durable.
     pub hard_state: HardState,
     /// The newest snapshot the node holds; the log starts after it.
     pub snapshot: Option<SnapshotMeta>,
@@ -55,11 +56,16 @@ impl DurableState {
     }
 }
 
+/// A node's role in its current term (paper §5.1, PreVote from thesis §9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
+    /// Follows the leader of its term, or waits for one.
     Follower,
+    /// Asks for pre-votes, its term unchanged, before it campaigns (thesis §9.6).
     PreCandidate,
+    /// Campaigns for votes in a term it started (paper §5.2).
     Candidate,
+    /// Leads its term: accepts proposals, replicates the log, decides commits.
     Leader,
     /// A follower that is a non-voting member of the configuration.
     Learner,
@@ -68,7 +74,10 @@ pub enum Role {
 /// What a leader knows of another member (`Core::peers`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerProgress {
+    /// The member.
     pub id: NodeId,
+    /// Whether it is one of the configuration's `voters` (a learner, or a
+    /// member of the outgoing half only, is not).
     pub voter: bool,
     /// Highest index known to match the leader's log.
     pub match_index: LogIndex,
@@ -83,7 +92,10 @@ pub struct PeerProgress {
 /// Truncate the log from `truncate_from`, then append `entries` (which start there).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogWrite {
+    /// First index to drop from the stored log; everything from it on goes.
     pub truncate_from: LogIndex,
+    /// The entries to write from `truncate_from` on, contiguous; empty when the
+    /// write only truncates.
     pub entries: Vec<Entry>,
 }
 
@@ -92,14 +104,18 @@ pub struct LogWrite {
 /// `handle_persisted(seq)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersistRequest {
+    /// Sequence number: 1 for a core's first request, then one more each time.
     pub seq: u64,
+    /// The term and vote to store, when they changed.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader (its data came in `WriteSnapshotChunk`)
     /// becomes this node's snapshot.
     pub snapshot: Option<SnapshotMeta>,
+    /// The change to the stored log, when the log changed.
     pub log: Option<LogWrite>,
 }
 
+/// How `Core::read_index` confirms that this node still leads (thesis §6.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
     /// ReadIndex: confirm leadership with a heartbeat round.
@@ -108,47 +124,77 @@ pub enum ReadMode {
     Lease,
 }
 
+/// Work the core asks of its runtime, drained with `Core::drain_actions` and
+/// carried out in the order given.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
+    /// Make this durable, after every earlier persist, then report
+    /// `handle_persisted(seq)`.
     Persist(PersistRequest),
+    /// Send `message` to `to`. Delivery may fail, be late or repeat: the
+    /// protocol tolerates all three.
     Send {
+        /// The receiver.
         to: NodeId,
+        /// What to send.
         message: Message,
     },
     /// Read `max chunk` bytes at `offset` of the snapshot `meta` and send them to
     /// `to` as `Message::InstallSnapshot` in `term` (with `done` at the end).
     SendSnapshotChunk {
+        /// The follower to send the chunk to.
         to: NodeId,
+        /// The leader's term, to put in the message.
         term: Term,
+        /// The snapshot to read, by its metadata.
         meta: SnapshotMeta,
+        /// Where the chunk starts in the snapshot's data, in bytes.
         offset: u64,
     },
     /// Store a received chunk of snapshot `meta` at `offset`.
     WriteSnapshotChunk {
+        /// The snapshot being received.
         meta: SnapshotMeta,
+        /// Where `data` starts in the snapshot's data, in bytes. Offset 0 starts
+        /// a new stream: whatever was received before is dropped.
         offset: u64,
+        /// The chunk's bytes.
         data: Bytes,
+        /// Whether this is the last chunk: the snapshot is then whole, and the
+        /// core waits for `handle_snapshot_checked` before it installs it.
         done: bool,
     },
     /// Apply these committed entries, in order, after everything applied before.
     Apply {
+        /// Committed entries, contiguous, starting just after those applied.
         entries: Vec<Entry>,
     },
     /// Replace the state machine with the received snapshot `meta`.
     RestoreSnapshot {
+        /// The snapshot whose data came in `WriteSnapshotChunk`s.
         meta: SnapshotMeta,
     },
     /// The read may be answered once the state machine has applied `index`.
     ReadReady {
+        /// The id the read was started with.
         read_id: ReadId,
+        /// The read index (thesis §6.4): the leader's commit index when the
+        /// read reached it, in a term where it had committed an entry.
         index: LogIndex,
     },
+    /// The read `read_id` could not be confirmed; it may be retried.
     ReadFailed {
+        /// The id the read was started with.
         read_id: ReadId,
+        /// Why it failed.
         error: crate::error::ReadError,
     },
+    /// The known leader or the term changed (said only when it is news: a
+    /// new term with no leader known on either side is not).
     LeaderChanged {
+        /// The leader of `term`, if known; this node itself when it leads.
         leader: Option<NodeId>,
+        /// This node's current term.
         term: Term,
     },
 }
@@ -224,6 +270,10 @@ pub(crate) struct LeaderState {
     pub broadcast_wanted: bool,
 }
 
+/// One Raft node as a deterministic state machine: the protocol state of
+/// figure 2 (and of the thesis' extensions), fed by `handle_*`, `propose*`,
+/// `read_index` and membership calls, answering with `Action`s from
+/// [`Core::drain_actions`]. See the crate documentation for an example.
 pub struct Core {
     pub(crate) config: CoreConfig,
     /// Lease length (election_timeout_min − drift): the shortest ever
@@ -348,14 +398,18 @@ impl Core {
 
     // ---- Observers -------------------------------------------------------------
 
+    /// The settings in force: those of `new` or of the last `reload_config`.
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// This node's role: `Role::Learner` for a follower that is a learner of
+    /// the configuration in force.
     pub fn role(&self) -> Role {
         if self.role == Role::Follower && !self.membership.is_voter(self.id) && self.membership.is_learner(self.id) {
             return Role::Learner;
@@ -363,58 +417,81 @@ impl Core {
         self.role
     }
 
+    /// Whether this node leads its current term.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
 
+    /// The latest term this node has seen (figure 2, `currentTerm`).
     pub fn current_term(&self) -> Term {
         self.hard_state.current_term
     }
 
+    /// The term and vote in memory, which may not be durable yet.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
     }
 
+    /// The leader of the current term, if known; this node's id when it leads.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
 
+    /// The highest index known committed (figure 2, `commitIndex`); it never
+    /// goes back.
     pub fn commit_index(&self) -> LogIndex {
         self.commit_index
     }
 
+    /// The highest index handed to the runtime to apply (`Action::Apply`) or
+    /// covered by an installed snapshot; the state machine may still be
+    /// behind it.
     pub fn applied_sent(&self) -> LogIndex {
         self.apply_sent
     }
 
+    /// Id of the last entry of the log, or of the compaction point when the
+    /// log holds no entry after it.
     pub fn last_log_id(&self) -> LogId {
         self.log.last_log_id()
     }
 
+    /// Index of the first entry held in memory: one past the compaction point.
     pub fn first_log_index(&self) -> LogIndex {
         self.log.first_index()
     }
 
+    /// The compaction point: the last entry a snapshot replaced
+    /// (`LogId::ZERO` if none did). The log holds the entries after it.
     pub fn log_start(&self) -> LogId {
         self.log.start()
     }
 
+    /// The entry at `index`, if the log holds it (not compacted, not past the end).
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
     }
 
+    /// Term of the entry at `index`, if known: an entry held, or the
+    /// compaction point.
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
         self.log.term_at(index)
     }
 
+    /// The configuration in force: the newest in the log, committed or not
+    /// (thesis §4.1), else the compaction point's.
     pub fn membership(&self) -> &Configuration {
         &self.membership
     }
 
+    /// Index of the entry that carried `membership`, or of the compaction
+    /// point when it came with a snapshot.
     pub fn membership_index(&self) -> LogIndex {
         self.membership_index
     }
 
+    /// The newest snapshot this node holds (taken or received): what it sends
+    /// a follower that needs compacted entries.
     pub fn snapshot(&self) -> Option<&SnapshotMeta> {
         self.snapshot.as_ref()
     }
@@ -522,6 +599,9 @@ impl Core {
         Ok(())
     }
 
+    /// Handles `message` from `from`, received at `now`. Malformed messages
+    /// ([`Message::is_well_formed`]) and messages claiming to come from this
+    /// node are dropped.
     pub fn handle_message(&mut self, now: Millis, from: NodeId, message: Message) {
         self.advance_clock(now);
         if from == self.id || !message.is_well_formed() {

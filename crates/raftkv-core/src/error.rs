@@ -5,21 +5,45 @@ use std::fmt;
 
 use crate::types::{LogIndex, NodeId, Term};
 
+/// Why a proposal, a membership change or a leadership transfer was refused.
+/// Nothing was appended: the caller may retry, here or elsewhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
     /// Only the leader accepts proposals; `leader` is the last one known.
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader of this node's current term, if it knows one.
+        leader: Option<NodeId>,
+    },
     /// Proposals are refused while leadership moves to `target` (thesis §3.10).
-    TransferInProgress { target: NodeId },
+    TransferInProgress {
+        /// The voter leadership is being handed to.
+        target: NodeId,
+    },
     /// A membership change at `index` has not committed yet: one at a time.
-    ConfigChangePending { index: LogIndex },
+    ConfigChangePending {
+        /// Index of the configuration entry not committed yet.
+        index: LogIndex,
+    },
     /// The leader has not committed an entry of its own `term` yet (thesis §4.1: one change at a time, after the first commit of a term).
-    NoCommitInTerm { term: Term },
+    NoCommitInTerm {
+        /// The leader's current term.
+        term: Term,
+    },
     /// The requested membership change is not valid for the current configuration.
-    InvalidMembershipChange { reason: &'static str, node: Option<NodeId> },
+    InvalidMembershipChange {
+        /// Why, in words (e.g. "already a voter").
+        reason: &'static str,
+        /// The node the change named, when one is at fault.
+        node: Option<NodeId>,
+    },
     /// The configuration changed since the one the caller named
     /// (`propose_membership_at`): nothing was done.
-    ConfigChanged { expected: LogIndex, latest: LogIndex },
+    ConfigChanged {
+        /// Index of the configuration entry the caller named.
+        expected: LogIndex,
+        /// Index of the entry of the configuration in force.
+        latest: LogIndex,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -75,7 +99,9 @@ impl std::error::Error for ReadError {}
 /// runtime, reported instead of panicking so that the node can stop cleanly).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputError {
+    /// The refused input, by method name (e.g. `"compact_log"`).
     pub input: &'static str,
+    /// What in it contradicts the core's state.
     pub reason: String,
 }
 

@@ -48,9 +48,11 @@ use crate::types::{Configuration, EntryPayload, LogIndex, NodeId};
 /// A broken invariant: which one and the state that breaks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvariantViolation {
+    /// The node whose state breaks it.
     pub node: NodeId,
     /// Short name of the invariant, e.g. `"log terms non-decreasing"`.
     pub invariant: &'static str,
+    /// The values that break it, in words.
     pub detail: String,
 }
 

@@ -34,6 +34,67 @@
 //! None of them can be reached by hostile input: malformed messages are
 //! dropped on arrival and runtime misuse is an `InputError`, so an assertion
 //! fires only on a state the core itself produced, which is a bug.
+//!
+//! # Example
+//!
+//! One founding voter, driven by hand: tick until it leads, propose a command,
+//! and watch the actions. A runtime makes each `Persist` durable before it
+//! reports it; here "durable" is immediate.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use raftkv_core::{Action, Core, CoreConfig, DurableState, EntryPayload, NodeId};
+//!
+//! /// Drains the core until it has nothing more to say, reporting every
+//! /// persist as done, and returns what it asked for.
+//! fn settle(core: &mut Core) -> Vec<Action> {
+//!     let mut all = Vec::new();
+//!     loop {
+//!         let actions: Vec<Action> = core.drain_actions().collect();
+//!         if actions.is_empty() {
+//!             return all;
+//!         }
+//!         for action in &actions {
+//!             if let Action::Persist(request) = action {
+//!                 core.handle_persisted(request.seq).expect("persists are reported in order");
+//!             }
+//!         }
+//!         all.extend(actions);
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let id = NodeId(1);
+//! // Time is the caller's: milliseconds, here starting at 0. The seed drives
+//! // the randomized election timeout.
+//! let mut core = Core::new(CoreConfig::new(id), DurableState::bootstrap([id]), 0, 7)?;
+//! let mut now = 0;
+//! while !core.is_leader() {
+//!     now += 100;
+//!     core.handle_tick(now);
+//!     settle(&mut core);
+//! }
+//! assert_eq!(core.leader(), Some(id));
+//!
+//! let index = core.propose(Bytes::from_static(b"hello"))?;
+//! let actions = settle(&mut core);
+//! // First the entry is written, then (a lone voter is its own quorum) it
+//! // commits and is handed to the state machine.
+//! let written = actions.iter().position(|action| {
+//!     matches!(action, Action::Persist(request)
+//!         if request.log.as_ref().is_some_and(|log| log.entries.iter().any(|e| e.index == index)))
+//! });
+//! let applied = actions.iter().position(|action| {
+//!     matches!(action, Action::Apply { entries }
+//!         if entries.iter().any(|e| e.index == index && e.payload == EntryPayload::Command(Bytes::from_static(b"hello"))))
+//! });
+//! assert!(written.is_some() && applied.is_some() && written < applied);
+//! assert_eq!(core.commit_index(), index);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod config;
 mod core;

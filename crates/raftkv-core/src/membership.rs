@@ -15,15 +15,21 @@ use crate::types::{Configuration, Entry, EntryPayload, LogIndex, NodeId, Restore
 pub enum MembershipChange {
     /// Add a voter, or promote a learner.
     AddVoter(NodeId),
+    /// Add a learner: it receives the log but never votes nor counts.
     AddLearner(NodeId),
     /// Add a learner marked staging (or mark an existing learner): the
     /// leader promotes it to voter once it has caught up (thesis §4.2.1).
     AddStaging(NodeId),
+    /// Remove a voter or a learner from the configuration.
     RemoveServer(NodeId),
+    /// Make a voter a learner.
     DemoteVoter(NodeId),
     /// Replace the voters (and learners) at once through C(old,new).
     Joint {
+        /// The voters of C(new); not empty.
         voters: BTreeSet<NodeId>,
+        /// The learners of C(new); none of them a current voter (demote those
+        /// with `DemoteVoter` first).
         learners: BTreeSet<NodeId>,
     },
 }

@@ -8,27 +8,42 @@ use crate::types::{Entry, EntryPayload, LogId, LogIndex, SnapshotMeta, Term};
 /// Identifier a runtime gives a read so that it can match `ReadReady`.
 pub type ReadId = u64;
 
+/// A message from one core to another: the RPCs of figure 2 and figure 13,
+/// and those of the thesis' extensions (leadership transfer, reads).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
+    /// A candidate asks for a vote, or a pre-candidate for a pre-vote.
     RequestVote(RequestVote),
+    /// The answer to a `RequestVote`.
     RequestVoteResponse(RequestVoteResponse),
+    /// The leader replicates entries, or sends a heartbeat.
     AppendEntries(AppendEntries),
+    /// The answer to an `AppendEntries`.
     AppendEntriesResponse(AppendEntriesResponse),
+    /// The leader sends a chunk of its snapshot.
     InstallSnapshot(InstallSnapshot),
+    /// The answer to an `InstallSnapshot` chunk.
     InstallSnapshotResponse(InstallSnapshotResponse),
     /// Leadership transfer: the receiver starts an election at once (thesis §3.10).
     TimeoutNow {
+        /// The sending leader's term.
         term: Term,
     },
     /// A follower asks the leader for a read index on behalf of one of its clients.
     ReadIndexRequest {
+        /// The follower's current term: only the leader of this term serves
+        /// the read.
         term: Term,
+        /// The follower's id for the read, echoed in the answer.
         read_id: ReadId,
     },
     /// `index` is `None` when the leader could not confirm the read.
     ReadIndexResponse {
+        /// The request's term, echoed.
         term: Term,
+        /// The request's read id, echoed.
         read_id: ReadId,
+        /// The read index (thesis §6.4), or `None` if the read was refused.
         index: Option<LogIndex>,
     },
 }
@@ -40,7 +55,7 @@ pub const MAX_WIRE_NUMBER: u64 = 1 << 62;
 
 impl Message {
     /// Whether every term, index and offset in the message is below
-    /// [`MAX_WIRE_NUMBER`]; the core drops messages that are not.
+    /// `MAX_WIRE_NUMBER` (2^62); the core drops messages that are not.
     pub fn is_well_formed(&self) -> bool {
         let ok = |n: u64| n < MAX_WIRE_NUMBER;
         let id_ok = |id: &LogId| ok(id.term.0) && ok(id.index.0);
@@ -74,6 +89,8 @@ impl Message {
             }
     }
 
+    /// The term the message carries: the sender's current term, except for a
+    /// pre-vote request (the term it would campaign in) and echoed terms.
     pub fn term(&self) -> Term {
         match self {
             Message::RequestVote(m) => m.term,
@@ -111,26 +128,38 @@ impl Message {
 pub struct RequestVote {
     /// For a pre-vote: the term the candidate *would* use; its own term is unchanged.
     pub term: Term,
+    /// The candidate's last log entry, for the election restriction (§5.4.1).
     pub last_log_id: LogId,
+    /// Whether this is a pre-vote (thesis §9.6): granting one changes neither
+    /// the voter's term nor its vote.
     pub pre_vote: bool,
     /// Set by a candidate started by TimeoutNow: voters skip the "heard from a
     /// leader recently" check, which exists to stop disruptive elections.
     pub leadership_transfer: bool,
 }
 
+/// The answer to a `RequestVote` (figure 2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestVoteResponse {
+    /// The voter's current term; for a granted pre-vote, the term asked about.
     pub term: Term,
+    /// Whether the vote (or pre-vote) is granted.
     pub granted: bool,
+    /// The request's `pre_vote`, echoed.
     pub pre_vote: bool,
 }
 
 /// AppendEntries (figure 2). With no entries it is a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendEntries {
+    /// The leader's term.
     pub term: Term,
+    /// The entry just before `entries` (figure 2, `prevLogIndex` and
+    /// `prevLogTerm`): the follower accepts only if its log holds it.
     pub prev_log_id: LogId,
+    /// The entries to store after `prev_log_id`; empty for a heartbeat.
     pub entries: Vec<Entry>,
+    /// The leader's commit index (figure 2, `leaderCommit`).
     pub leader_commit: LogIndex,
     /// The leader's heartbeat round when this message left; echoed in the response.
     /// A response for round `r` proves the follower accepted this leader at a time
@@ -138,22 +167,37 @@ pub struct AppendEntries {
     pub round: u64,
 }
 
+/// A follower's answer to an `AppendEntries` (figure 2), or to an
+/// `InstallSnapshot` of a stale term.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendEntriesResponse {
+    /// The follower's current term.
     pub term: Term,
+    /// The `round` of the request answered (0 when answering an
+    /// `InstallSnapshot`).
     pub round: u64,
+    /// Whether the entries were accepted, and how far the logs match.
     pub result: AppendResult,
 }
 
+/// The outcome of an `AppendEntries` on the follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppendResult {
     /// The follower's log matches the leader's through `match_index`: the request's
     /// `prev_log_id.index + entries.len()`, never the follower's own last index.
-    Success { match_index: LogIndex },
+    Success {
+        /// The last index known to match the leader's log.
+        match_index: LogIndex,
+    },
     /// The log did not contain `rejected` with the expected term. `hint` is the last
     /// entry at or below `rejected` whose term is at most the expected term, so the
     /// leader can skip a whole term at once (etcd's findConflictByTerm).
-    Conflict { rejected: LogIndex, hint: LogId },
+    Conflict {
+        /// The request's `prev_log_id.index`.
+        rejected: LogIndex,
+        /// Where the leader may look for a match next.
+        hint: LogId,
+    },
     /// The receiver's term is higher; only `term` matters.
     StaleTerm,
 }
@@ -161,18 +205,29 @@ pub enum AppendResult {
 /// One chunk of a snapshot (figure 13, with offset and done).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallSnapshot {
+    /// The leader's term.
     pub term: Term,
+    /// The snapshot the chunk belongs to (last included entry and its
+    /// configuration).
     pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot's data, in bytes.
     pub offset: u64,
+    /// The chunk's bytes.
     pub data: Bytes,
+    /// Whether this is the last chunk.
     pub done: bool,
 }
 
+/// A follower's answer to an `InstallSnapshot` chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallSnapshotResponse {
+    /// The follower's current term.
     pub term: Term,
+    /// The snapshot answered about, by its last included entry.
     pub snapshot: LogId,
     /// The offset the receiver expects next; after `done`, the snapshot is installed.
     pub next_offset: u64,
+    /// Whether the follower now holds everything the snapshot covers
+    /// (installed, or already committed there): the stream is over.
     pub done: bool,
 }

@@ -11,8 +11,11 @@ use crate::types::{Configuration, NodeId};
 /// Outcome of counting votes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
+    /// A majority (of each half, in a joint configuration) granted.
     Won,
+    /// Enough refused that no majority can grant any more.
     Lost,
+    /// Neither yet: some answers are still missing.
     Pending,
 }
 

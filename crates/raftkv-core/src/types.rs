@@ -39,8 +39,11 @@ number_newtype!(
 );
 
 impl LogIndex {
+    /// "No entry": the last index of an empty log, the commit index of a node
+    /// that has committed nothing.
     pub const ZERO: LogIndex = LogIndex(0);
 
+    /// The index after this one.
     pub fn next(self) -> LogIndex {
         LogIndex(self.0 + 1)
     }
@@ -55,13 +58,18 @@ impl LogIndex {
 /// entry with the same index and term are identical up to that index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LogId {
+    /// Term of the leader that created the entry (§5.3).
     pub term: Term,
+    /// Position of the entry in the log.
     pub index: LogIndex,
 }
 
 impl LogId {
+    /// The id before the first entry (term 0, index 0): the last log id of an
+    /// empty log, and what a log with no snapshot starts after.
     pub const ZERO: LogId = LogId { term: Term(0), index: LogIndex(0) };
 
+    /// The id of the entry at `index` created in `term`.
     pub fn new(term: Term, index: LogIndex) -> LogId {
         LogId { term, index }
     }
@@ -92,7 +100,11 @@ impl fmt::Display for LogId {
 /// separately through `LogWrite`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
+    /// The latest term this server has seen (figure 2, `currentTerm`). It only
+    /// grows.
     pub current_term: Term,
+    /// The candidate this server voted for in `current_term`, if any (figure 2,
+    /// `votedFor`): at most one vote per term, cleared when the term changes.
     pub voted_for: Option<NodeId>,
 }
 
@@ -106,17 +118,27 @@ pub struct HardState {
 /// and being in the configuration it survives a change of leader.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Configuration {
+    /// The voters; during a joint change, those of C(new).
     pub voters: BTreeSet<NodeId>,
+    /// The voters of C(old) during a joint change (thesis §4.3); empty
+    /// otherwise.
     pub voters_outgoing: BTreeSet<NodeId>,
+    /// Non-voting members: they receive the log but never vote nor count
+    /// toward a quorum.
     pub learners: BTreeSet<NodeId>,
+    /// Learners to be promoted to voter once caught up (thesis §4.2.1); always
+    /// a subset of `learners`.
     pub staging: BTreeSet<NodeId>,
 }
 
 impl Configuration {
+    /// A simple (not joint) configuration of `voters`, with no learners.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Configuration {
         Configuration { voters: voters.into_iter().collect(), ..Configuration::default() }
     }
 
+    /// Whether this is a joint configuration C(old,new): `voters_outgoing` is
+    /// not empty, and decisions need a majority of each half.
     pub fn is_joint(&self) -> bool {
         !self.voters_outgoing.is_empty()
     }
@@ -126,6 +148,7 @@ impl Configuration {
         self.voters.contains(&id) || self.voters_outgoing.contains(&id)
     }
 
+    /// Whether `id` is a learner and a voter of neither half.
     pub fn is_learner(&self, id: NodeId) -> bool {
         self.learners.contains(&id) && !self.is_voter(id)
     }
@@ -149,6 +172,7 @@ impl Configuration {
         self
     }
 
+    /// Whether `id` is a voter of either half or a learner.
     pub fn is_member(&self, id: NodeId) -> bool {
         self.is_voter(id) || self.learners.contains(&id)
     }
@@ -161,6 +185,8 @@ impl Configuration {
         all
     }
 
+    /// Whether there is no member at all: the configuration of a node that has
+    /// neither been bootstrapped nor received a log or snapshot yet.
     pub fn is_empty(&self) -> bool {
         self.voters.is_empty() && self.voters_outgoing.is_empty() && self.learners.is_empty()
     }
@@ -205,11 +231,30 @@ pub enum EntryPayload {
 pub enum RestoreStep {
     /// Restore `id` of `len` bytes, whose CRC-32C is `crc32c`, starts; any
     /// other unfinished restore is abandoned.
-    Begin { id: u64, len: u64, crc32c: u32 },
+    Begin {
+        /// Names this restore; every step of it carries the same id.
+        id: u64,
+        /// Length of the whole image, in bytes.
+        len: u64,
+        /// CRC-32C (Castagnoli) of the whole image.
+        crc32c: u32,
+    },
     /// The `seq`th chunk (from 0) of restore `id`.
-    Chunk { id: u64, seq: u64, data: Bytes },
+    Chunk {
+        /// The restore this chunk belongs to.
+        id: u64,
+        /// Position of the chunk in the image, counted in chunks from 0.
+        seq: u64,
+        /// The chunk's bytes, the next ones of the image.
+        data: Bytes,
+    },
     /// Replace the state with restore `id`'s bytes, sent in `chunks` chunks.
-    Commit { id: u64, chunks: u64 },
+    Commit {
+        /// The restore to finish.
+        id: u64,
+        /// How many chunks the restore was sent in.
+        chunks: u64,
+    },
 }
 
 impl RestoreStep {
@@ -230,14 +275,20 @@ impl RestoreStep {
     }
 }
 
+/// One log entry (figure 2): a payload at a position, created by the leader of
+/// a term.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// Term of the leader that appended it; terms never go down along a log.
     pub term: Term,
+    /// Position in the log, from 1.
     pub index: LogIndex,
+    /// What the entry carries.
     pub payload: EntryPayload,
 }
 
 impl Entry {
+    /// The entry's identity: its term and index.
     pub fn log_id(&self) -> LogId {
         LogId::new(self.term, self.index)
     }
@@ -259,6 +310,10 @@ impl Entry {
 /// configuration in force at that index (thesis §4.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
+    /// The last entry the snapshot covers (paper §7, "last included index" and
+    /// "last included term").
     pub last_log_id: LogId,
+    /// The configuration in force at `last_log_id.index` (thesis §5.1): the
+    /// newest configuration entry at or before it.
     pub config: Configuration,
 }
