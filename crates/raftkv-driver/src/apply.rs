@@ -25,22 +25,32 @@ pub struct SnapshotPolicy {
 pub enum ApplyEffect<R> {
     /// The state machine has applied `index`: answer the read.
     ReadReady {
+        /// The reader to answer.
         reply: R,
+        /// The read index, now applied.
         index: LogIndex,
     },
     /// Capture the state machine's state after `index` for a snapshot; the
     /// `waiters` asked for one and are answered once it is written.
     Capture {
+        /// The applied index the captured state reflects.
         index: LogIndex,
+        /// Callers of `request_snapshot` waiting for this capture.
         waiters: Vec<R>,
     },
     /// A snapshot covering the waiter's state was stored.
     SnapshotTaken {
+        /// The caller to answer.
         reply: R,
+        /// The stored snapshot, by its last included entry.
         id: LogId,
     },
+    /// Answer the caller with `failure` (a snapshot asked for when nothing was
+    /// applied since the last one).
     Fail {
+        /// The caller to answer.
         reply: R,
+        /// Why it failed.
         failure: Failure,
     },
 }
@@ -94,10 +104,13 @@ impl<R> Applier<R> {
         applier
     }
 
+    /// The highest index the state machine has applied (or restored).
     pub fn applied_index(&self) -> LogIndex {
         self.applied
     }
 
+    /// Takes the effects produced so far, in order, for the executor to carry
+    /// out.
     pub fn drain(&mut self) -> std::vec::Drain<'_, ApplyEffect<R>> {
         self.effects.drain(..)
     }
@@ -175,6 +188,8 @@ impl<R> Applier<R> {
         }
     }
 
+    /// Replaces the snapshot policy (a reloaded configuration); a new interval
+    /// restarts the timer from `now`.
     pub fn set_policy(&mut self, policy: SnapshotPolicy, now: Millis) {
         let interval_changed = policy.interval_ms != self.policy.interval_ms;
         self.policy = policy;

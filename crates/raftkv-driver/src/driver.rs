@@ -39,6 +39,7 @@ pub enum StoreStep {
     CutDisagreeing(LogId),
     /// Commit the snapshot received as `serial`: durable and listed after this.
     CommitReceived {
+        /// The serial the driver gave the received snapshot (`Effect::ReceiveStart`).
         serial: u64,
     },
     /// Remove the entries up to `upto` (which may lie past the last entry).
@@ -46,6 +47,7 @@ pub enum StoreStep {
     /// Remove the entries from `write.truncate_from` on (if any), then append
     /// `write.entries`.
     Write(LogWrite),
+    /// Store the term and vote, replacing the previous ones.
     HardState(HardState),
 }
 
@@ -53,7 +55,10 @@ pub enum StoreStep {
 /// `persisted(seq)` (jobs without a sequence report nothing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreJob {
+    /// The core's persist sequence number to report once the steps are
+    /// durable; `None` for the driver's own work (a purge after a snapshot).
     pub seq: Option<u64>,
+    /// The steps, to run in order.
     pub steps: Vec<StoreStep>,
 }
 
@@ -132,28 +137,38 @@ pub enum ApplyJob<R> {
     /// Apply these entries; answer the proposals among them with the state
     /// machine's responses.
     Batch {
+        /// Committed entries, contiguous, just after those already applied.
         entries: Vec<Entry>,
+        /// The callers to answer, each with the state machine's response for
+        /// the entry at its index: their proposals, or the promotion that
+        /// answers an `add_voter`.
         replies: Vec<(LogIndex, R)>,
     },
     /// Answer once `index` is applied.
     Read {
+        /// The read index.
         index: LogIndex,
+        /// The reader to answer.
         reply: R,
     },
     /// Replace the state with the stored snapshot `meta` (installed from the leader).
     Restore {
+        /// The snapshot to restore, now committed in the snapshot store.
         meta: SnapshotMeta,
     },
     /// The capture asked for last is over: `taken` is the newest snapshot
     /// that covers it (the one written, or a newer one installed from the
     /// leader meanwhile); `None` if it failed and nothing covers it.
     SnapshotFinished {
+        /// The snapshot that covers the capture, by its last included entry.
         taken: Option<LogId>,
     },
     /// Take a snapshot now.
     Snapshot {
+        /// The caller, answered once the snapshot is stored.
         reply: R,
     },
+    /// Use this snapshot policy from now on (`Applier::set_policy`).
     Policy(SnapshotPolicy),
 }
 
@@ -175,83 +190,116 @@ impl<R> ApplyJob<R> {
 /// Who leads, as last known by this node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaderInfo {
+    /// The leader of `term`, if known.
     pub leader: Option<NodeId>,
+    /// This node's current term.
     pub term: Term,
 }
 
 /// What the executor must do.
 #[derive(Debug)]
 pub enum Effect<R> {
+    /// Durable work for the log writer, run after every job before it.
     Store(StoreJob),
     /// Messages for one peer, in order.
     Send {
+        /// The peer.
         to: NodeId,
+        /// The messages, to send in this order.
         messages: Vec<Message>,
     },
+    /// Work for the apply side, run after every job before it.
     Apply(ApplyJob<R>),
+    /// Answer the caller with `failure`.
     Fail {
+        /// The caller to answer.
         reply: R,
+        /// Why the request failed, and whether it may still take effect.
         failure: Failure,
     },
     /// A leadership transfer started; the caller waits up to `wait_ms` for it.
     TransferStarted {
+        /// The caller of `transfer_leadership`.
         reply: R,
+        /// How long to wait for the new leader, in ms (`DriverConfig::transfer_wait_ms`).
         wait_ms: Millis,
     },
     /// A leadership transfer asked of the node that already leads: done, as
     /// etcd's move-leader answers, so that a caller retrying a transfer whose
     /// first answer it lost is told the truth.
     AlreadyLeads {
+        /// The caller of `transfer_leadership`.
         reply: R,
     },
     /// A request found already done (`add_voter` of a voter whose
     /// configuration has committed): answer it as applied at `index`.
     AlreadyDone {
+        /// The caller to answer.
         reply: R,
+        /// Index of the committed configuration that already holds the change.
         index: LogIndex,
     },
     /// The snapshot the caller asked for is stored.
     SnapshotTaken {
+        /// The caller of `request_snapshot`.
         reply: R,
+        /// The stored snapshot, by its last included entry.
         id: LogId,
     },
+    /// The known leader or the term changed: pass it on to whoever watches
+    /// leadership (and to observers).
     LeaderChanged(LeaderInfo),
     /// Read a chunk of the stored snapshot `meta` at `offset` and hand it back
     /// with `chunk_read` as an `InstallSnapshot` in `term`.
     ReadChunk {
+        /// The follower the chunk is for.
         to: NodeId,
+        /// The leader's term, to put in the message.
         term: Term,
+        /// The snapshot to read, by its metadata.
         meta: SnapshotMeta,
+        /// Where the chunk starts in the snapshot's data, in bytes.
         offset: u64,
     },
     /// Start receiving snapshot `serial` into a new, uncommitted sink of the
     /// snapshot store (and start the state machine's check of it, if checks
     /// are on); any other received snapshot is abandoned first.
     ReceiveStart {
+        /// Names this receipt in the effects and reports that follow; a new
+        /// serial for each stream started.
         serial: u64,
+        /// The snapshot being received.
         meta: SnapshotMeta,
     },
     /// The next chunk of snapshot `serial`; after the last (`done`), close
     /// the check's input: its verdict comes back through `snapshot_checked`.
     ReceiveChunk {
+        /// The receipt the chunk belongs to.
         serial: u64,
+        /// The chunk's bytes, the next ones of the snapshot's data.
         data: Bytes,
+        /// Whether this is the last chunk.
         done: bool,
     },
     /// Drop the uncommitted snapshot `serial` (refused, with the reason, or abandoned).
     DiscardReceived {
+        /// The receipt to drop.
         serial: u64,
+        /// Why the state machine refused it; `None` when abandoned for a newer stream.
         refused: Option<String>,
     },
     /// Write the capture taken at `index` to the snapshot store, covering
     /// `meta`, and report it with `snapshot_written`.
     WriteSnapshot {
+        /// The applied index of the capture.
         index: LogIndex,
+        /// The metadata to store with it (last included entry, configuration).
         meta: SnapshotMeta,
     },
     /// A capture at `index` cannot become a snapshot (a newer one was
     /// installed under it): drop it.
     DropCapture {
+        /// The applied index of the capture.
         index: LogIndex,
     },
     /// Something observers may want to know; produced only while the
@@ -279,16 +327,27 @@ impl<R> Effect<R> {
 /// A snapshot of the node's protocol state, for `stats` and tests.
 #[derive(Clone, Debug)]
 pub struct Status {
+    /// This node's id.
     pub id: NodeId,
+    /// Its role (`Role::Learner` for a learner that follows).
     pub role: Role,
+    /// Its current term.
     pub term: Term,
+    /// The leader of the current term, if known.
     pub leader: Option<NodeId>,
+    /// The highest index known committed.
     pub commit_index: LogIndex,
+    /// Index of the last entry of the log (or of the compaction point).
     pub last_log_index: LogIndex,
+    /// Term of that entry.
     pub last_log_term: Term,
+    /// Index of the first entry held: one past the compaction point.
     pub first_log_index: LogIndex,
+    /// The configuration in force (the newest in the log, thesis §4.1).
     pub membership: Configuration,
+    /// Index of the entry that carried `membership`.
     pub membership_index: LogIndex,
+    /// The vote in memory for the current term, if any (figure 2, `votedFor`).
     pub voted_for: Option<NodeId>,
     /// Time since a message from the leader last arrived (zero on the leader,
     /// `None` if none ever did).
@@ -304,8 +363,11 @@ pub struct Status {
 /// (Consul autopilot's: last contact, in the leader's term, trailing entries).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
+    /// The member.
     pub id: NodeId,
+    /// Whether it is one of the configuration's `voters`.
     pub voter: bool,
+    /// The highest index known to match the leader's log (figure 2, `matchIndex`).
     pub match_index: LogIndex,
     /// Entries the leader has that the peer is not known to have.
     pub trailing: u64,
@@ -363,6 +425,7 @@ pub struct Driver<R> {
 }
 
 impl<R> Driver<R> {
+    /// A driver around `core`, a node restored from its durable state.
     pub fn new(core: Core, config: DriverConfig) -> Driver<R> {
         let next_read_id = (config.read_id_seed % (1 << 61)) + 1;
         Driver {
@@ -386,10 +449,12 @@ impl<R> Driver<R> {
         }
     }
 
+    /// The core, to read its state.
     pub fn core(&self) -> &Core {
         &self.core
     }
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.core.config().id
     }
@@ -451,6 +516,8 @@ impl<R> Driver<R> {
 
     // ---- Inputs ------------------------------------------------------------
 
+    /// Advances timers to `now` (elections, heartbeats, promotions and
+    /// overdue staging servers, observers' peer watch).
     pub fn tick(&mut self, now: Millis) {
         self.core.handle_tick(now);
         self.remove_overdue_staging(now);
@@ -460,6 +527,7 @@ impl<R> Driver<R> {
         }
     }
 
+    /// A message from `from`, received at `now`.
     pub fn receive(&mut self, now: Millis, from: NodeId, message: Message) {
         if let (Some(watch), Message::RequestVote(request)) = (self.watch.as_mut(), &message) {
             watch.vote_requested(from, request);
@@ -503,6 +571,9 @@ impl<R> Driver<R> {
         }
     }
 
+    /// Starts a read at `now` (read when the request is handled, not at the
+    /// last tick); `reply` is answered once the state machine has applied the
+    /// read index, or with a failure.
     pub fn read(&mut self, now: Millis, mode: ReadMode, reply: R) {
         let read_id = self.next_read_id;
         self.next_read_id += 1;
@@ -585,6 +656,8 @@ impl<R> Driver<R> {
         }
     }
 
+    /// Hands leadership to `target` (thesis §3.10); asked of the leader for
+    /// itself, it is done already.
     pub fn transfer_leadership(&mut self, target: NodeId, reply: R) {
         if target == self.core.id() && self.core.role() == Role::Leader {
             self.effects.push(Effect::AlreadyLeads { reply });
@@ -770,6 +843,7 @@ impl<R> Driver<R> {
         }
     }
 
+    /// The node's protocol state at `now` (durations are measured to it).
     pub fn status(&self, now: Millis) -> Status {
         let core = &self.core;
         let last = core.last_log_id();

@@ -8,45 +8,62 @@ use raftkv_core::{LogIndex, NodeId, ProposeError, ReadError};
 /// own error type; each says whether the operation may still take effect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
+    /// This node does not lead: nothing was done; retry on `leader`.
     NotLeader {
+        /// The leader of this node's term, if known.
         leader: Option<NodeId>,
     },
     /// Leadership was lost after the write was proposed: it may still commit.
     LeadershipLost,
     /// The node stopped with the write in flight: it may still commit.
     Stopped {
+        /// The failure that stopped the node, or "shut down".
         reason: String,
     },
     /// The node had stopped for good before the request was taken.
     Failed {
+        /// The failure that stopped it.
         reason: String,
     },
     /// The node was shut down before the request was taken.
     Shutdown,
+    /// The core refused the request (a transfer in progress, a membership
+    /// change pending or invalid, ...): nothing was done.
     Refused(ProposeError),
+    /// The read could not be confirmed: nothing was read.
     Read(ReadError),
     /// The entry proposed at `index` was replaced by another leader's.
     Overwritten {
+        /// Where the proposal was appended.
         index: LogIndex,
     },
+    /// A snapshot was asked for, but nothing was applied since the newest
+    /// one: nothing was taken.
     NothingNewToSnapshot {
+        /// The last index the newest snapshot covers.
         index: LogIndex,
     },
     /// Taking or storing a snapshot failed; nothing changed.
     Snapshot {
+        /// What failed.
         reason: String,
     },
     /// `add_voter`: the server did not catch up before its deadline and was
     /// removed again (committed): not a member, nothing to undo.
     NotCaughtUp {
+        /// The server that was to be added.
         id: NodeId,
+        /// How far its log matched the leader's when its removal was proposed.
         match_index: LogIndex,
+        /// The leader's last index then.
         last_index: LogIndex,
     },
     /// `add_voter`: another change decided the staging server's fate first
     /// (removed it, or kept it a plain learner) at `index`: not a voter.
     Superseded {
+        /// The server that was to be added.
         id: NodeId,
+        /// Index of the configuration that decided otherwise.
         index: LogIndex,
     },
 }

@@ -22,6 +22,8 @@
 //! executor's choosing (a channel in production, an operation id in the
 //! simulator); the driver only moves it to where the answer is made.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod driver;
 mod failure;

@@ -19,15 +19,32 @@ pub enum Observed {
     /// `term` is the term the candidate asked in (for a pre-vote, the term it
     /// would campaign in). A request the core ignores without answering
     /// (leader stickiness, thesis §4.2.3, or a malformed one) is not reported.
-    RequestVote { from: NodeId, term: Term, pre_vote: bool, granted: bool },
+    RequestVote {
+        /// The candidate.
+        from: NodeId,
+        /// The term asked in.
+        term: Term,
+        /// Whether it was a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
     /// On the leader: `peer` has not answered for an election timeout
     /// (`election_timeout_min_ms`, the window CheckQuorum judges by). It last
     /// answered this leader at `last_contact_at`; `None`: not in this term.
     /// hashicorp's `FailedHeartbeatObservation`.
-    PeerUnreachable { peer: NodeId, last_contact_at: Option<Millis> },
+    PeerUnreachable {
+        /// The silent member.
+        peer: NodeId,
+        /// When it last answered this leader, on the executor's clock (ms).
+        last_contact_at: Option<Millis>,
+    },
     /// On the leader: `peer`, reported unreachable, answered again
     /// (hashicorp's `ResumedHeartbeatObservation`).
-    PeerReachable { peer: NodeId },
+    PeerReachable {
+        /// The member heard from again.
+        peer: NodeId,
+    },
     /// The configuration in force changed to `configuration`, carried by the
     /// entry at `index` (it takes effect when appended, thesis §4.1; a cut
     /// suffix or an installed snapshot can change it too): reported once when
@@ -35,7 +52,14 @@ pub enum Observed {
     /// then, and once more (`committed: true`) when it commits if it had not.
     /// A configuration appended and replaced between two looks (both in one
     /// batch of inputs) is not reported on its own.
-    MembershipChanged { configuration: Configuration, index: LogIndex, committed: bool },
+    MembershipChanged {
+        /// The configuration now in force.
+        configuration: Configuration,
+        /// Index of the entry that carried it (or the snapshot's last index).
+        index: LogIndex,
+        /// Whether it has committed.
+        committed: bool,
+    },
 }
 
 /// Vote requests remembered until answered, at most (one per candidate and
