@@ -11,17 +11,35 @@ pub const MAX_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_SNAPSHOT_LOG_BYTES: u64 = 16 << 30;
 pub const MAX_TRAILING_LOGS: u64 = 10_000_000;
 
+/// Settings of a `Raft` node. Start from [`Config::new`] (the defaults) or
+/// [`Config::fast`] (tests and demos) and change fields; [`Config::validate`]
+/// checks them, and `Raft::new` refuses a node whose settings do not pass.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// This node's id, the same across restarts.
     pub id: NodeId,
+    /// How often the leader sends heartbeats (default 100 ms); below
+    /// `election_timeout_min`.
     pub heartbeat_interval: Duration,
     /// Election timeouts are drawn from `[min, max)`.
     pub election_timeout_min: Duration,
+    /// The exclusive upper end of the election timeout range (default 2 s).
     pub election_timeout_max: Duration,
+    /// PreVote (thesis §9.6): a node asks whether it could win before it
+    /// raises its term, so one that was cut off does not disrupt the cluster
+    /// when it returns (default on). Fixed while the node runs.
     pub pre_vote: bool,
+    /// CheckQuorum (thesis §6.2): a leader that has not heard from a quorum
+    /// for an election timeout steps down (default on). `ReadMode::Lease`
+    /// needs it. Fixed while the node runs.
     pub check_quorum: bool,
+    /// AppendEntries in flight to one follower before the leader waits for
+    /// answers (default 64).
     pub max_inflight_appends: usize,
+    /// Most entries in one AppendEntries (default 512).
     pub max_entries_per_append: usize,
+    /// Most bytes of entries in one AppendEntries (default 1 MiB); a larger
+    /// entry goes alone. `Raft::restore` proposes chunks of half this.
     pub max_bytes_per_append: usize,
     /// How much earlier a lease ends to cover clock drift between nodes.
     pub lease_clock_drift: Duration,
@@ -57,6 +75,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults for node `id`: heartbeats every 100 ms, election timeouts
+    /// of 1 to 2 s, PreVote and CheckQuorum on, a snapshot once 8192 entries
+    /// were applied (at most one per 2 minutes, unless 64 MiB of log piled up).
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
@@ -198,13 +219,23 @@ impl Config {
 /// `ReloadableConfig`); `None` keeps the current value. See `Raft::reload_config`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReloadableConfig {
+    /// New [`Config::trailing_logs`] (entries).
     pub trailing_logs: Option<u64>,
+    /// New [`Config::snapshot_threshold`] (entries).
     pub snapshot_threshold: Option<u64>,
+    /// New [`Config::snapshot_interval`].
     pub snapshot_interval: Option<Duration>,
+    /// New [`Config::snapshot_log_bytes`] (bytes).
     pub snapshot_log_bytes: Option<u64>,
+    /// New [`Config::heartbeat_interval`].
     pub heartbeat_interval: Option<Duration>,
+    /// New [`Config::election_timeout_min`]; a lease never gets longer than
+    /// the shortest this node ran with.
     pub election_timeout_min: Option<Duration>,
+    /// New [`Config::election_timeout_max`].
     pub election_timeout_max: Option<Duration>,
+    /// New [`Config::promotion_max_lag`] (entries).
     pub promotion_max_lag: Option<u64>,
+    /// New [`Config::promotion_stable`].
     pub promotion_stable: Option<Duration>,
 }

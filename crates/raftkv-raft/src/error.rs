@@ -5,15 +5,23 @@ use raftkv_core::{LogId, LogIndex, NodeId, ProposeError, ReadError, Term};
 
 use crate::storage::StorageError;
 
+/// Why a call on a [`Raft`](crate::Raft) failed, and so what the caller may
+/// do next; [`RaftError::outcome_unknown`] tells whether a write that failed
+/// so may still take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
     /// Only the leader accepts this; `leader` is the last one known.
     #[error("not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of in its term, if any: where to retry.
+        leader: Option<NodeId>,
+    },
     /// Leadership was lost while the request was in flight: a write may or may
     /// not have been committed.
     #[error("leadership lost while the request was in flight; its outcome is unknown")]
     LeadershipLost,
+    /// No answer within the timeout the caller gave (the duration): a write
+    /// may or may not take effect.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
     /// The node is not running: the request was not carried out.
@@ -22,16 +30,31 @@ pub enum RaftError {
     /// The node stopped (shut down, or failed for good) while the request was
     /// in flight: a write may or may not have been committed.
     #[error("the node stopped while the request was in flight ({reason}); its outcome is unknown")]
-    Stopped { reason: String },
+    Stopped {
+        /// The failure that stopped the node, or "shut down".
+        reason: String,
+    },
     /// The node stopped for good because it cannot go on (a storage failure, a
     /// snapshot it cannot keep): restart it, after fixing the cause.
     #[error("the node failed and stopped: {reason}")]
-    Failed { reason: String },
+    Failed {
+        /// What failed.
+        reason: String,
+    },
     /// Leadership did not move to `target` (`Raft::leadership_transfer`).
     #[error("leadership transfer to node {target} failed: {reason}")]
-    TransferFailed { target: NodeId, reason: String },
+    TransferFailed {
+        /// The node leadership was to move to.
+        target: NodeId,
+        /// What happened instead.
+        reason: String,
+    },
+    /// The leader refused the request (a transfer in progress, a membership
+    /// change pending or invalid, ...): nothing was done.
     #[error("request refused: {0}")]
     Refused(ProposeError),
+    /// A read could not be confirmed (leadership was lost first): nothing was
+    /// read; retry.
     #[error("read failed: {0}")]
     Read(ReadError),
     /// A store call failed, or the stores hold state the node cannot start
@@ -49,30 +72,63 @@ pub enum RaftError {
         "{op} snapshot{} failed: {reason}",
         snapshot.map(|s| format!(" at index {} (term {})", s.index, s.term)).unwrap_or_default()
     )]
-    Snapshot { op: SnapshotOp, snapshot: Option<LogId>, reason: String },
+    Snapshot {
+        /// What was being done.
+        op: SnapshotOp,
+        /// The snapshot's last included entry, when known.
+        snapshot: Option<LogId>,
+        /// What failed.
+        reason: String,
+    },
     /// `bootstrap_cluster` on stores that already hold raft state.
     #[error("cannot bootstrap: this node already has raft state (term {term}, last log index {last_index})")]
-    AlreadyBootstrapped { term: Term, last_index: LogIndex },
+    AlreadyBootstrapped {
+        /// The stored current term.
+        term: Term,
+        /// The stored log's last index.
+        last_index: LogIndex,
+    },
     /// `recover_cluster` found nothing to recover.
     #[error("nothing to recover: {reason}")]
-    NothingToRecover { reason: String },
+    NothingToRecover {
+        /// Why.
+        reason: String,
+    },
     /// `snapshot` was asked for, but nothing was applied since the newest one.
     #[error("nothing new to snapshot: the newest snapshot covers index {index}")]
-    NothingNewToSnapshot { index: LogIndex },
+    NothingNewToSnapshot {
+        /// The last index the newest snapshot covers.
+        index: LogIndex,
+    },
     /// The entry proposed at `index` was replaced by another leader's entry.
     #[error("entry at index {index} was overwritten by a newer leader")]
-    Overwritten { index: LogIndex },
+    Overwritten {
+        /// Where the command had been appended.
+        index: LogIndex,
+    },
     /// `add_voter`: the server did not catch up before the deadline and was
     /// removed again (the removal committed). Not a member: safe to retry.
     #[error(
         "node {id} was not caught up and answering for the stabilization period before its deadline (its log \
          matched through {match_index} of {last_index} at the deadline) and was removed again"
     )]
-    NotCaughtUp { id: NodeId, match_index: LogIndex, last_index: LogIndex },
+    NotCaughtUp {
+        /// The server that was to be added.
+        id: NodeId,
+        /// How far its log matched the leader's at the deadline.
+        match_index: LogIndex,
+        /// The leader's last index then.
+        last_index: LogIndex,
+    },
     /// `add_voter`: another membership change, committed at `index`, removed
     /// the staging server or kept it a plain learner before its promotion.
     #[error("another membership change (index {index}) decided node {id}'s fate before its promotion")]
-    Superseded { id: NodeId, index: LogIndex },
+    Superseded {
+        /// The server that was to be added.
+        id: NodeId,
+        /// Index of the change that decided its fate.
+        index: LogIndex,
+    },
     /// `restore`: another restore is running on this node; nothing done.
     #[error("another restore is in progress on this node")]
     RestoreInProgress,
@@ -81,7 +137,12 @@ pub enum RaftError {
     /// machine): the state is unchanged. Before anything was proposed,
     /// `index` is 0 (the snapshot could not be read, or is too large).
     #[error("restore refused{}: {reason}; the state is unchanged", if index.0 == 0 { String::new() } else { format!(" at index {index}") })]
-    RestoreFailed { index: LogIndex, reason: String },
+    RestoreFailed {
+        /// Index of the restore's `Commit` entry; 0 if nothing was proposed.
+        index: LogIndex,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl From<ProposeError> for RaftError {

@@ -3,46 +3,144 @@
 //! (`raftkv-core`), with durable storage (`storage`) and a pluggable transport
 //! (`transport`).
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), raftkv_raft::RaftError> {
+//! # Example
+//!
+//! Three nodes in one process over the in-memory transport, with memory
+//! stores: found the cluster, write through the leader, then read the write
+//! back on a follower after a linearizable read. Real nodes use the durable
+//! stores ([`storage::Wal`], [`storage::FileStableStore`],
+//! [`storage::FileSnapshotStore`]) and the gRPC transport
+//! ([`transport::grpc::GrpcTransport`]).
+//!
+//! ```
+//! use std::collections::BTreeMap;
 //! use std::io::{Read, Write};
-//! use std::sync::Arc;
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
 //! use raftkv_raft::storage::{MemLogStore, MemSnapshotStore, MemStableStore};
 //! use raftkv_raft::transport::MemNetwork;
-//! use raftkv_raft::{Config, NodeId, Raft, SnapshotSource, StateMachine};
+//! use raftkv_raft::{Config, Entry, EntryPayload, NodeId, Raft, RaftError, SnapshotSource, StateMachine};
 //!
-//! struct Counter(u64);
-//! struct Captured(u64);
-//! impl SnapshotSource for Captured {
+//! /// A replicated map: a command `key=value` sets `key`, and answers with
+//! /// the value it replaced. Clones share the map, so the example can look.
+//! #[derive(Clone, Default)]
+//! struct Kv(Arc<Mutex<BTreeMap<String, String>>>);
+//!
+//! /// A captured map, one `key=value` per line.
+//! struct Image(String);
+//!
+//! impl SnapshotSource for Image {
 //!     fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
-//!         out.write_all(&self.0.to_be_bytes())
+//!         out.write_all(self.0.as_bytes())
 //!     }
 //! }
-//! impl StateMachine for Counter {
-//!     fn apply(&mut self, entries: &[raftkv_raft::Entry]) -> Vec<bytes::Bytes> {
-//!         entries.iter().map(|_| { self.0 += 1; bytes::Bytes::from(self.0.to_string()) }).collect()
+//!
+//! impl StateMachine for Kv {
+//!     fn apply(&mut self, entries: &[Entry]) -> Vec<Bytes> {
+//!         let mut map = self.0.lock().unwrap();
+//!         let mut answers = Vec::new();
+//!         for entry in entries {
+//!             let mut replaced = None;
+//!             if let EntryPayload::Command(command) = &entry.payload {
+//!                 if let Some((key, value)) = std::str::from_utf8(command).ok().and_then(|c| c.split_once('=')) {
+//!                     replaced = map.insert(key.to_string(), value.to_string());
+//!                 }
+//!             }
+//!             answers.push(Bytes::from(replaced.unwrap_or_default()));
+//!         }
+//!         answers
 //!     }
+//!
 //!     fn snapshot(&mut self) -> Box<dyn SnapshotSource> {
-//!         Box::new(Captured(self.0))
+//!         let map = self.0.lock().unwrap();
+//!         Box::new(Image(map.iter().map(|(key, value)| format!("{key}={value}\n")).collect()))
 //!     }
+//!
 //!     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
-//!         let mut bytes = [0; 8];
-//!         snapshot.read_exact(&mut bytes)?;
-//!         self.0 = u64::from_be_bytes(bytes);
+//!         let mut image = String::new();
+//!         snapshot.read_to_string(&mut image)?;
+//!         let mut map = self.0.lock().unwrap();
+//!         map.clear();
+//!         for (key, value) in image.lines().filter_map(|line| line.split_once('=')) {
+//!             map.insert(key.to_string(), value.to_string());
+//!         }
 //!         Ok(())
 //!     }
 //! }
 //!
+//! /// Whether to simply try again: no leader yet (or another one), or an
+//! /// outcome unknown, harmless here since the write sets a value.
+//! fn retry(error: &RaftError) -> bool {
+//!     matches!(error, RaftError::NotLeader { .. } | RaftError::Read(_)) || error.outcome_unknown()
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), RaftError> {
 //! let network = MemNetwork::new();
-//! let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
-//! Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), [NodeId(1)])?;
-//! let snapshots = Arc::new(MemSnapshotStore::new(2));
-//! let transport = Arc::new(network.transport(NodeId(1)));
-//! let raft = Raft::new(Config::new(NodeId(1)), Counter(0), log, stable, snapshots, transport)?;
-//! network.register(NodeId(1), raft.inbox());
-//! let (index, response) = raft.apply(bytes::Bytes::from("tick"), std::time::Duration::from_secs(5)).await?;
-//! # Ok(()) }
+//! let voters = [NodeId(1), NodeId(2), NodeId(3)];
+//! let mut nodes = Vec::new();
+//! for id in voters {
+//!     let (log, stable) = (Arc::new(MemLogStore::new()), Arc::new(MemStableStore::new()));
+//!     // Every founder writes the same first configuration.
+//!     Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), voters)?;
+//!     let snapshots = Arc::new(MemSnapshotStore::new(2));
+//!     let transport = Arc::new(network.transport(id));
+//!     let kv = Kv::default();
+//!     // `Config::fast`: timeouts for nodes on one machine.
+//!     let raft = Raft::new(Config::fast(id), kv.clone(), log, stable, snapshots, transport)?;
+//!     network.register(id, raft.inbox());
+//!     nodes.push((raft, kv));
+//! }
+//!
+//! // Only the leader takes writes; the others answer `NotLeader` (naming
+//! // the leader once they know it). Until one is elected, try each in turn.
+//! let timeout = Duration::from_secs(5);
+//! let command = Bytes::from_static(b"greeting=hello");
+//! let mut attempts = 0;
+//! let (written, writer) = 'written: loop {
+//!     attempts += 1;
+//!     assert!(attempts <= 100, "no leader took the write");
+//!     for (raft, _) in &nodes {
+//!         match raft.apply(command.clone(), timeout).await {
+//!             // Committed, and applied on this node: `_replaced` is what
+//!             // the state machine answered.
+//!             Ok((index, _replaced)) => break 'written (index, raft.id()),
+//!             Err(error) if retry(&error) => {}
+//!             Err(error) => return Err(error),
+//!         }
+//!     }
+//!     tokio::time::sleep(Duration::from_millis(50)).await;
+//! };
+//!
+//! // Read it back on another node. `linearizable_read` asks the leader for
+//! // its commit index and has it confirm its leadership with a heartbeat
+//! // round (ReadIndex, thesis §6.4); once this node has applied that index,
+//! // its state reflects every write committed before the read began.
+//! let (reader, kv) = nodes.iter().find(|(raft, _)| raft.id() != writer).expect("three nodes");
+//! let mut attempts = 0;
+//! let read_index = loop {
+//!     attempts += 1;
+//!     assert!(attempts <= 100, "the read was never confirmed");
+//!     match reader.linearizable_read(timeout).await {
+//!         Ok(index) => break index,
+//!         Err(error) if retry(&error) => tokio::time::sleep(Duration::from_millis(50)).await,
+//!         Err(error) => return Err(error),
+//!     }
+//! };
+//! assert!(read_index >= written);
+//! reader.applied_watch().wait_for(|applied| *applied >= read_index).await.expect("the node runs");
+//! assert_eq!(kv.0.lock().unwrap().get("greeting").map(String::as_str), Some("hello"));
+//!
+//! for (raft, _) in &nodes {
+//!     raft.shutdown().await;
+//! }
+//! # Ok(())
+//! # }
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod storage;
 pub mod transport;
@@ -86,7 +184,9 @@ const REQUEST_QUEUE: usize = 1 << 16;
 pub struct Recovery {
     /// The configuration in force before, and the index it was written at.
     pub previous: Configuration,
+    /// Index of the entry (or snapshot) that carried `previous`; 0 if none did.
     pub previous_index: LogIndex,
+    /// The configuration now in force: the one given to `recover_cluster`.
     pub configuration: Configuration,
     /// The snapshot that now holds the state and `configuration`: it ends at
     /// the node's last entry.
@@ -423,6 +523,7 @@ impl Raft {
         })
     }
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
     }
@@ -593,6 +694,9 @@ impl Raft {
         self.inner.applied.clone()
     }
 
+    /// The node's protocol state as the raft loop sees it now: role, term,
+    /// log and commit indexes, configuration, and on the leader each member's
+    /// match index, trailing entries and last contact.
     pub async fn status(&self) -> Result<Status, RaftError> {
         let (reply, response) = oneshot::channel();
         self.inner.requests.send(Request::Status { reply }).await.map_err(|_| self.not_running())?;

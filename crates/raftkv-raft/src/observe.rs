@@ -24,22 +24,44 @@ pub enum Observation {
     /// The leader as this node knows it changed (`None`: no leader known in
     /// `term`); the same news as `Raft::leader_watch`, in order with the rest.
     /// A stopping node reports `None` last.
-    LeaderChanged { leader: Option<NodeId>, term: Term },
+    LeaderChanged {
+        /// The leader of `term`, if known; this node itself when it leads.
+        leader: Option<NodeId>,
+        /// This node's current term.
+        term: Term,
+    },
     /// This node answered a vote request (or a pre-vote request, thesis
     /// §9.6) from candidate `from` for `term` (for a pre-vote, the term the
     /// candidate would campaign in), reported as the answer left: a vote
     /// given is durable by then. A request ignored without an answer (this
     /// node heard a leader recently, thesis §4.2.3) is not reported.
     /// hashicorp's `RequestVoteObservation`, with the answer.
-    RequestVote { from: NodeId, term: Term, pre_vote: bool, granted: bool },
+    RequestVote {
+        /// The candidate.
+        from: NodeId,
+        /// The term asked in.
+        term: Term,
+        /// Whether it was a pre-vote.
+        pre_vote: bool,
+        /// Whether this node granted it.
+        granted: bool,
+    },
     /// On the leader only: `peer` has not answered for an election timeout
     /// (`Config::election_timeout_min`). `last_contact` is when it last
     /// answered this leader; `None` if it never did in this term.
     /// hashicorp's `FailedHeartbeatObservation`.
-    PeerUnreachable { peer: NodeId, last_contact: Option<Instant> },
+    PeerUnreachable {
+        /// The silent member.
+        peer: NodeId,
+        /// When it last answered this leader, if it did in this term.
+        last_contact: Option<Instant>,
+    },
     /// On the leader only: `peer`, reported unreachable, answered again.
     /// hashicorp's `ResumedHeartbeatObservation`.
-    PeerReachable { peer: NodeId },
+    PeerReachable {
+        /// The member heard from again.
+        peer: NodeId,
+    },
     /// The configuration in force on this node changed: the one carried by
     /// the entry at `index` (a configuration takes effect when appended,
     /// thesis §4.1). Each is reported when it takes effect, `committed`
@@ -48,7 +70,14 @@ pub enum Observation {
     /// replaced within the same batch of inputs is not reported on its own
     /// (a follower that receives both halves of a joint change at once sees
     /// only the second).
-    MembershipChanged { configuration: Configuration, index: LogIndex, committed: bool },
+    MembershipChanged {
+        /// The configuration now in force.
+        configuration: Configuration,
+        /// Index of the entry that carried it (or of the snapshot it came with).
+        index: LogIndex,
+        /// Whether it had committed when reported.
+        committed: bool,
+    },
 }
 
 impl Observation {

@@ -46,5 +46,8 @@ pub type SnapshotCheck = Arc<dyn Fn(&mut dyn io::Read) -> io::Result<()> + Send 
 
 /// A captured state, written out away from the apply task.
 pub trait SnapshotSource: Send + 'static {
+    /// Writes the captured state to `out`, in the format
+    /// `StateMachine::restore` reads. Runs on a blocking thread while `apply`
+    /// goes on; an error fails the snapshot, which is then not stored.
     fn write_to(self: Box<Self>, out: &mut dyn io::Write) -> io::Result<()>;
 }

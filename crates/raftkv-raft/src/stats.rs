@@ -18,12 +18,16 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 /// learners as followers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum State {
+    /// Leads its term.
     Leader,
+    /// Campaigns for votes or pre-votes.
     Candidate,
+    /// Follows a leader or waits for one (learners too).
     Follower,
 }
 
 impl State {
+    /// The coarse state of `role`.
     pub fn of(role: Role) -> State {
         match role {
             Role::Leader => State::Leader,
@@ -32,6 +36,7 @@ impl State {
         }
     }
 
+    /// The name hashicorp prints: `"Leader"`, `"Candidate"` or `"Follower"`.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Leader => "Leader",
@@ -41,9 +46,13 @@ impl State {
     }
 }
 
+/// How a member takes part in the configuration (hashicorp's
+/// `ServerSuffrage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Suffrage {
+    /// Votes, and counts toward every quorum.
     Voter,
+    /// A learner: receives the log, never votes nor counts.
     Nonvoter,
     /// A nonvoter the leader will promote once it has caught up (`Raft::add_voter`).
     Staging,
@@ -52,7 +61,9 @@ pub enum Suffrage {
 /// A member of the latest configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
+    /// The member's id.
     pub id: NodeId,
+    /// Whether it votes.
     pub suffrage: Suffrage,
     /// As the transport knows it.
     pub address: Option<String>,
@@ -61,23 +72,34 @@ pub struct Server {
 /// A node's state for operators (`Raft::statistics`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
+    /// This node's id.
     pub id: NodeId,
     /// The core's role, finer than `state`.
     pub role: Role,
+    /// hashicorp's coarse state.
     pub state: State,
+    /// The current term.
     pub term: Term,
+    /// The leader of the current term, if known.
     pub leader: Option<NodeId>,
+    /// Index of the last entry of the log (or of the newest snapshot, when
+    /// the log holds nothing after it).
     pub last_log_index: LogIndex,
+    /// Term of that entry.
     pub last_log_term: Term,
+    /// The highest index known committed.
     pub commit_index: LogIndex,
+    /// The highest index the state machine has applied.
     pub applied_index: LogIndex,
     /// Committed entries not applied yet.
     pub fsm_pending: u64,
     /// The newest snapshot's last entry (zero when there is none).
     pub last_snapshot_index: LogIndex,
+    /// Its term (zero when there is none).
     pub last_snapshot_term: Term,
     /// Voters, then non-voters, each by id.
     pub latest_configuration: Vec<Server>,
+    /// Index of the entry that carried it (or of the snapshot it came with).
     pub latest_configuration_index: LogIndex,
     /// Voters other than this node.
     pub num_peers: u64,
@@ -87,6 +109,7 @@ pub struct Stats {
     /// The transport's wire protocol (`Transport::protocol_version`); `None`
     /// for an in-process transport.
     pub protocol_version: Option<u32>,
+    /// The snapshot format version this build writes ([`SNAPSHOT_VERSION`]).
     pub snapshot_version: u32,
 }
 

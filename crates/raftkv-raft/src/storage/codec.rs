@@ -158,6 +158,8 @@ pub fn decode_entry(data: Bytes) -> Result<Entry, String> {
     Ok(Entry { term, index, payload })
 }
 
+/// Appends the encoding of `config` to `out`: the three id lists, and the
+/// staging list only when it is not empty (the entry's kind says which).
 pub fn encode_configuration(config: &Configuration, out: &mut Vec<u8>) {
     let staging = (!config.staging.is_empty()).then_some(&config.staging);
     for set in [&config.voters, &config.voters_outgoing, &config.learners].into_iter().chain(staging) {

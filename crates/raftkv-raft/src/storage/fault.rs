@@ -38,6 +38,7 @@ impl Default for FaultyFs {
 }
 
 impl FaultyFs {
+    /// Wraps `inner`, with no failure armed.
     pub fn new(inner: Arc<dyn Vfs>) -> FaultyFs {
         let switches = Switches {
             syncs_left: AtomicU64::new(NEVER),

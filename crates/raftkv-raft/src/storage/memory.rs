@@ -28,6 +28,7 @@ impl MemLog {
     }
 }
 
+/// A `LogStore` in memory: the reference behaviour of the trait.
 #[derive(Debug)]
 pub struct MemLogStore {
     log: Mutex<MemLog>,
@@ -40,6 +41,7 @@ impl Default for MemLogStore {
 }
 
 impl MemLogStore {
+    /// An empty log, starting at index 1.
     pub fn new() -> MemLogStore {
         MemLogStore::default()
     }
@@ -111,12 +113,14 @@ impl LogStore for MemLogStore {
     }
 }
 
+/// A `StableStore` in memory; the hard state is kept as named values.
 #[derive(Debug, Default)]
 pub struct MemStableStore {
     values: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl MemStableStore {
+    /// An empty store: term 0, no vote, no values.
     pub fn new() -> MemStableStore {
         MemStableStore::default()
     }
@@ -178,6 +182,8 @@ pub struct MemSnapshotStore {
 }
 
 impl MemSnapshotStore {
+    /// An empty store that keeps the newest `retain` committed snapshots (at
+    /// least one).
     pub fn new(retain: usize) -> MemSnapshotStore {
         let inner = MemSnapshots { committed: BTreeMap::new(), next_unique: 0 };
         MemSnapshotStore { inner: Arc::new(Mutex::new(inner)), retain: retain.max(1) }

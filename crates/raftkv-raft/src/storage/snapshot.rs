@@ -82,6 +82,7 @@ fn meta_checksum(meta: &StoredMeta) -> u32 {
     crc32c::crc32c(&serde_json::to_vec(meta).unwrap_or_default())
 }
 
+/// A `SnapshotStore` on disk: one directory per snapshot (see the module doc).
 pub struct FileSnapshotStore {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
@@ -95,6 +96,8 @@ impl FileSnapshotStore {
         FileSnapshotStore::open_with(Arc::new(StdFs), dir, retain)
     }
 
+    /// [`FileSnapshotStore::open`] through the file system `vfs` (a
+    /// [`FaultyFs`](crate::storage::fault::FaultyFs) in tests).
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, retain: usize) -> Result<FileSnapshotStore> {
         let dir = dir.as_ref().to_path_buf();
         create_dir_durably(vfs.as_ref(), &dir).map_err(|e| StorageError::io("create directory", &dir, e))?;

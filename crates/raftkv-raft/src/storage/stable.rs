@@ -28,6 +28,8 @@ struct State {
     poisoned: Option<String>,
 }
 
+/// A `StableStore` on disk: one file, replaced atomically on every change
+/// (see the module doc).
 pub struct FileStableStore {
     vfs: Arc<dyn Vfs>,
     path: PathBuf,
@@ -40,6 +42,8 @@ impl FileStableStore {
         FileStableStore::open_with(Arc::new(StdFs), dir)
     }
 
+    /// [`FileStableStore::open`] through the file system `vfs` (a
+    /// [`FaultyFs`](crate::storage::fault::FaultyFs) in tests).
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>) -> Result<FileStableStore> {
         let dir = dir.as_ref();
         create_dir_durably(vfs.as_ref(), dir).map_err(|e| StorageError::io("create directory", dir, e))?;

@@ -41,10 +41,13 @@ pub trait StableStore: Send + Sync {
     fn hard_state(&self) -> Result<HardState>;
     /// Stores the hard state; durable on return.
     fn set_hard_state(&self, state: HardState) -> Result<()>;
+    /// The value stored under `key`, if any.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a named value; durable on return.
     fn set(&self, key: &str, value: &[u8]) -> Result<()>;
 
+    /// A value stored with `set_u64` (8 bytes, big-endian); an error if the
+    /// value under `key` has another length.
     fn get_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key)? {
             None => Ok(None),
@@ -57,6 +60,7 @@ pub trait StableStore: Send + Sync {
         }
     }
 
+    /// Stores `value` under `key` as 8 bytes, big-endian; durable on return.
     fn set_u64(&self, key: &str, value: u64) -> Result<()> {
         self.set(key, &value.to_be_bytes())
     }
@@ -66,9 +70,13 @@ pub trait StableStore: Send + Sync {
 /// CRC-32C.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotInfo {
+    /// The store's name for it; ids sort by (index, term) and never repeat.
     pub id: String,
+    /// What it covers: its last included entry and the configuration there.
     pub meta: SnapshotMeta,
+    /// Length of its data, in bytes.
     pub size: u64,
+    /// CRC-32C of its data.
     pub checksum: u32,
 }
 
@@ -96,6 +104,7 @@ pub trait SnapshotStore: Send + Sync {
 
 /// A snapshot being written. Dropping it without `commit` cancels it.
 pub trait SnapshotSink: io::Write + Send {
+    /// The id the snapshot will be listed under once committed.
     fn id(&self) -> &str;
     /// Makes the snapshot durable and visible; older ones beyond the store's
     /// retention are removed.

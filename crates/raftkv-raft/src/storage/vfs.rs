@@ -10,27 +10,39 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The file-system calls the durable stores make. None is durable by itself:
+/// a store syncs files (`VfsFile::sync_data`) and directories (`sync_dir`).
 pub trait Vfs: Send + Sync + 'static {
     /// Opens `path` for reading and writing, creating it (empty) if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VfsFile>>;
+    /// Creates `path` and any missing parents.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Entries of a directory, as full paths.
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Renames `from` to `to`, replacing `to` if it exists (atomic on POSIX).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
+/// An open file, read and written at explicit offsets.
 pub trait VfsFile: Send + Sync {
+    /// Fills `buf` from `offset`; an error if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` (into the page cache: not durable
+    /// before `sync_data`).
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// fdatasync: the data written so far, and the size, are durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Cuts or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's length, in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }

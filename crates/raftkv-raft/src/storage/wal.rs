@@ -104,6 +104,7 @@ pub const MAX_RECORD_BYTES: u64 = 256 << 20;
 /// overflow, however many records follow.
 const MAX_FIRST_INDEX: u64 = 1 << 62;
 
+/// How a [`Wal`] lays out its segments.
 #[derive(Clone, Debug)]
 pub struct WalOptions {
     /// A segment is closed and a new one started once it would grow past this.
@@ -184,6 +185,8 @@ impl SyncState {
     }
 }
 
+/// The durable `LogStore`: a segmented write-ahead log in one directory,
+/// with group commit (see the module doc for its format and recovery).
 pub struct Wal {
     dir: PathBuf,
     vfs: Arc<dyn Vfs>,
@@ -267,6 +270,8 @@ impl Wal {
         Wal::open_with(Arc::new(StdFs), dir, options)
     }
 
+    /// [`Wal::open`] through the file system `vfs` (a
+    /// [`FaultyFs`](crate::storage::fault::FaultyFs) in tests).
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         create_dir_durably(vfs.as_ref(), &dir).map_err(|e| StorageError::io("create directory", &dir, e))?;

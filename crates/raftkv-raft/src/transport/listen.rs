@@ -34,7 +34,13 @@ pub enum ListenTls {
     /// The raft port: peers must present a cluster certificate.
     Mutual(Tls),
     /// An HTTP API: TLS, client certificates required or not asked for.
-    Http { tls: Tls, require_client_certificate: bool },
+    Http {
+        /// The server's material.
+        tls: Tls,
+        /// Whether clients must present a certificate the CA signed; if not,
+        /// none is asked for.
+        require_client_certificate: bool,
+    },
 }
 
 /// How many connections a listener keeps, and how long a handshake may take.
@@ -67,7 +73,9 @@ impl Default for ListenLimits {
 /// its peer presented (verified against the CA), if any.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
+    /// The client's address.
     pub remote: SocketAddr,
+    /// The certificate the client presented, verified against the CA.
     pub certificate: Option<PeerCertificate>,
 }
 
@@ -133,6 +141,7 @@ impl Conn {
 }
 
 impl Conn {
+    /// What the connection is known by.
     pub fn info(&self) -> &ConnInfo {
         &self.info
     }

@@ -19,6 +19,8 @@ pub mod tls;
 /// dropped, which Raft tolerates (they are retried or superseded).
 pub const INBOX_CAPACITY: usize = 1 << 16;
 
+/// What [`Transport::send`] returns: resolves once the messages are handed
+/// over (or queued), with an error for logging only.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send + 'a>>;
 
 /// Sends messages to other nodes. Delivery is best effort: Raft retries what
@@ -50,10 +52,13 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
+/// Why a send failed. Raft resends what matters: callers log it and go on.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The transport has no address (or inbox) for the node.
     #[error("node {0} is unknown to the transport")]
     UnknownPeer(NodeId),
+    /// The node could not be reached: the node, and why.
     #[error("node {0} is unreachable: {1}")]
     Unreachable(NodeId, String),
 }
@@ -95,6 +100,7 @@ pub struct MemNetwork {
 }
 
 impl MemNetwork {
+    /// A network with no node and every link up.
     pub fn new() -> MemNetwork {
         MemNetwork::default()
     }
@@ -135,6 +141,8 @@ impl MemNetwork {
     }
 }
 
+/// One node's sending side of a [`MemNetwork`]: delivers straight into the
+/// receiver's inbox, and drops messages on cut links or refused by the filter.
 pub struct MemTransport {
     from: NodeId,
     network: MemNetwork,
@@ -176,6 +184,7 @@ pub struct Ratelimited {
 }
 
 impl Ratelimited {
+    /// Allows one log line per `period`.
     pub fn new(period: std::time::Duration) -> Ratelimited {
         Ratelimited { period, last: None, suppressed: 0 }
     }

@@ -58,12 +58,40 @@ pub struct TlsFiles {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read or parsed.
     #[error("cannot read {what} {path}: {reason}")]
-    Read { what: &'static str, path: PathBuf, reason: String },
+    Read {
+        /// Which file (`"CA file"`, `"key file"`, ...).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// A file holds nothing usable.
     #[error("{what} {path} holds no {expected}")]
-    Empty { what: &'static str, path: PathBuf, expected: &'static str },
+    Empty {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What it should have held.
+        expected: &'static str,
+    },
+    /// The files were read but do not make a usable configuration (a key
+    /// that does not match the certificate, a certificate that does not name
+    /// the node, ...).
     #[error("invalid TLS material ({ca}, {cert}, {key}): {reason}")]
-    Invalid { ca: PathBuf, cert: PathBuf, key: PathBuf, reason: String },
+    Invalid {
+        /// The CA file.
+        ca: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// One consistent set of material and the configurations made from it.
@@ -132,6 +160,7 @@ impl Tls {
         })
     }
 
+    /// The files the material is read from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
     }
@@ -420,6 +449,7 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// A connector presenting `tls`'s certificate.
     pub fn new(tls: Tls) -> Connector {
         Connector { tls }
     }

@@ -52,12 +52,30 @@ impl Default for ChannelOptions {
 /// Why no channel could be had.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
+    /// The address is not a valid endpoint.
     #[error("bad address {address:?}: {reason}")]
-    BadAddress { address: String, reason: String },
+    BadAddress {
+        /// The address given.
+        address: String,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// Connecting failed (refused, unreachable, TLS handshake failed, ...).
     #[error("cannot connect to {address}: {reason}")]
-    Connect { address: String, reason: String },
+    Connect {
+        /// The peer's address.
+        address: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+    /// No connection within the connect timeout.
     #[error("no connection to {address} within {timeout:?}")]
-    Timeout { address: String, timeout: Duration },
+    Timeout {
+        /// The peer's address.
+        address: String,
+        /// The connect timeout that passed.
+        timeout: Duration,
+    },
 }
 
 impl From<ChannelError> for tonic::Status {
@@ -85,6 +103,7 @@ impl CachedChannel {
         self.channel.clone()
     }
 
+    /// The address it connects to.
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -112,10 +131,12 @@ impl Default for Channels {
 }
 
 impl Channels {
+    /// An empty cache whose channels open with `options`.
     pub fn new(options: ChannelOptions) -> Channels {
         Channels { options, cached: Arc::default(), serials: Arc::default() }
     }
 
+    /// The options channels open with.
     pub fn options(&self) -> &ChannelOptions {
         &self.options
     }
@@ -209,6 +230,7 @@ impl Channels {
         lock(&self.cached).len()
     }
 
+    /// Whether no address has a cached channel.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

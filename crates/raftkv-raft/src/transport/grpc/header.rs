@@ -52,7 +52,9 @@ use crate::transport::tls::node_name;
 /// Who this node is on the wire.
 #[derive(Clone, Debug)]
 pub struct Identity {
+    /// The cluster this node belongs to; requests from another are refused.
     pub cluster_id: String,
+    /// This node's id.
     pub id: NodeId,
     /// The address other nodes reach this node's raft service at.
     pub advertise_addr: String,
@@ -62,6 +64,8 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The identity of node `id` of cluster `cluster_id`, served at
+    /// `advertise_addr`, without certificate checks.
     pub fn new(cluster_id: impl Into<String>, id: NodeId, advertise_addr: impl Into<String>) -> Identity {
         Identity {
             cluster_id: cluster_id.into(),
@@ -110,8 +114,11 @@ pub const FROM_ADDR_KEY: &str = "raftkv-from-addr-bin";
 /// The header of a node-to-node request, as sent (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WireHeader {
+    /// The sender's [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
+    /// The sender's cluster id.
     pub cluster_id: String,
+    /// The sender's node id.
     pub from: NodeId,
     /// The node the request is for, when the sender knows it (raft messages
     /// always do; a request sent to an address, such as a join, may not).
@@ -123,9 +130,11 @@ pub struct WireHeader {
 /// A header that passed [`check`]: who sent the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedHeader {
+    /// The sender's node id (with TLS, the one its certificate names).
     pub from: NodeId,
     /// Present only when the request named its receiver (and then it is this node).
     pub to: Option<NodeId>,
+    /// Where the sender says it serves, if it said.
     pub from_addr: Option<String>,
 }
 

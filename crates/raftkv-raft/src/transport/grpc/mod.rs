@@ -41,6 +41,7 @@ pub use header::{
 };
 
 /// Generated protobuf and gRPC code.
+#[allow(missing_docs)]
 pub mod proto {
     tonic::include_proto!("raftkv.raft.v1");
 }
@@ -68,6 +69,7 @@ pub struct AddressBook {
 }
 
 impl AddressBook {
+    /// An empty book.
     pub fn new() -> AddressBook {
         AddressBook::default()
     }
@@ -83,10 +85,12 @@ impl AddressBook {
         self.removed.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
+    /// Whether `id` is marked removed.
     pub fn is_removed(&self, id: NodeId) -> bool {
         self.removed.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 
+    /// Every id marked removed.
     pub fn removed(&self) -> std::collections::BTreeSet<NodeId> {
         self.removed.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -97,10 +101,12 @@ impl AddressBook {
         *lock(&self.on_change) = Some(Box::new(callback));
     }
 
+    /// The raft address of `id`, if known.
     pub fn get(&self, id: NodeId) -> Option<String> {
         self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
+    /// Every known address, by node id.
     pub fn all(&self) -> BTreeMap<NodeId, String> {
         self.addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -141,6 +147,9 @@ impl AddressBook {
 /// resends what matters).
 const STREAM_QUEUE: usize = 4096;
 
+/// The gRPC `Transport`: one long-lived `Raft.Stream` per peer, opened on
+/// the first send to it at the address the [`AddressBook`] gives, each
+/// request stamped with this node's header.
 pub struct GrpcTransport {
     identity: Identity,
     book: AddressBook,
@@ -150,6 +159,8 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
+    /// A transport for the node `identity` names, reaching peers at the
+    /// addresses in `book`, over a channel cache of its own.
     pub fn new(identity: Identity, book: AddressBook) -> GrpcTransport {
         GrpcTransport::with_channels(identity, book, Channels::default())
     }
@@ -160,6 +171,7 @@ impl GrpcTransport {
         GrpcTransport { identity, book, channels, streams: Mutex::new(BTreeMap::new()) }
     }
 
+    /// Who this transport sends as.
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -247,6 +259,9 @@ pub fn remote<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
 }
 
 impl RaftService {
+    /// The service of the node `identity` names: accepted messages go to
+    /// `inbox`; senders' addresses are learned into `book`, and ids marked
+    /// removed there are refused.
     pub fn new(identity: Identity, inbox: Inbox, book: AddressBook) -> RaftService {
         RaftService { identity, inbox, book, refusals: Mutex::new(super::Ratelimited::new(REFUSAL_LOG_PERIOD)) }
     }
@@ -409,6 +424,7 @@ fn meta_to_proto(meta: &SnapshotMeta) -> proto::SnapshotMeta {
     proto::SnapshotMeta { last_log_id: log_id_to_proto(meta.last_log_id), config: Some(config_to_proto(&meta.config)) }
 }
 
+/// Encodes a message for the wire (the inverse of [`from_proto`]).
 pub fn to_proto(message: &Message) -> proto::RaftMessage {
     let kind = match message {
         Message::RequestVote(m) => Kind::RequestVote(proto::RequestVote {
