@@ -139,8 +139,9 @@ pub enum Action {
         /// What to send.
         message: Message,
     },
-    /// Read `max chunk` bytes at `offset` of the snapshot `meta` and send them to
-    /// `to` as `Message::InstallSnapshot` in `term` (with `done` at the end).
+    /// Read a chunk (of the runtime's chunk size, or less at the end) at
+    /// `offset` of the snapshot `meta` and send it to `to` as
+    /// `Message::InstallSnapshot` in `term` (with `done` on the last chunk).
     SendSnapshotChunk {
         /// The follower to send the chunk to.
         to: NodeId,
