@@ -7,7 +7,7 @@
 
 use std::io::BufWriter;
 
-use raftkv::state::image::{ImageHeader, ImageKind, ImageWriter, FORMAT};
+use raftkv::state::image::{ImageHeader, ImageWriter};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,18 +18,7 @@ fn main() {
         eprintln!("usage: gen_backup --keys N --value-size B --out FILE");
         std::process::exit(2);
     };
-    let header = ImageHeader {
-        format: FORMAT,
-        kind: ImageKind::Backup,
-        index: 1,
-        term: 1,
-        members: None,
-        keys,
-        peers: Default::default(),
-        staging: None,
-        last_restore: None,
-        created_unix_ms: 0,
-    };
+    let header = ImageHeader::generated_backup(keys);
     let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("creating {out}: {e}"));
     let mut writer = ImageWriter::new(BufWriter::with_capacity(1 << 20, file), &header).expect("writing the header");
     // A SplitMix64 stream, so that values do not compress to nothing.

@@ -189,7 +189,7 @@ async fn damaged_backups_are_refused_and_the_data_is_untouched() {
         assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
     }
     // Well-formed, but with a key over the server's limit (4 KiB): refused too.
-    let header = backup_header(1);
+    let header = raftkv::state::image::ImageHeader::generated_backup(1);
     let mut writer = raftkv::state::image::ImageWriter::new(Vec::new(), &header).unwrap();
     writer.record(&"k".repeat(5000), b"v", 1).unwrap();
     let oversized = writer.finish().unwrap();

@@ -177,7 +177,7 @@ proptest! {
         {
             let state = kv.read();
             let data: BTreeMap<String, (Vec<u8>, u64)> =
-                state.data.iter().map(|(k, v)| (k.clone(), (v.value.to_vec(), v.index.0))).collect();
+                state.data.iter().map(|(k, v)| (k.clone(), (v.value.0.to_vec(), v.index.0))).collect();
             prop_assert_eq!(&data, &image.data);
             prop_assert_eq!(state.applied.0, image.header.index);
             prop_assert_eq!(state.staging.as_ref().map(|s| s.data.len()), image.header.staging.as_ref().map(|_| image.staging.len()));

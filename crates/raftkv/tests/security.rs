@@ -739,7 +739,7 @@ async fn a_restore_stops_before_its_log_eats_the_reserve() {
     // 32 MiB to spare, the log it would write (~190 MiB) does not.
     let value = "\u{1}".repeat(64 << 10);
     let keys = 512u64;
-    let header = backup_header(keys);
+    let header = raftkv::state::image::ImageHeader::generated_backup(keys);
     let mut writer = raftkv::state::image::ImageWriter::new(Vec::new(), &header).unwrap();
     for k in 0..keys {
         writer.record(&format!("key{k:04}"), value.as_bytes(), 1).unwrap();

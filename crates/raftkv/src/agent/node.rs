@@ -22,6 +22,7 @@ use crate::agent::gossip::Gossip;
 use crate::agent::outcome::{Failure, Kind, Outcome};
 use crate::agent::request::{AdminDone, AdminOp, Member};
 use crate::agent::wire::{self, proto, Peers};
+use crate::state::machine::unix_ms;
 use crate::state::{Answer, Command, Kv};
 
 /// Backup downloads one node serves at once: each holds a blocking thread
@@ -434,14 +435,9 @@ impl Agent {
             micros: reading.micros,
             buckets: reading.buckets,
         };
-        let role = match status.role {
-            raftkv_raft::Role::Leader => "leader",
-            raftkv_raft::Role::Candidate | raftkv_raft::Role::PreCandidate => "candidate",
-            raftkv_raft::Role::Follower => "follower",
-            raftkv_raft::Role::Learner => "learner",
-        };
         proto::NodeActivity {
-            role: role.to_string(),
+            // As `/metrics` names roles.
+            role: format!("{:?}", status.role).to_lowercase(),
             term: status.term.0,
             commit_index: status.commit_index.0,
             applied_index: self.raft.applied_index().0,
@@ -461,10 +457,8 @@ impl Agent {
         let mut observer = self.raft.observe(|o| matches!(o, Observation::LeaderChanged { .. }), 64);
         while let Some(observation) = observer.recv().await {
             if let Observation::LeaderChanged { leader, term } = observation {
-                let unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                self.activity.leader_changed(LeaderEvent { unix_ms, term: term.0, leader: leader.map(|l| l.0) });
+                let event = LeaderEvent { unix_ms: unix_ms(), term: term.0, leader: leader.map(|l| l.0) };
+                self.activity.leader_changed(event);
             }
         }
     }

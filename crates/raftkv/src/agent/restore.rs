@@ -100,9 +100,9 @@ fn check_backup(path: &Path, limits: Limits) -> Result<(ImageHeader, u64, u64), 
     let mut logged = 0u64;
     let within_limits = |n: u64, record: &image::Record| {
         limits.check_key(&record.key).map_err(|e| format!("record {n}: {e}"))?;
-        limits.check_value(&record.value).map_err(|e| format!("record {n} ({:?}): {e}", record.key))?;
+        limits.check_value(&record.value.0).map_err(|e| format!("record {n} ({:?}): {e}", record.key))?;
         // `["key","value"],` as the chunk's JSON holds it.
-        logged += json_len(&record.key) + json_len(&Blob(record.value.clone())) + 4;
+        logged += json_len(&record.key) + json_len(&record.value) + 4;
         Ok(())
     };
     let (header, size) = image::verify_each(file, within_limits).map_err(|e| e.to_string())?;
@@ -161,10 +161,9 @@ async fn stage(agent: &Agent, id: &str, path: &Path, keys: u64) -> Result<u64, F
         for _ in 0..keys {
             match reader.next_record() {
                 Ok(Some(record)) => {
-                    let value = Blob(record.value);
-                    bytes += record.key.len() + value.len() + 16;
-                    logged += json_len(&record.key) + json_len(&value) + 4;
-                    pairs.push((record.key, value));
+                    bytes += record.key.len() + record.value.len() + 16;
+                    logged += json_len(&record.key) + json_len(&record.value) + 4;
+                    pairs.push((record.key, record.value));
                     if bytes >= CHUNK_BYTES {
                         if !send(Ok((std::mem::take(&mut pairs), logged))) {
                             return false;

@@ -10,7 +10,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use bytes::Bytes;
-use raftkv_raft::{LogIndex, NodeId, RaftError};
+use raftkv_raft::{LogIndex, NodeId, RaftError, Status};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -18,6 +18,7 @@ use crate::agent::autopilot::AutopilotConfig;
 use crate::agent::{AdminDone, AdminOp, Agent, Failure, Kind, Member, Outcome};
 use crate::api::error::ApiError;
 use crate::api::params::body;
+use crate::state::Peer;
 
 pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
     let status = agent.raft.status().await.map_err(|e| Failure::from(e).changed_nothing())?;
@@ -28,27 +29,26 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
         return Err(Failure::not_done(Kind::NotReady, message).into());
     }
     let peers = agent.kv.read().peers.clone();
-    let book = agent.book.all();
     // Replication, contact and health are known on the leader only (null
     // elsewhere).
     let leads = status.leader == Some(agent.id);
     let health = agent.autopilot_state().filter(|_| leads);
-    let describe = |id: &NodeId, suffrage: &str| {
-        let peer = peers.get(&id.0);
-        let progress = status.peers.iter().find(|p| p.id == *id);
+    let describe = |id: NodeId, suffrage: &str| {
+        let progress = status.peers.iter().find(|p| p.id == id);
         let (match_index, trailing, last_contact_ms) = match progress {
             Some(p) => (Some(p.match_index.0), Some(p.trailing), p.last_contact.map(|d| d.as_millis() as u64)),
-            None if leads && *id == agent.id => (Some(status.last_log_index.0), Some(0), Some(0)),
+            None if leads && id == agent.id => (Some(status.last_log_index.0), Some(0), Some(0)),
             None => (None, None, None),
         };
         let server = health.as_ref().and_then(|h| h.servers.iter().find(|s| s.id == id.0));
         let gossip = agent.gossip.as_ref().and_then(|g| g.view().liveness(id.0));
+        let (raft_addr, http_addr) = addresses(&agent, &peers, id);
         json!({
             "id": id.0,
             "suffrage": suffrage,
-            "raft_addr": book.get(id).cloned().or_else(|| peer.map(|p| p.raft_addr.clone())),
-            "http_addr": peer.map(|p| p.http_addr.clone()),
-            "leader": status.leader == Some(*id),
+            "raft_addr": raft_addr,
+            "http_addr": http_addr,
+            "leader": status.leader == Some(id),
             "match_index": match_index,
             "trailing": trailing,
             "last_contact_ms": last_contact_ms,
@@ -57,19 +57,30 @@ pub async fn members(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Api
             "gossip": gossip,
         })
     };
-    let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(id, "voter")).collect();
-    members.extend(
-        status
-            .membership
-            .learners
-            .iter()
-            .map(|id| describe(id, if status.membership.is_staging(*id) { "staging" } else { "nonvoter" })),
-    );
+    let members: Vec<Value> = suffrages(&status).into_iter().map(|(id, suffrage)| describe(id, suffrage)).collect();
     // Ids removed from the cluster, whose traffic this node refuses.
     let removed: Vec<u64> = agent.book.removed().into_iter().map(|id| id.0).collect();
     Ok(Json(
         json!({"members": members, "leader": status.leader.map(|l| l.0), "term": status.term.0, "removed": removed}),
     ))
+}
+
+/// The members of `status`'s configuration, voters first, each with its
+/// suffrage: `voter`, `staging` (a learner to be promoted once caught up) or
+/// `nonvoter`.
+pub(crate) fn suffrages(status: &Status) -> Vec<(NodeId, &'static str)> {
+    let learners = status.membership.learners.iter().map(|id| {
+        let suffrage = if status.membership.is_staging(*id) { "staging" } else { "nonvoter" };
+        (*id, suffrage)
+    });
+    status.membership.voters.iter().map(|id| (*id, "voter")).chain(learners).collect()
+}
+
+/// Where member `id` listens: raft (the address book's, else its peer
+/// record's) and HTTP (its peer record's), as far as known.
+pub(crate) fn addresses(agent: &Agent, peers: &BTreeMap<u64, Peer>, id: NodeId) -> (Option<String>, Option<String>) {
+    let peer = peers.get(&id.0);
+    (agent.book.get(id).or_else(|| peer.map(|p| p.raft_addr.clone())), peer.map(|p| p.http_addr.clone()))
 }
 
 #[derive(Deserialize)]

@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 use crate::agent::activity::{Op, BUCKETS, BUCKET_BOUNDS_US};
 use crate::agent::wire::{self, proto};
 use crate::agent::{Agent, Failure};
+use crate::api::admin::{addresses, suffrages};
 use crate::api::error::ApiError;
+use crate::state::machine::unix_ms;
 
 /// How long the dashboard waits for each member's report.
 const ASK_WITHIN: Duration = Duration::from_millis(800);
@@ -104,7 +106,7 @@ pub async fn data(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiErr
         if id == agent.id {
             continue;
         }
-        let Some(address) = agent.book.get(id).or_else(|| peers.get(&id.0).map(|p| p.raft_addr.clone())) else {
+        let (Some(address), _) = addresses(&agent, &peers, id) else {
             continue;
         };
         let agent = agent.clone();
@@ -136,13 +138,13 @@ pub async fn data(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiErr
 
     let leads = status.leader == Some(agent.id);
     let describe = |id: NodeId, suffrage: &str| {
-        let peer = peers.get(&id.0);
         let progress = status.peers.iter().find(|p| p.id == id);
+        let (raft_addr, http_addr) = addresses(&agent, &peers, id);
         let mut member = json!({
             "id": id.0,
             "suffrage": suffrage,
-            "raft_addr": agent.book.get(id).or_else(|| peer.map(|p| p.raft_addr.clone())),
-            "http_addr": peer.map(|p| p.http_addr.clone()),
+            "raft_addr": raft_addr,
+            "http_addr": http_addr,
             "leader": status.leader == Some(id),
             // Known on the leader only.
             "match_index": progress.map(|p| p.match_index.0),
@@ -169,28 +171,19 @@ pub async fn data(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiErr
         }
         member
     };
-    let mut members: Vec<Value> = status.membership.voters.iter().map(|id| describe(*id, "voter")).collect();
-    members.extend(
-        status
-            .membership
-            .learners
-            .iter()
-            .map(|id| describe(*id, if status.membership.is_staging(*id) { "staging" } else { "nonvoter" })),
-    );
+    let members: Vec<Value> = suffrages(&status).into_iter().map(|(id, suffrage)| describe(id, suffrage)).collect();
     let leadership: Vec<Value> = agent
         .activity
         .leader_events()
         .iter()
         .map(|e| json!({"unix_ms": e.unix_ms, "term": e.term, "leader": e.leader}))
         .collect();
-    let unix_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     Ok(Json(json!({
         "node": agent.id.0,
         "leader": status.leader.map(|l| l.0),
         "term": status.term.0,
         "leads": leads,
-        "unix_ms": unix_ms,
+        "unix_ms": unix_ms(),
         "bucket_bounds_us": BUCKET_BOUNDS_US,
         "members": members,
         "leadership": leadership,

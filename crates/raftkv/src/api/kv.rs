@@ -41,7 +41,7 @@ fn given(text: Option<String>, base64: Option<String>, name: &str) -> Result<Opt
 /// `{"key": K, "value": V, "index": I}`, with `value_base64` for a value
 /// that is not UTF-8 text.
 fn item(key: &str, value: &crate::state::Value) -> Value {
-    let (field, encoded) = Blob(value.value.clone()).json_field();
+    let (field, encoded) = value.value.json_field();
     json!({"key": key, field: encoded, "index": value.index.0})
 }
 
@@ -115,11 +115,11 @@ pub async fn get_key(
         return Ok(Json(item(&key, &found)).into_response());
     }
     // Text as it always was; other bytes as they are.
-    let content_type = match std::str::from_utf8(&found.value) {
-        Ok(_) => "text/plain; charset=utf-8",
-        Err(_) => "application/octet-stream",
+    let content_type = match found.value.as_text() {
+        Some(_) => "text/plain; charset=utf-8",
+        None => "application/octet-stream",
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], found.value).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type)], found.value.0).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -140,7 +140,7 @@ pub async fn get_raw(
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (header::HeaderName::from_static(INDEX_HEADER), found.index.0.to_string()),
     ];
-    Ok((headers, found.value).into_response())
+    Ok((headers, found.value.0).into_response())
 }
 
 /// `key`'s value and its index, read as `consistency` asks.
@@ -255,7 +255,7 @@ pub async fn list(State(agent): State<Arc<Agent>>, Query(query): Query<ListQuery
             break;
         }
         // As the answer's JSON holds it (text may grow six times in escapes).
-        bytes += key.len() + Blob(value.value.clone()).json_field_len();
+        bytes += key.len() + value.value.json_field_len();
         items.push(item(key, value));
     }
     Ok(Json(json!({"items": items, "more": more})))

@@ -22,9 +22,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::state::blob::Blob;
 use crate::state::command::Peer;
 
 const MAGIC: &[u8; 8] = b"RKVIMG01";
@@ -80,11 +80,31 @@ pub struct ImageHeader {
     pub created_unix_ms: u64,
 }
 
+impl ImageHeader {
+    /// The header of a backup of `keys` keys made outside any cluster (a
+    /// generated one, or a test's): at index 1, term 1, with no members,
+    /// peers or restore in it.
+    pub fn generated_backup(keys: u64) -> ImageHeader {
+        ImageHeader {
+            format: FORMAT,
+            kind: ImageKind::Backup,
+            index: 1,
+            term: 1,
+            members: None,
+            keys,
+            peers: BTreeMap::new(),
+            staging: None,
+            last_restore: None,
+            created_unix_ms: 0,
+        }
+    }
+}
+
 /// One key: its value and the index of the entry that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub key: String,
-    pub value: Bytes,
+    pub value: Blob,
     pub index: u64,
 }
 
@@ -281,7 +301,7 @@ impl<R: Read> ImageReader<R> {
         }
         let n = self.read + 1;
         let key = self.string(MAX_KEY_BYTES, &format!("record {n}'s key"))?;
-        let value = Bytes::from(self.field(MAX_VALUE_BYTES, &format!("record {n}'s value"))?);
+        let value = Blob::from(self.field(MAX_VALUE_BYTES, &format!("record {n}'s value"))?);
         let mut index = [0; 8];
         self.take(&mut index, &format!("record {n}'s index"))?;
         self.remaining -= 1;
@@ -373,7 +393,7 @@ mod tests {
         while let Some(record) = reader.next_record().unwrap() {
             keys.push((record.key, record.value, record.index));
         }
-        assert_eq!(keys[2], ("ключ".to_string(), Bytes::from("значение"), 3));
+        assert_eq!(keys[2], ("ключ".to_string(), Blob::from("значение"), 3));
         assert_eq!(reader.finish().unwrap(), bytes.len() as u64);
     }
 
@@ -386,7 +406,7 @@ mod tests {
         let mut reader = ImageReader::open(bytes.as_slice()).unwrap();
         assert_eq!(reader.header.format, 2);
         let record = reader.next_record().unwrap().unwrap();
-        assert_eq!((record.key.as_str(), &record.value[..], record.index), ("k", &binary[..], 7));
+        assert_eq!((record.key.as_str(), &record.value.0[..], record.index), ("k", &binary[..], 7));
 
         // Written by a raftkv before format 2: the same layout, text values.
         let old = ImageHeader { format: 1, ..header(1) };

@@ -21,7 +21,7 @@ use crate::state::image::{self, ImageHeader, ImageKind, ImageReader, ImageWriter
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
-    pub value: Bytes,
+    pub value: Blob,
     /// Index of the entry that last wrote it.
     pub index: LogIndex,
 }
@@ -63,7 +63,7 @@ impl Captured {
 
     /// The exact size of the image `write_image` produces.
     pub fn size(&self) -> u64 {
-        image::encoded_size(&self.header, self.records().map(|(k, v)| (k.as_str(), &v.value[..])))
+        image::encoded_size(&self.header, self.records().map(|(k, v)| (k.as_str(), &v.value.0[..])))
     }
 
     pub fn header(&self) -> &ImageHeader {
@@ -73,7 +73,7 @@ impl Captured {
     pub fn write_image(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut writer = ImageWriter::new(std::io::BufWriter::with_capacity(1 << 16, out), &self.header)?;
         for (key, value) in self.records() {
-            writer.record(key, &value.value, value.index.0)?;
+            writer.record(key, &value.value.0, value.index.0)?;
         }
         writer.finish()?;
         Ok(())
@@ -86,7 +86,8 @@ impl raftkv_raft::SnapshotSource for Captured {
     }
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch by the system clock (0 before it).
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -223,14 +224,14 @@ impl StateMachine for KvMachine {
 fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerCallback) -> Answer {
     match command {
         Command::Set { key, value } => {
-            state.data.insert(key, Value { value: value.0, index });
+            state.data.insert(key, Value { value, index });
             Answer::Done
         }
         Command::Delete { key } => Answer::Deleted { existed: state.data.remove(&key).is_some() },
         Command::Cas { key, expected, value } => {
-            let current = state.data.get(&key).map(|v| Blob(v.value.clone()));
+            let current = state.data.get(&key).map(|v| v.value.clone());
             if current == expected {
-                state.data.insert(key, Value { value: value.0, index });
+                state.data.insert(key, Value { value, index });
                 Answer::Done
             } else {
                 Answer::CasFailed { current }
@@ -267,7 +268,7 @@ fn apply(state: &mut KvState, command: Command, index: LogIndex, on_peer: &PeerC
             };
             staging.next_seq = next;
             for (key, value) in pairs {
-                staging.data.insert(key, Value { value: value.0, index });
+                staging.data.insert(key, Value { value, index });
             }
             Answer::Done
         }

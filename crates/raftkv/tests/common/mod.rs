@@ -197,19 +197,3 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
     let builder = reqwest::Client::builder().timeout(timeout);
     raftkv::http_client::ClientSecurity::default().apply(builder).unwrap().build().unwrap()
 }
-
-/// The header of a backup image of `keys` keys taken at index 1, term 1.
-pub fn backup_header(keys: u64) -> raftkv::state::image::ImageHeader {
-    raftkv::state::image::ImageHeader {
-        format: raftkv::state::image::FORMAT,
-        kind: raftkv::state::image::ImageKind::Backup,
-        index: 1,
-        term: 1,
-        members: None,
-        keys,
-        peers: Default::default(),
-        staging: None,
-        last_restore: None,
-        created_unix_ms: 0,
-    }
-}
