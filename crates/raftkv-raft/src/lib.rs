@@ -983,7 +983,7 @@ impl Raft {
     /// `Core::reload_config`), provided every node started with the same
     /// `election_timeout_min`.
     pub async fn reload_config(&self, reload: ReloadableConfig) -> Result<Config, RaftError> {
-        self.request(|reply| Request::Reload { reload, reply }).await
+        self.request(|reply| Request::Reload { reload: Box::new(reload), reply }).await
     }
 
     /// Stops the node: writes in flight fail with `Stopped` (their outcome is

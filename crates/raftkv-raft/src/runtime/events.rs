@@ -57,8 +57,10 @@ pub(crate) enum Request {
     Snapshot {
         reply: Reply<LogId>,
     },
+    /// Boxed: every proposal moves through the channel as a `Request`,
+    /// which is as large as its largest variant.
     Reload {
-        reload: ReloadableConfig,
+        reload: Box<ReloadableConfig>,
         reply: Reply<Config>,
     },
 }

@@ -54,7 +54,7 @@ struct RaftLoop {
     transport: Arc<dyn Transport>,
     direct_sends: bool,
     peers: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
-    writer: std::sync::mpsc::Sender<WriterJob>,
+    writer: Writer,
     apply: mpsc::UnboundedSender<ApplyJob<Pending>>,
     events: mpsc::UnboundedSender<LoopEvent>,
     snapshots: Arc<dyn SnapshotStore>,
@@ -68,6 +68,16 @@ struct RaftLoop {
     observers: Observers,
     /// What `measure` compares with and times (see `crate::metrics`).
     measured: Measured,
+}
+
+/// Where store jobs run.
+enum Writer {
+    /// On the log writer's thread, which reports back through `WriterEvent`s.
+    Thread(std::sync::mpsc::Sender<WriterJob>),
+    /// Here, at once: every store is in memory (`LogStore::in_memory`).
+    /// `persisted` is the highest sequence written and not yet reported to
+    /// the driver.
+    Inline { stores: Stores, persisted: Option<u64> },
 }
 
 /// The raft loop's measurements between wake-ups.
@@ -101,17 +111,22 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let snapshot_index = core.snapshot().map_or(LogIndex::ZERO, |s| s.last_log_id.index);
     let (writer_events_tx, mut writer_events) = mpsc::unbounded_channel();
-    let (writer, writer_rx) = std::sync::mpsc::channel();
-    let writer_thread = std::thread::Builder::new()
-        .name(format!("raft-log-writer-{}", config.id))
-        .spawn(move || writer::log_writer(stores, writer_rx, writer_events_tx));
-    let writer_thread = match writer_thread {
-        Ok(handle) => handle,
-        Err(error) => {
-            let reason = format!("cannot start the log writer thread: {error}");
-            tracing::error!(%reason, "the node stops");
-            failure_tx.send_replace(Some(reason));
-            return;
+    let inline = stores.log.in_memory() && stores.stable.in_memory() && stores.snapshots.in_memory();
+    let (writer, writer_thread) = if inline {
+        (Writer::Inline { stores, persisted: None }, None)
+    } else {
+        let (writer, writer_rx) = std::sync::mpsc::channel();
+        let writer_thread = std::thread::Builder::new()
+            .name(format!("raft-log-writer-{}", config.id))
+            .spawn(move || writer::log_writer(stores, writer_rx, writer_events_tx));
+        match writer_thread {
+            Ok(handle) => (Writer::Thread(writer), Some(handle)),
+            Err(error) => {
+                let reason = format!("cannot start the log writer thread: {error}");
+                tracing::error!(%reason, "the node stops");
+                failure_tx.send_replace(Some(reason));
+                return;
+            }
         }
     };
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
@@ -161,7 +176,7 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
                 }
                 raft.driver.set_observing(!raft.observers.is_empty());
             }
-            event = writer_events.recv() => match event {
+            event = writer_events.recv(), if !inline => match event {
                 Some(WriterEvent::Persisted(seq)) => {
                     let mut seq = seq;
                     let mut failed = None;
@@ -228,7 +243,9 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
     }
     // The writer ends when its channel closes; the apply task when its does.
     let _ = apply_task.await;
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if let Some(writer_thread) = writer_thread {
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    }
 }
 
 impl RaftLoop {
@@ -356,13 +373,25 @@ impl RaftLoop {
 
     /// Carries out what the driver decided in this wake-up. Once the node
     /// failed only answers go out: nothing more is stored, sent or applied.
+    /// Store jobs run here (`Writer::Inline`) are reported as persisted at
+    /// once, and what that releases is carried out in the same wake-up.
     fn carry_out(&mut self) {
-        let effects: Vec<Effect<Pending>> = self.driver.effects().collect();
-        for effect in effects {
-            if self.driver.failure().is_some() && !effect.answers() {
-                continue;
+        loop {
+            let effects: Vec<Effect<Pending>> = self.driver.effects().collect();
+            for effect in effects {
+                if self.driver.failure().is_some() && !effect.answers() {
+                    continue;
+                }
+                self.execute(effect);
             }
-            self.execute(effect);
+            let persisted = match &mut self.writer {
+                Writer::Inline { persisted, .. } => persisted.take(),
+                Writer::Thread(_) => None,
+            };
+            match persisted {
+                Some(seq) if self.driver.failure().is_none() => self.driver.persisted(seq),
+                _ => return,
+            }
         }
     }
 
@@ -378,8 +407,20 @@ impl RaftLoop {
                         }
                     }
                 }
-                if self.writer.send(WriterJob { job, sinks }).is_err() {
-                    self.driver.fail("the log writer is gone".to_string());
+                match &mut self.writer {
+                    Writer::Thread(writer) => {
+                        if writer.send(WriterJob { job, sinks }).is_err() {
+                            self.driver.fail("the log writer is gone".to_string());
+                        }
+                    }
+                    Writer::Inline { stores, persisted } => {
+                        let mut sinks = sinks.into_iter().collect();
+                        let (steps, seq) = raftkv_driver::StoreJob::merge(vec![job]);
+                        match writer::write(stores, steps, &mut sinks) {
+                            Ok(()) => *persisted = seq.max(*persisted),
+                            Err(error) => self.driver.fail(format!("storage failed: {error}")),
+                        }
+                    }
                 }
             }
             Effect::Send { to, messages } => self.send(to, messages),

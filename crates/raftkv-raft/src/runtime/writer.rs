@@ -1,7 +1,8 @@
 //! The log writer: one OS thread (storage calls block) that owns the node's
 //! `Stores` and runs the driver's store jobs in order, merging what queued while it was busy into one append
 //! and one fsync, and reports the highest sequence done. A failed step stops
-//! it before anything later runs.
+//! it before anything later runs. Stores that all live in memory
+//! (`LogStore::in_memory`) need no thread: the raft loop calls `write` itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,19 +49,7 @@ pub(crate) fn log_writer(
             queued.push(job);
         }
         let (steps, seq) = StoreJob::merge(queued);
-        let entries: usize = steps
-            .iter()
-            .map(|step| match step {
-                raftkv_driver::StoreStep::Write(write) => write.entries.len(),
-                _ => 0,
-            })
-            .sum();
-        let started = std::time::Instant::now();
-        let ran = run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, &mut sinks);
-        if entries > 0 && ran.is_ok() {
-            metrics::histogram!(crate::metrics::APPEND_SECONDS).record(started.elapsed());
-            metrics::counter!(crate::metrics::ENTRIES_APPENDED).increment(entries as u64);
-        }
+        let ran = write(&stores, steps, &mut sinks);
         let event = match ran {
             Err(error) => WriterEvent::Failed(error),
             Ok(()) => match seq {
@@ -73,6 +62,28 @@ pub(crate) fn log_writer(
             return;
         }
     }
+}
+
+/// Runs merged steps in order and records them (`crate::metrics`).
+pub(crate) fn write(
+    stores: &Stores,
+    steps: Vec<StoreStep>,
+    sinks: &mut BTreeMap<u64, Box<dyn SnapshotSink>>,
+) -> Result<(), StorageError> {
+    let entries: usize = steps
+        .iter()
+        .map(|step| match step {
+            StoreStep::Write(write) => write.entries.len(),
+            _ => 0,
+        })
+        .sum();
+    let started = std::time::Instant::now();
+    let ran = run_steps(stores.log.as_ref(), stores.stable.as_ref(), steps, sinks);
+    if entries > 0 && ran.is_ok() {
+        metrics::histogram!(crate::metrics::APPEND_SECONDS).record(started.elapsed());
+        metrics::counter!(crate::metrics::ENTRIES_APPENDED).increment(entries as u64);
+    }
+    ran
 }
 
 /// Runs steps in order; each is durable when it returns.

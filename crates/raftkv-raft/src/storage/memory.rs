@@ -48,6 +48,10 @@ impl MemLogStore {
 }
 
 impl LogStore for MemLogStore {
+    fn in_memory(&self) -> bool {
+        true
+    }
+
     fn first_index(&self) -> Result<LogIndex> {
         Ok(lock(&self.log).first)
     }
@@ -146,6 +150,10 @@ pub(crate) fn hard_state_values(state: HardState) -> [(&'static str, Vec<u8>); 2
 }
 
 impl StableStore for MemStableStore {
+    fn in_memory(&self) -> bool {
+        true
+    }
+
     fn hard_state(&self) -> Result<HardState> {
         hard_state_from(self)
     }
@@ -191,6 +199,10 @@ impl MemSnapshotStore {
 }
 
 impl SnapshotStore for MemSnapshotStore {
+    fn in_memory(&self) -> bool {
+        true
+    }
+
     fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>> {
         let mut inner = lock(&self.inner);
         inner.next_unique += 1;
