@@ -219,6 +219,17 @@ pub(crate) struct PendingRead {
     pub round: u64,
 }
 
+/// One request a follower sent the leader for reads that came before it
+/// (thesis §6.4): sent under the id of its first read; only `leader`'s
+/// answer in `term` is accepted.
+#[derive(Clone, Debug)]
+pub(crate) struct ForwardedReads {
+    pub leader: NodeId,
+    pub term: Term,
+    pub sent_at: Millis,
+    pub reads: Vec<ReadId>,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Transfer {
     pub target: NodeId,
@@ -325,9 +336,12 @@ pub struct Core {
     pub(crate) leader_heard_at: Option<Millis>,
     pub(crate) votes: BTreeMap<NodeId, bool>,
     pub(crate) leader_state: Option<LeaderState>,
-    /// Reads forwarded to a leader and not yet answered: to whom, in which term.
-    /// Only that leader's answer in that term is accepted.
-    pub(crate) forwarded_reads: BTreeMap<ReadId, (NodeId, Term)>,
+    /// A follower's reads that came since its last request to the leader:
+    /// they wait for the next one (see `forward_reads`).
+    pub(crate) reads_to_forward: Vec<ReadId>,
+    /// Requests sent to a leader and not yet answered, by the id they were
+    /// sent under.
+    pub(crate) forwarded_reads: BTreeMap<ReadId, ForwardedReads>,
 
     pub(crate) pending_persist: PendingPersist,
     pub(crate) persist_seq_emitted: u64,
@@ -382,6 +396,7 @@ impl Core {
             leader_heard_at,
             votes: BTreeMap::new(),
             leader_state: None,
+            reads_to_forward: Vec::new(),
             forwarded_reads: BTreeMap::new(),
             pending_persist: PendingPersist::default(),
             persist_seq_emitted: 0,
@@ -721,6 +736,8 @@ impl Core {
     fn flush(&mut self) {
         if self.role == Role::Leader {
             self.flush_leader();
+        } else {
+            self.forward_reads();
         }
         if !self.pending_persist.is_empty() {
             let pending = std::mem::take(&mut self.pending_persist);

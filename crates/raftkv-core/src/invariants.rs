@@ -498,13 +498,27 @@ impl Core {
         Ok(())
     }
 
-    /// Reads forwarded to a leader are pending only on a follower of it.
+    /// Reads forwarded to a leader, or waiting to be, are pending only on a
+    /// follower of it; each request stands for at least one read.
     fn check_forwarded_reads(&self) -> Result<(), InvariantViolation> {
         let term = self.hard_state.current_term;
-        for (read_id, (leader, asked_in)) in &self.forwarded_reads {
+        ensure!(
+            self,
+            self.reads_to_forward.is_empty() || (self.role == Role::Follower && self.leader.is_some()),
+            "reads wait to be forwarded only on a follower of a known leader",
+            "{} reads wait; role {:?}, leader {:?}",
+            self.reads_to_forward.len(),
+            self.role,
+            self.leader
+        );
+        for (read_id, sent) in &self.forwarded_reads {
+            let (leader, asked_in) = (&sent.leader, &sent.term);
             ensure!(
                 self,
-                self.role == Role::Follower && self.leader == Some(*leader) && *asked_in <= term,
+                !sent.reads.is_empty()
+                    && self.role == Role::Follower
+                    && self.leader == Some(*leader)
+                    && *asked_in <= term,
                 "forwarded reads only to the known leader",
                 "read {read_id:?} forwarded to node {leader} in term {asked_in}; role {:?}, leader {:?}, term {term}",
                 self.role,

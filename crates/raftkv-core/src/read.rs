@@ -4,7 +4,7 @@
 //! A read is answered at an index; the runtime answers it once its state
 //! machine has applied that index.
 
-use crate::core::{Action, Core, PendingRead, ReadMode, ReadOrigin, Role};
+use crate::core::{Action, Core, ForwardedReads, PendingRead, ReadMode, ReadOrigin, Role};
 use crate::error::ReadError;
 use crate::message::{Message, ReadId};
 use crate::quorum::majority_value;
@@ -12,7 +12,8 @@ use crate::types::{LogIndex, Millis, NodeId, Term};
 
 impl Core {
     /// Starts a read at time `now`. The outcome arrives as `Action::ReadReady` or
-    /// `Action::ReadFailed` with the same `read_id`; a follower asks the leader.
+    /// `Action::ReadFailed` with the same `read_id`; a follower asks the leader
+    /// (`forward_reads`).
     ///
     /// NB: `now` must be read when the request is handled, not taken from the last
     /// tick: after a pause (GC, SIGSTOP) the last tick can be far in the past and a
@@ -20,10 +21,10 @@ impl Core {
     pub fn read_index(&mut self, now: Millis, read_id: ReadId, mode: ReadMode) -> Result<(), ReadError> {
         self.advance_clock(now);
         if self.role != Role::Leader {
-            let Some(leader) = self.leader else { return Err(ReadError::NoLeader) };
-            let term = self.hard_state.current_term;
-            self.forwarded_reads.insert(read_id, (leader, term));
-            self.send(leader, Message::ReadIndexRequest { term, read_id });
+            if self.leader.is_none() {
+                return Err(ReadError::NoLeader);
+            }
+            self.reads_to_forward.push(read_id);
             return Ok(());
         }
         if mode == ReadMode::Lease && self.lease_valid() {
@@ -156,8 +157,38 @@ impl Core {
         }
     }
 
+    /// A follower asks the leader once for every read that came since its
+    /// last request (thesis §6.4), as the leader shares one heartbeat round
+    /// among reads. The leader's answer, its commit index when the request
+    /// arrived, serves every read that came before the request was sent,
+    /// never one that came after: those wait for the next request, sent when
+    /// the one in flight is answered, or after a heartbeat interval if it
+    /// seems lost. Called once per batch of inputs, from `flush`.
+    pub(crate) fn forward_reads(&mut self) {
+        if self.reads_to_forward.is_empty() {
+            return;
+        }
+        let Some(leader) = self.leader else {
+            // Not reachable: losing the leader fails the waiting reads.
+            return self.fail_forwarded_reads();
+        };
+        let now = self.now;
+        let resend_after = self.config.heartbeat_interval_ms;
+        if self.forwarded_reads.values().any(|sent| now < sent.sent_at.saturating_add(resend_after)) {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads_to_forward);
+        // Read ids never repeat (the runtime's promise), so neither do these.
+        let read_id = reads[0];
+        let term = self.hard_state.current_term;
+        self.forwarded_reads.insert(read_id, ForwardedReads { leader, term, sent_at: now, reads });
+        self.send(leader, Message::ReadIndexRequest { term, read_id });
+    }
+
     pub(crate) fn fail_forwarded_reads(&mut self) {
-        for read_id in std::mem::take(&mut self.forwarded_reads).into_keys() {
+        let sent = std::mem::take(&mut self.forwarded_reads).into_values().flat_map(|sent| sent.reads);
+        let reads: Vec<ReadId> = sent.chain(std::mem::take(&mut self.reads_to_forward)).collect();
+        for read_id in reads {
             self.actions.push(Action::ReadFailed { read_id, error: ReadError::LeadershipLost });
         }
     }
@@ -172,9 +203,10 @@ impl Core {
         }
     }
 
-    /// A leader's answer to a forwarded read. Answers from any other node or term
-    /// (a stale leader, a duplicate, a forgery) are dropped: only the leader the
-    /// read was sent to, in the term it was sent in, can vouch for the index.
+    /// A leader's answer to a forwarded request, for every read it stands for.
+    /// Answers from any other node or term (a stale leader, a duplicate, a
+    /// forgery) are dropped: only the leader the request was sent to, in the
+    /// term it was sent in, can vouch for the index.
     pub(crate) fn handle_read_index_response(
         &mut self,
         from: NodeId,
@@ -182,14 +214,16 @@ impl Core {
         read_id: ReadId,
         index: Option<LogIndex>,
     ) {
-        if self.forwarded_reads.get(&read_id) != Some(&(from, term)) {
+        if !self.forwarded_reads.get(&read_id).is_some_and(|sent| sent.leader == from && sent.term == term) {
             return;
         }
-        self.forwarded_reads.remove(&read_id);
-        let action = match index {
-            Some(index) => Action::ReadReady { read_id, index },
-            None => Action::ReadFailed { read_id, error: ReadError::LeadershipLost },
-        };
-        self.actions.push(action);
+        let Some(sent) = self.forwarded_reads.remove(&read_id) else { return };
+        for read_id in sent.reads {
+            let action = match index {
+                Some(index) => Action::ReadReady { read_id, index },
+                None => Action::ReadFailed { read_id, error: ReadError::LeadershipLost },
+            };
+            self.actions.push(action);
+        }
     }
 }

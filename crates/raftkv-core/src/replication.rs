@@ -118,7 +118,12 @@ impl Core {
 
     pub(crate) fn flush_leader(&mut self) {
         let Some(state) = self.leader_state.as_mut() else { return };
-        if state.read_round_wanted {
+        // Reads share rounds (thesis §6.4): while one is unconfirmed, reads
+        // that came after it wait for the next, which starts as soon as this
+        // one is confirmed (or at the next heartbeat, if it is lost). One
+        // round in flight at a time keeps a busy leader's heartbeats to about
+        // one per round trip instead of one per batch of reads.
+        if state.read_round_wanted && state.confirmed_round >= state.round {
             self.start_round();
         }
         let Some(state) = self.leader_state.as_mut() else { return };

@@ -111,16 +111,28 @@ fn a_stale_term_answer_never_confirms_a_round() {
     assert!(!cluster.core(1).lease_valid(), "no round was confirmed since answers stopped");
     cluster.read(1, 7, ReadMode::Linearizable).unwrap();
     let term = cluster.core(1).current_term();
-    // The round the read waits for is the latest one begun: answer it with StaleTerm.
-    let round = cluster
-        .take_messages(|from, to, m| from.0 == 1 && to.0 == 2 && matches!(m, Message::AppendEntries(_)))
-        .iter()
-        .filter_map(|(_, _, m)| match m {
-            Message::AppendEntries(append) => Some(append.round),
-            _ => None,
-        })
-        .max()
-        .expect("node 1 sent a heartbeat round for the read");
+    // A round is already in flight (unanswered), so the read waits for the
+    // next one, begun at the next heartbeat: tick node 1 alone until then.
+    // The round the read waits for is that one: answer it with StaleTerm.
+    let mut rounds = Vec::new();
+    for _ in 0..ELECTION_MAX_MS {
+        cluster.now += 1;
+        let now = cluster.now;
+        cluster.with_core(1, |core| core.handle_tick(now));
+        rounds = cluster
+            .take_messages(|from, to, m| from.0 == 1 && to.0 == 2 && matches!(m, Message::AppendEntries(_)))
+            .into_iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::AppendEntries(append) => Some(append.round),
+                _ => None,
+            })
+            .collect();
+        if !rounds.is_empty() {
+            break;
+        }
+    }
+    assert!(!cluster.node(1).reads.contains_key(&7), "the read was answered without a confirmed round");
+    let round = rounds.into_iter().max().expect("node 1 sent a heartbeat round for the read");
     let stale = raftkv_core::AppendEntriesResponse { term, round, result: raftkv_core::AppendResult::StaleTerm };
     let now = cluster.now;
     cluster.with_core(1, |core| core.handle_message(now, NodeId(2), Message::AppendEntriesResponse(stale)));

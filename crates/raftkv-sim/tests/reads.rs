@@ -63,19 +63,63 @@ fn delayed_acks_of_an_older_round_do_not_confirm_a_read() {
     }
     let old_acks = cluster.take_messages(|_, to, _| to == NodeId(1));
     assert!(!old_acks.is_empty());
-    // The read starts a new round; drop that round entirely.
+    // The read waits for a round after the unconfirmed one; drop whatever
+    // node 1 sends.
     cluster.read(1, 1, ReadMode::Linearizable).unwrap();
     let _ = cluster.take_messages(|_, _, _| true);
     // The same read id asked again, and then the old acks arrive late.
     cluster.read(1, 1, ReadMode::Linearizable).unwrap();
     let _ = cluster.take_messages(|_, _, _| true);
+    let count = 2 * old_acks.len();
     cluster.in_flight.extend(old_acks.clone());
     cluster.in_flight.extend(old_acks);
-    cluster.stabilize();
+    for _ in 0..count {
+        cluster.deliver_one();
+    }
+    // Once the old round is confirmed the round the read waits for begins:
+    // drop it as well.
+    let _ = cluster.take_messages(|_, _, _| true);
     assert!(cluster.node(1).reads.is_empty(), "stale acknowledgements confirmed a read");
     // A fresh round confirms it.
     cluster.run_for(20);
     assert!(matches!(cluster.node(1).reads.get(&1), Some(Ok(_))));
+}
+
+/// Reads share heartbeat rounds (thesis §6.4): while one round is
+/// unconfirmed, reads that come after it start none of their own; they wait
+/// for the next round, which starts as soon as the first is confirmed (no
+/// tick needed) and answers them all together.
+#[test]
+fn reads_during_an_unconfirmed_round_share_the_next_one() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.run_for(10);
+    let rounds = |messages: &[(NodeId, NodeId, Message)]| -> Vec<u64> {
+        messages
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::AppendEntries(append) => Some(append.round),
+                _ => None,
+            })
+            .collect()
+    };
+    let appends = |from: NodeId, _: NodeId, m: &Message| from == NodeId(1) && matches!(m, Message::AppendEntries(_));
+    cluster.read(1, 1, ReadMode::Linearizable).unwrap();
+    let first = cluster.take_messages(appends);
+    let first_rounds = rounds(&first);
+    assert_eq!(first_rounds.len(), 2, "the first read starts a round to both followers");
+    for read_id in 2..=4 {
+        cluster.read(1, read_id, ReadMode::Linearizable).unwrap();
+    }
+    assert!(cluster.take_messages(appends).is_empty(), "a second round started while the first was unconfirmed");
+    let now = cluster.now;
+    cluster.in_flight.extend(first);
+    cluster.stabilize();
+    assert_eq!(cluster.now, now);
+    for read_id in 1..=4 {
+        assert!(matches!(cluster.node(1).reads.get(&read_id), Some(Ok(_))), "read {read_id} answered");
+    }
+    assert!(cluster.core(1).is_leader());
 }
 
 /// Bug 14 (openraft d60f1e85: the read quorum was majority - 1): with four or
@@ -121,6 +165,44 @@ fn follower_read_is_confirmed_by_the_leader() {
     cluster.crash(1);
     cluster.restart(3);
     assert_eq!(cluster.read(3, 6, ReadMode::Linearizable), Err(ReadError::NoLeader));
+}
+
+/// A follower asks the leader once for all the reads that came before its
+/// request (thesis §6.4): while one request is unanswered, later reads wait
+/// for the next, sent as soon as the answer comes. A request that seems lost
+/// holds nothing up for longer than a heartbeat interval.
+#[test]
+fn a_followers_reads_share_one_request_to_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let index = cluster.propose(1, "x").unwrap();
+    cluster.stabilize();
+    cluster.run_for(10);
+    let requests =
+        |from: NodeId, _: NodeId, m: &Message| from == NodeId(3) && matches!(m, Message::ReadIndexRequest { .. });
+    cluster.read(3, 1, ReadMode::Linearizable).unwrap();
+    let first = cluster.take_messages(requests);
+    assert_eq!(first.len(), 1);
+    cluster.read(3, 2, ReadMode::Linearizable).unwrap();
+    cluster.read(3, 3, ReadMode::Linearizable).unwrap();
+    assert!(cluster.take_messages(requests).is_empty(), "a second request while the first was unanswered");
+    cluster.in_flight.extend(first);
+    cluster.stabilize();
+    for read_id in 1..=3 {
+        assert!(matches!(cluster.node(3).reads.get(&read_id), Some(Ok(i)) if *i >= index), "read {read_id}");
+    }
+
+    // The next request is lost: the reads behind it go after a heartbeat interval.
+    cluster.read(3, 4, ReadMode::Linearizable).unwrap();
+    assert_eq!(cluster.take_messages(requests).len(), 1);
+    cluster.read(3, 5, ReadMode::Linearizable).unwrap();
+    cluster.run_for(HEARTBEAT_MS + 5);
+    assert!(matches!(cluster.node(3).reads.get(&5), Some(Ok(i)) if *i >= index));
+    assert_eq!(cluster.node(3).reads.get(&4), None, "the lost request was answered");
+    // Losing the leader fails the read whose request was lost.
+    cluster.crash(1);
+    cluster.run_for(3 * ELECTION_MAX_MS);
+    assert_eq!(cluster.node(3).reads.get(&4), Some(&Err(ReadError::LeadershipLost)));
 }
 
 /// A learner cannot elect anyone. When its leader goes silent for an election
