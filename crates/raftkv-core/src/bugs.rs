@@ -37,11 +37,15 @@ pub enum InjectedBug {
     /// The leader promotes a staging learner without the promotion rule's
     /// lag and stable-period tests (thesis §4.2.1): as soon as it answered.
     PromoteBeforeCaughtUp,
+    /// A follower serves the reads waiting for its next ReadIndex request
+    /// with the answer to the one in flight, which the leader may have
+    /// given before they arrived (thesis §6.4).
+    ForwardedAnswerServesLaterReads,
 }
 
 impl InjectedBug {
     /// Every bug, in a fixed order.
-    pub const ALL: [InjectedBug; 11] = [
+    pub const ALL: [InjectedBug; 12] = [
         InjectedBug::CommitOldTermByCount,
         InjectedBug::VoteWithoutLogCheck,
         InjectedBug::VoteBeforePersist,
@@ -53,6 +57,7 @@ impl InjectedBug {
         InjectedBug::LeaseOutlivesVoteGuard,
         InjectedBug::InstallKeepsConflictingSuffix,
         InjectedBug::PromoteBeforeCaughtUp,
+        InjectedBug::ForwardedAnswerServesLaterReads,
     ];
 
     /// The bug's name on the simulator's command line (e.g. `"commit-old-term"`).
@@ -69,6 +74,7 @@ impl InjectedBug {
             InjectedBug::LeaseOutlivesVoteGuard => "lease-outlives-vote-guard",
             InjectedBug::InstallKeepsConflictingSuffix => "install-keeps-conflicting-suffix",
             InjectedBug::PromoteBeforeCaughtUp => "promote-before-caught-up",
+            InjectedBug::ForwardedAnswerServesLaterReads => "forwarded-answer-serves-later-reads",
         }
     }
 

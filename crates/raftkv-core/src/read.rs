@@ -162,14 +162,16 @@ impl Core {
     /// among reads. The leader's answer, its commit index when the request
     /// arrived, serves every read that came before the request was sent,
     /// never one that came after: those wait for the next request, sent when
-    /// the one in flight is answered, or after a heartbeat interval if it
-    /// seems lost. Called once per batch of inputs, from `flush`.
+    /// the one in flight is answered. A request unanswered for a heartbeat
+    /// interval is taken as lost: its reads are asked for again, with any
+    /// new ones, in one request, so at most one request is ever in flight.
+    /// Called once per batch of inputs (ticks included), from `flush`.
     pub(crate) fn forward_reads(&mut self) {
-        if self.reads_to_forward.is_empty() {
+        if self.reads_to_forward.is_empty() && self.forwarded_reads.is_empty() {
             return;
         }
         let Some(leader) = self.leader else {
-            // Not reachable: losing the leader fails the waiting reads.
+            // Not reachable: losing the leader fails the reads already.
             return self.fail_forwarded_reads();
         };
         let now = self.now;
@@ -177,9 +179,22 @@ impl Core {
         if self.forwarded_reads.values().any(|sent| now < sent.sent_at.saturating_add(resend_after)) {
             return;
         }
-        let reads = std::mem::take(&mut self.reads_to_forward);
-        // Read ids never repeat (the runtime's promise), so neither do these.
-        let read_id = reads[0];
+        let lost = std::mem::take(&mut self.forwarded_reads);
+        // The id: a new read's (read ids never repeat: the runtime's promise),
+        // or, with only lost reads to ask for again, the newest lost
+        // request's. Every lost read came before that request was sent, so a
+        // late answer to it still serves them all. Never an old id for a new
+        // read: a late answer to the old request could miss a write
+        // acknowledged before the new read came.
+        let read_id = match self.reads_to_forward.first() {
+            Some(&first) => first,
+            None => match lost.iter().max_by_key(|(_, sent)| sent.sent_at) {
+                Some((&id, _)) => id,
+                None => return,
+            },
+        };
+        let mut reads: Vec<ReadId> = lost.into_values().flat_map(|sent| sent.reads).collect();
+        reads.append(&mut self.reads_to_forward);
         let term = self.hard_state.current_term;
         self.forwarded_reads.insert(read_id, ForwardedReads { leader, term, sent_at: now, reads });
         self.send(leader, Message::ReadIndexRequest { term, read_id });
@@ -214,11 +229,21 @@ impl Core {
         read_id: ReadId,
         index: Option<LogIndex>,
     ) {
-        if !self.forwarded_reads.get(&read_id).is_some_and(|sent| sent.leader == from && sent.term == term) {
+        let Some(sent) = self.forwarded_reads.remove(&read_id) else { return };
+        if sent.leader != from || sent.term != term {
+            self.forwarded_reads.insert(read_id, sent);
             return;
         }
-        let Some(sent) = self.forwarded_reads.remove(&read_id) else { return };
-        for read_id in sent.reads {
+        #[allow(unused_mut)]
+        let mut reads = sent.reads;
+        #[cfg(feature = "bug-injection")]
+        if crate::bugs::enabled(crate::bugs::InjectedBug::ForwardedAnswerServesLaterReads)
+            && !self.reads_to_forward.is_empty()
+        {
+            crate::bugs::note_triggered();
+            reads.append(&mut self.reads_to_forward);
+        }
+        for read_id in reads {
             let action = match index {
                 Some(index) => Action::ReadReady { read_id, index },
                 None => Action::ReadFailed { read_id, error: ReadError::LeadershipLost },

@@ -51,7 +51,7 @@ const UNPROTECTED_COMMIT: &[&str] = &[kind::COMMIT_PROTECTION, kind::DURABLE_COM
 #[test]
 fn every_bug_has_a_test() {
     // A new bug in `bugs.rs` needs a test below naming the check that catches it.
-    assert_eq!(InjectedBug::ALL.len(), 11);
+    assert_eq!(InjectedBug::ALL.len(), 12);
 }
 
 #[test]
@@ -66,12 +66,20 @@ fn vote_without_log_check_is_caught() {
 
 #[test]
 fn vote_sent_before_persisted_is_caught() {
-    assert_caught_as(InjectedBug::VoteBeforePersist, &[kind::ELECTION_SAFETY]);
+    // Two leaders of one term: seen as such, or, when the second writes its
+    // first entry in the step that makes it leader, as two different entries
+    // of that term at one index, which only two leaders of a term can write.
+    assert_caught_as(InjectedBug::VoteBeforePersist, &[kind::ELECTION_SAFETY, kind::LOG_MATCHING]);
 }
 
 #[test]
 fn read_index_without_heartbeat_round_is_caught() {
     assert_caught_as(InjectedBug::ReadIndexWithoutHeartbeat, &[kind::LINEARIZABILITY]);
+}
+
+#[test]
+fn forwarded_answer_serving_later_reads_is_caught() {
+    assert_caught_as(InjectedBug::ForwardedAnswerServesLaterReads, &[kind::LINEARIZABILITY]);
 }
 
 #[test]

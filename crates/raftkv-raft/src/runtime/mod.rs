@@ -10,8 +10,11 @@
 //!   from this task when the transport only queues (gRPC, memory), else
 //!   from one sender task per peer.
 //! - the **log writer** (`writer.rs`, one OS thread: storage calls block)
-//!   runs store jobs in order and reports the highest sequence done;
-//! - the **apply task** (`apply.rs`) owns the state machine;
+//!   runs store jobs in order and reports the highest sequence done; when
+//!   every store lives in memory (`LogStore::in_memory`) there is no thread
+//!   and the raft loop runs the jobs itself;
+//! - the **apply task** (`apply.rs`) owns the state machine; a read whose
+//!   index it has applied already is answered by the raft loop directly;
 //! - **snapshot files** (`snapshots.rs`) are written, read and checked on
 //!   blocking threads, their results reported back to the raft loop.
 //!
