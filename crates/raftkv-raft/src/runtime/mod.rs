@@ -13,8 +13,7 @@
 //!   runs store jobs in order and reports the highest sequence done; when
 //!   every store lives in memory (`LogStore::in_memory`) there is no thread
 //!   and the raft loop runs the jobs itself;
-//! - the **apply task** (`apply.rs`) owns the state machine; a read whose
-//!   index it has applied already is answered by the raft loop directly;
+//! - the **apply task** (`apply.rs`) owns the state machine;
 //! - **snapshot files** (`snapshots.rs`) are written, read and checked on
 //!   blocking threads, their results reported back to the raft loop.
 //!

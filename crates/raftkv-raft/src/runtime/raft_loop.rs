@@ -56,8 +56,6 @@ struct RaftLoop {
     peers: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
     writer: Writer,
     apply: mpsc::UnboundedSender<ApplyJob<Pending>>,
-    /// What the apply task has applied (it publishes after applying).
-    applied: watch::Receiver<LogIndex>,
     events: mpsc::UnboundedSender<LoopEvent>,
     snapshots: Arc<dyn SnapshotStore>,
     check: Option<SnapshotCheck>,
@@ -132,7 +130,6 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         }
     };
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-    let applied_rx = applied.subscribe();
     let apply_task = apply::ApplyTask {
         state_machine,
         applier: Applier::new(snapshot_index, config.snapshot_policy(), config.id.0, millis_since(start)),
@@ -154,7 +151,6 @@ pub(crate) async fn run(node: Node, config: &Config, channels: Channels, start: 
         peers: BTreeMap::new(),
         writer,
         apply: apply_tx,
-        applied: applied_rx,
         events: events_tx,
         snapshots,
         check,
@@ -428,11 +424,6 @@ impl RaftLoop {
                 }
             }
             Effect::Send { to, messages } => self.send(to, messages),
-            // A read whose index the state machine has applied already is
-            // answered here: the apply task would answer it at once too, a
-            // hop later. Applied indexes only grow, and are published after
-            // the state machine applied them.
-            Effect::Apply(ApplyJob::Read { index, reply }) if index <= *self.applied.borrow() => reply.read_at(index),
             Effect::Apply(job) => {
                 let _ = self.apply.send(job);
             }
