@@ -1,7 +1,7 @@
 //! The log writer: one OS thread (storage calls block) that owns the node's
 //! `Stores` and runs the driver's store jobs in order, merging what queued while it was busy into one append
 //! and one fsync, and reports the highest sequence done. A failed step stops
-//! it before anything later runs. Stores that all live in memory
+//! it before anything later runs (later jobs are dropped unrun). Stores that all live in memory
 //! (`LogStore::in_memory`) need no thread: the raft loop calls `write` itself.
 
 use std::collections::BTreeMap;
@@ -58,7 +58,15 @@ pub(crate) fn log_writer(
             },
         };
         let failed = matches!(event, WriterEvent::Failed(_));
-        if events.send(event).is_err() || failed {
+        if events.send(event).is_err() {
+            return;
+        }
+        if failed {
+            // Nothing after a failed step runs. The channel stays open until
+            // the raft loop lets go of it, so that the loop learns the
+            // failure from the event just sent, not from a closed channel
+            // that would hide what failed.
+            while jobs.recv().is_ok() {}
             return;
         }
     }
