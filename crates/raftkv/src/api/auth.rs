@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -216,81 +215,90 @@ fn bearer(request: &axum::extract::Request) -> Result<Option<&str>, &'static str
     Ok(Some(secret.trim()))
 }
 
-/// The middleware of one role's routes: authenticates, authorizes, and
-/// audits admin requests.
-pub async fn authorize(
-    State(require): State<Require>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let remote = request.extensions().get::<raftkv_raft::transport::listen::ConnInfo>().map(|info| info.remote);
-    let response = admit(require, request, next).await;
-    let status = response.status();
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        // At most one line per 10 s (with how many were held back): a
-        // guessing client cannot flood the log.
-        let mut limiter = REFUSALS.lock().unwrap_or_else(|p| p.into_inner());
-        if limiter.allow() {
-            let suppressed = limiter.take_suppressed();
-            tracing::warn!(target: "raftkv::audit", status = status.as_u16(), %method, path, remote = ?remote, suppressed, "request refused");
+/// Authenticates and authorizes a request for a route that needs
+/// `require.role`. A refusal is the answer to send (401 or 403, logged on
+/// the audit target at most once per 10 s); an admitted admin request comes
+/// with its audit line, to be written once it is answered (`AdminAudit`).
+/// Nothing is allocated for a request let through without an audit.
+pub fn admit(require: &Require, request: &axum::extract::Request) -> Result<Option<AdminAudit>, Box<Response>> {
+    let Some(tokens) = &require.tokens else { return Ok(None) };
+    let known = match bearer(request) {
+        Ok(Some(secret)) => match tokens.lookup(secret) {
+            Some(known) => known,
+            None => return Err(refused(request, StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token".into())),
+        },
+        Ok(None) => {
+            let message =
+                "this API requires a token: send \"Authorization: Bearer <token>\" (raftkv --token, or RAFTKV_TOKEN)";
+            return Err(refused(request, StatusCode::UNAUTHORIZED, "unauthenticated", message.into()));
         }
+        Err(why) => return Err(refused(request, StatusCode::UNAUTHORIZED, "unauthenticated", why.into())),
+    };
+    if known.role < require.role {
+        let message = format!(
+            "token {:?} has the {} role; {} {} needs {}",
+            &*known.name,
+            known.role.name(),
+            request.method(),
+            request.uri().path(),
+            require.role.name()
+        );
+        return Err(refused(request, StatusCode::FORBIDDEN, "forbidden", message));
     }
-    response
+    if require.role < Role::Admin {
+        return Ok(None);
+    }
+    Ok(Some(AdminAudit {
+        token: known.name.clone(),
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        remote: remote(request),
+    }))
+}
+
+/// An admitted admin request, audited once answered.
+pub struct AdminAudit {
+    token: Arc<str>,
+    method: axum::http::Method,
+    path: String,
+    remote: Option<std::net::SocketAddr>,
+}
+
+impl AdminAudit {
+    pub fn answered(self, status: StatusCode) {
+        let AdminAudit { token, method, path, remote } = self;
+        tracing::info!(
+            target: "raftkv::audit",
+            token = &*token,
+            %method,
+            path,
+            remote = ?remote,
+            status = status.as_u16(),
+            "admin request"
+        );
+    }
+}
+
+fn remote(request: &axum::extract::Request) -> Option<std::net::SocketAddr> {
+    request.extensions().get::<raftkv_raft::transport::listen::ConnInfo>().map(|info| info.remote)
+}
+
+/// A refusal's answer, logged on the audit target at most once per 10 s
+/// (with how many were held back): a guessing client cannot flood the log.
+fn refused(request: &axum::extract::Request, status: StatusCode, code: &'static str, message: String) -> Box<Response> {
+    let mut limiter = REFUSALS.lock().unwrap_or_else(|p| p.into_inner());
+    if limiter.allow() {
+        let suppressed = limiter.take_suppressed();
+        let (method, path) = (request.method(), request.uri().path());
+        tracing::warn!(target: "raftkv::audit", status = status.as_u16(), %method, path, remote = ?remote(request), suppressed, "request refused");
+    }
+    Box::new(refuse(status, code, message))
 }
 
 static REFUSALS: std::sync::LazyLock<std::sync::Mutex<raftkv_raft::transport::Ratelimited>> =
     std::sync::LazyLock::new(|| {
         std::sync::Mutex::new(raftkv_raft::transport::Ratelimited::new(Duration::from_secs(10)))
     });
-
-async fn admit(require: Require, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let Some(tokens) = &require.tokens else { return next.run(request).await };
-    let known =
-        match bearer(&request) {
-            Ok(Some(secret)) => match tokens.lookup(secret) {
-                Some(known) => known,
-                None => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token".into()),
-            },
-            Ok(None) => return refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "this API requires a token: send \"Authorization: Bearer <token>\" (raftkv --token, or RAFTKV_TOKEN)"
-                    .into(),
-            ),
-            Err(why) => return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", why.into()),
-        };
-    if known.role < require.role {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token {:?} has the {} role; {} {} needs {}",
-                &*known.name,
-                known.role.name(),
-                request.method(),
-                request.uri().path(),
-                require.role.name()
-            ),
-        );
-    }
-    if require.role < Role::Admin {
-        return next.run(request).await;
-    }
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let remote = request.extensions().get::<raftkv_raft::transport::listen::ConnInfo>().map(|info| info.remote);
-    let response = next.run(request).await;
-    tracing::info!(
-        target: "raftkv::audit",
-        token = &*known.name,
-        %method,
-        path,
-        remote = ?remote,
-        status = response.status().as_u16(),
-        "admin request"
-    );
-    response
-}
 
 #[cfg(test)]
 mod tests {

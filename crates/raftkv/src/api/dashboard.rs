@@ -12,7 +12,7 @@
 //! takes the read role, and with tokens on the page asks for one.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -77,24 +77,16 @@ pub async fn uplot_style() -> Response {
     asset("text/css; charset=utf-8", UPLOT_CSS)
 }
 
-/// Counts each answer of the routes it wraps as a read or a write in the
-/// agent's `activity` (the dashboard's rates and latencies). A key found
-/// absent (404) and a compare-and-swap that did not swap (409, a committed
-/// entry) were served; a method the route does not take (405) ran nothing
-/// and is not counted.
-pub async fn count(
-    State((agent, op)): State<(Arc<Agent>, Op)>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status();
+/// Counts an answer of a key route as a read or a write in the agent's
+/// `activity` (the dashboard's rates and latencies). A key found absent
+/// (404) and a compare-and-swap that did not swap (409, a committed entry)
+/// were served; a method the route does not take (405) ran nothing and is
+/// not counted.
+pub fn count(agent: &Agent, op: Op, status: StatusCode, elapsed: Duration) {
     if status != StatusCode::METHOD_NOT_ALLOWED {
         let served = status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT;
-        agent.activity.record(op, served, started.elapsed());
+        agent.activity.record(op, served, elapsed);
     }
-    response
 }
 
 /// `GET /api/v1/dashboard`.

@@ -59,23 +59,46 @@ pub fn install() -> Result<(), String> {
 }
 
 /// Counts and times every request of the routes it wraps (`route_layer`,
-/// so that the route is known: a label per route, never per path).
+/// so that the route is known: a label per route, never per path). The
+/// API's own routes do this in their guard (`api::guard`).
 pub async fn track(
     route: Option<MatchedPath>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if RECORDER.get().is_none() {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let method = request.method().as_str().to_string();
-    let route = route.map_or_else(|| "other".to_string(), |r| r.as_str().to_string());
+    let tracked = Tracked::start(route.as_ref(), request.method());
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(HTTP_SECONDS, "method" => method.clone(), "route" => route.clone()).record(started.elapsed());
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
+    if let Some(tracked) = tracked {
+        tracked.answered(response.status());
+    }
     response
+}
+
+/// One request being counted and timed; `None` from `start` while metrics
+/// are off.
+pub struct Tracked {
+    started: Instant,
+    method: String,
+    route: String,
+}
+
+impl Tracked {
+    pub fn start(route: Option<&MatchedPath>, method: &axum::http::Method) -> Option<Tracked> {
+        RECORDER.get()?;
+        Some(Tracked {
+            started: Instant::now(),
+            method: method.as_str().to_string(),
+            route: route.map_or_else(|| "other".to_string(), |r| r.as_str().to_string()),
+        })
+    }
+
+    pub fn answered(self, status: axum::http::StatusCode) {
+        let Tracked { started, method, route } = self;
+        let status = status.as_u16().to_string();
+        metrics::histogram!(HTTP_SECONDS, "method" => method.clone(), "route" => route.clone())
+            .record(started.elapsed());
+        metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
+    }
 }
 
 /// `GET /metrics`.
