@@ -66,18 +66,18 @@ pub async fn track(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = Instant::now();
     let tracked = Tracked::start(route.as_ref(), request.method());
     let response = next.run(request).await;
     if let Some(tracked) = tracked {
-        tracked.answered(response.status());
+        tracked.answered(response.status(), started.elapsed());
     }
     response
 }
 
-/// One request being counted and timed; `None` from `start` while metrics
-/// are off.
+/// One request being counted and timed (its labels); `None` from `start`
+/// while metrics are off.
 pub struct Tracked {
-    started: Instant,
     method: String,
     route: String,
 }
@@ -86,17 +86,16 @@ impl Tracked {
     pub fn start(route: Option<&MatchedPath>, method: &axum::http::Method) -> Option<Tracked> {
         RECORDER.get()?;
         Some(Tracked {
-            started: Instant::now(),
             method: method.as_str().to_string(),
             route: route.map_or_else(|| "other".to_string(), |r| r.as_str().to_string()),
         })
     }
 
-    pub fn answered(self, status: axum::http::StatusCode) {
-        let Tracked { started, method, route } = self;
+    /// `elapsed`: since the request began.
+    pub fn answered(self, status: axum::http::StatusCode, elapsed: Duration) {
+        let Tracked { method, route } = self;
         let status = status.as_u16().to_string();
-        metrics::histogram!(HTTP_SECONDS, "method" => method.clone(), "route" => route.clone())
-            .record(started.elapsed());
+        metrics::histogram!(HTTP_SECONDS, "method" => method.clone(), "route" => route.clone()).record(elapsed);
         metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
     }
 }

@@ -181,16 +181,22 @@ async fn guarded(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     let tracked = metrics::Tracked::start(route.as_ref(), request.method());
-    let response = guard.run(request, next).await;
+    let response = guard.run(started, request, next).await;
     if let Some(tracked) = tracked {
-        tracked.answered(response.status());
+        tracked.answered(response.status(), started.elapsed());
     }
     response
 }
 
 impl Guard {
-    async fn run(&self, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    async fn run(
+        &self,
+        started: std::time::Instant,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> Response {
         let audit = match auth::admit(&self.require, &request) {
             Ok(audit) => audit,
             Err(refused) => return *refused,
@@ -201,7 +207,6 @@ impl Guard {
                 ApiError::from(Failure::not_done(Kind::NodeFailed, message)).into_response()
             }
             None => {
-                let started = std::time::Instant::now();
                 let response = next.run(request).await;
                 if let Some(op) = self.op {
                     dashboard::count(&self.agent, op, response.status(), started.elapsed());
