@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,10 +16,11 @@ use raftkv_raft::storage::{LogStore, MemLogStore, MemSnapshotStore, MemStableSto
 use raftkv_raft::{Entry, LogIndex, NodeId, Raft, RaftError};
 
 /// A memory log whose appends fail once `broken` is set, as a disk that
-/// fills up or starts returning EIO.
+/// fills up or starts returning EIO, counting the appends tried since.
 struct BreakingLog {
     inner: MemLogStore,
     broken: Arc<AtomicBool>,
+    tried_broken: Arc<AtomicUsize>,
     in_memory: bool,
 }
 
@@ -38,6 +39,7 @@ impl LogStore for BreakingLog {
     }
     fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         if self.broken.load(Ordering::SeqCst) {
+            self.tried_broken.fetch_add(1, Ordering::SeqCst);
             let eio = std::io::Error::from_raw_os_error(5);
             return Err(StorageError::Io { op: "append", path: "log".into(), source: eio });
         }
@@ -67,9 +69,14 @@ async fn a_failing_log_written_by_the_raft_loop_stops_the_leader_and_every_calle
 async fn leader_log_fails(in_memory: bool) {
     let mut cluster = Cluster::new(false);
     let broken: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let tried_broken: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     for id in 1..=3u64 {
-        let log =
-            Arc::new(BreakingLog { inner: MemLogStore::new(), broken: broken[id as usize - 1].clone(), in_memory });
+        let log = Arc::new(BreakingLog {
+            inner: MemLogStore::new(),
+            broken: broken[id as usize - 1].clone(),
+            tried_broken: tried_broken[id as usize - 1].clone(),
+            in_memory,
+        });
         let stable = Arc::new(MemStableStore::new());
         Raft::bootstrap_cluster(log.as_ref(), stable.as_ref(), (1..=3).map(NodeId)).unwrap();
         cluster.start(id, (log, stable, Arc::new(MemSnapshotStore::new(2))));
@@ -81,14 +88,15 @@ async fn leader_log_fails(in_memory: bool) {
 
     // Writes in flight when the disk breaks, and more behind them.
     let raft = cluster.raft(leader).clone();
-    let writes: Vec<_> = (10..200)
-        .map(|i| {
-            let raft = raft.clone();
-            tokio::spawn(async move { (i, raft.apply(command(i), TIMEOUT).await) })
-        })
-        .collect();
+    let write = |i: usize| {
+        let raft = raft.clone();
+        tokio::spawn(async move { (i, raft.apply(command(i), TIMEOUT).await) })
+    };
+    let mut writes: Vec<_> = (10..200).map(write).collect();
     tokio::task::yield_now().await;
     broken[leader as usize - 1].store(true, Ordering::SeqCst);
+    // At least one append meets the broken disk.
+    writes.push(write(200));
 
     let reason = tokio::time::timeout(TIMEOUT, raft.failed()).await.expect("the leader fail-stops");
     assert!(reason.contains("storage failed") && reason.contains("append"), "{reason}");
@@ -107,6 +115,8 @@ async fn leader_log_fails(in_memory: bool) {
             }
         }
     }
+    // Nothing is written after the failed append: the node stopped there.
+    assert_eq!(tried_broken[leader as usize - 1].load(Ordering::SeqCst), 1, "appends tried after the failure");
     // Asked after the failure is known: definitely not done.
     match raft.apply(command(999), TIMEOUT).await {
         Err(error @ RaftError::Failed { .. }) => assert!(!error.outcome_unknown()),

@@ -209,6 +209,71 @@ mod tests {
         assert_eq!(stores.log.last_index().unwrap(), LogIndex(8));
     }
 
+    /// A log whose first append fails and whose later ones would succeed,
+    /// counting the calls.
+    struct FailsOnce {
+        inner: MemLogStore,
+        appends: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LogStore for FailsOnce {
+        fn first_index(&self) -> Result<LogIndex, StorageError> {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> Result<LogIndex, StorageError> {
+            self.inner.last_index()
+        }
+        fn get(&self, index: LogIndex) -> Result<Option<Entry>, StorageError> {
+            self.inner.get(index)
+        }
+        fn get_range(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+            self.inner.get_range(from, to)
+        }
+        fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+            if self.appends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(StorageError::io("append", "log", std::io::Error::from_raw_os_error(5)));
+            }
+            self.inner.append(entries)
+        }
+        fn truncate_suffix(&self, from: LogIndex) -> Result<(), StorageError> {
+            self.inner.truncate_suffix(from)
+        }
+        fn purge_prefix(&self, upto: LogIndex) -> Result<(), StorageError> {
+            self.inner.purge_prefix(upto)
+        }
+    }
+
+    fn append_job(seq: u64) -> WriterJob {
+        let write = raftkv_core::LogWrite { truncate_from: LogIndex(1), entries: vec![entry(1, 1)] };
+        let request = PersistRequest { seq, hard_state: None, snapshot: None, log: Some(write) };
+        WriterJob { job: StoreJob::of(request, None), sinks: Vec::new() }
+    }
+
+    /// After a failed step the writer runs nothing more, reports nothing
+    /// more, and keeps taking jobs (the raft loop's sends do not fail, so it
+    /// learns the failure from the event) until the channel closes.
+    #[test]
+    fn after_a_failure_nothing_runs_and_the_channel_stays_open_until_closed() {
+        let log = Arc::new(FailsOnce { inner: MemLogStore::new(), appends: Default::default() });
+        let stores = Stores {
+            log: log.clone(),
+            stable: Arc::new(MemStableStore::new()),
+            snapshots: Arc::new(MemSnapshotStore::new(2)),
+        };
+        let (jobs, jobs_rx) = std::sync::mpsc::channel();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let writer = std::thread::spawn(move || log_writer(stores, jobs_rx, events_tx));
+        jobs.send(append_job(1)).unwrap();
+        assert!(matches!(events.blocking_recv(), Some(WriterEvent::Failed(_))));
+        for seq in 2..50 {
+            jobs.send(append_job(seq)).expect("the writer takes jobs after a failure");
+        }
+        drop(jobs);
+        writer.join().unwrap();
+        assert_eq!(log.appends.load(std::sync::atomic::Ordering::SeqCst), 1, "a job after the failure ran");
+        assert!(events.try_recv().is_err(), "an event after the failure");
+    }
+
     /// A log that holds the snapshot's last entry keeps what follows it
     /// (figure 13, step 6).
     #[test]
