@@ -65,7 +65,10 @@ pub async fn start(config: AgentConfig, api: ApiOptions) -> Result<Server, Agent
         agent.shutdown().await;
         return Err(error);
     }
-    tracing::info!(id = %agent.id, http = %http, raft = %agent.config.raft_addr, "agent serving");
-    agent.hold(tokio::spawn(agent.clone().log_when_ready()));
+    // A node asked to leave while it still joined has left: it stops at once.
+    if !agent.has_left() {
+        tracing::info!(id = %agent.id, http = %http, raft = %agent.config.raft_addr, "agent serving");
+        agent.hold(tokio::spawn(agent.clone().log_when_ready()));
+    }
     Ok(Server { agent, drain })
 }

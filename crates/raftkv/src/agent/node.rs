@@ -57,6 +57,9 @@ pub struct Agent {
     pub gossip: Option<Gossip>,
     /// Set once this node has left the cluster (`leave`): the process ends.
     left: watch::Sender<bool>,
+    /// Set once `leave` had this node removed, before it tells gossip and
+    /// sets `left`.
+    leaving: std::sync::atomic::AtomicBool,
     /// Set when a planned stop begins: the node is no longer ready.
     stopping: std::sync::atomic::AtomicBool,
     /// Why this node no longer takes part, once it learnt that it was removed
@@ -106,6 +109,7 @@ impl Agent {
             join_via: Vec::new(),
             gossip: None,
             left: watch::channel(false).0,
+            leaving: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
             removed: std::sync::RwLock::new(None),
             activity: Activity::default(),
@@ -275,7 +279,11 @@ impl Agent {
                 )),
                 (None, _) => Err(self.not_leader()),
             },
-            AdminOp::Remove(id) => Ok(AdminDone::Changed(self.raft.remove_server(id, None, timeout).await?)),
+            AdminOp::Remove(id) => {
+                let index = self.raft.remove_server(id, None, timeout).await?;
+                self.refuse_removed(id);
+                Ok(AdminDone::Changed(index))
+            }
             AdminOp::Transfer(target) => {
                 let target = match target {
                     Some(target) => target,
@@ -522,14 +530,17 @@ impl Agent {
         let mut last_error = String::from("no --join address given");
         let attempts = if self.config.retry_join.is_empty() { 30 } else { u64::MAX };
         for attempt in 0..attempts {
-            if let Some(reason) = self.removed() {
-                // Staged, not caught up in time, removed: this node has stopped.
-                return Err(reason);
+            if let Some(ended) = self.join_ended().await {
+                return ended;
             }
             for target in targets {
                 let joined = match wire::cluster_info(&self.peers.channels, target).await {
                     Ok(info) if info.leader_raft_addr.is_empty() => Err(format!("{target}: no leader is known")),
                     Ok(info) => {
+                        // It may have left while this attempt looked for the leader.
+                        if let Some(ended) = self.join_ended().await {
+                            return ended;
+                        }
                         let (leader, to) = (info.leader_raft_addr, Some(NodeId(info.leader_id)));
                         let op = AdminOp::Join { member: member.clone(), replace: false };
                         let timeout = self.admin_timeout(&op);
@@ -550,6 +561,22 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(last_error)
+    }
+
+    /// Whether a join still retrying must end instead of asking again. Asked
+    /// to leave (`leave`) meanwhile: done once it has left, and the process
+    /// ends as a leaver's does. Removed otherwise (staged, not caught up in
+    /// time): it failed.
+    async fn join_ended(&self) -> Option<Result<(), String>> {
+        if self.has_left() {
+            return Some(Ok(()));
+        }
+        let reason = self.removed()?;
+        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            self.left().await;
+            return Some(Ok(()));
+        }
+        Some(Err(reason))
     }
 
     /// While this node leads, records in the replicated peer list the
@@ -671,9 +698,23 @@ impl Agent {
             let Some(dead) = remove else { continue };
             let at = Some(status.membership_index);
             match self.raft.remove_server(dead, at, self.config.request_timeout).await {
-                Ok(index) => tracing::warn!(node = %dead, %index, "autopilot removed a dead server"),
+                Ok(index) => {
+                    self.refuse_removed(dead);
+                    tracing::warn!(node = %dead, %index, "autopilot removed a dead server");
+                }
                 Err(error) => tracing::info!(node = %dead, %error, "autopilot could not remove a dead server yet"),
             }
+        }
+    }
+
+    /// After a removal this node (the leader) committed: the removed node's
+    /// traffic and calls are refused at once, not from the next look at the
+    /// committed configuration (`track_removed`, every second), so a node
+    /// removed while its own join was still retrying cannot add itself back
+    /// in between. An operator's join takes it back, as there.
+    fn refuse_removed(&self, id: NodeId) {
+        if id != self.id && self.book.mark_removed(id) {
+            tracing::info!(node = %id, "node removed from the cluster: its traffic is refused from now on");
         }
     }
 
@@ -696,7 +737,14 @@ impl Agent {
                 tracing::info!(%target, "handed leadership over before leaving");
             }
             match self.admin(AdminOp::Remove(self.id)).await? {
-                AdminDone::Changed(index) => tracing::warn!(%index, "removed from the cluster's configuration"),
+                AdminDone::Changed(index) => {
+                    tracing::warn!(%index, "removed from the cluster's configuration");
+                    // From here on this node takes no part: a join still
+                    // retrying since its start ends instead of adding it back.
+                    let reason = format!("node {} left the cluster (configuration index {index})", self.id);
+                    self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+                    *self.removed.write().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
                 other => return Err(Failure::internal(Outcome::Unknown, format!("unexpected answer: {other:?}"))),
             }
         }
@@ -706,6 +754,11 @@ impl Agent {
         tracing::warn!(id = %self.id, "left the cluster; stopping");
         self.left.send_replace(true);
         Ok(())
+    }
+
+    /// Whether this node has left the cluster (`leave`).
+    pub fn has_left(&self) -> bool {
+        *self.left.borrow()
     }
 
     /// Resolves once this node has left the cluster (`leave`).

@@ -262,7 +262,13 @@ pub async fn gossip_members(State(agent): State<Arc<Agent>>) -> Result<Json<Valu
 /// over, removed from the configuration, gossip told) and its process ends
 /// once the answer is out.
 pub async fn leave(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
-    agent.leave().await?;
+    // Apart from the request: a client that hangs up mid-way does not leave
+    // the node removed from the cluster but still running.
+    let leaving = agent.clone();
+    match tokio::spawn(async move { leaving.leave().await }).await {
+        Ok(left) => left?,
+        Err(error) => return Err(Failure::internal(Outcome::Unknown, format!("leaving stopped: {error}")).into()),
+    }
     Ok(Json(json!({"left": agent.id.0})))
 }
 
