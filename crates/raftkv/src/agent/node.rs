@@ -711,7 +711,8 @@ impl Agent {
     /// traffic and calls are refused at once, not from the next look at the
     /// committed configuration (`track_removed`, every second), so a node
     /// removed while its own join was still retrying cannot add itself back
-    /// in between. An operator's join takes it back, as there.
+    /// in between. An operator's join takes it back once the configuration
+    /// holding it commits (`track_removed`).
     fn refuse_removed(&self, id: NodeId) {
         if id != self.id && self.book.mark_removed(id) {
             tracing::info!(node = %id, "node removed from the cluster: its traffic is refused from now on");

@@ -77,11 +77,16 @@ impl Agent {
                 continue;
             }
             let members = status.membership.members().into_iter().map(|id| id.0).collect();
-            if !known.advance(members, self.id.0) {
-                continue;
-            }
+            let changed = known.advance(members, self.id.0);
+            // Whoever the committed configuration holds is let in, however
+            // it came to be refused: the leader refuses a node it removes at
+            // once (`Agent::refuse_removed`), and an operator may add it back
+            // before this loop ever saw it gone.
             for id in &known.members {
                 self.book.readmit(NodeId(*id));
+            }
+            if !changed {
+                continue;
             }
             for id in &known.removed {
                 if self.book.mark_removed(NodeId(*id)) {
