@@ -707,18 +707,6 @@ impl Agent {
         }
     }
 
-    /// After a removal this node (the leader) committed: the removed node's
-    /// traffic and calls are refused at once, not from the next look at the
-    /// committed configuration (`track_removed`, every second), so a node
-    /// removed while its own join was still retrying cannot add itself back
-    /// in between. An operator's join takes it back once the configuration
-    /// holding it commits (`track_removed`).
-    fn refuse_removed(&self, id: NodeId) {
-        if id != self.id && self.book.mark_removed(id) {
-            tracing::info!(node = %id, "node removed from the cluster: its traffic is refused from now on");
-        }
-    }
-
     /// Leaves the cluster for good (Consul's `leave`): hands leadership to
     /// another voter if this node leads, has the leader remove it from the
     /// configuration, tells gossip it leaves, then marks it left (`left()`

@@ -89,15 +89,25 @@ impl Agent {
                 continue;
             }
             for id in &known.removed {
-                if self.book.mark_removed(NodeId(*id)) {
-                    tracing::info!(node = id, "node removed from the cluster: its traffic is refused from now on");
-                }
+                self.refuse_removed(NodeId(*id));
             }
             match serde_json::to_vec(&known).map(|bytes| stable.set(datadir::REMOVED_KEY, &bytes)) {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "cannot persist the removed members"),
                 Err(error) => tracing::warn!(%error, "cannot encode the removed members"),
             }
+        }
+    }
+
+    /// Refuses `id`'s traffic and calls from now on. Called here for every id
+    /// a committed configuration left out, and by the leader right after a
+    /// removal it committed, so that a node removed while its own join was
+    /// still retrying cannot add itself back before the next look. An
+    /// operator's join takes it back once the configuration holding it
+    /// commits.
+    pub(crate) fn refuse_removed(&self, id: NodeId) {
+        if id != self.id && self.book.mark_removed(id) {
+            tracing::info!(node = %id, "node removed from the cluster: its traffic is refused from now on");
         }
     }
 

@@ -60,7 +60,7 @@ pub fn install() -> Result<(), String> {
 
 /// Counts and times every request of the routes it wraps (`route_layer`,
 /// so that the route is known: a label per route, never per path). The
-/// API's own routes do this in their guard (`api::guard`).
+/// API's own routes do this in their guard (`api::Guard`).
 pub async fn track(
     route: Option<MatchedPath>,
     request: axum::extract::Request,

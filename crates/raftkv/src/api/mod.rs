@@ -183,41 +183,35 @@ async fn guarded(
 ) -> Response {
     let started = std::time::Instant::now();
     let tracked = metrics::Tracked::start(route.as_ref(), request.method());
-    let response = guard.run(started, request, next).await;
+    let (response, served) = guard.run(request, next).await;
+    let elapsed = started.elapsed();
+    if let (Some(op), true) = (guard.op, served) {
+        dashboard::count(&guard.agent, op, response.status(), elapsed);
+    }
     if let Some(tracked) = tracked {
-        tracked.answered(response.status(), started.elapsed());
+        tracked.answered(response.status(), elapsed);
     }
     response
 }
 
 impl Guard {
-    async fn run(
-        &self,
-        started: std::time::Instant,
-        request: axum::extract::Request,
-        next: axum::middleware::Next,
-    ) -> Response {
+    /// The answer, and whether the handler gave it (not a refusal here).
+    async fn run(&self, request: axum::extract::Request, next: axum::middleware::Next) -> (Response, bool) {
         let audit = match auth::admit(&self.require, &request) {
             Ok(audit) => audit,
-            Err(refused) => return *refused,
+            Err(refused) => return (*refused, false),
         };
-        let response = match self.agent.raft.failure() {
+        let (response, served) = match self.agent.raft.failure() {
             Some(reason) => {
                 let message = format!("this node failed and stopped ({reason}); ask another node");
-                ApiError::from(Failure::not_done(Kind::NodeFailed, message)).into_response()
+                (ApiError::from(Failure::not_done(Kind::NodeFailed, message)).into_response(), false)
             }
-            None => {
-                let response = next.run(request).await;
-                if let Some(op) = self.op {
-                    dashboard::count(&self.agent, op, response.status(), started.elapsed());
-                }
-                response
-            }
+            None => (next.run(request).await, true),
         };
         if let Some(audit) = audit {
             audit.answered(response.status());
         }
-        response
+        (response, served)
     }
 }
 
